@@ -1,0 +1,47 @@
+"""Argument checks shared by every public function.
+
+Checks run at trace time (they look at shapes and dtypes, never at values),
+so they cost nothing inside ``jit``. Messages name the argument and say what
+was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import InputError
+
+
+def images(x: Any, name: str = "images", *, min_size: int = 1) -> Any:
+    """Checks ``x`` is an (N, H, W, 3) floating array and returns it."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise InputError(f"{name}: expected an array of shape (N, H, W, 3), got {type(x).__name__}")
+    if len(shape) != 4 or shape[-1] != 3:
+        hint = " (add a batch axis with x[None])" if len(shape) == 3 and shape[-1] == 3 else ""
+        raise InputError(f"{name}: expected shape (N, H, W, 3), got {tuple(shape)}{hint}")
+    dtype = np.dtype(x.dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise InputError(
+            f"{name}: expected a floating dtype with values in [0, 1], got {dtype}"
+            " (convert with jaxviz.image.to_float)"
+        )
+    if shape[1] < min_size or shape[2] < min_size:
+        raise InputError(f"{name}: expected height and width >= {min_size}, got {shape[1]}x{shape[2]}")
+    return x
+
+
+def positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InputError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def one_of(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    choices = tuple(choices)
+    if value not in choices:
+        raise InputError(f"{name}: expected one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value

@@ -1,0 +1,53 @@
+"""Typed errors raised by jaxviz.
+
+Every error a user can cause derives from :class:`JaxvizError`, so a caller
+(and the CLI) can catch the library's own failures without also swallowing
+bugs. Each also derives from the builtin it specialises (``ValueError``,
+``FileNotFoundError`` ...) so ordinary ``except ValueError`` code keeps
+working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "JaxvizError",
+    "InputError",
+    "ImageError",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "ChecksumError",
+    "ArchitectureError",
+    "DownloadError",
+]
+
+
+class JaxvizError(Exception):
+    """Base class of every error jaxviz raises on purpose."""
+
+
+class InputError(JaxvizError, ValueError):
+    """An argument has the wrong shape, type or value."""
+
+
+class ImageError(JaxvizError, ValueError):
+    """A file is not a readable image, or is too large to decode safely."""
+
+
+class WeightsError(JaxvizError, ValueError):
+    """A weight file is corrupt, truncated or otherwise unusable."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+class ChecksumError(WeightsError):
+    """A file's sha256 does not match the expected digest."""
+
+
+class ArchitectureError(WeightsError):
+    """A weight file holds a different architecture than the one asked for."""
+
+
+class DownloadError(JaxvizError, OSError):
+    """A download failed (network down, server error, broken transfer)."""

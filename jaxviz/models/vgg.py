@@ -1,0 +1,269 @@
+"""VGG16 / VGG19 as pure ``flax.linen`` modules with every layer reachable by name.
+
+The networks are built exactly as torchvision builds them (3x3 convolutions
+with padding 1, ReLU, 2x2 max pools, an adaptive average pool to 7x7 and a
+4096-4096-1000 classifier), but they run NHWC and take float32 RGB in [0, 1]:
+the ImageNet mean/std normalisation happens inside the model (switchable).
+
+Layer names follow the style-transfer literature (Gatys et al.)::
+
+    conv1_1 relu1_1 conv1_2 relu1_2 pool1 conv2_1 ... pool5
+    avgpool fc6 relu6 fc7 relu7 fc8          (fc8 is also called "logits")
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxviz import models, weights
+    >>> net = models.vgg19()
+    >>> params = weights.random("vgg19", seed=0)
+    >>> x = jnp.zeros((1, 224, 224, 3))
+    >>> net.apply(params, x).shape
+    (1, 1000)
+    >>> taps = net.apply(params, x, taps=("relu1_1", "relu4_2"))   # stops after relu4_2
+    >>> taps["relu4_2"].shape
+    (1, 28, 28, 512)
+
+Two seams serve the techniques that need to reach into the network:
+
+* ``relu=``: the activation used at every ReLU (guided backprop and deconvnet
+  swap in a custom-VJP ReLU); a module field, overridable per call.
+* ``start=``: enter the network at a named tap; the input is then that tap's
+  activation and the network runs from the next layer on (Grad-CAM takes the
+  gradient of the logits with respect to a layer's activation this way).
+
+Reference: K. Simonyan, A. Zisserman, "Very Deep Convolutional Networks for
+Large-Scale Image Recognition", ICLR 2015.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _checks
+from ..errors import InputError
+
+__all__ = [
+    "VGG",
+    "VGG16_STAGES",
+    "VGG19_STAGES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ALIASES",
+    "vgg16",
+    "vgg19",
+    "adaptive_avg_pool",
+    "layer_names",
+]
+
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+VGG19_STAGES = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ALIASES = {"logits": "fc8"}
+CLASSIFIER_LAYERS = ("avgpool", "fc6", "relu6", "fc7", "relu7", "fc8")
+
+
+def layer_names(stages: Sequence[Sequence[int]], classifier: bool = True) -> tuple[str, ...]:
+    """The ordered tap names of a VGG with the given stages (channel widths per block)."""
+    names: list[str] = []
+    for b, stage in enumerate(stages, 1):
+        for n in range(1, len(stage) + 1):
+            names += [f"conv{b}_{n}", f"relu{b}_{n}"]
+        names.append(f"pool{b}")
+    if classifier:
+        names += CLASSIFIER_LAYERS
+    return tuple(names)
+
+
+@functools.lru_cache(maxsize=None)
+def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) averaging matrix with torch's bins floor(i*in/out) .. ceil((i+1)*in/out)."""
+    m = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        lo = (i * size_in) // size_out
+        hi = -((-(i + 1) * size_in) // size_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """``torch.nn.AdaptiveAvgPool2d`` for NHWC arrays, with torch's exact bin edges.
+
+    Args:
+      x: (N, H, W, C) array.
+      output_size: (out_h, out_w).
+
+    Returns:
+      (N, out_h, out_w, C) array; ``x`` itself when the size already matches.
+    """
+    _, h, w, _ = x.shape
+    oh, ow = output_size
+    if (h, w) == (oh, ow):
+        return x
+    ph = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
+    pw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
+    return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw, precision=jax.lax.Precision.HIGHEST)
+
+
+class VGG(nn.Module):
+    """A VGG network (torchvision layout) with named taps.
+
+    Attributes:
+      stages: channel widths of the 3x3 convolutions, one tuple per block.
+      num_classes: width of ``fc8``.
+      fc_features: width of ``fc6`` and ``fc7`` (4096 in the paper).
+      pool_output: the adaptive average pool's output size (7, 7 in torchvision).
+      classifier: build ``avgpool``..``fc8``; False gives a features-only net.
+      pooling: ``"max"`` (torchvision) or ``"avg"`` (Gatys et al. prefer it
+        for image synthesis).
+      normalize: apply the ImageNet mean/std inside the model, so inputs are
+        RGB in [0, 1]. Off: inputs go to ``conv1_1`` unchanged.
+      mean, std: the normalisation constants.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      relu: the activation used at every ReLU tap.
+      dropout_rate: classifier dropout, used only when called with ``train=True``.
+    """
+
+    stages: Sequence[Sequence[int]] = VGG19_STAGES
+    num_classes: int = 1000
+    fc_features: int = 4096
+    pool_output: tuple[int, int] = (7, 7)
+    classifier: bool = True
+    pooling: str = "max"
+    normalize: bool = True
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    dtype: Any = jnp.float32
+    relu: Callable[[jax.Array], jax.Array] = nn.relu
+    dropout_rate: float = 0.5
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """All tap names, input to output."""
+        return layer_names(self.stages, self.classifier)
+
+    @property
+    def min_size(self) -> int:
+        """Smallest input height/width the network accepts (one pixel left after the last pool)."""
+        return 2 ** len(self.stages)
+
+    def resolve(self, name: str, arg: str = "taps") -> str:
+        """Canonical layer name for ``name`` (aliases resolved); raises InputError if unknown."""
+        if not isinstance(name, str):
+            raise InputError(f"{arg}: expected layer names (str), got {name!r}")
+        canonical = ALIASES.get(name, name)
+        if canonical not in self.layers:
+            raise InputError(
+                f"{arg}: unknown layer {name!r}; this network has {', '.join(self.layers)}"
+                + (", logits" if "fc8" in self.layers else "")
+            )
+        return canonical
+
+    def _widths(self) -> dict[str, int]:
+        widths = {}
+        for b, stage in enumerate(self.stages, 1):
+            for n, c in enumerate(stage, 1):
+                widths[f"conv{b}_{n}"] = c
+        widths.update(fc6=self.fc_features, fc7=self.fc_features, fc8=self.num_classes)
+        return widths
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        taps: str | Sequence[str] | None = None,
+        *,
+        start: str | None = None,
+        relu: Callable[[jax.Array], jax.Array] | None = None,
+        train: bool = False,
+    ) -> jax.Array | dict[str, jax.Array]:
+        """Runs the network.
+
+        Args:
+          x: (N, H, W, 3) float RGB in [0, 1] (H, W >= ``min_size``); or, with
+            ``start``, the activation of the tap named there.
+          taps: None to return the final output (logits, or ``poolK`` for a
+            features-only net); a name or a sequence of names to return a dict
+            ``name -> activation``. Computation stops at the deepest tap asked for.
+          start: enter the network after this tap; ``x`` is its activation.
+          relu: overrides the module's ``relu`` for this call.
+          train: enable classifier dropout (needs a ``"dropout"`` rng).
+
+        Returns:
+          The final output, or a dict of the requested taps (keys as given).
+
+        Raises:
+          InputError: for an input of the wrong shape or an unknown tap name.
+        """
+        order = self.layers
+        relu = self.relu if relu is None else relu
+        single = taps is None
+        if single:
+            requested = (order[-1],)
+        elif isinstance(taps, str):
+            requested = (taps,)
+        else:
+            requested = tuple(taps)
+            if not requested:
+                raise InputError("taps: expected at least one layer name, got an empty sequence")
+        wanted = {name: self.resolve(name) for name in requested}
+        stop = max(order.index(c) for c in wanted.values())
+
+        if start is None:
+            begin = 0
+            _checks.images(x, "images", min_size=self.min_size)
+            x = jnp.asarray(x, jnp.float32)
+            if self.normalize:
+                x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+            x = x.astype(self.dtype)
+        else:
+            begin = order.index(self.resolve(start, "start")) + 1
+            if begin > stop:
+                raise InputError(f"taps: every tap must come after start={start!r}, got {requested}")
+
+        widths = self._widths()
+        outputs: dict[str, jax.Array] = {}
+        by_layer = {c: [k for k, v in wanted.items() if v == c] for c in wanted.values()}
+        for name in order[begin : stop + 1]:
+            x = self._layer(name, x, widths, relu, train)
+            for key in by_layer.get(name, ()):
+                outputs[key] = x
+        return x if single else outputs
+
+    def _layer(self, name, x, widths, relu, train):
+        if name.startswith("conv"):
+            return nn.Conv(
+                widths[name], (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=name
+            )(x)
+        if name.startswith("relu"):
+            x = relu(x)
+            if train and name in ("relu6", "relu7"):
+                x = nn.Dropout(self.dropout_rate, deterministic=False)(x)
+            return x
+        if name.startswith("pool"):
+            if self.pooling == "max":
+                return nn.max_pool(x, (2, 2), strides=(2, 2))
+            if self.pooling == "avg":
+                return nn.avg_pool(x, (2, 2), strides=(2, 2))
+            raise InputError(f"pooling: expected 'max' or 'avg', got {self.pooling!r}")
+        if name == "avgpool":
+            return adaptive_avg_pool(x, self.pool_output)
+        if name == "fc6":
+            x = x.reshape(x.shape[0], -1)
+        return nn.Dense(widths[name], dtype=self.dtype, name=name)(x)
+
+
+def vgg16(**kwargs: Any) -> VGG:
+    """VGG16 (torchvision configuration "D"); keyword arguments set :class:`VGG` fields."""
+    return VGG(stages=VGG16_STAGES, **kwargs)
+
+
+def vgg19(**kwargs: Any) -> VGG:
+    """VGG19 (torchvision configuration "E"); keyword arguments set :class:`VGG` fields."""
+    return VGG(stages=VGG19_STAGES, **kwargs)
