@@ -1,0 +1,53 @@
+"""The ``jaxviz`` command.
+
+Subcommands live in :mod:`jaxviz.commands`: each module there has a
+``register(subparsers)`` that adds its parser and sets ``func``. Errors the
+user can fix print one line and exit non-zero (2 for bad input, 1 otherwise);
+Ctrl-C exits 130 and says that a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__, commands
+
+    parser = argparse.ArgumentParser(
+        prog="jaxviz", description="CNN visualisation in JAX: attribution, style transfer, feature visualisation."
+    )
+    parser.add_argument("--version", action="version", version=f"jaxviz {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxviz`` console script; returns the exit code."""
+    from .errors import InputError, JaxvizError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("jaxviz: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (JaxvizError, OSError, ValueError) as e:
+        code = 2 if isinstance(e, InputError) else 1
+        print(f"jaxviz {args.command}: error: {e}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Pictures at the edge: colormaps, heatmap overlays and grids as float RGB arrays.
+
+Library functions return arrays; these turn them into images a person would
+rather look at than read. Everything here takes and returns NumPy arrays,
+float RGB in [0, 1] with the channel last; save them with
+:func:`jaxviz.image.save`.
+
+Example:
+    >>> from jaxviz import viz, image
+    >>> pic = viz.overlay(img[0], attr[0])           # attribution (H, W, 3) over the image
+    >>> image.save(pic, "saliency.png")
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "reduce_channels",
+    "normalize",
+    "colormap",
+    "heatmap",
+    "overlay",
+    "grid",
+    "channel_grid",
+    "upsample_nearest",
+]
+
+_REDUCTIONS = ("abs_sum", "sum", "max_abs", "l2")
+
+
+def reduce_channels(attr, how: str = "abs_sum") -> np.ndarray:
+    """Reduces an attribution's channel axis: (..., H, W, C) -> (..., H, W).
+
+    Args:
+      attr: attribution with the input's shape.
+      how: ``"abs_sum"`` (sum of |a|), ``"sum"`` (signed), ``"max_abs"`` (max |a|,
+        Simonyan et al.'s saliency), ``"l2"`` (Euclidean norm).
+    """
+    a = np.asarray(attr, np.float32)
+    if how == "abs_sum":
+        return np.abs(a).sum(-1)
+    if how == "sum":
+        return a.sum(-1)
+    if how == "max_abs":
+        return np.abs(a).max(-1)
+    if how == "l2":
+        return np.sqrt((a * a).sum(-1))
+    raise InputError(f"how: expected one of {', '.join(map(repr, _REDUCTIONS))}; got {how!r}")
+
+
+def normalize(values, *, signed: bool = False, percentile: float = 99.5) -> np.ndarray:
+    """Scales a map to [0, 1] (or [-1, 1] when ``signed``), clipping at a percentile.
+
+    Unsigned: (v - min) / (p - min) with p the ``percentile`` of v, clipped to
+    [0, 1]. Signed: v / percentile(|v|), clipped to [-1, 1], so 0 stays 0.
+    A constant map becomes all zeros.
+    """
+    v = np.asarray(values, np.float32)
+    if not 0 < percentile <= 100:
+        raise InputError(f"percentile: expected a value in (0, 100], got {percentile!r}")
+    if signed:
+        scale = np.percentile(np.abs(v), percentile)
+        return np.clip(v / scale, -1, 1) if scale > 0 else np.zeros_like(v)
+    lo = v.min() if v.size else 0.0
+    hi = np.percentile(v, percentile) if v.size else 0.0
+    if hi <= lo:
+        hi = v.max() if v.size else lo
+    return np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
+
+
+def colormap(values, cmap: str = "inferno") -> np.ndarray:
+    """Maps values in [0, 1] through a Matplotlib colormap: (...) -> (..., 3) float RGB."""
+    from matplotlib import colormaps
+
+    try:
+        cm = colormaps[cmap]
+    except KeyError:
+        raise InputError(f"cmap: unknown colormap {cmap!r} (try 'inferno', 'viridis', 'jet', 'RdBu_r')") from None
+    return cm(np.clip(np.asarray(values, np.float32), 0, 1))[..., :3].astype(np.float32)
+
+
+def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: float = 99.5,
+            how: str = "abs_sum") -> np.ndarray:
+    """An attribution map as a colour picture.
+
+    Args:
+      attr: (H, W) map, or (H, W, C) attribution reduced with ``how``.
+      cmap: colormap (default ``"inferno"``, or ``"RdBu_r"`` when ``signed``).
+      signed: keep the sign (blue negative, red positive).
+      percentile: clipping percentile (see :func:`normalize`).
+
+    Returns:
+      (H, W, 3) float RGB in [0, 1].
+    """
+    a = np.asarray(attr, np.float32)
+    if a.ndim == 3:
+        a = reduce_channels(a, "sum" if signed else how)
+    if a.ndim != 2:
+        raise InputError(f"attr: expected shape (H, W) or (H, W, C), got {a.shape}")
+    v = normalize(a, signed=signed, percentile=percentile)
+    if signed:
+        v = (v + 1) / 2
+    return colormap(v, cmap or ("RdBu_r" if signed else "inferno"))
+
+
+def upsample_nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w, ...) array to ``shape`` (H, W)."""
+    a = np.asarray(a)
+    rows = (np.arange(shape[0]) * a.shape[0] // shape[0]).clip(0, a.shape[0] - 1)
+    cols = (np.arange(shape[1]) * a.shape[1] // shape[1]).clip(0, a.shape[1] - 1)
+    return a[rows][:, cols]
+
+
+def overlay(img, attr, *, alpha: float = 0.5, cmap: str = "jet", percentile: float = 99.5,
+            how: str = "abs_sum") -> np.ndarray:
+    """A heatmap blended over the image it explains (the classic Grad-CAM picture).
+
+    Args:
+      img: (H, W, 3) float RGB in [0, 1] (a leading batch axis of 1 is dropped).
+      attr: (h, w) or (h, w, C) map; resized to (H, W) if smaller.
+      alpha: heatmap opacity; the colour is weighted by the map's value too, so
+        unimportant regions show the image.
+
+    Returns:
+      (H, W, 3) float RGB in [0, 1].
+    """
+    img = np.asarray(img, np.float32)
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise InputError(f"img: expected shape (H, W, 3), got {img.shape}")
+    a = np.asarray(attr, np.float32)
+    if a.ndim == 3:
+        a = reduce_channels(a, how)
+    if a.shape != img.shape[:2]:
+        a = upsample_nearest(a, img.shape[:2])
+    v = normalize(a, percentile=percentile)
+    colour = colormap(v, cmap)
+    w = alpha * v[..., None]
+    return np.clip((1 - w) * img + w * colour, 0, 1)
+
+
+def grid(images: Sequence[np.ndarray] | np.ndarray, *, ncols: int | None = None, pad: int = 2,
+         pad_value: float = 1.0) -> np.ndarray:
+    """Tiles images (N, H, W, 3) or (N, H, W) into one picture, row by row.
+
+    ``ncols`` defaults to ceil(sqrt(N)). Greyscale tiles are repeated to RGB.
+    Tiles of different sizes are placed top-left in cells of the largest size.
+    """
+    tiles = [np.asarray(t, np.float32) for t in images]
+    if not tiles:
+        raise InputError("images: expected at least one image, got none")
+    tiles = [np.repeat(t[..., None], 3, -1) if t.ndim == 2 else t for t in tiles]
+    for t in tiles:
+        if t.ndim != 3 or t.shape[-1] != 3:
+            raise InputError(f"images: expected tiles of shape (H, W, 3) or (H, W), got {t.shape}")
+    n = len(tiles)
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    th = max(t.shape[0] for t in tiles)
+    tw = max(t.shape[1] for t in tiles)
+    out = np.full((nrows * th + (nrows + 1) * pad, ncols * tw + (ncols + 1) * pad, 3), pad_value, np.float32)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        out[y : y + t.shape[0], x : x + t.shape[1]] = t
+    return out
+
+
+def channel_grid(maps, *, order: str = "mean", limit: int | None = 64, cmap: str = "viridis",
+                 ncols: int | None = None, pad: int = 2) -> np.ndarray:
+    """Feature maps (H, W, C) as a grid of per-channel pictures, each scaled to its own range.
+
+    Args:
+      maps: one image's activations at a tap, (H, W, C) (a batch axis of 1 is dropped).
+      order: ``"mean"`` (strongest mean activation first) or ``"index"`` (as given).
+      limit: show at most this many channels (None for all).
+    """
+    m = np.asarray(maps, np.float32)
+    if m.ndim == 4 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 3:
+        raise InputError(f"maps: expected shape (H, W, C), got {m.shape}")
+    if order == "mean":
+        idx = np.argsort(-m.mean((0, 1)), kind="stable")
+    elif order == "index":
+        idx = np.arange(m.shape[-1])
+    else:
+        raise InputError(f"order: expected 'mean' or 'index', got {order!r}")
+    if limit is not None:
+        idx = idx[:limit]
+    tiles = []
+    for c in idx:
+        ch = m[..., c]
+        lo, hi = ch.min(), ch.max()
+        tiles.append(colormap((ch - lo) / (hi - lo) if hi > lo else np.zeros_like(ch), cmap))
+    return grid(tiles, ncols=ncols, pad=pad)

@@ -1,0 +1,550 @@
+"""Parameters for jaxviz models: torchvision/timm conversion, cache, download, random init.
+
+Loading is a pure function returning a params pytree; modules never touch
+files or the network. The layout is Flax's::
+
+    {"params": {"conv1_1": {"kernel": (3, 3, 3, 64), "bias": (64,)}, ...,
+                "fc6": {"kernel": (25088, 4096), "bias": (4096,)}, ...}}
+
+Conversion from torchvision's state dict: conv kernels OIHW -> HWIO, linear
+weights transposed, and ``fc6``'s input axis permuted from torchvision's
+(C, H, W) flattening to our NHWC (H, W, C) flattening.
+
+Example:
+    >>> from jaxviz import models, weights
+    >>> params = weights.random("vgg19", seed=0)          # offline, torchvision's init
+    >>> params = weights.load("vgg19")                     # pretrained: cache, else download
+    >>> params = weights.from_torchvision("vgg19-dcbb9e9d.pth", arch="vgg19")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import models
+from .errors import (
+    ArchitectureError,
+    ChecksumError,
+    DownloadError,
+    InputError,
+    WeightsError,
+    WeightsNotFoundError,
+)
+from .models.vgg import VGG
+
+__all__ = [
+    "SOURCES",
+    "Source",
+    "cache_dir",
+    "cached",
+    "convert",
+    "from_torchvision",
+    "load",
+    "load_file",
+    "random",
+    "save",
+    "to_torchvision",
+    "features_only",
+]
+
+CACHE_ENV = "JAXVIZ_CACHE"
+_PREFIX_RE = re.compile(r"-([0-9a-f]{8,64})\.(?:pth|pt|safetensors)$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A pretrained weight file jaxviz can fetch: where from and its checksum."""
+
+    arch: str
+    url: str
+    filename: str
+    sha256_prefix: str
+    size_mb: float
+
+    @property
+    def converted_name(self) -> str:
+        return f"{self.arch}-{self.sha256_prefix}.jaxviz.safetensors"
+
+
+def _read_manifest() -> dict[str, Source]:
+    raw = json.loads(resources.files("jaxviz").joinpath("data/manifest.json").read_text())
+    return {
+        arch: Source(arch, s["url"], s["filename"], s["sha256_prefix"], s["size_mb"])
+        for arch, s in raw["sources"].items()
+    }
+
+
+SOURCES: dict[str, Source] = _read_manifest()
+
+
+def cache_dir() -> Path:
+    """The weight cache: ``$JAXVIZ_CACHE``, else ``$XDG_CACHE_HOME/jaxviz``, else ``~/.cache/jaxviz``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "jaxviz"
+
+
+def _net_for(arch: str | VGG) -> VGG:
+    if isinstance(arch, VGG):
+        return arch
+    return models.get(arch)
+
+
+def _arch_name(arch: str | VGG) -> str:
+    if isinstance(arch, VGG):
+        for name, stages in (("vgg16", models.VGG16_STAGES), ("vgg19", models.VGG19_STAGES)):
+            if tuple(map(tuple, arch.stages)) == stages:
+                return name
+        return "custom VGG"
+    return arch
+
+
+def _conv_names(net: VGG) -> list[str]:
+    return [n for n in net.layers if n.startswith("conv")]
+
+
+# --------------------------------------------------------------------------- random init
+
+
+def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True) -> dict:
+    """Random parameters with torchvision's initialisation scheme, for offline use.
+
+    Convolutions: Kaiming normal, ``mode="fan_out"``, gain sqrt(2) (std =
+    sqrt(2 / (out_channels * 9))), zero bias. Linear layers: N(0, 0.01), zero bias.
+
+    Args:
+      arch: ``"vgg16"``, ``"vgg19"`` or a :class:`~jaxviz.models.VGG` module.
+      seed: PRNG seed.
+      classifier: include ``fc6``..``fc8`` (ignored for a features-only module).
+
+    Returns:
+      A Flax params pytree ``{"params": {...}}`` of float32 arrays.
+    """
+    net = _net_for(arch)
+    classifier = classifier and net.classifier
+    keys = iter(jax.random.split(jax.random.key(seed), 64))
+    params: dict[str, dict[str, jax.Array]] = {}
+    cin = 3
+    for b, stage in enumerate(net.stages, 1):
+        for n, cout in enumerate(stage, 1):
+            std = np.sqrt(2.0 / (cout * 9))
+            params[f"conv{b}_{n}"] = {
+                "kernel": std * jax.random.normal(next(keys), (3, 3, cin, cout), jnp.float32),
+                "bias": jnp.zeros((cout,), jnp.float32),
+            }
+            cin = cout
+    if classifier:
+        ph, pw = net.pool_output
+        dims = [ph * pw * cin, net.fc_features, net.fc_features, net.num_classes]
+        for name, din, dout in zip(("fc6", "fc7", "fc8"), dims[:-1], dims[1:]):
+            params[name] = {
+                "kernel": 0.01 * jax.random.normal(next(keys), (din, dout), jnp.float32),
+                "bias": jnp.zeros((dout,), jnp.float32),
+            }
+    return {"params": params}
+
+
+def features_only(params: Mapping) -> dict:
+    """Drops ``fc6``..``fc8`` (about 120M of VGG's 140M parameters)."""
+    inner = params["params"]
+    return {"params": {k: v for k, v in inner.items() if k.startswith("conv")}}
+
+
+# --------------------------------------------------------------------------- torchvision layout
+
+
+def _torch_indices(net: VGG) -> dict[str, int]:
+    """conv name -> index in torchvision's ``features`` Sequential."""
+    out, i = {}, 0
+    for b, stage in enumerate(net.stages, 1):
+        for n in range(1, len(stage) + 1):
+            out[f"conv{b}_{n}"] = i
+            i += 2  # Conv2d, ReLU
+        i += 1  # MaxPool2d
+    return out
+
+
+def _to_numpy(value: Any, key: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().float().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{key}: expected an array, got {type(value).__name__}") from e
+    return arr
+
+
+def _layout(state: Mapping[str, Any]) -> str:
+    keys = set(state)
+    if "head.fc.weight" in keys or "pre_logits.fc1.weight" in keys:
+        return "timm"
+    return "torchvision"
+
+
+def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: str = "state dict") -> dict:
+    """Converts a torchvision- or timm-layout VGG state dict to Flax params.
+
+    Args:
+      state: mapping key -> array (numpy, torch tensor, anything ``np.asarray`` takes).
+        torchvision keys: ``features.{i}.weight``, ``classifier.{0,3,6}.weight``;
+        timm keys (``vgg19.tv_in1k``): ``features.{i}.weight``,
+        ``pre_logits.fc1.weight`` (a 7x7 conv), ``pre_logits.fc2.weight`` (1x1 conv),
+        ``head.fc.weight``. A state dict without classifier keys converts to a
+        features-only params tree.
+      arch: ``"vgg16"``, ``"vgg19"``, a VGG module, or None to infer from the
+        number of convolutions.
+      name: how to refer to the source in error messages.
+
+    Returns:
+      A Flax params pytree.
+
+    Raises:
+      ArchitectureError: the state dict holds another architecture (layer count
+        or shapes differ), naming both.
+      WeightsError: keys missing or values unusable.
+    """
+    if not isinstance(state, Mapping):
+        raise InputError(f"state: expected a mapping of name -> array, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    layout = _layout(state)
+    conv_keys = sorted(
+        (int(k.split(".")[1]) for k in state if re.fullmatch(r"features\.\d+\.weight", k))
+    )
+    found = len(conv_keys)
+    if arch is None:
+        by_count = {len(_conv_names(models.get(a))): a for a in models.ARCHS}
+        if found not in by_count:
+            raise ArchitectureError(
+                f"{name}: found {found} convolutions in 'features', which is neither VGG16 (13) nor VGG19 (16)"
+            )
+        arch = by_count[found]
+    net = _net_for(arch)
+    label = _arch_name(arch)
+    indices = _torch_indices(net)
+    expected = len(indices)
+    if found != expected or sorted(indices.values()) != conv_keys:
+        guess = {13: " (looks like VGG16)", 16: " (looks like VGG19)"}.get(found, "")
+        raise ArchitectureError(
+            f"{name}: wrong architecture: expected {label} with {expected} convolutions in 'features', "
+            f"found {found}{guess}"
+        )
+
+    params: dict[str, dict[str, np.ndarray]] = {}
+    cin = 3
+    for conv, i in indices.items():
+        w = _to_numpy(state[f"features.{i}.weight"], f"features.{i}.weight")
+        bias = _to_numpy(state.get(f"features.{i}.bias"), f"features.{i}.bias")
+        cout = net._widths()[conv]
+        if w.shape != (cout, cin, 3, 3):
+            raise ArchitectureError(
+                f"{name}: wrong architecture: features.{i}.weight ({conv}) has shape {w.shape}, "
+                f"expected {(cout, cin, 3, 3)} for {label}"
+            )
+        params[conv] = {"kernel": w.transpose(2, 3, 1, 0), "bias": bias}
+        cin = cout
+
+    fc_keys = (
+        ("pre_logits.fc1", "pre_logits.fc2", "head.fc")
+        if layout == "timm"
+        else ("classifier.0", "classifier.3", "classifier.6")
+    )
+    has_fc = [f"{k}.weight" in state for k in fc_keys]
+    if net.classifier and any(has_fc):
+        if not all(has_fc):
+            missing = [f"{k}.weight" for k, h in zip(fc_keys, has_fc) if not h]
+            raise WeightsError(f"{name}: classifier incomplete, missing {', '.join(missing)}")
+        ph, pw = net.pool_output
+        for fc, key in zip(("fc6", "fc7", "fc8"), fc_keys):
+            w = _to_numpy(state[f"{key}.weight"], f"{key}.weight")
+            bias = _to_numpy(state[f"{key}.bias"], f"{key}.bias")
+            if fc == "fc6":
+                w = w.reshape(w.shape[0], cin, ph, pw)  # (F, C, H, W), torch flattening order
+                if w.shape[0] != net.fc_features:
+                    raise ArchitectureError(
+                        f"{name}: {key}.weight has {w.shape[0]} outputs, expected {net.fc_features}"
+                    )
+                kernel = w.transpose(2, 3, 1, 0).reshape(ph * pw * cin, -1)
+            else:
+                kernel = w.reshape(w.shape[0], -1).T
+            params[fc] = {"kernel": kernel, "bias": bias}
+        if params["fc8"]["kernel"].shape[1] != net.num_classes and not isinstance(arch, VGG):
+            raise ArchitectureError(
+                f"{name}: classifier has {params['fc8']['kernel'].shape[1]} classes; "
+                f"build the model with models.{label}(num_classes=...) and pass it as arch"
+            )
+    for layer in params.values():
+        for k in layer:
+            layer[k] = np.ascontiguousarray(layer[k], dtype=np.float32)
+    return {"params": jax.tree.map(jnp.asarray, params)}
+
+
+def to_torchvision(params: Mapping, arch: str | VGG = "vgg19") -> dict[str, np.ndarray]:
+    """The inverse of :func:`convert`: Flax params -> torchvision state dict (numpy)."""
+    net = _net_for(arch)
+    inner = params["params"]
+    state: dict[str, np.ndarray] = {}
+    for conv, i in _torch_indices(net).items():
+        state[f"features.{i}.weight"] = np.asarray(inner[conv]["kernel"]).transpose(3, 2, 0, 1)
+        state[f"features.{i}.bias"] = np.asarray(inner[conv]["bias"])
+    if "fc6" in inner:
+        ph, pw = net.pool_output
+        k6 = np.asarray(inner["fc6"]["kernel"])
+        cin = k6.shape[0] // (ph * pw)
+        w6 = k6.reshape(ph, pw, cin, -1).transpose(3, 2, 0, 1).reshape(k6.shape[1], -1)
+        for fc, key, w in (
+            ("fc6", "classifier.0", w6),
+            ("fc7", "classifier.3", np.asarray(inner["fc7"]["kernel"]).T),
+            ("fc8", "classifier.6", np.asarray(inner["fc8"]["kernel"]).T),
+        ):
+            state[f"{key}.weight"] = np.ascontiguousarray(w)
+            state[f"{key}.bias"] = np.asarray(inner[fc]["bias"])
+    return state
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_name_digest(path: Path) -> None:
+    """torchvision file names carry the sha256 prefix: verify it when present."""
+    m = _PREFIX_RE.search(path.name)
+    if m and not path.name.endswith(".jaxviz.safetensors"):
+        want, got = m.group(1), _sha256(path)
+        if not got.startswith(want):
+            raise ChecksumError(
+                f"{path}: checksum mismatch: the name promises sha256 {want}..., the file has {got}; "
+                "the file is corrupt, truncated or not the published one: delete it and fetch it again"
+            )
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise WeightsNotFoundError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file as st_load
+
+        try:
+            return st_load(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+    try:
+        import torch
+    except ImportError as e:
+        raise WeightsError(
+            f"{path}: reading PyTorch .pth files needs PyTorch: pip install 'jaxviz[torch]' "
+            "(or pass a .safetensors file, which needs no PyTorch)"
+        ) from e
+    try:
+        # weights_only=True: a restricted unpickler, no arbitrary pickled code runs.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise WeightsError(
+                f"{path}: refused: the file holds pickled Python objects, not just tensors ({text})"
+            ) from e
+        raise WeightsError(f"{path}: corrupt or truncated PyTorch file ({text})") from e
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    return dict(state)
+
+
+def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | VGG | None = "vgg19") -> dict:
+    """Flax params from a torchvision/timm VGG checkpoint.
+
+    Args:
+      source: a ``.pth`` file (read with ``torch.load(weights_only=True)``: no
+        pickled code runs), a ``.safetensors`` file in torchvision's or timm's
+        layout, or a mapping name -> array.
+      arch: ``"vgg16"``, ``"vgg19"``, a VGG module, or None to infer.
+
+    Returns:
+      A Flax params pytree.
+
+    Raises:
+      ChecksumError: the file name carries a sha256 prefix (torchvision's
+        ``vgg19-dcbb9e9d.pth``) that the content does not match.
+      ArchitectureError: the file holds another architecture.
+      WeightsError: the file is corrupt, truncated or unreadable.
+    """
+    if isinstance(source, Mapping):
+        return convert(source, arch)
+    path = Path(source).expanduser()
+    state = _read_state(path)
+    _check_name_digest(path)
+    return convert(state, arch, name=str(path))
+
+
+def _flatten(params: Mapping) -> dict[str, np.ndarray]:
+    flat = {}
+    for layer, leaves in params["params"].items():
+        for leaf, value in leaves.items():
+            flat[f"{layer}.{leaf}"] = np.ascontiguousarray(np.asarray(value, np.float32))
+    return flat
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -> Path:
+    """Saves params as safetensors (atomically) with a ``.sha256`` sidecar; returns the path."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    meta = {"format": "jaxviz", "layout": "flax-nhwc"}
+    if arch:
+        meta["arch"] = arch
+    flat = _flatten(params)
+    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
+    digest = _sha256(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
+    return path
+
+
+def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
+    """Loads params written by :func:`save`, verifying the ``.sha256`` sidecar when present.
+
+    Raises:
+      ChecksumError: the file does not match its sidecar.
+      ArchitectureError: ``arch`` given and the file's layer shapes differ.
+      WeightsError: the file is corrupt or not a jaxviz params file.
+    """
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.exists() and path.exists():
+        want = sidecar.read_text().split()[0]
+        got = _sha256(path)
+        if got != want:
+            raise ChecksumError(
+                f"{path}: checksum mismatch: expected sha256 {want}, got {got}; the cached file is "
+                "corrupt: delete it and convert again"
+            )
+    flat = _read_state(path)
+    if not flat or not all(re.fullmatch(r"\w+\.(kernel|bias)", k) for k in flat):
+        if any(k.startswith("features.") for k in flat):
+            return from_torchvision(path, arch)
+        raise WeightsError(f"{path}: not a jaxviz params file (keys like 'conv1_1.kernel' expected)")
+    params: dict[str, dict[str, jax.Array]] = {}
+    for key, value in flat.items():
+        layer, leaf = key.split(".")
+        params.setdefault(layer, {})[leaf] = jnp.asarray(value)
+    if arch is not None:
+        expected = jax.eval_shape(lambda: random(arch))["params"]
+        for layer, leaves in expected.items():
+            if layer not in params:
+                if layer.startswith("fc"):
+                    continue  # a features-only file
+                raise ArchitectureError(f"{path}: wrong architecture: no {layer} for {_arch_name(arch)}")
+            for leaf, spec in leaves.items():
+                got = params[layer][leaf].shape
+                if got != spec.shape:
+                    raise ArchitectureError(
+                        f"{path}: wrong architecture: {layer}.{leaf} has shape {got}, "
+                        f"expected {spec.shape} for {_arch_name(arch)}"
+                    )
+    return {"params": params}
+
+
+# --------------------------------------------------------------------------- cache + download
+
+
+def _source(arch: str) -> Source:
+    if arch not in SOURCES:
+        raise InputError(f"arch: expected one of {', '.join(map(repr, SOURCES))}; got {arch!r}")
+    return SOURCES[arch]
+
+
+def cached(directory: str | os.PathLike | None = None) -> dict[str, dict[str, Path | None]]:
+    """What the cache holds: ``arch -> {"converted": path or None, "original": path or None}``."""
+    root = Path(directory) if directory else cache_dir()
+    out = {}
+    for arch, src in SOURCES.items():
+        conv, orig = root / src.converted_name, root / src.filename
+        out[arch] = {"converted": conv if conv.exists() else None, "original": orig if orig.exists() else None}
+    return out
+
+
+def load(
+    arch: str = "vgg19",
+    *,
+    cache: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = True,
+    classifier: bool = True,
+) -> dict:
+    """Pretrained ImageNet params for ``arch``: from the cache, else converted from a
+    cached torchvision file, else downloaded (when online) and converted.
+
+    Args:
+      arch: ``"vgg16"`` or ``"vgg19"``.
+      cache: cache directory (default :func:`cache_dir`, ``$JAXVIZ_CACHE``).
+      download: allow fetching the torchvision file when nothing is cached.
+      progress: show a progress bar while downloading.
+      classifier: False drops ``fc6``..``fc8`` (for style transfer, DeepDream ...).
+
+    Returns:
+      A Flax params pytree.
+
+    Raises:
+      WeightsNotFoundError: nothing cached and the download is off or failed;
+        the message names the file, the URL, where to put it, and
+        :func:`random` as the offline fallback.
+      ChecksumError, WeightsError: a cached or downloaded file is corrupt.
+    """
+    src = _source(arch)
+    root = Path(cache).expanduser() if cache else cache_dir()
+    converted, original = root / src.converted_name, root / src.filename
+    if not converted.exists():
+        if not original.exists():
+            hint = (
+                f"no pretrained weights for {arch} in {root}. Download {src.url} "
+                f"({src.size_mb:.0f} MB) to {original} (or run `jaxviz convert FILE`), "
+                f"or use weights.random({arch!r}) offline"
+            )
+            if not download:
+                raise WeightsNotFoundError(hint)
+            from . import download as _download
+
+            try:
+                _download.download(src.url, original, sha256=src.sha256_prefix, progress=progress)
+            except DownloadError as e:
+                raise WeightsNotFoundError(f"{hint} (download failed: {e})") from e
+        params = from_torchvision(original, arch)
+        save(params, converted, arch=arch)
+    params = load_file(converted, arch)
+    return params if classifier else features_only(params)
