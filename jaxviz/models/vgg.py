@@ -234,7 +234,7 @@ class VGG(nn.Module):
             x = self._layer(name, x, widths, relu, train)
             for key in by_layer.get(name, ()):
                 outputs[key] = x
-        return x if single else outputs
+        return x if single else {k: outputs[k] for k in requested}
 
     def _layer(self, name, x, widths, relu, train):
         if name.startswith("conv"):
