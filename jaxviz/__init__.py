@@ -1,8 +1,16 @@
-"""jaxviz: classic CNN visualisation techniques, fast, exact and composable in JAX/Flax."""
+"""jaxviz: classic CNN visualisation techniques, fast, exact and composable in JAX/Flax.
 
-from . import errors, models
+    >>> import jaxviz
+    >>> from jaxviz import models, weights, image
+    >>> net = models.vgg19()
+    >>> params = weights.random("vgg19", seed=0)     # or weights.load("vgg19") for ImageNet weights
+    >>> x = image.load("photo.jpg", size=224)        # (1, H, W, 3) float32 RGB in [0, 1]
+    >>> logits = net.apply(params, x)                # (1, 1000)
+"""
+
+from . import download, errors, image, models, viz, weights
 from .errors import JaxvizError
 
 __version__ = "0.1.0"
 
-__all__ = ["JaxvizError", "errors", "models", "__version__"]
+__all__ = ["JaxvizError", "download", "errors", "image", "models", "viz", "weights", "__version__"]

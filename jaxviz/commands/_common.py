@@ -1,0 +1,51 @@
+"""Helpers shared by the CLI subcommands: model and weight selection."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import models, weights
+from ..errors import InputError
+
+__all__ = ["add_model_args", "model_and_params", "imagenet_classes"]
+
+
+def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -> None:
+    p.add_argument("--arch", default=default_arch, choices=sorted(models.ARCHS), help="network (default %(default)s)")
+    p.add_argument(
+        "--weights",
+        default="pretrained",
+        metavar="pretrained|random|FILE",
+        help="pretrained ImageNet weights from the cache (downloaded when online), random weights "
+        "(torchvision's init; runs offline, meaningless output), or a .pth/.safetensors file",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+
+
+def model_and_params(args: argparse.Namespace, *, classifier: bool = True, **model_kwargs):
+    """The network and params the --arch/--weights/--seed arguments ask for."""
+    net = models.get(args.arch, classifier=classifier, **model_kwargs)
+    choice = args.weights
+    if choice == "pretrained":
+        params = weights.load(args.arch, classifier=classifier)
+    elif choice == "random":
+        params = weights.random(net, seed=args.seed)
+    else:
+        path = Path(choice)
+        if not path.exists():
+            raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {choice!r}")
+        if path.name.endswith(".jaxviz.safetensors"):
+            params = weights.load_file(path, net)
+        else:
+            params = weights.from_torchvision(path, net)
+        if not classifier:
+            params = weights.features_only(params)
+    return net, params
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, in torchvision's order."""
+    from importlib import resources
+
+    return resources.files("jaxviz").joinpath("data/imagenet_classes.txt").read_text().splitlines()

@@ -1,0 +1,88 @@
+"""``jaxviz info``, ``jaxviz convert`` and ``jaxviz classify``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import add_model_args, imagenet_classes, model_and_params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="devices, JAX backend and cached weights")
+    p.set_defaults(func=info)
+
+    p = sub.add_parser("convert", help="convert a torchvision/timm VGG file into the jaxviz cache")
+    p.add_argument("file", type=Path, help="torchvision .pth or torchvision/timm .safetensors file")
+    p.add_argument("--arch", default=None, choices=["vgg16", "vgg19"], help="default: inferred from the file")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: the cache, where weights.load finds it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing converted file")
+    p.set_defaults(func=convert)
+
+    p = sub.add_parser("classify", help="top-k ImageNet classes of images")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    add_model_args(p)
+    p.add_argument("--top", type=int, default=5, help="how many classes to show (default %(default)s)")
+    p.set_defaults(func=classify)
+
+
+def info(args: argparse.Namespace) -> int:
+    import jax
+
+    from .. import __version__, weights
+
+    print(f"jaxviz {__version__}, jax {jax.__version__}")
+    print(f"backend: {jax.default_backend()}")
+    for d in jax.devices():
+        print(f"  device {d.id}: {d.device_kind} ({d.platform})")
+    root = weights.cache_dir()
+    print(f"weight cache: {root} (set JAXVIZ_CACHE to move it)")
+    for arch, files in weights.cached(root).items():
+        if files["converted"]:
+            state = f"converted ({files['converted'].name})"
+        elif files["original"]:
+            state = f"torchvision file only ({files['original'].name}); converted on first use"
+        else:
+            state = f"not cached (weights.load downloads {weights.SOURCES[arch].url})"
+        print(f"  {arch}: {state}")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    from .. import weights
+
+    params = weights.from_torchvision(args.file, args.arch)
+    arch = args.arch or ("vgg16" if "conv5_4" not in params["params"] else "vgg19")
+    out = args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
+    if out.exists() and not args.force:
+        print(f"{out} exists; kept it (use --force to overwrite)")
+        return 0
+    weights.save(params, out, arch=arch)
+    n = sum(v.size for layer in params["params"].values() for v in layer.values())
+    print(f"converted {args.file} ({arch}, {n:,} parameters) -> {out}")
+    return 0
+
+
+def classify(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from .. import image
+    from ..errors import InputError
+
+    if args.top < 1 or args.top > 1000:
+        raise InputError(f"--top: expected 1..1000, got {args.top}")
+    net, params = model_and_params(args)
+    names = imagenet_classes()
+    forward = jax.jit(lambda p, x: jax.nn.softmax(net.apply(p, x), axis=-1))
+    for path in args.images:
+        x = image.imagenet_eval(path)
+        probs = np.asarray(forward(params, x))[0]
+        top = np.argsort(-probs, kind="stable")[: args.top]
+        print(f"{path}:")
+        for k in top:
+            print(f"  {probs[k]:7.2%}  {k:4d}  {names[k]}")
+    if args.weights == "random":
+        print("(random weights: these classes mean nothing; use --weights pretrained)", file=sys.stderr)
+    return 0

@@ -1,0 +1,82 @@
+"""The jaxviz command: info, convert, classify, and one-line errors."""
+
+import numpy as np
+import pytest
+
+from jaxviz import cli, image, models, weights
+
+torch = pytest.importorskip("torch")
+import torch_reference as tr  # noqa: E402
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_lists_backend_devices_and_cache(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path))
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    assert "backend: cpu" in out and "device 0:" in out
+    assert f"weight cache: {tmp_path}" in out
+    assert "vgg19: not cached (weights.load downloads https://download.pytorch.org/models/vgg19-dcbb9e9d.pth)" in out
+
+
+def test_convert_into_the_cache_then_load_finds_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "cache"))
+    ref = tr.make("vgg16", seed=0)
+    state = {k: v for k, v in ref.state_dict().items() if k.startswith("features")}  # 58 MB, not 528
+    src = tmp_path / "vgg16-features.pth"
+    torch.save(state, src)
+    code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16")
+    assert code == 0 and "14,714,688 parameters" in out
+    params = weights.load("vgg16", download=False)
+    np.testing.assert_array_equal(params["params"]["conv1_1"]["kernel"], state["features.0.weight"].numpy().transpose(2, 3, 1, 0))
+    code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16")
+    assert code == 0 and "exists; kept it" in out
+    code, out, _ = run(capsys, "info")
+    assert "vgg16: converted (vgg16-397923af.jaxviz.safetensors)" in out
+
+
+def test_classify_prints_top5_with_imagenet_names(capsys, tmp_path):
+    yy, xx = np.mgrid[0:64, 0:80] / 64.0
+    pic = np.stack([yy, xx / 1.25, 0.5 + 0 * yy], -1).astype(np.float32)
+    path = image.save(pic, tmp_path / "gradient.png")
+    code, out, err = run(capsys, "classify", str(path), "--weights", "random", "--arch", "vgg16", "--top", "3")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == f"{path}:" and len(lines) == 4
+    # the same numbers through the library
+    net = models.vgg16()
+    logits = np.asarray(net.apply(weights.random(net, seed=0), image.imagenet_eval(path)))[0]
+    top = np.argsort(-logits)[:3]
+    names = (tmp_path / "x").parent  # noqa: F841
+    from jaxviz.commands._common import imagenet_classes
+
+    for line, k in zip(lines[1:], top):
+        assert line.split()[1] == str(k) and line.endswith(imagenet_classes()[k])
+    assert "random weights" in err
+
+
+def test_errors_are_one_line_and_nonzero(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("JAXVIZ_OFFLINE", "1")
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    code, out, err = run(capsys, "classify", str(not_image), "--weights", "random", "--arch", "vgg16")
+    assert code == 1 and err.count("\n") == 1 and "notes.txt" in err and "Traceback" not in err
+    code, _, err = run(capsys, "classify", str(not_image), "--arch", "vgg16")
+    assert code == 1 and err.startswith("jaxviz classify: error: no pretrained weights for vgg16") and err.count("\n") == 1
+    code, _, err = run(capsys, "classify", str(not_image), "--weights", "nope.pth")
+    assert code == 2 and "--weights: expected 'pretrained', 'random' or an existing file, got 'nope.pth'" in err
+    code, _, err = run(capsys, "convert", str(tmp_path / "missing.pth"))
+    assert code == 1 and "missing.pth: no such file" in err
+
+
+def test_imagenet_class_names_are_torchvisions():
+    from jaxviz.commands._common import imagenet_classes
+
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever" and names[999] == "toilet tissue"
