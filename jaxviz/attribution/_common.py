@@ -1,0 +1,308 @@
+"""Shared plumbing for the attribution methods: models vs plain callables,
+targets, chunked evaluation, trace counting and upsampling.
+
+Nothing here is public API; the methods in this package build on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _checks
+from ..errors import InputError
+
+__all__: list[str] = []
+
+#: Number of times each method's jitted core has been traced (tests assert no re-tracing).
+TRACES: Counter = Counter()
+
+
+def count_trace(name: str) -> None:
+    """Called from inside a jitted core: runs only while tracing."""
+    TRACES[name] += 1
+
+
+def is_model(net: Any) -> bool:
+    """True for a jaxviz model: a flax module with named taps."""
+    return isinstance(net, nn.Module) and hasattr(net, "layers")
+
+
+def check_net(net: Any, method: str, *, model_only: bool = False) -> None:
+    if model_only:
+        if not is_model(net):
+            raise InputError(
+                f"net: {method} needs a jaxviz model (a flax module with .layers and the relu=/taps=/start= "
+                f"seams), got {type(net).__name__}"
+            )
+    elif not (is_model(net) or isinstance(net, nn.Module) or callable(net)):
+        raise InputError(f"net: expected a jaxviz model or a callable f(params, images) -> logits, got {type(net).__name__}")
+
+
+def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array], jax.Array]:
+    """``f(params, images) -> logits`` for a jaxviz model (optionally with a ReLU override) or a callable."""
+    if isinstance(net, nn.Module):
+        if relu is None:
+            return lambda params, x: net.apply(params, x)
+        return lambda params, x: net.apply(params, x, relu=relu)
+    if relu is not None:  # pragma: no cover - guarded by check_net(model_only=True)
+        raise InputError("net: a ReLU override needs a jaxviz model")
+    return net
+
+
+def check_images(images: Any) -> jax.Array:
+    images = _checks.images(images, "images")
+    return images
+
+
+def positive_int(value: Any, name: str) -> int:
+    return _checks.positive_int(value, name)
+
+
+def pair(value: Any, name: str) -> tuple[int, int]:
+    """An int or a pair of ints -> (int, int), each positive."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise InputError(f"{name}: expected a positive int or a pair (h, w) of positive ints, got {value!r}")
+    return (_checks.positive_int(value[0], name), _checks.positive_int(value[1], name))
+
+
+# --------------------------------------------------------------------------------------------
+# targets
+
+
+@functools.lru_cache(maxsize=64)
+def _num_outputs(net: Any, params_sig: Any, image_sig: Any) -> Any:
+    treedef, shapes = params_sig
+    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+    images = jax.ShapeDtypeStruct(*image_sig)
+    return jax.eval_shape(forward(net), params, images).shape
+
+
+def output_shape(net: Any, params: Any, images: Any) -> tuple[int, ...]:
+    """The shape of ``f(params, images[:1])`` without running it (cached by shapes)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    sig = (treedef, tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves))
+    try:
+        return _num_outputs(net, sig, ((1,) + tuple(images.shape[1:]), jnp.float32))
+    except TypeError:  # unhashable net: no cache
+        return _num_outputs.__wrapped__(net, sig, ((1,) + tuple(images.shape[1:]), jnp.float32))
+
+
+def prepare_target(target: Any, n: int, net: Any = None, params: Any = None, images: Any = None):
+    """Normalises ``target`` to a static callable or an int array of shape (n,).
+
+    Returns ``(static, dynamic)``: ``static`` is the callable (or None) and goes
+    to a jitted core as a static argument; ``dynamic`` is the (n,) int32 array
+    (or None).
+    """
+    if callable(target) and not isinstance(target, (jax.Array, np.ndarray)):
+        return target, None
+    if target is None:
+        raise InputError(
+            "target: expected a class index (int), one int per image, or a callable logits -> scores, got None"
+        )
+    if isinstance(target, bool):
+        raise InputError(f"target: expected an int, a sequence of N ints or a callable, got {target!r}")
+    if isinstance(target, (int, np.integer)):
+        arr = np.full((n,), int(target), np.int32)
+    elif isinstance(target, jax.core.Tracer):
+        arr = jnp.asarray(target)
+        if not jnp.issubdtype(arr.dtype, jnp.integer) or arr.ndim > 1:
+            raise InputError(f"target: expected integer class indices of shape () or ({n},), got {arr.dtype}{arr.shape}")
+        return None, jnp.broadcast_to(arr.astype(jnp.int32), (n,))
+    else:
+        try:
+            arr = np.asarray(target)
+        except Exception:  # noqa: BLE001
+            raise InputError(f"target: expected an int, a sequence of N ints or a callable, got {type(target).__name__}")
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"target: expected integer class indices, got {arr.dtype} values {target!r}")
+        if arr.ndim == 0:
+            arr = np.full((n,), int(arr), np.int32)
+        elif arr.shape != (n,):
+            raise InputError(f"target: expected one class index per image ({n},), got shape {arr.shape}")
+        arr = arr.astype(np.int32)
+    if net is not None:
+        shape = output_shape(net, params, images)
+        if len(shape) != 2:
+            raise InputError(
+                f"target: an int target needs a model output of shape (N, K), got {shape}; pass a callable"
+            )
+        k = shape[1]
+        bad = arr[(arr < 0) | (arr >= k)]
+        if bad.size:
+            raise InputError(f"target: expected class indices in [0, {k}), got {int(bad[0])}")
+    return None, jnp.asarray(arr)
+
+
+def scores(logits: jax.Array, fn: Callable | None, idx: jax.Array | None) -> jax.Array:
+    """(m, K) logits -> (m,) scores of the target (callable or per-row class index)."""
+    if fn is not None:
+        out = fn(logits)
+        if jnp.shape(out) != (logits.shape[0],):
+            raise InputError(
+                f"target: a callable target must map logits {logits.shape} to one score per image "
+                f"({logits.shape[0]},), got shape {jnp.shape(out)}"
+            )
+        return out
+    return jnp.take_along_axis(logits, idx[:, None], axis=1)[:, 0]
+
+
+def gather_target(idx: jax.Array | None, rows: jax.Array) -> jax.Array | None:
+    return None if idx is None else idx[rows]
+
+
+# --------------------------------------------------------------------------------------------
+# chunked evaluation (the one batch_size knob)
+
+
+def chunked_map(body: Callable[[jax.Array], Any], n: int, batch_size: int) -> Any:
+    """Evaluates ``body(idx)`` for idx = 0..n-1 in chunks of ``batch_size`` and stacks the results.
+
+    ``body`` takes an int32 vector of item indices (length <= batch_size) and
+    returns a pytree whose leaves have that length as leading axis. Full chunks
+    run in a ``lax.map`` (compiled once), the remainder in one extra call.
+    """
+    b = min(batch_size, n)
+    full, rem = divmod(n, b)
+    parts = []
+    if full == 1:
+        parts.append(body(jnp.arange(b, dtype=jnp.int32)))
+    elif full > 1:
+        ys = jax.lax.map(lambda c: body(c * b + jnp.arange(b, dtype=jnp.int32)), jnp.arange(full, dtype=jnp.int32))
+        parts.append(jax.tree.map(lambda y: y.reshape((full * b,) + y.shape[2:]), ys))
+    if rem:
+        parts.append(body(full * b + jnp.arange(rem, dtype=jnp.int32)))
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=0), *parts)
+
+
+def chunked_sum(body: Callable[[jax.Array], Any], n: int, batch_size: int, segments: jax.Array, num_segments: int) -> Any:
+    """Sums ``body(idx)`` over items into ``num_segments`` rows: out[s] = sum of items with segments[item] == s.
+
+    Memory stays O(batch_size + num_segments) per leaf: a ``lax.scan`` over the
+    full chunks carries the running sums.
+    """
+    b = min(batch_size, n)
+    full, rem = divmod(n, b)
+
+    def add(acc, idx):
+        vals = body(idx)
+        seg = segments[idx]
+        return jax.tree.map(lambda a, v: a + jax.ops.segment_sum(v, seg, num_segments), acc, vals)
+
+    proto = jax.eval_shape(body, jnp.zeros((b,), jnp.int32))
+    acc = jax.tree.map(lambda s: jnp.zeros((num_segments,) + s.shape[1:], s.dtype), proto)
+    if full == 1:
+        acc = add(acc, jnp.arange(b, dtype=jnp.int32))
+    elif full > 1:
+        acc, _ = jax.lax.scan(
+            lambda a, c: (add(a, c * b + jnp.arange(b, dtype=jnp.int32)), None), acc, jnp.arange(full, dtype=jnp.int32)
+        )
+    if rem:
+        acc = add(acc, full * b + jnp.arange(rem, dtype=jnp.int32))
+    return acc
+
+
+def check_batch_size(batch_size: Any) -> int:
+    return _checks.positive_int(batch_size, "batch_size")
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+
+
+def default_layer(net: Any) -> str:
+    """The usual Grad-CAM layer: ``cam_layers[0]`` when the model has one, else the last ReLU before the head."""
+    cam_layers = getattr(net, "cam_layers", None)
+    if cam_layers:
+        return cam_layers[0]
+    spatial = [n for n in net.layers if n.startswith("relu") and "_" in n]
+    if not spatial:
+        raise InputError(f"layer: this network has no spatial ReLU tap; pass layer= one of {', '.join(net.layers)}")
+    return spatial[-1]
+
+
+def upsample(maps: jax.Array, size: tuple[int, int], interpolation: str) -> jax.Array:
+    """(N, h, w) -> (N, H, W) with ``jax.image.resize`` ("bilinear" or "nearest")."""
+    if maps.shape[1:] == tuple(size):
+        return maps
+    return jax.image.resize(maps, (maps.shape[0],) + tuple(size), method=interpolation)
+
+
+def broadcast_baseline(baselines: Any, images: jax.Array, name: str = "baselines") -> jax.Array:
+    """A scalar, (H, W, 3), (1, H, W, 3) or (N, H, W, 3) baseline -> (N, H, W, 3) float32."""
+    if baselines is None:
+        return jnp.zeros_like(images)
+    if isinstance(baselines, (int, float, np.integer, np.floating)) and not isinstance(baselines, bool):
+        return jnp.full_like(images, float(baselines))
+    shape = getattr(baselines, "shape", None)
+    if shape is None:
+        raise InputError(f"{name}: expected a number or an array broadcastable to {tuple(images.shape)}, got {type(baselines).__name__}")
+    try:
+        out = jnp.broadcast_to(jnp.asarray(baselines, images.dtype), images.shape)
+    except ValueError:
+        raise InputError(f"{name}: expected a number or an array broadcastable to {tuple(images.shape)}, got shape {tuple(shape)}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# methods as arguments (smoothgrad, metrics)
+
+
+def resolve_method(method: Any, exclude: Sequence[str] = ()) -> Callable:
+    """A method name from METHODS (or a callable with the method signature) -> the function."""
+    if callable(method):
+        return method
+    from . import METHODS
+
+    if method in exclude or method not in METHODS:
+        names = [m for m in METHODS if m not in exclude]
+        raise InputError(f"method: expected one of {', '.join(map(repr, names))} or a callable, got {method!r}")
+    return METHODS[method]
+
+
+def split_options(options: Any) -> tuple[tuple, dict]:
+    """Method options -> (hashable static items, dict of array options) for a jitted core."""
+    static, dynamic = [], {}
+    for k, v in dict(options or {}).items():
+        if isinstance(v, (jax.Array, np.ndarray)):
+            dynamic[k] = v
+        else:
+            try:
+                hash(v)
+            except TypeError:
+                raise InputError(f"options: {k!r} must be an array or a hashable value, got {type(v).__name__}")
+            static.append((k, v))
+    return tuple(sorted(static)), dynamic
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def normal_noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Standard-normal noise per item number: (len(items),) + shape; item k uses ``fold_in(key, k)``."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k), shape, jnp.float32))(items)
+
+
+def uniform_noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...], radius: float) -> jax.Array:
+    """Uniform noise in [-radius, radius) per item number; item k uses ``fold_in(key, k)``."""
+    return jax.vmap(
+        lambda k: jax.random.uniform(jax.random.fold_in(key, k), shape, jnp.float32, -radius, radius)
+    )(items)

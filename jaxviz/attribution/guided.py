@@ -1,0 +1,116 @@
+"""Guided backpropagation and deconvnet through the model's ``relu=`` seam.
+
+Both are the gradient of the target score with every ReLU's backward pass
+replaced (the forward pass is unchanged), via a ``jax.custom_vjp`` ReLU handed
+to the model's ``relu=`` argument, so the model itself is not re-implemented:
+
+* guided backprop: ``g_in = g_out * (x > 0) * (g_out > 0)``
+* deconvnet:       ``g_in = relu(g_out)`` (the forward mask is ignored)
+
+These are exactly Captum's ``GuidedBackprop`` and ``Deconvolution`` hooks.
+
+References: J. T. Springenberg et al., "Striving for Simplicity: The All
+Convolutional Net", ICLR workshop 2015; M. D. Zeiler, R. Fergus, "Visualizing
+and Understanding Convolutional Networks", ECCV 2014.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _common
+from .saliency import gradients
+
+__all__ = ["guided_backprop", "deconvnet", "guided_relu", "deconv_relu"]
+
+
+@jax.custom_vjp
+def guided_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose gradient passes only positive gradients through positive inputs."""
+    return jnp.maximum(x, 0)
+
+
+def _guided_fwd(x):
+    return jnp.maximum(x, 0), x
+
+
+def _guided_bwd(x, g):
+    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+guided_relu.defvjp(_guided_fwd, _guided_bwd)
+
+
+@jax.custom_vjp
+def deconv_relu(x: jax.Array) -> jax.Array:
+    """ReLU whose gradient is ``relu(upstream gradient)``, ignoring the input's sign."""
+    return jnp.maximum(x, 0)
+
+
+def _deconv_fwd(x):
+    return jnp.maximum(x, 0), None
+
+
+def _deconv_bwd(_, g):
+    return (jnp.maximum(g, 0),)
+
+
+deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
+
+_RELUS = {"guided_backprop": guided_relu, "deconvnet": deconv_relu}
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "kind"))
+def _core(net, params, images, target_idx, *, target_fn, kind):
+    _common.count_trace(kind)
+    return gradients(net, params, images, target_fn, target_idx, relu=_RELUS[kind])
+
+
+def _run(kind, net, params, images, target):
+    _common.check_net(net, kind, model_only=True)
+    images = _common.check_images(images)
+    fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
+    return _core(net, params, images, idx, target_fn=fn, kind=kind)
+
+
+def guided_backprop(net: Any, params: Any, images: jax.Array, target: Any) -> jax.Array:
+    """Guided backpropagation (Springenberg et al. 2015).
+
+    Args:
+      net: a jaxviz model (its ``relu=`` seam receives :func:`guided_relu`).
+      params: the model's parameters.
+      images: (N, H, W, 3) float RGB in [0, 1].
+      target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
+
+    Returns:
+      (N, H, W, 3) signed attributions; equal to Captum's ``GuidedBackprop``.
+
+    Raises:
+      InputError: ``net`` is not a jaxviz model, or bad ``images`` / ``target``.
+
+    Example:
+      >>> attr = guided_backprop(net, params, images, target=207)
+    """
+    return _run("guided_backprop", net, params, images, target)
+
+
+def deconvnet(net: Any, params: Any, images: jax.Array, target: Any) -> jax.Array:
+    """Deconvnet attributions (Zeiler & Fergus 2014): backward ReLUs rectify the gradient.
+
+    Args:
+      net: a jaxviz model (its ``relu=`` seam receives :func:`deconv_relu`).
+      params: the model's parameters.
+      images: (N, H, W, 3) float RGB in [0, 1].
+      target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
+
+    Returns:
+      (N, H, W, 3) signed attributions; equal to Captum's ``Deconvolution``.
+
+    Example:
+      >>> attr = deconvnet(net, params, images, target=207)
+    """
+    return _run("deconvnet", net, params, images, target)

@@ -1,0 +1,402 @@
+"""Quality metrics for attribution maps.
+
+* :func:`deletion` / :func:`insertion` (Petsiuk et al., RISE, BMVC 2018):
+  remove (or insert) pixels in order of decreasing attribution and follow the
+  target's probability; a good map makes the deletion curve fall fast (small
+  area) and the insertion curve rise fast (large area).
+* :func:`infidelity` (Yeh et al., NeurIPS 2019): how well ``attr . I``
+  predicts the score change ``f(x) - f(x - I)`` under random perturbations
+  ``I``; Captum's ``infidelity`` formula (including ``normalize``).
+* :func:`max_sensitivity` (Yeh et al. 2019): the largest relative change of
+  the map under uniform input noise in an L-infinity ball; Captum's
+  ``sensitivity_max`` formula with the Frobenius norm.
+* :func:`model_randomization` (Adebayo et al., "Sanity Checks for Saliency
+  Maps", NeurIPS 2018): cascading randomisation of the layers from the top,
+  with the Spearman rank correlation of each map to the original one. A
+  method that explains the model (not just the image) decorrelates fast.
+
+All perturbations are evaluated in chunks of ``batch_size`` images per
+forward pass inside one jitted function, and drawn from an explicit key
+(item ``i * samples + s`` uses ``fold_in(key, i * samples + s)``), so the
+numbers do not depend on ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _checks
+from ..errors import InputError
+from . import _common
+
+__all__ = [
+    "Curve",
+    "Randomization",
+    "deletion",
+    "insertion",
+    "auc",
+    "infidelity",
+    "max_sensitivity",
+    "model_randomization",
+    "spearman",
+]
+
+
+class Curve(NamedTuple):
+    """A deletion or insertion curve.
+
+    Attributes:
+      fractions: (steps + 1,) fraction of pixels removed / inserted, 0 .. 1.
+      scores: (N, steps + 1) the target's probability (or score) at each fraction.
+      auc: (N,) area under the curve (trapezoid rule over [0, 1]).
+    """
+
+    fractions: np.ndarray
+    scores: jax.Array
+    auc: jax.Array
+
+
+def auc(curve: jax.Array) -> jax.Array:
+    """Trapezoid area of curves sampled evenly on [0, 1]: (..., S + 1) -> (...)."""
+    steps = curve.shape[-1] - 1
+    return (jnp.sum(curve, axis=-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
+
+
+def _pixel_scores(attributions: jax.Array, n: int, h: int, w: int) -> jax.Array:
+    a = jnp.asarray(attributions, jnp.float32)
+    if a.shape == (n, h, w, 3):
+        a = jnp.sum(a, axis=-1)
+    if a.shape != (n, h, w):
+        raise InputError(f"attributions: expected shape ({n}, {h}, {w}, 3) or ({n}, {h}, {w}), got {a.shape}")
+    return a.reshape(n, h * w)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "steps", "batch_size", "insert", "probabilities"))
+def _curve_core(net, params, images, attributions, baseline, target_idx, *, target_fn, steps, batch_size, insert,
+                probabilities):
+    _common.count_trace("insertion" if insert else "deletion")
+    n, h, w, _ = images.shape
+    f = _common.forward(net)
+    order = jnp.argsort(-_pixel_scores(attributions, n, h, w), axis=1, stable=True)
+    position = jnp.zeros((n, h * w), jnp.int32).at[jnp.arange(n)[:, None], order].set(jnp.arange(h * w, dtype=jnp.int32))
+    position = position.reshape(n, h, w)
+    counts = jnp.asarray(np.round(np.arange(steps + 1) * (h * w) / steps).astype(np.int32))
+
+    def build(i, s):
+        changed = (position[i] < counts[s])[:, :, None]
+        if insert:
+            return jnp.where(changed, images[i], baseline[i])
+        return jnp.where(changed, baseline[i], images[i])
+
+    def body(k):
+        i, s = k // (steps + 1), k % (steps + 1)
+        out = f(params, jax.vmap(build)(i, s))
+        if probabilities:
+            out = jax.nn.softmax(out, axis=-1)
+        return _common.scores(out, target_fn, _common.gather_target(target_idx, i))
+
+    curve = _common.chunked_map(body, n * (steps + 1), batch_size).reshape(n, steps + 1)
+    return curve, auc(curve)
+
+
+def _curve(insert, net, params, images, target, attributions, steps, baseline, batch_size, probabilities):
+    _common.check_net(net, "insertion" if insert else "deletion")
+    images = _common.check_images(images)
+    steps = _checks.positive_int(steps, "steps")
+    batch_size = _common.check_batch_size(batch_size)
+    n, h, w, _ = images.shape
+    _pixel_scores(jnp.zeros(jnp.shape(attributions)), n, h, w)  # shape check at call time
+    base = _common.broadcast_baseline(baseline, images, "baseline")
+    fn, idx = _common.prepare_target(target, n, net, params, images)
+    curve, area = _curve_core(net, params, images, attributions, base, idx, target_fn=fn, steps=steps,
+                              batch_size=batch_size, insert=insert, probabilities=bool(probabilities))
+    return Curve(np.linspace(0.0, 1.0, steps + 1), curve, area)
+
+
+def deletion(net: Any, params: Any, images: jax.Array, target: Any, attributions: jax.Array, *, steps: int = 32,
+             baseline: Any = 0.0, batch_size: int = 32, probabilities: bool = True) -> Curve:
+    """Deletion curve: remove the most important pixels first (Petsiuk et al. 2018).
+
+    Args:
+      net: a jaxviz model, or any ``f(params, images) -> logits``.
+      params: the model's parameters.
+      images: (N, H, W, 3) float RGB in [0, 1].
+      target: class index, one index per image (N,), or a callable on the
+        (softmaxed, with ``probabilities``) outputs (N, K) -> (N,).
+      attributions: (N, H, W, 3) (summed over channels) or (N, H, W) pixel importances.
+      steps: the curve has ``steps + 1`` points, removing ``round(k H W / steps)`` pixels at point k.
+      baseline: what a removed pixel becomes: a number or an image broadcastable to the input.
+      batch_size: perturbed images per forward pass (results do not depend on it).
+      probabilities: score the softmax probability (RISE) rather than the raw output.
+
+    Returns:
+      :class:`Curve` (lower ``auc`` is better).
+
+    Example:
+      >>> attr = attribution.saliency(net, params, images, 3)
+      >>> metrics.deletion(net, params, images, 3, attr, steps=16).auc
+    """
+    return _curve(False, net, params, images, target, attributions, steps, baseline, batch_size, probabilities)
+
+
+def insertion(net: Any, params: Any, images: jax.Array, target: Any, attributions: jax.Array, *, steps: int = 32,
+              baseline: Any = 0.0, batch_size: int = 32, probabilities: bool = True) -> Curve:
+    """Insertion curve: start from the baseline and insert the most important pixels first.
+
+    Arguments as for :func:`deletion` (RISE uses a blurred copy of the image as
+    ``baseline`` here). Higher ``auc`` is better.
+
+    Example:
+      >>> metrics.insertion(net, params, images, 3, attr, baseline=blurred).auc
+    """
+    return _curve(True, net, params, images, target, attributions, steps, baseline, batch_size, probabilities)
+
+
+# --------------------------------------------------------------------------------------------
+# infidelity
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "batch_size", "normalize"))
+def _infidelity_core(net, params, images, attributions, stdev, key, target_idx, *, target_fn, samples, batch_size,
+                     normalize):
+    _common.count_trace("infidelity")
+    n = images.shape[0]
+    f = _common.forward(net)
+    clean = _common.scores(f(params, images), target_fn, target_idx)
+
+    def body(k):
+        i = k // samples
+        pert = stdev * _common.normal_noise(key, k, images.shape[1:])
+        out = _common.scores(f(params, images[i] - pert), target_fn, _common.gather_target(target_idx, i))
+        a_dot = jnp.sum((attributions[i] * pert).reshape(k.shape[0], -1), axis=1)
+        return a_dot, clean[i] - out
+
+    a_dot, diff = _common.chunked_map(body, n * samples, batch_size)
+    a_dot, diff = a_dot.reshape(n, samples), diff.reshape(n, samples)
+    if not normalize:
+        return jnp.sum((a_dot - diff) ** 2, axis=1) / samples
+    s_aa, s_ad, s_dd = jnp.sum(a_dot**2, 1), jnp.sum(a_dot * diff, 1), jnp.sum(diff**2, 1)
+    beta = jnp.where(s_aa == 0, 0.0, s_ad / jnp.where(s_aa == 0, 1.0, s_aa))
+    return (beta * beta * s_aa - 2 * beta * s_ad + s_dd) / samples
+
+
+def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributions: jax.Array, *,
+               key: jax.Array | None = None, samples: int = 16, stdev: float = 0.05, normalize: bool = False,
+               batch_size: int = 32) -> jax.Array:
+    """Infidelity of pixel attributions (Yeh et al. 2019), Captum's formula.
+
+    ``INFD = mean_s (attr . I_s - (f(x) - f(x - I_s)))^2`` with Gaussian
+    perturbations ``I_s ~ N(0, stdev^2)`` per pixel; with ``normalize`` the
+    attributions are first rescaled by the least-squares optimal ``beta``.
+
+    Args:
+      net: a jaxviz model, or any ``f(params, images) -> logits``.
+      params: the model's parameters.
+      images: (N, H, W, 3) float RGB in [0, 1].
+      target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
+      attributions: (N, H, W, 3) maps to judge.
+      key: PRNG key (None: ``jax.random.key(0)``); perturbation s of image i is
+        ``stdev * normal(fold_in(key, i * samples + s))``.
+      samples: perturbations per image.
+      stdev: perturbation standard deviation.
+      normalize: Captum's ``normalize=True``.
+      batch_size: perturbed images per forward pass.
+
+    Returns:
+      (N,) infidelity (lower is better).
+
+    Example:
+      >>> metrics.infidelity(net, params, images, 3, attr, key=jax.random.key(0))
+    """
+    _common.check_net(net, "infidelity")
+    images = _common.check_images(images)
+    if jnp.shape(attributions) != images.shape:
+        raise InputError(f"attributions: expected the images' shape {tuple(images.shape)}, got {jnp.shape(attributions)}")
+    samples = _checks.positive_int(samples, "samples")
+    batch_size = _common.check_batch_size(batch_size)
+    key = jax.random.key(0) if key is None else key
+    fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
+    return _infidelity_core(net, params, images, jnp.asarray(attributions, jnp.float32), jnp.float32(stdev), key, idx,
+                            target_fn=fn, samples=samples, batch_size=batch_size, normalize=bool(normalize))
+
+
+# --------------------------------------------------------------------------------------------
+# max-sensitivity
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "base", "static_opts", "samples", "batch_size",
+                                             "pass_batch"))
+def _sensitivity_core(net, params, images, radius, key, target_idx, dyn_opts, *, target_fn, base, static_opts, samples,
+                      batch_size, pass_batch):
+    _common.count_trace("max_sensitivity")
+    n = images.shape[0]
+    opts = dict(static_opts, **dyn_opts)
+    if pass_batch:
+        opts["batch_size"] = batch_size
+    t_all = target_fn if target_fn is not None else target_idx
+    ref = base(net, params, images, t_all, **opts)
+    ref_flat = ref.reshape(n, -1)
+    ref_norm = jnp.linalg.norm(ref_flat, axis=1)
+    ref_norm = jnp.where(ref_norm == 0, 1.0, ref_norm)
+
+    def body(k):
+        i = k // samples
+        x = images[i] + _common.uniform_noise(key, k, images.shape[1:], 1.0) * radius
+        t = target_fn if target_fn is not None else target_idx[i]
+        a = base(net, params, x, t, **opts).reshape(k.shape[0], -1)
+        return jnp.linalg.norm(a - ref_flat[i], axis=1) / ref_norm[i]
+
+    sens = _common.chunked_map(body, n * samples, batch_size).reshape(n, samples)
+    return jnp.max(sens, axis=1)
+
+
+def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, method: str | Callable = "saliency",
+                    options: Mapping[str, Any] | None = None, key: jax.Array | None = None, samples: int = 10,
+                    radius: float = 0.02, batch_size: int = 16) -> jax.Array:
+    """Max-sensitivity of an attribution method (Yeh et al. 2019), Captum's ``sensitivity_max``.
+
+    ``max_s ||attr(x + d_s) - attr(x)|| / ||attr(x)||`` with ``d_s`` uniform in
+    ``[-radius, radius]`` per pixel (Frobenius norms; a zero map counts as norm 1).
+
+    Args:
+      net, params, images, target: as for the method.
+      method: a name from ``METHODS`` or a callable with the method signature.
+      options: keyword options for the method.
+      key: PRNG key (None: ``jax.random.key(0)``); noise s of image i uses ``fold_in(key, i * samples + s)``.
+      samples: perturbations per image.
+      radius: half-width of the uniform noise.
+      batch_size: perturbed images per method call.
+
+    Returns:
+      (N,) max-sensitivity (lower is better).
+
+    Example:
+      >>> metrics.max_sensitivity(net, params, images, 3, method="saliency", radius=0.02)
+    """
+    images = _common.check_images(images)
+    base = _common.resolve_method(method)
+    samples = _checks.positive_int(samples, "samples")
+    batch_size = _common.check_batch_size(batch_size)
+    key = jax.random.key(0) if key is None else key
+    options = dict(options or {})
+    if "batch_size" in options:
+        raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
+    static_opts, dyn_opts = _common.split_options(options)
+    fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
+    return _sensitivity_core(net, params, images, jnp.float32(radius), key, idx, dyn_opts, target_fn=fn, base=base,
+                             static_opts=static_opts, samples=samples, batch_size=batch_size,
+                             pass_batch=_common.accepts(base, "batch_size"))
+
+
+# --------------------------------------------------------------------------------------------
+# model randomisation
+
+
+def spearman(a: Any, b: Any) -> np.ndarray:
+    """Row-wise Spearman rank correlation (average ranks for ties): (N, ...) x (N, ...) -> (N,)."""
+    from scipy.stats import rankdata
+
+    a = np.asarray(a, np.float64).reshape(np.shape(a)[0], -1)
+    b = np.asarray(b, np.float64).reshape(np.shape(b)[0], -1)
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+    return np.where(den == 0, 0.0, (ra * rb).sum(1) / np.where(den == 0, 1.0, den))
+
+
+class Randomization(NamedTuple):
+    """Result of :func:`model_randomization`.
+
+    Attributes:
+      layers: the layers randomised, top first; entry j has layers[:j+1] randomised.
+      spearman: (len(layers), N) rank correlation of each map to the original one.
+      maps: the maps themselves ((len(layers), ...) ) when asked for, else None.
+    """
+
+    layers: tuple[str, ...]
+    spearman: np.ndarray
+    maps: Any
+
+
+def _layer_order(net: Any, params: Mapping) -> list[str]:
+    inner = params["params"] if "params" in params else params
+    names = list(inner.keys())
+    if _common.is_model(net):
+        ordered = [l for l in net.layers if l in inner]
+        names = ordered + [n for n in names if n not in ordered]
+    return names[::-1]
+
+
+def _randomize(tree: Any, key: jax.Array) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    new = [jax.random.normal(k, jnp.shape(v), jnp.float32) * jnp.std(v) for k, v in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *,
+                        method: str | Callable = "saliency", options: Mapping[str, Any] | None = None,
+                        layers: Sequence[str] | None = None, key: jax.Array | None = None, absolute: bool = True,
+                        return_maps: bool = False) -> Randomization:
+    """Cascading model-parameter randomisation sanity check (Adebayo et al. 2018).
+
+    Starting from the output layer, each parameterised layer in turn is
+    re-drawn (and stays re-drawn): every array becomes Gaussian noise with the
+    original array's standard deviation (zero arrays stay zero), shapes kept.
+    After each step the method's map is recomputed and compared to the
+    original by Spearman rank correlation (of absolute values with
+    ``absolute``). Correlations that stay near 1 mean the method does not
+    depend on what the model learned.
+
+    Args:
+      net, params, images, target: as for the method.
+      method: a name from ``METHODS`` or a callable with the method signature.
+      options: keyword options for the method.
+      layers: parameter groups (keys of ``params["params"]``) to randomise, in
+        order; None: every one, from the output down.
+      key: PRNG key (None: ``jax.random.key(0)``); layer j uses ``fold_in(key, j)``.
+      absolute: correlate absolute values (Adebayo et al.'s main figure).
+      return_maps: keep every recomputed map.
+
+    Returns:
+      :class:`Randomization`.
+
+    Raises:
+      InputError: an unknown layer name.
+
+    Example:
+      >>> r = metrics.model_randomization(net, params, images, 3, method="guided_backprop")
+      >>> dict(zip(r.layers, r.spearman.mean(1)))
+    """
+    images = _common.check_images(images)
+    fn = _common.resolve_method(method)
+    options = dict(options or {})
+    key = jax.random.key(0) if key is None else key
+    nested = "params" in params
+    inner = dict(params["params"] if nested else params)
+    order = _layer_order(net, params) if layers is None else list(layers)
+    for name in order:
+        if name not in inner:
+            raise InputError(f"layers: unknown parameter group {name!r}; expected some of {', '.join(inner)}")
+
+    def prep(m):
+        m = np.asarray(m, np.float64)
+        return np.abs(m) if absolute else m
+
+    original = prep(fn(net, params, images, target, **options))
+    rho, maps = [], []
+    for j, name in enumerate(order):
+        inner[name] = _randomize(inner[name], jax.random.fold_in(key, j))
+        current = dict(params, params=dict(inner)) if nested else dict(inner)
+        m = fn(net, current, images, target, **options)
+        rho.append(spearman(original, prep(m)))
+        if return_maps:
+            maps.append(np.asarray(m))
+    return Randomization(tuple(order), np.stack(rho) if rho else np.zeros((0, images.shape[0])),
+                         np.stack(maps) if return_maps and maps else None)

@@ -1,0 +1,150 @@
+"""Occlusion: slide a window over the image, replace it by a baseline, record the score drop.
+
+Windows of ``window = (wh, ww)`` pixels cover all three channels and move by
+``stride = (sh, sw)``. Along a dimension of length L there are
+``ceil((L - w) / s) + 1`` windows starting at 0, s, 2s, ...; the last one may
+hang over the edge and is clipped there (Captum's ``Occlusion`` does exactly
+this). Each pixel's attribution is the mean, over the windows covering it, of
+``f(x) - f(x occluded)``.
+
+All occluded images are built and scored inside one jitted function: item k
+(image ``k // windows``, window ``k % windows``) is built with ``vmap`` and
+scored in chunks of ``batch_size`` images per forward pass.
+
+Matching Captum: ``Occlusion(f).attribute(x_nchw, sliding_window_shapes=(3, wh,
+ww), strides=(3, sh, sw), baselines=b, target=t)`` gives the same numbers
+(broadcast over the channel axis). Captum asserts stride <= window; so do we.
+
+Reference: M. D. Zeiler, R. Fergus, "Visualizing and Understanding
+Convolutional Networks", ECCV 2014.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _checks
+from ..errors import InputError
+from . import _common
+
+__all__ = ["occlusion", "window_starts", "OCCLUSION_METHODS"]
+
+OCCLUSION_METHODS = ("full",)
+
+
+def window_starts(length: int, window: int, stride: int) -> np.ndarray:
+    """Start offsets of the windows along one dimension: ``ceil((L - w) / s) + 1`` of them."""
+    count = math.ceil((length - window) / stride) + 1
+    return np.arange(count, dtype=np.int64) * stride
+
+
+def _coverage(length: int, window: int, starts: np.ndarray) -> np.ndarray:
+    """(windows, L) 0/1 matrix: row j marks the pixels window j covers (clipped at the edge)."""
+    pos = np.arange(length)
+    return ((pos[None, :] >= starts[:, None]) & (pos[None, :] < starts[:, None] + window)).astype(np.float32)
+
+
+def combine(diffs: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
+    """Per-pixel mean of window differences: diffs (N, nh, nw) -> (N, H, W).
+
+    The window masks are separable (row mask x column mask), so the sum over
+    windows and the coverage counts are two small matrix products.
+    """
+    total = jnp.einsum("ih,nij,jw->nhw", jnp.asarray(rows), diffs, jnp.asarray(cols),
+                       precision=jax.lax.Precision.HIGHEST)
+    count = np.outer(rows.sum(0), cols.sum(0))
+    return total / jnp.asarray(count, diffs.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "window", "stride", "batch_size"))
+def _full_core(net, params, images, baseline, target_idx, *, target_fn, window, stride, batch_size):
+    _common.count_trace("occlusion")
+    n, h, w, _ = images.shape
+    f = _common.forward(net)
+    sh, sw = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
+    nh, nw = len(sh), len(sw)
+    starts_h, starts_w = jnp.asarray(sh, jnp.int32), jnp.asarray(sw, jnp.int32)
+    rows_i, cols_i = jnp.arange(h), jnp.arange(w)
+    per_image = nh * nw
+
+    def occlude(i, j):
+        r0, c0 = starts_h[j // nw], starts_w[j % nw]
+        mask = ((rows_i >= r0) & (rows_i < r0 + window[0]))[:, None] & ((cols_i >= c0) & (cols_i < c0 + window[1]))[None, :]
+        return jnp.where(mask[:, :, None], baseline[i], images[i])
+
+    def body(k):
+        i, j = k // per_image, k % per_image
+        x = jax.vmap(occlude)(i, j)
+        return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
+
+    occluded = _common.chunked_map(body, n * per_image, batch_size).reshape(n, nh, nw)
+    clean = _common.scores(f(params, images), target_fn, target_idx)
+    maps = combine(clean[:, None, None] - occluded, _coverage(h, window[0], sh), _coverage(w, window[1], sw))
+    return jnp.broadcast_to(maps[..., None], images.shape)
+
+
+def _check_geometry(images, window, stride):
+    window = _common.pair(window, "window")
+    stride = _common.pair(window if stride is None else stride, "stride")
+    _, h, w, _ = images.shape
+    for d, (length, win, st) in enumerate(zip((h, w), window, stride)):
+        if win > length:
+            raise InputError(f"window: expected at most the image size {h}x{w}, got {window[0]}x{window[1]}")
+        if st > win and length > win:
+            raise InputError(
+                f"stride: expected at most the window {window} so every pixel is covered, got {stride}"
+            )
+    return window, stride
+
+
+def occlusion(
+    net: Any,
+    params: Any,
+    images: jax.Array,
+    target: Any,
+    *,
+    window: int | tuple[int, int] = 16,
+    stride: int | tuple[int, int] | None = 8,
+    baseline: Any = 0.0,
+    batch_size: int = 32,
+    method: str = "full",
+) -> jax.Array:
+    """Occlusion sensitivity (Zeiler & Fergus 2014).
+
+    Args:
+      net: a jaxviz model, or any ``f(params, images) -> logits``.
+      params: the model's parameters.
+      images: (N, H, W, 3) float RGB in [0, 1].
+      target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
+      window: occluding window (wh, ww) in pixels (an int for squares), across all channels.
+      stride: window step (sh, sw), at most the window; None means the window
+        (no overlap).
+      baseline: the occluder: a number (0 = black, Captum's default; 0.5 = grey)
+        or an image broadcastable to (N, H, W, 3) (e.g. a blurred copy).
+      batch_size: occluded images per forward pass; the result does not depend on it.
+      method: ``"full"`` recomputes the whole network for every window.
+
+    Returns:
+      (N, H, W, 3) attributions (the same value in the three channels).
+
+    Raises:
+      InputError: bad ``images``, ``target``, ``window``, ``stride``, ``baseline`` or ``batch_size``.
+
+    Example:
+      >>> attr = occlusion(net, params, images, 207, window=32, stride=16, baseline=0.5)
+    """
+    _common.check_net(net, "occlusion")
+    images = _common.check_images(images)
+    window, stride = _check_geometry(images, window, stride)
+    batch_size = _common.check_batch_size(batch_size)
+    _checks.one_of(method, "method", OCCLUSION_METHODS)
+    base = _common.broadcast_baseline(baseline, images, "baseline")
+    fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
+    return _full_core(net, params, images, base, idx, target_fn=fn, window=window, stride=stride,
+                      batch_size=batch_size)
