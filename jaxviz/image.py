@@ -36,7 +36,6 @@ leaves the old file intact.
 from __future__ import annotations
 
 import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -45,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import _checks
+from ._io import atomic_open
 from .errors import ImageError, InputError
 
 __all__ = [
@@ -507,23 +507,8 @@ def save(x: Any, path: PathLike, *, quality: int = 95) -> Path:
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 so the file gets the usual umask-derived permissions
-    # (tempfile would create it 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as f:
+        img.save(f, format=fmt, **options)
     return path
 
 

@@ -19,11 +19,9 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import models
+from ._io import atomic_write_bytes, atomic_write_text
+from .download import sha256_file
 from .errors import (
     ArchitectureError,
     ChecksumError,
@@ -319,19 +319,11 @@ def to_torchvision(params: Mapping, arch: str | VGG = "vgg19") -> dict[str, np.n
 # --------------------------------------------------------------------------- files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_name_digest(path: Path) -> None:
     """torchvision file names carry the sha256 prefix: verify it when present."""
     m = _PREFIX_RE.search(path.name)
     if m and not path.name.endswith(".jaxviz.safetensors"):
-        want, got = m.group(1), _sha256(path)
+        want, got = m.group(1), sha256_file(path)
         if not got.startswith(want):
             raise ChecksumError(
                 f"{path}: checksum mismatch: the name promises sha256 {want}..., the file has {got}; "
@@ -408,33 +400,17 @@ def _flatten(params: Mapping) -> dict[str, np.ndarray]:
     return flat
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -> Path:
     """Saves params as safetensors (atomically) with a ``.sha256`` sidecar; returns the path."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save as save_bytes
 
     path = Path(path)
     meta = {"format": "jaxviz", "layout": "flax-nhwc"}
     if arch:
         meta["arch"] = arch
-    flat = _flatten(params)
-    _atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=meta))
-    digest = _sha256(path)
-    sidecar = path.with_name(path.name + ".sha256")
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(f"{digest}  {path.name}\n"))
+    atomic_write_bytes(path, save_bytes(_flatten(params), metadata=meta))
+    digest = sha256_file(path)
+    atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
     return path
 
 
@@ -450,7 +426,7 @@ def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.exists() and path.exists():
         want = sidecar.read_text().split()[0]
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != want:
             raise ChecksumError(
                 f"{path}: checksum mismatch: expected sha256 {want}, got {got}; the cached file is "

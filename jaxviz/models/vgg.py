@@ -37,8 +37,7 @@ Large-Scale Image Recognition", ICLR 2015.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
