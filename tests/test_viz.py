@@ -1,0 +1,79 @@
+"""viz: channel reduction, normalisation, colormaps, overlays and grids."""
+
+import numpy as np
+import pytest
+
+from jaxviz import viz
+from jaxviz.errors import InputError
+
+
+def test_reduce_channels():
+    a = np.array([[[[1.0, -2.0, 2.0]]]])
+    assert viz.reduce_channels(a, "abs_sum")[0, 0, 0] == 5
+    assert viz.reduce_channels(a, "sum")[0, 0, 0] == 1
+    assert viz.reduce_channels(a, "max_abs")[0, 0, 0] == 2
+    assert viz.reduce_channels(a, "l2")[0, 0, 0] == 3
+    with pytest.raises(InputError, match=r"how: expected one of 'abs_sum', 'sum', 'max_abs', 'l2'; got 'mean'"):
+        viz.reduce_channels(a, "mean")
+
+
+def test_normalize_clips_at_percentile_and_keeps_sign():
+    v = np.arange(101, dtype=np.float32)
+    n = viz.normalize(v, percentile=50)
+    assert n[0] == 0 and n[50] == 1 and n[100] == 1 and n[25] == pytest.approx(0.5)
+    s = viz.normalize(np.array([-4.0, 0.0, 2.0]), signed=True, percentile=100)
+    np.testing.assert_allclose(s, [-1, 0, 0.5])
+    assert not viz.normalize(np.full((3, 3), 7.0)).any()
+    with pytest.raises(InputError, match=r"percentile: expected a value in \(0, 100\], got 0"):
+        viz.normalize(v, percentile=0)
+
+
+def test_colormap_and_heatmap():
+    rgb = viz.colormap(np.array([0.0, 1.0]), "gray")
+    np.testing.assert_allclose(rgb, [[0, 0, 0], [1, 1, 1]], atol=1e-6)
+    with pytest.raises(InputError, match=r"cmap: unknown colormap 'nope'"):
+        viz.colormap(np.zeros(2), "nope")
+    attr = np.zeros((8, 8, 3), np.float32)
+    attr[2, 3] = 1.0
+    h = viz.heatmap(attr, cmap="gray", percentile=100)
+    assert h.shape == (8, 8, 3) and h[2, 3].tolist() == [1, 1, 1] and h[0, 0].tolist() == [0, 0, 0]
+    signed = viz.heatmap(np.array([[-1.0, 0.0, 1.0]]), signed=True, percentile=100)
+    assert signed[0, 0, 2] > signed[0, 0, 0] and signed[0, 2, 0] > signed[0, 2, 2]  # blue negative, red positive
+
+
+def test_overlay_shows_the_image_where_the_map_is_zero():
+    img = np.full((1, 4, 4, 3), 0.25, np.float32)
+    attr = np.zeros((2, 2))
+    attr[0, 0] = 1.0
+    out = viz.overlay(img, attr, alpha=1.0, cmap="gray", percentile=100)
+    assert out.shape == (4, 4, 3)
+    np.testing.assert_allclose(out[:2, :2], 1.0)  # upsampled (nearest) hot quadrant is the colormap's top
+    np.testing.assert_allclose(out[2:, 2:], 0.25)  # cold: the image itself
+    with pytest.raises(InputError, match=r"img: expected shape \(H, W, 3\), got \(4, 4\)"):
+        viz.overlay(np.zeros((4, 4)), attr)
+
+
+def test_grid_layout():
+    tiles = [np.full((2, 3, 3), i / 4, np.float32) for i in range(5)]
+    g = viz.grid(tiles, ncols=3, pad=1, pad_value=1.0)
+    assert g.shape == (2 * 2 + 3, 3 * 3 + 4, 3)
+    np.testing.assert_allclose(g[1:3, 1:4], 0.0)  # tile 0
+    np.testing.assert_allclose(g[4:6, 5:8], 1.0)  # tile 4 at row 1, col 1
+    np.testing.assert_allclose(g[4:6, 9:12], 1.0)  # empty cell keeps the pad value
+    np.testing.assert_allclose(g[1:3, 9:12], 0.5)  # tile 2
+    assert viz.grid([np.zeros((2, 2))]).shape == (6, 6, 3)  # greyscale -> RGB
+    with pytest.raises(InputError, match="images: expected at least one image"):
+        viz.grid([])
+
+
+def test_channel_grid_orders_by_mean_activation():
+    maps = np.zeros((1, 4, 4, 3), np.float32)
+    maps[..., 1] = 5.0
+    maps[0, 0, 0, 1] = 6.0
+    maps[..., 2] = 1.0
+    maps[0, 0, 0, 2] = 2.0
+    g = viz.channel_grid(maps, order="mean", cmap="gray", ncols=3, pad=0)
+    assert g.shape == (4, 12, 3)
+    # first tile is channel 1 (largest mean), each tile scaled to its own range: its hot pixel is white
+    assert g[0, 0].tolist() == [1, 1, 1] and g[1, 1].tolist() == [0, 0, 0]
+    assert viz.channel_grid(maps, order="index", limit=2, ncols=2, pad=0).shape == (4, 8, 3)
