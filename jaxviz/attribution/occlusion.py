@@ -91,7 +91,7 @@ def _full_core(net, params, images, baseline, target_idx, *, target_fn, window, 
 
 def _check_geometry(images, window, stride):
     window = _common.pair(window, "window")
-    stride = _common.pair(window if stride is None else stride, "stride")
+    stride = tuple(max(1, v // 2) for v in window) if stride is None else _common.pair(stride, "stride")
     _, h, w, _ = images.shape
     for d, (length, win, st) in enumerate(zip((h, w), window, stride)):
         if win > length:
@@ -110,7 +110,7 @@ def occlusion(
     target: Any,
     *,
     window: int | tuple[int, int] = 16,
-    stride: int | tuple[int, int] | None = 8,
+    stride: int | tuple[int, int] | None = None,
     baseline: Any = 0.0,
     batch_size: int = 32,
     method: str = "full",
@@ -123,8 +123,8 @@ def occlusion(
       images: (N, H, W, 3) float RGB in [0, 1].
       target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
       window: occluding window (wh, ww) in pixels (an int for squares), across all channels.
-      stride: window step (sh, sw), at most the window; None means the window
-        (no overlap).
+      stride: window step (sh, sw), at most the window; None: half the window
+        (rounded down, at least 1).
       baseline: the occluder: a number (0 = black, Captum's default; 0.5 = grey)
         or an image broadcastable to (N, H, W, 3) (e.g. a blurred copy).
       batch_size: occluded images per forward pass; the result does not depend on it.

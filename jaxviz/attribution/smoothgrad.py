@@ -37,7 +37,7 @@ def noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...]) -> jax.Array
     """Standard-normal noise for the given item numbers: (len(items),) + shape.
 
     Item ``i * samples + s`` is sample ``s`` of image ``i``; it is drawn from
-    ``jax.random.fold_in(key, i * samples + s)``.
+    ``jax.random.fold_in(key, i * samples + s)`` (see ``_common.normal_noise``).
     """
     return _common.normal_noise(key, items, shape)
 

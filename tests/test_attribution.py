@@ -1,0 +1,322 @@
+"""jaxviz.attribution on analytic toy models: hand-derived answers, transforms, batching, errors.
+
+Captum parity on a VGG-layout network lives in test_attribution_captum.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import attribution as A
+from jaxviz.attribution import _common
+from jaxviz.errors import InputError
+
+from test_attribution_models import GapNet, gapnet_closed_form, gapnet_params, linear, linear_params, quadratic
+
+H, W = 6, 8
+
+
+@pytest.fixture(scope="module")
+def gap():
+    net, params = gapnet_params()
+    x = jnp.asarray(np.random.RandomState(0).rand(2, H, W, 3), jnp.float32)
+    return net, params, x
+
+
+@pytest.fixture(scope="module")
+def lin():
+    params = linear_params(H, W)
+    x = jnp.asarray(np.random.RandomState(1).rand(2, H, W, 3), jnp.float32)
+    return params, x
+
+
+def wmap(params, t):
+    return np.asarray(params["w"])[:, t].reshape(H, W, 3)
+
+
+# ------------------------------------------------------------------ analytic answers: gradients
+
+
+def test_saliency_linear_is_abs_weight(lin):
+    params, x = lin
+    np.testing.assert_allclose(A.saliency(linear, params, x, 2), np.broadcast_to(np.abs(wmap(params, 2)), x.shape), rtol=1e-6)
+    np.testing.assert_allclose(A.saliency(linear, params, x, 2, abs=False), np.broadcast_to(wmap(params, 2), x.shape), rtol=1e-6)
+
+
+def test_input_x_gradient_linear(lin):
+    params, x = lin
+    np.testing.assert_allclose(A.input_x_gradient(linear, params, x, 1), x * wmap(params, 1), rtol=1e-6)
+
+
+def test_targets_int_per_image_and_callable_agree(lin):
+    params, x = lin
+    per_image = A.saliency(linear, params, x, [0, 2], abs=False)
+    np.testing.assert_allclose(per_image[0], wmap(params, 0), rtol=1e-6)
+    np.testing.assert_allclose(per_image[1], wmap(params, 2), rtol=1e-6)
+    np.testing.assert_allclose(A.saliency(linear, params, x, lambda z: z[:, 2]), A.saliency(linear, params, x, 2))
+    np.testing.assert_allclose(A.saliency(linear, params, x, np.array([2, 2])), A.saliency(linear, params, x, 2))
+
+
+def test_saliency_gapnet_closed_form(gap):
+    net, params, x = gap
+    np.testing.assert_allclose(A.saliency(net, params, x, 1, abs=False), gapnet_closed_form(params, x, 1)["saliency"],
+                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", A.integrated.RULES)
+def test_integrated_gradients_linear_exact(lin, method):
+    params, x = lin
+    base = 0.25 * jnp.ones_like(x)
+    attr, delta = A.integrated_gradients(linear, params, x, 1, baselines=base, steps=7, method=method, return_delta=True)
+    np.testing.assert_allclose(attr, (x - base) * wmap(params, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(delta, 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "method, factor",
+    [("gausslegendre", lambda n: 1.0), ("riemann_middle", lambda n: 1.0), ("riemann_trapezoid", lambda n: 1.0),
+     ("riemann_left", lambda n: (n - 1) / n), ("riemann_right", lambda n: (n + 1) / n)],
+)
+def test_integrated_gradients_quadratic_rules(method, factor):
+    # class 0: f = c sum(x^2); the integrand 2 c a x^2 is linear in a, so IG from 0 is c x^2 for rules exact on
+    # linear functions, and sum(alphas)/n * 2 c x^2 for left/right Riemann sums.
+    x = jnp.asarray(np.random.RandomState(3).rand(1, 4, 4, 3), jnp.float32)
+    params = {"c": jnp.float32(1.5)}
+    n = 5
+    attr = A.integrated_gradients(quadratic, params, x, 0, steps=n, method=method)
+    np.testing.assert_allclose(attr, 1.5 * x**2 * factor(n), rtol=1e-5)
+
+
+def test_quadrature_rules():
+    a, w = A.quadrature("gausslegendre", 8)
+    assert abs(w.sum() - 1) < 1e-12 and abs((w * a**7).sum() - 1 / 8) < 1e-12  # exact for degree 2n-1
+    a, w = A.quadrature("riemann_trapezoid", 5)
+    np.testing.assert_allclose(a, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(w, [0.125, 0.25, 0.25, 0.25, 0.125])
+
+
+def test_guided_backprop_and_deconvnet_closed_form(gap):
+    net, params, x = gap
+    cf = gapnet_closed_form(params, x, 2)
+    np.testing.assert_allclose(A.guided_backprop(net, params, x, 2), cf["guided"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(A.deconvnet(net, params, x, 2), cf["deconv"], rtol=1e-5, atol=1e-7)
+
+
+def test_cam_and_grad_cam_closed_form(gap):
+    net, params, x = gap
+    cf = gapnet_closed_form(params, x, 0)
+    np.testing.assert_allclose(A.cam(net, params, x, 0), cf["cam"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(A.grad_cam(net, params, x, 0, relu=False), cf["grad_cam"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(A.grad_cam(net, params, x, 0), np.maximum(cf["grad_cam"], 0), rtol=1e-5, atol=1e-7)
+    # upsampling: nearest doubles every cell; bilinear keeps the mean of a linear ramp
+    up = A.grad_cam(net, params, x, 0, relu=False, upsample=True, interpolation="nearest")
+    np.testing.assert_allclose(up, np.repeat(np.repeat(cf["grad_cam"], 2, 1), 2, 2), rtol=1e-5, atol=1e-7)
+    assert A.cam(net, params, x, 0, upsample=True).shape == (2, H, W)
+    # guided Grad-CAM = guided backprop x upsampled rectified Grad-CAM
+    ggc = A.guided_grad_cam(net, params, x, 0, interpolation="nearest")
+    expect = cf["guided"] * np.repeat(np.repeat(np.maximum(cf["grad_cam"], 0), 2, 1), 2, 2)[..., None]
+    np.testing.assert_allclose(ggc, expect, rtol=1e-5, atol=1e-9)
+
+
+# ------------------------------------------------------------------ SmoothGrad
+
+
+def test_smoothgrad_linear_variants(lin):
+    params, x = lin
+    key = jax.random.key(3)
+    w = wmap(params, 0)
+    # the gradient of a linear model ignores the noise: mean w, mean of squares w^2, variance 0
+    sg = A.smoothgrad(linear, params, x, 0, samples=5, stdev=0.3, key=key, options={"abs": False})
+    np.testing.assert_allclose(sg, np.broadcast_to(w, x.shape), rtol=1e-5)
+    sq = A.smoothgrad(linear, params, x, 0, samples=5, stdev=0.3, key=key, variant="smoothgrad_sq", options={"abs": False})
+    np.testing.assert_allclose(sq, np.broadcast_to(w * w, x.shape), rtol=1e-5)
+    var = A.smoothgrad(linear, params, x, 0, samples=5, stdev=0.3, key=key, variant="vargrad", options={"abs": False})
+    np.testing.assert_allclose(var, 0.0, atol=1e-4 * np.max(w * w))
+
+
+def test_smoothgrad_input_x_gradient_uses_the_documented_noise(lin):
+    params, x = lin
+    key, samples, stdev = jax.random.key(7), 4, 0.2
+    w = wmap(params, 1)
+    got = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples, stdev=stdev, key=key)
+    items = jnp.arange(2 * samples)
+    eps = stdev * _common.normal_noise(key, items, x.shape[1:]).reshape(2, samples, H, W, 3)
+    np.testing.assert_allclose(got, (x + eps.mean(1)) * w, rtol=1e-4, atol=1e-6)
+    # noise_level is a fraction of each image's range
+    rng = (x.reshape(2, -1).max(1) - x.reshape(2, -1).min(1))
+    got = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples, noise_level=0.2, key=key)
+    eps = _common.normal_noise(key, items, x.shape[1:]).reshape(2, samples, H, W, 3).mean(1)
+    np.testing.assert_allclose(got, (x + 0.2 * rng[:, None, None, None] * eps) * w, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_over_integrated_gradients(lin):
+    params, x = lin
+    key = jax.random.key(1)
+    got = A.smoothgrad(linear, params, x, 2, method="integrated_gradients", samples=3, stdev=0.1, key=key,
+                       options={"steps": 4, "baselines": jnp.zeros_like(x)}, batch_size=2)
+    eps = 0.1 * _common.normal_noise(key, jnp.arange(6), x.shape[1:]).reshape(2, 3, H, W, 3).mean(1)
+    np.testing.assert_allclose(got, (x + eps) * wmap(params, 2), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ occlusion
+
+
+def occlusion_reference(f, x, t, window, stride, baseline):
+    """Independent brute-force occlusion: loop over windows (Captum's geometry)."""
+    x = np.asarray(x, np.float64)
+    n, h, w, _ = x.shape
+    total, count = np.zeros((n, h, w)), np.zeros((h, w))
+    clean = f(x)[:, t]
+    for r0 in range(0, h, stride[0]):
+        for c0 in range(0, w, stride[1]):
+            if (r0 > 0 and r0 - stride[0] + window[0] >= h) or (c0 > 0 and c0 - stride[1] + window[1] >= w):
+                continue  # the previous window already reached the edge
+            occ = x.copy()
+            occ[:, r0:r0 + window[0], c0:c0 + window[1]] = baseline
+            total[:, r0:r0 + window[0], c0:c0 + window[1]] += (clean - f(occ)[:, t])[:, None, None]
+            count[r0:r0 + window[0], c0:c0 + window[1]] += 1
+    return np.repeat((total / count)[..., None], 3, -1)
+
+
+@pytest.mark.parametrize("window, stride", [((1, 1), (1, 1)), ((3, 4), (3, 4)), ((4, 3), (3, 2)), ((6, 5), (2, 5))])
+def test_occlusion_linear_matches_brute_force(lin, window, stride):
+    params, x = lin
+    f = lambda v: np.asarray(v.reshape(v.shape[0], -1) @ np.asarray(params["w"], np.float64) + np.asarray(params["b"]))  # noqa: E731
+    got = A.occlusion(linear, params, x, 1, window=window, stride=stride, baseline=0.5, batch_size=5)
+    np.testing.assert_allclose(got, occlusion_reference(f, x, 1, window, stride, 0.5), rtol=1e-4, atol=1e-5)
+
+
+def test_occlusion_closed_forms(lin):
+    params, x = lin
+    contrib = (x - 0.5) * wmap(params, 0)  # per-pixel, per-channel contribution to the score
+    # 1x1 windows: each pixel's score drop is its own contribution summed over channels
+    got = A.occlusion(linear, params, x, 0, window=1, stride=1, baseline=0.5)
+    np.testing.assert_allclose(got, np.repeat(contrib.sum(-1, keepdims=True), 3, -1), rtol=1e-4, atol=1e-6)
+    # non-overlapping 2x4 windows: each pixel gets its window's total
+    got = A.occlusion(linear, params, x, 0, window=(2, 4), stride=(2, 4), baseline=0.5)
+    block = np.asarray(contrib).reshape(2, 3, 2, 2, 4, 3).sum((2, 4, 5))
+    np.testing.assert_allclose(got[..., 0], np.repeat(np.repeat(block, 2, 1), 4, 2), rtol=1e-4, atol=1e-6)
+
+
+def test_window_starts_match_captum_count():
+    assert list(A.window_starts(10, 4, 3)) == [0, 3, 6]  # the window at 6 reaches the edge
+    assert list(A.window_starts(10, 4, 4)) == [0, 4, 8]  # the last one is clipped to 8..9
+    for L, w, s in [(224, 32, 16), (32, 6, 4), (10, 10, 3), (7, 2, 2)]:
+        assert len(A.window_starts(L, w, s)) == math.ceil((L - w) / s) + 1
+
+
+def test_occlusion_baseline_image(lin):
+    params, x = lin
+    base = jnp.asarray(np.random.RandomState(5).rand(H, W, 3), jnp.float32)
+    got = A.occlusion(linear, params, x, 0, window=1, stride=1, baseline=base)
+    contrib = ((x - base) * wmap(params, 0)).sum(-1, keepdims=True)
+    np.testing.assert_allclose(got, np.repeat(contrib, 3, -1), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ conformance over METHODS
+
+OPTIONS = {
+    "smoothgrad": dict(samples=3, stdev=0.1, key=jax.random.key(0), batch_size=2),
+    "integrated_gradients": dict(steps=4, batch_size=3),
+    "occlusion": dict(window=3, stride=2, batch_size=4),
+}
+
+
+def _call(name, net, params, x, t=2):
+    out = A.METHODS[name](net, params, x, t, **OPTIONS.get(name, {}))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(A.METHODS))
+def test_conformance(gap, name):
+    net, params, x = gap
+    out = _call(name, net, params, x)
+    expect_shape = (2, H // 2, W // 2) if name in A.LAYER_METHODS else x.shape
+    assert out.shape == expect_shape and out.dtype == jnp.float32
+    assert np.all(np.isfinite(out)) and np.any(out != 0)
+    # jit == eager
+    jitted = jax.jit(lambda p, v: _call(name, net, p, v))(params, x)
+    np.testing.assert_allclose(jitted, out, rtol=1e-5, atol=1e-7)
+    # vmap == loop (two batches of two images stacked)
+    x2 = jnp.stack([x, x[::-1] * 0.9])
+    mapped = jax.vmap(lambda v: _call(name, net, params, v))(x2)
+    for b in range(2):
+        np.testing.assert_allclose(mapped[b], _call(name, net, params, x2[b]), rtol=1e-5, atol=1e-7)
+    # no re-tracing on a second call with new values of the same shapes
+    before = sum(_common.TRACES.values())
+    _call(name, net, params, x * 0.5)
+    assert sum(_common.TRACES.values()) == before
+
+
+@pytest.mark.parametrize("name", sorted(A.SAMPLING_METHODS))
+def test_batch_size_independence(gap, name):
+    net, params, x = gap
+    opts = dict(OPTIONS[name])
+    results = []
+    for b in (1, 3, 1000):
+        opts["batch_size"] = b
+        results.append(A.METHODS[name](net, params, x, [0, 2], **opts))
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-7)
+
+
+def test_registry_and_exports():
+    assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
+                              "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion"}
+    for name in A.__all__:
+        assert hasattr(A, name), name
+    assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(A.CALLABLE_METHODS))
+def test_callable_models_accepted(lin, name):
+    params, x = lin
+    out = A.METHODS[name](linear, params, x, 0, **OPTIONS.get(name, {}))
+    assert out.shape == x.shape
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_errors(gap, lin):
+    net, params, x = gap
+    lp, lx = lin
+    with pytest.raises(InputError, match=r"^images: expected shape \(N, H, W, 3\), got \(6, 8, 3\)"):
+        A.saliency(net, params, x[0], 0)
+    with pytest.raises(InputError, match=r"^target: expected class indices in \[0, 3\), got 3"):
+        A.saliency(net, params, x, 3)
+    with pytest.raises(InputError, match=r"^target: expected one class index per image \(2,\), got shape \(3,\)"):
+        A.saliency(net, params, x, [0, 1, 2])
+    with pytest.raises(InputError, match=r"^target: expected a class index"):
+        A.saliency(net, params, x, None)
+    with pytest.raises(InputError, match=r"^net: guided_backprop needs a jaxviz model"):
+        A.guided_backprop(linear, lp, lx, 0)
+    with pytest.raises(InputError, match=r"^method: expected one of 'gausslegendre'"):
+        A.integrated_gradients(net, params, x, 0, method="simpson")
+    with pytest.raises(InputError, match=r"^steps: expected >= 2 for riemann_left, got 1"):
+        A.integrated_gradients(net, params, x, 0, steps=1, method="riemann_left")
+    with pytest.raises(InputError, match=r"^batch_size: expected a positive int, got 0"):
+        A.occlusion(net, params, x, 0, window=2, batch_size=0)
+    with pytest.raises(InputError, match=r"^stride: expected at most the window \(2, 2\)"):
+        A.occlusion(net, params, x, 0, window=2, stride=3)
+    with pytest.raises(InputError, match=r"^window: expected at most the image size 6x8, got 7x7"):
+        A.occlusion(net, params, x, 0, window=7)
+    with pytest.raises(InputError, match=r"^baseline: expected a number or an array broadcastable"):
+        A.occlusion(net, params, x, 0, window=2, baseline=jnp.zeros((5, 5, 3)))
+    with pytest.raises(InputError, match=r"^variant: expected one of 'smoothgrad'"):
+        A.smoothgrad(net, params, x, 0, variant="mean")
+    with pytest.raises(InputError, match=r"^method: expected one of 'saliency'"):
+        A.smoothgrad(net, params, x, 0, method="smoothgrad")
+    with pytest.raises(InputError, match=r"^layer: unknown layer 'relu9'"):
+        A.grad_cam(net, params, x, 0, layer="relu9")
+    with pytest.raises(InputError, match=r"^layer: expected a spatial tap"):
+        A.grad_cam(net, params, x, 0, layer="gap")
+    with pytest.raises(InputError, match=r"^target: cam needs class indices"):
+        A.cam(net, params, x, lambda z: z[:, 0])
+    with pytest.raises(InputError, match=r"^target: a callable target must map logits"):
+        A.saliency(net, params, x, lambda z: z)
