@@ -65,13 +65,11 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(1.0 / (2 * n), 1.0 - 1.0 / (2 * n), n), w  # middle
 
 
-@functools.partial(jax.jit, static_argnames=("net", "target_fn", "method", "steps", "batch_size", "return_delta"))
-def _core(net, params, images, baselines, target_idx, *, target_fn, method, steps, batch_size, return_delta):
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "batch_size", "return_delta"))
+def _core(net, params, images, baselines, target_idx, alphas, weights, *, target_fn, batch_size, return_delta):
+    # the rule's nodes and weights are arguments: every rule with the same number of steps shares one compilation
     _common.count_trace("integrated_gradients")
-    n = images.shape[0]
-    alphas_np, weights_np = quadrature(method, steps)
-    alphas = jnp.asarray(alphas_np, jnp.float32)
-    weights = jnp.asarray(weights_np, jnp.float32)
+    n, steps = images.shape[0], alphas.shape[0]
     diff = images - baselines
     # item k = step * N + image
     img_of = jnp.arange(steps * n, dtype=jnp.int32) % n
@@ -137,9 +135,9 @@ def integrated_gradients(
     images = _common.check_images(images)
     _checks.one_of(method, "method", RULES)
     steps = _checks.positive_int(steps, "steps")
-    quadrature(method, steps)  # validates steps for the rule
+    alphas, weights = quadrature(method, steps)
     batch_size = _common.check_batch_size(batch_size)
     base = _common.broadcast_baseline(baselines, images)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
-    return _core(net, params, images, base, idx, target_fn=fn, method=method, steps=steps,
-                 batch_size=batch_size, return_delta=bool(return_delta))
+    return _core(net, params, images, base, idx, jnp.asarray(alphas, jnp.float32), jnp.asarray(weights, jnp.float32),
+                 target_fn=fn, batch_size=batch_size, return_delta=bool(return_delta))

@@ -43,10 +43,11 @@ def noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...]) -> jax.Array
 
 
 @functools.partial(
-    jax.jit, static_argnames=("net", "target_fn", "base", "static_opts", "variant", "samples", "batch_size", "pass_batch")
+    jax.jit, static_argnames=("net", "target_fn", "base", "static_opts", "samples", "batch_size", "pass_batch")
 )
-def _core(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn, base, static_opts, variant, samples,
-          batch_size, pass_batch):
+def _core(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn, base, static_opts, samples, batch_size,
+          pass_batch):
+    # returns E[a] and E[a^2]; the variant is combined outside, so all variants share one compilation
     _common.count_trace("smoothgrad")
     n = images.shape[0]
     opts = dict(static_opts, **dyn_opts)
@@ -62,7 +63,10 @@ def _core(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn, b
         return a, a * a
 
     total, total_sq = _common.chunked_sum(body, n * samples, batch_size, img_of, n)
-    mean, mean_sq = total / samples, total_sq / samples
+    return total / samples, total_sq / samples
+
+
+def _combine(mean, mean_sq, variant):
     if variant == "smoothgrad":
         return mean
     if variant == "smoothgrad_sq":
@@ -143,5 +147,6 @@ def smoothgrad(
     fn, idx = _common.prepare_target(target, n, net if _common.is_model(net) or callable(net) else None, params, images)
     static_opts, dyn_opts = _common.split_options(options)
     pass_batch = _common.accepts(base, "batch_size")
-    return _core(net, params, images, sigma, key, idx, dyn_opts, target_fn=fn, base=base, static_opts=static_opts,
-                 variant=variant, samples=samples, batch_size=batch_size, pass_batch=pass_batch)
+    mean, mean_sq = _core(net, params, images, sigma, key, idx, dyn_opts, target_fn=fn, base=base,
+                          static_opts=static_opts, samples=samples, batch_size=batch_size, pass_batch=pass_batch)
+    return _combine(mean, mean_sq, variant)
