@@ -270,7 +270,10 @@ def objective(net: VGG, params, images, *, layers: Layers = "relu4_2", guide=Non
     Returns:
       scalar float32.
     """
-    return gradient(net, params, images, layers=layers, guide=guide)[0]
+    spec = _layer_spec(net, layers)
+    x = _check_images(images, "images", net)
+    plan = _plan(net, spec, x.shape[1], x.shape[2], None)
+    return _value(net, params, x, _guides(net, params, spec, guide), spec=spec, plan=plan)
 
 
 def _guides(net, params, spec, guide):
@@ -314,7 +317,8 @@ def gradient(
 
 def roll(images: jax.Array, key: jax.Array, max_shift: int) -> tuple[jax.Array, jax.Array]:
     """Rolls images by a random (dy, dx) in [-max_shift, max_shift]; returns (rolled, shift)."""
-    shift = jax.random.randint(key, (2,), -max_shift, max_shift + 1)
+    u = jax.random.uniform(key, (2,))  # cheaper to compile than randint
+    shift = jnp.clip(jnp.floor(u * (2 * max_shift + 1)).astype(jnp.int32), 0, 2 * max_shift) - max_shift
     return jnp.roll(images, (shift[0], shift[1]), axis=(1, 2)), shift
 
 
@@ -346,6 +350,9 @@ def _value_impl(net, params, x, guides, *, spec, plan: _Plan):
         return value + f(crop, guides, (sy, sx), (y0, y1, x0, x1)), None
 
     return lax.scan(body, jnp.float32(0.0), jnp.asarray(np.array(plan.tiles, np.int32)))[0]
+
+
+_value = jax.jit(_value_impl, static_argnames=("net", "spec", "plan"))
 
 
 @functools.partial(jax.jit, static_argnames=("net", "spec", "plan", "steps", "jitter", "values"))

@@ -345,12 +345,21 @@ class ImageParam:
     decay_power: float = 1.0
     decorrelate: bool = True
 
-    def init(self, key: jax.Array, batch: int, hw: tuple[int, int]) -> jax.Array:
-        """Initial variables for ``batch`` images of size ``hw``."""
+    def shape(self, batch: int, hw: tuple[int, int]) -> tuple[int, ...]:
+        """Shape of the variables for ``batch`` images of size ``hw``."""
         h, w = hw
-        if self.kind == "pixel":
-            return self.sd * jax.random.normal(key, (batch, h, w, 3), jnp.float32)
-        return self.sd * jax.random.normal(key, (batch, 3, h, w // 2 + 1, 2), jnp.float32)
+        return (batch, h, w, 3) if self.kind == "pixel" else (batch, 3, h, w // 2 + 1, 2)
+
+    def init(self, key: jax.Array, batch: int, hw: tuple[int, int]) -> jax.Array:
+        """Initial variables: N(0, sd²) for ``batch`` images of size ``hw``, a function of ``key``.
+
+        The normal draws come from NumPy's PCG64 seeded with the key's data (on
+        the host, so no random-number program has to be compiled), which makes
+        them a deterministic function of the key; ``key`` must be concrete.
+        """
+        data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        rng = np.random.default_rng(np.asarray(data, np.uint32).ravel())
+        return jnp.asarray(self.sd * rng.standard_normal(self.shape(batch, hw), dtype=np.float32))
 
     def image(self, p: jax.Array, hw: tuple[int, int]) -> jax.Array:
         """Variables -> (batch, h, w, 3) RGB in (0, 1)."""
@@ -380,29 +389,45 @@ def fourier(*, sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = T
 # =========================================================================== transforms
 
 
+class _Transform:
+    """Base of the random transforms: ``t(key, x)`` draws two uniforms from ``key`` and calls ``t.apply(u, x)``."""
+
+    def __call__(self, key, x):
+        return self.apply(jax.random.uniform(key, (2,)), x)
+
+    def apply(self, u, x):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+def _pick(values, u):
+    """values[floor(u * len)]: a uniform choice from a static tuple given u in [0, 1)."""
+    table = jnp.asarray(values, jnp.float32)
+    return table[jnp.clip(jnp.floor(u * len(values)).astype(jnp.int32), 0, len(values) - 1)]
+
+
 @dataclasses.dataclass(frozen=True)
-class Pad:
+class Pad(_Transform):
     """Pads ``width`` pixels of constant ``value`` on every side (deterministic)."""
 
     width: int
     value: float = 0.5
 
-    def __call__(self, key, x):
+    def apply(self, u, x):
         w = self.width
         return jnp.pad(x, ((0, 0), (w, w), (w, w), (0, 0)), constant_values=self.value)
 
 
 @dataclasses.dataclass(frozen=True)
-class Jitter:
-    """Random crop losing ``d`` pixels in height and width (a random shift of up to ``d``)."""
+class Jitter(_Transform):
+    """Random crop losing ``d`` pixels in height and width (a random shift of 0..d pixels per axis)."""
 
     d: int
 
-    def __call__(self, key, x):
+    def apply(self, u, x):
         if self.d == 0:
             return x
         n, h, w, c = x.shape
-        off = jax.random.randint(key, (2,), 0, self.d + 1)
+        off = jnp.clip(jnp.floor(u * (self.d + 1)).astype(jnp.int32), 0, self.d)
         return lax.dynamic_slice(x, (0, off[0], off[1], 0), (n, h - self.d, w - self.d, c))
 
 
@@ -421,44 +446,90 @@ def _affine(x, scale, angle):
     y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
     y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
     flat = x.reshape(n, h * w, c)
-    at = lambda yi, xi: jnp.take(flat, (yi * w + xi).reshape(-1), axis=1).reshape(n, h, w, c)
+    at = lambda yi, xi: jnp.take(flat, (yi * w + xi).reshape(-1), axis=1, mode="clip").reshape(
+        n, h, w, c
+    )
     top = (1 - wx) * at(y0, x0) + wx * at(y0, x1)
     bottom = (1 - wx) * at(y1, x0) + wx * at(y1, x1)
     return (1 - wy) * top + wy * bottom
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomScale:
+class RandomScale(_Transform):
     """Zooms about the centre by a factor chosen uniformly from ``scales`` (same output size)."""
 
     scales: tuple[float, ...]
 
-    def __call__(self, key, x):
-        s = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
-        return _affine(x, s, 0.0)
+    def sample(self, u) -> tuple[jax.Array, jax.Array]:
+        """(scale, angle in radians) for uniforms ``u``."""
+        return _pick(self.scales, u[0]), jnp.float32(0.0)
+
+    def apply(self, u, x):
+        return _affine(x, *self.sample(u))
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomRotate:
+class RandomRotate(_Transform):
     """Rotates about the centre by an angle (degrees) chosen uniformly from ``angles``."""
 
     angles: tuple[float, ...]
 
-    def __call__(self, key, x):
-        a = jax.random.choice(key, jnp.asarray(self.angles, jnp.float32))
-        return _affine(x, 1.0, a * (math.pi / 180.0))
+    def sample(self, u) -> tuple[jax.Array, jax.Array]:
+        """(scale, angle in radians) for uniforms ``u``."""
+        return jnp.float32(1.0), _pick(self.angles, u[0]) * (math.pi / 180.0)
+
+    def apply(self, u, x):
+        return _affine(x, *self.sample(u))
 
 
 @dataclasses.dataclass(frozen=True)
-class Compose:
-    """Applies transforms in order, each with its own key ``fold_in(key, i)``."""
+class Compose(_Transform):
+    """Applies transforms in order, all randomness drawn from one key.
+
+    ``Compose(ts)(key, x)`` draws a (len(ts), 2) block of uniforms from
+    ``key`` in one go; transform ``i`` gets row ``i``. Consecutive
+    :class:`RandomScale` / :class:`RandomRotate` steps (zooms and rotations
+    about the same centre commute and compose into one similarity transform)
+    are resampled once, with their scales multiplied and angles added: one
+    bilinear interpolation instead of several, and a smaller program to
+    compile.
+    """
 
     transforms: tuple = ()
 
+    def __post_init__(self):
+        flat = []
+        for t in self.transforms:
+            flat.extend(t.transforms if isinstance(t, Compose) else (t,))
+        for t in flat:
+            if not callable(t):
+                raise InputError(f"transforms: expected callables t(key, x), got {t!r}")
+        object.__setattr__(self, "transforms", tuple(flat))
+
     def __call__(self, key, x):
+        if not self.transforms:
+            return x
+        return self._run(jax.random.uniform(key, (len(self.transforms), 2)), key, x)
+
+    def apply(self, u, x):
+        return self._run(jnp.reshape(u, (len(self.transforms), 2)), None, x)
+
+    def _run(self, u, key, x):
+        pending = None  # (scale, angle) of consecutive affine steps not yet applied
         for i, t in enumerate(self.transforms):
-            x = t(jax.random.fold_in(key, i), x)
-        return x
+            if isinstance(t, (RandomScale, RandomRotate)):
+                s, a = t.sample(u[i])
+                pending = (s, a) if pending is None else (pending[0] * s, pending[1] + a)
+                continue
+            if pending is not None:
+                x, pending = _affine(x, *pending), None
+            if isinstance(t, _Transform):
+                x = t.apply(u[i], x)
+            elif key is None:
+                raise InputError(f"transforms: {t!r} is not a jaxviz transform and needs a key")
+            else:
+                x = t(jax.random.fold_in(key, i), x)  # a user's transform t(key, x)
+        return x if pending is None else _affine(x, *pending)
 
 
 def standard_transforms(scale: float = 1.0) -> Compose:
@@ -577,9 +648,25 @@ def _loss(variables, key, net, params, objective, param, transforms, hw, relu):
     return -objective(acts)
 
 
-def _init_impl(key, *, param, optimizer, batch, hw):
+@functools.partial(jax.jit, static_argnames=("optimizer",))
+def _opt_init(variables, *, optimizer):
+    return optimizer.init(variables)
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer",))
+def _opt_init_each(variables, *, optimizer):
+    return jax.vmap(optimizer.init)(variables)
+
+
+def _init_state(key, *, param, optimizer, batch, hw) -> RenderState:
     variables = param.init(jax.random.split(key)[0], batch, hw)
-    return RenderState(variables, optimizer.init(variables), jnp.int32(0))
+    return RenderState(variables, _opt_init(variables, optimizer=optimizer), jnp.int32(0))
+
+
+def _init_states(keys, *, param, optimizer, batch, hw) -> RenderState:
+    firsts = [jax.random.split(k)[0] for k in keys]
+    variables = jnp.stack([param.init(k, batch, hw) for k in firsts])
+    return RenderState(variables, _opt_init_each(variables, optimizer=optimizer), jnp.zeros((len(firsts),), jnp.int32))
 
 
 def _update_impl(net, params, objective, state, key, *, param, transforms, optimizer, hw, steps, redirect):
@@ -595,28 +682,52 @@ def _update_impl(net, params, objective, state, key, *, param, transforms, optim
     return lax.scan(body, state, None, length=steps)
 
 
+def _run_impl(net, params, objective, state, key, *, param, transforms, optimizer, hw, steps, redirect, batch):
+    """``steps`` steps from ``state`` -> (state, history, images)."""
+    state, history = _update_impl(net, params, objective, state, key, param=param, transforms=transforms,
+                                  optimizer=optimizer, hw=hw, steps=steps, redirect=redirect)
+    return state, history, param.image(state.variables, hw)
+
+
 _STATIC = ("net", "param", "transforms", "optimizer", "hw", "steps", "redirect")
-_init = jax.jit(_init_impl, static_argnames=("param", "optimizer", "batch", "hw"))
 _update = jax.jit(_update_impl, static_argnames=_STATIC)
+_run = jax.jit(_run_impl, static_argnames=_STATIC + ("batch",))
 
 
-@functools.partial(jax.jit, static_argnames=("param", "optimizer", "batch", "hw"))
-def _init_each(keys, *, param, optimizer, batch, hw):
-    return jax.vmap(lambda k: _init_impl(k, param=param, optimizer=optimizer, batch=batch, hw=hw))(keys)
+@functools.partial(jax.jit, static_argnames=_STATIC + ("batch", "maker"))
+def _run_each(net, params, values, states, keys, *, maker, param, transforms, optimizer, hw, steps, redirect, batch):
+    """K independent runs stacked into one: one network pass over K * batch images per step.
 
+    Equivalent to ``vmap(_run_impl)`` over (values, states, keys) but the
+    network, the most expensive part to compile and run, sees one plain
+    batch; only the cheap parts (parameterisation, transforms, objective,
+    optimiser update) are vmapped over the K instances.
+    """
+    k = keys.shape[0]
+    loop_keys = jax.vmap(lambda key: jax.random.split(key)[1])(keys)
+    relu = redirected_relu if redirect else None
+    probe = maker(jax.tree_util.tree_map(lambda v: v[0], values))
+    taps = probe.taps
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("maker",))
-def _update_each(net, params, values, states, keys, *, maker, param, transforms, optimizer, hw, steps, redirect):
-    def one(v, s, k):
-        return _update_impl(net, params, maker(v), s, k, param=param, transforms=transforms,
-                            optimizer=optimizer, hw=hw, steps=steps, redirect=redirect)
+    def loss(variables, step):
+        imgs = jax.vmap(lambda v: param.image(v, hw))(variables)  # (K, B, h, w, 3)
+        step_keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(loop_keys)
+        x = jax.vmap(transforms)(step_keys, imgs)
+        acts = {}
+        if taps:
+            flat = net.apply(params, x.reshape((k * batch,) + x.shape[2:]), taps=taps, relu=relu)
+            acts = {name: a.reshape((k, batch) + a.shape[1:]) for name, a in flat.items()}
+        acts["input"] = x
+        per = jax.vmap(lambda v, a: maker(v)(a))(values, acts)  # (K,)
+        return -jnp.sum(per), per
 
-    return jax.vmap(one)(values, states, keys)
+    def body(st, _):
+        (_, per), g = jax.value_and_grad(loss, has_aux=True)(st.variables, st.step[0])
+        updates, opt_state = jax.vmap(optimizer.update)(g, st.opt_state, st.variables)
+        return RenderState(optax.apply_updates(st.variables, updates), opt_state, st.step + 1), per
 
-
-@functools.partial(jax.jit, static_argnames=("param", "hw"))
-def _images_each(variables, *, param, hw):
-    return jax.vmap(lambda v: param.image(v, hw))(variables)
+    states, history = lax.scan(body, states, None, length=steps)
+    return states, history.T, jax.vmap(lambda v: param.image(v, hw))(states.variables)
 
 
 def render_init(key: jax.Array, *, size=128, batch: int = 1, param: ImageParam | None = None,
@@ -626,7 +737,7 @@ def render_init(key: jax.Array, *, size=128, batch: int = 1, param: ImageParam |
     Arguments as in :func:`render`.
     """
     param, opt = _check_param(param), _optimizer(optimizer, learning_rate)
-    return _init(key, param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=_hw(size))
+    return _init_state(key, param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=_hw(size))
 
 
 def render_update(net: VGG, params, objective: Objective, state: RenderState, key: jax.Array, *, steps: int,
@@ -715,15 +826,14 @@ def render(
     param, opt, hw = _check_param(param), _optimizer(optimizer, learning_rate), _hw(size)
     transforms = _check_transforms(transforms)
     steps = _checks.positive_int(steps, "steps")
-    state = _init(key, param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=hw)
-    history = []
+    batch = _checks.positive_int(batch, "batch")
+    state, history = _init_state(key, param=param, optimizer=opt, batch=batch, hw=hw), []
     with tqdm(total=steps, desc="render", unit="step", disable=not progress, leave=False) as bar:
         for n in _chunks(steps, progress):
-            state, h = _update(net, params, objective, state, key, param=param, transforms=transforms,
-                               optimizer=opt, hw=hw, steps=n, redirect=bool(redirect_relu))
+            state, h, images = _run(net, params, objective, state, key, param=param, transforms=transforms,
+                                    optimizer=opt, hw=hw, steps=n, redirect=bool(redirect_relu), batch=batch)
             history.append(h)
             bar.update(n)
-    images = param.image(state.variables, hw)
     return (images, jnp.concatenate(history)) if return_history else images
 
 
@@ -775,16 +885,15 @@ def render_each(
     transforms = _check_transforms(transforms)
     steps = _checks.positive_int(steps, "steps")
     keys = jax.random.split(key, k)
-    states = _init_each(keys, param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=hw)
-    history = []
+    batch = _checks.positive_int(batch, "batch")
+    states, history = _init_states(keys, param=param, optimizer=opt, batch=batch, hw=hw), []
     with tqdm(total=steps, desc=f"render x{k}", unit="step", disable=not progress, leave=False) as bar:
         for n in _chunks(steps, progress):
-            states, h = _update_each(net, params, values, states, keys, maker=make_objective, param=param,
-                                     transforms=transforms, optimizer=opt, hw=hw, steps=n,
-                                     redirect=bool(redirect_relu))
+            states, h, images = _run_each(net, params, values, states, keys, maker=make_objective, param=param,
+                                          transforms=transforms, optimizer=opt, hw=hw, steps=n,
+                                          redirect=bool(redirect_relu), batch=batch)
             history.append(h)
             bar.update(n)
-    images = _images_each(states.variables, param=param, hw=hw)
     return (images, jnp.concatenate(history, axis=1)) if return_history else images
 
 

@@ -1,0 +1,171 @@
+"""DeepDream: exact tiles, exact jitter undo, the objective rising at every octave, errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import dream, models, weights
+from jaxviz.errors import InputError
+
+NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return weights.random(NET, seed=0)
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def test_objective_is_weighted_mean_half_squared_norm(params):
+    x = jax.random.uniform(jax.random.key(0), (2, 36, 40, 3))
+    acts = NET.apply(params, x, taps=("relu1_1", "pool2"))
+    want = 0.5 * np.mean(np.sum(np.asarray(acts["relu1_1"]) ** 2, -1)) * 0.25 + 0.5 * np.mean(
+        np.sum(np.asarray(acts["pool2"]) ** 2, -1)
+    )
+    got = dream.objective(NET, params, x, layers={"relu1_1": 0.25, "pool2": 1.0})
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_gradient_at_the_layer_is_the_activation_and_guided_gradient_is_the_matched_guide_feature():
+    # the seed's identity: d(½‖a‖²)/da = a ; guided: d(max_j <a, g_j>)/da = g_argmax
+    a = jax.random.normal(jax.random.key(1), (1, 3, 4, 5))
+    g = jax.random.normal(jax.random.key(2), (7, 5))
+    np.testing.assert_allclose(jax.grad(lambda z: dream._position_terms(z, None).sum())(a), a, rtol=1e-6)
+    grad = jax.grad(lambda z: dream._position_terms(z, g).sum())(a)
+    best = np.argmax(np.einsum("nhwc,mc->nhwm", a, g), -1)
+    np.testing.assert_allclose(grad, np.asarray(g)[best], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- tiles
+
+
+@pytest.mark.parametrize(
+    "layers, guided",
+    [({"relu1_1": 0.5, "pool2": 1.0}, False), ("relu2_1", True)],
+    ids=["two-layers", "guided"],
+)
+def test_tiled_gradient_equals_whole_image_gradient(params, layers, guided):
+    x = jax.random.uniform(jax.random.key(3), (2, 45, 50, 3))  # odd sizes: not multiples of the stride
+    guide = jax.random.uniform(jax.random.key(4), (1, 40, 36, 3)) if guided else None
+    spec = dream._layer_spec(NET, layers)
+    plan = dream._plan(NET, spec, 45, 50, 8)
+    assert len(plan.tiles) >= 30 and plan.crop[0] < 45 and plan.crop[1] < 50  # really tiled
+    with jax.default_matmul_precision("highest"):
+        v0, g0 = dream.gradient(NET, params, x, layers=layers, guide=guide)
+        v1, g1 = dream.gradient(NET, params, x, layers=layers, guide=guide, tile_size=8)
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
+    assert _rel(g1, g0) < 1e-5
+    assert float(jnp.abs(g0).max()) > 0
+
+
+def test_tile_plan_crops_are_stride_aligned_inside_the_image_and_cores_partition_it():
+    spec = dream._layer_spec(NET, "pool2")  # stride 4
+    plan = dream._plan(NET, spec, 61, 47, 10)
+    ch, cw = plan.crop
+    cover = np.zeros((61, 47), int)
+    for sy, sx, y0, y1, x0, x1 in plan.tiles:
+        assert sy % 4 == 0 and sx % 4 == 0
+        assert 0 <= sy and sy + ch <= 61 and 0 <= sx and sx + cw <= 47
+        assert sy <= y0 and y1 <= sy + ch and sx <= x0 and x1 <= sx + cw
+        cover[y0:y1, x0:x1] += 1
+    assert (cover == 1).all()
+    # a tile larger than the image: one pass
+    assert dream._plan(NET, spec, 61, 47, 1000).tiles == ((0, 0, 0, 61, 0, 47),)
+
+
+# --------------------------------------------------------------------------- jitter
+
+
+def test_roll_is_undone_exactly():
+    x = jax.random.normal(jax.random.key(5), (2, 13, 17, 3))
+    roll, unroll = jax.jit(dream.roll, static_argnums=2), jax.jit(dream.unroll)
+    shifts = set()
+    for i in range(8):
+        rolled, shift = roll(x, jax.random.key(i), 6)
+        shifts.add(tuple(np.asarray(shift)))
+        assert np.abs(np.asarray(shift)).max() <= 6
+        np.testing.assert_array_equal(np.asarray(rolled)[:, 0, 0], np.asarray(x)[:, -shift[0] % 13, -shift[1] % 17])
+        np.testing.assert_array_equal(unroll(rolled, shift), x)
+    assert len(shifts) > 4
+
+
+def test_jittered_step_equals_unjittered_step_for_a_translation_equivariant_gradient():
+    x = jax.random.uniform(jax.random.key(6), (1, 20, 24, 3))
+    key = jax.random.key(7)
+    assert np.any(np.asarray(dream.roll(x, key, 8)[1]) != 0)
+    pointwise = lambda z: jnp.sin(7.0 * z) + z * z  # commutes with any roll
+    a = dream._step(pointwise, x, key, 0.01, 8)
+    b = dream._step(pointwise, x, key, 0.01, 0)
+    np.testing.assert_array_equal(a, b)
+    # a gradient that depends on the position does see the roll
+    ramp = lambda z: z * jnp.arange(z.shape[1], dtype=z.dtype)[None, :, None, None]
+    assert not np.array_equal(dream._step(ramp, x, key, 0.01, 8), dream._step(ramp, x, key, 0.01, 0))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_dream_raises_the_objective_at_every_octave(params):
+    x = jax.random.uniform(jax.random.key(8), (1, 48, 52, 3)) * 0.5 + 0.25
+    kw = dict(key=jax.random.key(9), layers="relu2_1", octaves=2, octave_scale=1.4, steps=4, jitter=4,
+              return_objectives=True)
+    out, objectives = dream.dream(NET, params, x, **kw)
+    assert objectives.shape == (2, 2)
+    assert np.all(objectives[:, 1] > objectives[:, 0]), objectives
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(dream.objective(NET, params, out, layers="relu2_1")) > float(
+        dream.objective(NET, params, x, layers="relu2_1")
+    )
+
+
+def test_dream_step_is_compiled_once_and_matches_a_manual_step(params):
+    x = jax.random.uniform(jax.random.key(10), (1, 40, 40, 3))
+    dream.dream_step(NET, params, x, jax.random.key(0), layers="relu2_1", jitter=3)
+    size = dream._run_octave._cache_size()
+    out = dream.dream_step(NET, params, x, jax.random.key(1), layers="relu2_1", jitter=3)
+    assert dream._run_octave._cache_size() == size  # a new key does not re-trace
+    # eager re-computation of the same step
+    rolled, shift = dream.roll(x, jax.random.fold_in(jax.random.key(1), 0), 3)
+    g = dream.unroll(dream.gradient(NET, params, rolled, layers="relu2_1")[1], shift)
+    want = jnp.clip(x + 0.01 * g / (jnp.abs(g).mean() + 1e-8), 0, 1)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_octave_shapes_smallest_first():
+    assert dream.octave_shapes(100, 140, octaves=3, octave_scale=2.0) == [(25, 35), (50, 70), (100, 140)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layers="conv9_9"), r"^layers: unknown layer 'conv9_9'"),
+        (dict(layers="fc7"), r"^layers: expected convolutional taps \(conv\*, relu\*, pool\*\), got 'fc7'"),
+        (dict(layers={}), r"^layers: expected at least one layer, got none"),
+        (dict(layers={"relu1_1": float("nan")}), r"^layers: expected a finite weight for 'relu1_1', got nan"),
+        (dict(octaves=6), r"^octaves: the smallest of 6 octaves \(scale 1.4\) would be 3x3 px, below the network's minimum 4"),
+        (dict(octave_scale=1.0), r"^octave_scale: expected a number > 1, got 1.0"),
+        (dict(jitter=-1), r"^jitter: expected a non-negative int \(pixels\), got -1"),
+        (dict(steps=0), r"^steps: expected a positive int, got 0"),
+    ],
+)
+def test_bad_arguments_raise_input_errors(params, kwargs, match):
+    x = jnp.zeros((1, 16, 16, 3))
+    with pytest.raises(InputError, match=match):
+        dream.dream(NET, params, x, key=jax.random.key(0), **{"layers": "relu1_1", **kwargs})
+
+
+def test_bad_images_raise():
+    with pytest.raises(InputError, match=r"^images: expected shape \(N, H, W, 3\), got \(16, 16, 3\)"):
+        dream.dream(NET, {}, jnp.zeros((16, 16, 3)), key=jax.random.key(0), layers="relu1_1")
