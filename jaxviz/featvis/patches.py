@@ -28,6 +28,8 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import InputError
@@ -131,6 +133,7 @@ class TopPatches(NamedTuple):
     values: np.ndarray  # (C, k)
     names: list  # C lists of k names (None where empty)
     index: np.ndarray  # (C, k) stream index, -1 where empty
+    position: np.ndarray  # (C, k, 2) (y, x) of the maximum in the tap's grid
     boxes: np.ndarray  # (C, k, 4) (top, left, bottom, right) in image pixels, not clipped
     patches: np.ndarray  # (C, k, P, P, 3)
     field: ReceptiveField
@@ -317,6 +320,7 @@ def top_patches(
         values=np.asarray(state.values),
         names=[[names.get(int(i)) if i >= 0 else None for i in row] for row in index],
         index=index,
+        position=pos,
         boxes=boxes,
         patches=np.asarray(state.patches),
         field=rf,

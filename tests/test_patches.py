@@ -1,0 +1,143 @@
+"""Top-activating patches: receptive fields, a constructed folder with a known answer, brute force, bounded state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import models, weights
+from jaxviz.errors import InputError
+from jaxviz.featvis import patches as P
+
+
+def test_receptive_fields_by_hand():
+    net = models.vgg19()
+    assert P.receptive_field(net, "relu1_1") == (3, 1, -1)
+    assert P.receptive_field(net, "pool1") == (6, 2, -2)  # 5 after two 3x3 convs, +1 by the pool
+    assert P.receptive_field(net, "conv2_1") == (10, 2, -4)
+    assert P.receptive_field(net, "pool2") == (16, 4, -6)
+    assert P.receptive_field(net, "relu4_2") == (84, 8, -38)
+    assert P.receptive_field(net, "pool5") == (268, 32, -118)
+    assert P.receptive_field(net, "relu1_1").box(2, 3) == (1, 2, 4, 5)
+    with pytest.raises(InputError, match=r"^layer: expected a convolutional tap \(conv\*, relu\*, pool\*\); 'fc7' sees the whole image"):
+        P.receptive_field(net, "fc7")
+
+
+def _delta_net():
+    """Two stages of 2 channels; convolutions pass red (channel 0) and green (channel 1) through unchanged."""
+    net = models.VGG(stages=((2,), (2,)), classifier=False, normalize=False)
+    k1 = np.zeros((3, 3, 3, 2), np.float32)
+    k1[1, 1, 0, 0] = k1[1, 1, 1, 1] = 1.0
+    k2 = np.zeros((3, 3, 2, 2), np.float32)
+    k2[1, 1, 0, 0] = k2[1, 1, 1, 1] = 1.0
+    z = jnp.zeros((2,))
+    return net, {"params": {"conv1_1": {"kernel": jnp.asarray(k1), "bias": z},
+                            "conv2_1": {"kernel": jnp.asarray(k2), "bias": z}}}
+
+
+def _folder():
+    """7 black 16x16 images; some have one red dot (brightness v at (r, c)), some a green one."""
+    dots = [  # name, channel, value, row, col
+        ("a", 0, 0.3, 3, 4), ("b", 1, 0.9, 8, 8), ("c", 0, 0.8, 0, 15), ("d", 0, 0.5, 10, 2),
+        ("e", 0, 0.8, 7, 7), ("f", 1, 0.2, 1, 1), ("g", 0, 0.95, 15, 0),
+    ]
+    imgs = np.zeros((7, 16, 16, 3), np.float32)
+    for i, (_, ch, v, r, c) in enumerate(dots):
+        imgs[i, r, c, ch] = v
+        imgs[i, 5, 5, 2] = 0.7  # blue: seen by no channel
+    return [d[0] for d in dots], imgs, dots
+
+
+def _batches(names, imgs, size):
+    for s in range(0, len(names), size):
+        yield names[s:s + size], imgs[s:s + size]
+
+
+def test_constructed_folder_gives_the_right_patches_in_the_right_order():
+    net, params = _delta_net()
+    names, imgs, dots = _folder()
+    top = P.top_patches(net, params, _batches(names, imgs, 3), layer="relu2_1", channels=[0, 1], k=4)
+    rf = top.field
+    assert rf == (8, 2, -3)
+    # red channel: g (0.95), then the tie c / e (0.8) in stream order, then d (0.5)
+    assert top.names[0] == ["g", "c", "e", "d"]
+    np.testing.assert_allclose(top.values[0], [0.95, 0.8, 0.8, 0.5])
+    # green channel: b, f, then two black images (value 0; earliest first: a, c)
+    assert top.names[1] == ["b", "f", "a", "c"]
+    np.testing.assert_allclose(top.values[1], [0.9, 0.2, 0.0, 0.0])
+    padded = np.pad(imgs, ((0, 0), (8, 8), (8, 8), (0, 0)), constant_values=0.5)
+    for rank, name in enumerate(top.names[0]):
+        i = names.index(name)
+        _, _, _, r, c = dots[i]
+        py, px = r // 2, c // 2  # the 2x2 max pool holding the dot
+        np.testing.assert_array_equal(top.position[0, rank], (py, px))
+        t, l, b, rr = top.boxes[0, rank]
+        assert (t, l, b, rr) == (2 * py - 3, 2 * px - 3, 2 * py + 5, 2 * px + 5)
+        np.testing.assert_array_equal(top.patches[0, rank], padded[i, t + 8:b + 8, l + 8:rr + 8])
+        assert top.patches[0, rank][r - t, c - l, 0] == dots[i][2]  # the dot is inside its patch
+
+
+def test_matches_brute_force_on_a_random_vgg():
+    net = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
+    params = weights.random(net, seed=1)
+    imgs = np.asarray(jax.random.uniform(jax.random.key(0), (11, 24, 24, 3)))
+    names = [f"img{i}" for i in range(11)]
+    chans = [3, 0, 7, 12]
+    top = P.top_patches(net, params, _batches(names, imgs, 4), layer="conv2_1", channels=chans, k=5)
+    acts = np.asarray(net.apply(params, jnp.asarray(imgs), taps=("conv2_1",))["conv2_1"])[..., chans]
+    per_image = acts.reshape(11, -1, 4).max(1)  # (N, C)
+    for j in range(4):
+        order = np.argsort(-per_image[:, j], kind="stable")[:5]
+        assert top.names[j] == [names[i] for i in order]
+        np.testing.assert_allclose(top.values[j], per_image[order, j], rtol=1e-5)
+        for rank, i in enumerate(order):
+            flat = acts[i, ..., j].argmax()
+            y, x = divmod(flat, acts.shape[2])
+            assert tuple(top.boxes[j, rank][:2]) == (2 * y - 3, 2 * x - 3)  # conv, pool, conv: offset -3
+
+
+def test_running_state_has_a_fixed_size_and_compiles_once():
+    net, params = _delta_net()
+    names, imgs, _ = _folder()
+    state = P.top_patches_init(net, "relu2_1", 2, k=3)
+    shapes = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), state)
+    size0 = None
+    for rep in range(4):  # 4 passes over the folder = 28 images, in batches of 4 (+ a padded one)
+        for s in range(0, 7, 4):
+            chunk = imgs[s:s + 4]
+            valid = np.arange(4) < len(chunk)
+            chunk = np.concatenate([chunk, np.zeros((4 - len(chunk), 16, 16, 3), np.float32)])
+            state = P.top_patches_update(net, params, state, chunk, layer="relu2_1", channels=[0, 1], valid=valid)
+            assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), state) == shapes
+            if size0 is None:
+                size0 = P._update._cache_size()
+    assert P._update._cache_size() == size0  # one program for every batch
+    assert int(state.count) == 28
+    np.testing.assert_allclose(state.values[0], [0.95, 0.95, 0.95])  # image g of passes 1, 2, 3
+    np.testing.assert_array_equal(state.index[0], [6, 13, 20])
+
+
+def test_patch_grid_rows_are_channels():
+    net, params = _delta_net()
+    names, imgs, _ = _folder()
+    top = P.top_patches(net, params, _batches(names, imgs, 7), layer="relu2_1", channels=[1, 0], k=3)
+    pic = P.patch_grid(top, tile=16, pad=2, labels=False)
+    assert pic.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3)  # patches of 8 px enlarged x2
+    np.testing.assert_array_equal(pic[2:18:2, 2:18:2], top.patches[0, 0])
+    labelled = P.patch_grid(top, tile=16, pad=2)
+    assert labelled.shape[0] == pic.shape[0] and labelled.shape[1] > pic.shape[1]
+
+
+def test_errors():
+    net, params = _delta_net()
+    names, imgs, _ = _folder()
+    with pytest.raises(InputError, match=r"^channels: expected indices in \[0, 2\) for relu2_1, got \[0, 5\]"):
+        P.top_patches(net, params, _batches(names, imgs, 3), layer="relu2_1", channels=[0, 5])
+    with pytest.raises(InputError, match=r"^channels: 2 channels x 9 patches of 8x8 px need 0 MiB \(max_bytes=0 MiB\)"):
+        P.top_patches(net, params, _batches(names, imgs, 3), layer="relu2_1", max_bytes=100)
+    with pytest.raises(InputError, match=r"^batches: expected at least one image, got none"):
+        P.top_patches(net, params, iter([]), layer="relu2_1")
+    with pytest.raises(InputError, match=r"^batches: got 2 names for 3 images"):
+        P.top_patches(net, params, [(["a", "b"], imgs[:3])], layer="relu2_1")
