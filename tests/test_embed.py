@@ -1,0 +1,140 @@
+"""Feature vectors, nearest neighbours and PCA against NumPy references; t-SNE; the pictures."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import embed, models, weights
+from jaxviz.errors import InputError
+
+NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
+
+
+def _batches(imgs, size):
+    for s in range(0, len(imgs), size):
+        yield [f"im{i}" for i in range(s, min(s + size, len(imgs)))], imgs[s:s + size]
+
+
+def test_features_pool_a_tap_and_compile_once():
+    params = weights.random(NET, seed=0)
+    imgs = np.asarray(jax.random.uniform(jax.random.key(0), (5, 32, 32, 3)))
+    f = embed.features(NET, params, _batches(imgs, 2), layer="relu2_1", pool="mean", thumbnail_size=8)
+    size = embed._extract._cache_size()
+    acts = {k: np.asarray(v) for k, v in NET.apply(params, jnp.asarray(imgs), taps=("relu2_1", "relu7")).items()}
+    assert f.names == [f"im{i}" for i in range(5)]
+    np.testing.assert_allclose(f.vectors, acts["relu2_1"].mean((1, 2)), rtol=1e-5, atol=1e-6)
+    assert f.thumbnails.shape == (5, 8, 8, 3)
+    np.testing.assert_allclose(f.thumbnails.mean((1, 2)), imgs.mean((1, 2)), atol=5e-3)  # a smoothed copy
+    g = embed.features(NET, params, _batches(imgs, 2), layer="relu2_1", pool="mean", thumbnail_size=8)
+    assert embed._extract._cache_size() == size  # second pass, short last batch: no new program
+    np.testing.assert_array_equal(g.vectors, f.vectors)
+    m = embed.features(NET, params, _batches(imgs, 5), layer="relu2_1", pool="max")
+    np.testing.assert_allclose(m.vectors, acts["relu2_1"].max((1, 2)), rtol=1e-5, atol=1e-6)
+    d = embed.features(NET, params, _batches(imgs, 5))  # default: relu7
+    np.testing.assert_allclose(d.vectors, acts["relu7"], rtol=1e-4, atol=1e-6)
+    assert d.thumbnails is None
+
+
+def _reference_distances(a, b, metric):
+    if metric == "l2":
+        return np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+    if metric == "l1":
+        return np.abs(a[:, None] - b[None]).sum(-1)
+    an = a / np.linalg.norm(a, axis=1, keepdims=True)
+    bn = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return 1 - an @ bn.T
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1", "cosine"])
+def test_distances_and_neighbours_match_numpy(metric):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(37, 12)).astype(np.float32)
+    q = rng.normal(size=(9, 12)).astype(np.float32)
+    ref = _reference_distances(x.astype(np.float64), x.astype(np.float64), metric)
+    for bs in (5, 256):
+        got = embed.pairwise_distances(x, metric=metric, batch_size=bs)
+        np.testing.assert_allclose(got, ref, atol=3e-3 if metric == "l2" else 2e-5, rtol=1e-5)
+    # every vector against the others
+    idx, dist = embed.nearest_neighbours(x, k=4, metric=metric, batch_size=8)
+    masked = ref + np.diag(np.full(37, np.inf))
+    want = np.argsort(masked, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(masked, want, 1), atol=2e-5, rtol=1e-5)
+    # explicit queries (no self-exclusion)
+    refq = _reference_distances(q.astype(np.float64), x.astype(np.float64), metric)
+    idx, dist = embed.nearest_neighbours(x, q, k=3, metric=metric)
+    np.testing.assert_array_equal(idx, np.argsort(refq, axis=1, kind="stable")[:, :3])
+
+
+def test_neighbours_ties_go_to_the_lower_index_and_self_is_excluded():
+    x = np.array([[0.0, 0], [1, 0], [-1, 0], [0, 1], [5, 5]], np.float32)
+    idx, dist = embed.nearest_neighbours(x, k=3)
+    np.testing.assert_array_equal(idx[0], [1, 2, 3])  # three at distance 1: lower index first
+    np.testing.assert_allclose(dist[0], [1, 1, 1])
+    assert 4 not in np.asarray(idx[:4, :1])
+
+
+def test_pca_matches_the_numpy_eigendecomposition():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(50, 6)) @ rng.normal(size=(6, 6)) + 3.0).astype(np.float32)
+    res = embed.pca(x, 3)
+    xd = x.astype(np.float64)
+    cov = np.cov(xd, rowvar=False)
+    w, v = np.linalg.eigh(cov)
+    order = np.argsort(-w)[:3]
+    comps = v[:, order].T
+    comps *= np.sign(comps[np.arange(3), np.abs(comps).argmax(1)])[:, None]
+    np.testing.assert_allclose(res.components, comps, atol=1e-4)
+    np.testing.assert_allclose(res.explained_variance, w[order], rtol=1e-4)
+    np.testing.assert_allclose(res.explained_variance_ratio, w[order] / w.sum(), rtol=1e-4)
+    np.testing.assert_allclose(res.mean, xd.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(res.points, (xd - xd.mean(0)) @ comps.T, atol=1e-3)
+    sk = pytest.importorskip("sklearn.decomposition")
+    ref = sk.PCA(3).fit(xd)
+    np.testing.assert_allclose(np.abs(np.asarray(res.components) @ ref.components_.T), np.eye(3), atol=1e-4)
+
+
+def test_tsne_keeps_separated_clusters_apart():
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(3, 64)) * 10
+    x = np.concatenate([c + rng.normal(size=(12, 64)) for c in centres]).astype(np.float32)
+    labels = np.repeat(np.arange(3), 12)
+    y = embed.tsne(x, perplexity=8, seed=0, max_iter=250)
+    assert y.shape == (36, 2)
+    idx, _ = embed.nearest_neighbours(y, k=3)
+    assert (labels[np.asarray(idx)] == labels[:, None]).mean() > 0.95
+
+
+def test_pictures():
+    rng = np.random.default_rng(3)
+    thumbs = rng.uniform(size=(6, 16, 16, 3)).astype(np.float32)
+    grid = embed.neighbour_grid(thumbs, np.array([[1, 2], [0, 5]]), queries=[3, 4], pad=2)
+    assert grid.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3)
+    np.testing.assert_array_equal(grid[2:18, 20:36], thumbs[1])  # first neighbour of the first query
+    np.testing.assert_allclose(grid[2, 2], (1.0, 0.55, 0.0))  # the query's frame
+    pts = rng.normal(size=(6, 2))
+    pic = embed.scatter_thumbnails(pts, thumbs, labels=list("aabbcc"), title="t", size=3, dpi=50)
+    assert pic.shape == (150, 150, 3) and pic.dtype == np.float32
+    assert 0 <= pic.min() and pic.max() <= 1 and pic.std() > 0.05
+    with pytest.raises(InputError, match=r"^thumbs: expected shape \(6, t, t, 3\), got \(5, 16, 16, 3\)"):
+        embed.scatter_thumbnails(pts, thumbs[:5])
+
+
+def test_errors():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(InputError, match=r"^metric: expected one of 'l2', 'l1', 'cosine'; got 'l3'"):
+        embed.nearest_neighbours(x, metric="l3")
+    with pytest.raises(InputError, match=r"^k: expected at most 3 \(the candidates\), got 4"):
+        embed.nearest_neighbours(x, k=4)
+    with pytest.raises(InputError, match=r"^queries: expected 3 features per row like vectors, got 2"):
+        embed.nearest_neighbours(x, np.zeros((1, 2), np.float32))
+    with pytest.raises(InputError, match=r"^vectors: expected a float array of shape \(N, D\)"):
+        embed.pca(np.zeros(5))
+    with pytest.raises(InputError, match=r"^n_components: expected at most min\(N, D\) = 3, got 4"):
+        embed.pca(x, 4)
+    with pytest.raises(InputError, match=r"^pool: expected one of 'mean', 'max', 'flatten'; got 'sum'"):
+        embed.features(NET, {}, [], layer="relu2_1", pool="sum")
