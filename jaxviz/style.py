@@ -748,6 +748,8 @@ def init(
     x0 = x0 * cfg.pixel_scale
     opt = _optimizer(cfg)
     opt_state = _batched(opt.init, x0.shape[0], None)(x0)
+    # strong types (optax's line-search state starts weak-typed), or the second update recompiles
+    opt_state = jax.tree.map(lambda a: jnp.array(a, dtype=a.dtype), opt_state)
     return State(x0, opt_state, jnp.zeros((), jnp.int32), ctargets, stargets, cfg)
 
 

@@ -153,7 +153,9 @@ def test_adam_lowers_the_loss_and_keeps_pixels_in_range(params):
 
 def test_lbfgs_lowers_the_loss_monotonically(params):
     state = style.init(NET, params, CONTENT, STYLE, **LBFGS)
+    traces = style._TRACES["update"]
     state, t = totals(params, state, 12, every=3)
+    assert style._TRACES["update"] - traces <= 1  # the updated state has the initial state's types
     assert t[-1] < 0.1 * t[0]
     assert np.all(np.diff(t) <= 1e-6 * t[0])  # the zoom line search only accepts decreases
     assert float(state.image.min()) >= 0.0 and float(state.image.max()) <= 1.0
