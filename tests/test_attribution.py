@@ -320,3 +320,31 @@ def test_errors(gap, lin):
         A.cam(net, params, x, lambda z: z[:, 0])
     with pytest.raises(InputError, match=r"^target: a callable target must map logits"):
         A.saliency(net, params, x, lambda z: z)
+
+
+# ------------------------------------------------------------------ fast max-pool gradients
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_fast_pools_identical_values_and_gradients(size):
+    import flax.linen as nn
+
+    from jaxviz.attribution._fastpool import fast_pools
+
+    def f(k, x):
+        h = jnp.tanh(jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        h = nn.max_pool(h, (2, 2), strides=(2, 2))
+        h = jnp.round(h * 4) / 4  # many ties inside the next pool's windows
+        return nn.max_pool(jax.nn.relu(h), (2, 2), strides=(2, 2)).sum((1, 2, 3))
+
+    k = jnp.asarray(np.random.RandomState(0).randn(3, 3, 3, 4), jnp.float32)
+    for x in (np.random.RandomState(1).rand(2, size, size, 3), np.zeros((2, size, size, 3))):
+        x = jnp.asarray(x, jnp.float32)
+        fast = fast_pools(f)
+        assert jnp.array_equal(fast(k, x), f(k, x))
+        g_ref = jax.grad(lambda v: f(k, v).sum())(x)
+        g_fast = jax.jit(jax.grad(lambda v: fast(k, v).sum()))(x)
+        assert jnp.array_equal(g_fast, g_ref)  # same element chosen in every window, ties included
+        # forward mode works too (custom JVP)
+        assert jnp.allclose(jax.jvp(lambda v: fast(k, v), (x,), (jnp.ones_like(x),))[1],
+                            jax.jvp(lambda v: f(k, v), (x,), (jnp.ones_like(x),))[1])

@@ -28,6 +28,7 @@ import numpy as np
 from .. import _checks
 from ..errors import InputError
 from . import _common
+from ._fastpool import fast_pools
 from .guided import guided_backprop
 
 __all__ = ["grad_cam", "cam", "guided_grad_cam", "INTERPOLATIONS"]
@@ -54,8 +55,10 @@ def _grad_cam_core(net, params, images, target_idx, *, target_fn, layer, relu, s
     _common.count_trace("grad_cam")
     acts = _activation(net, params, images, layer)
 
+    rest = fast_pools(lambda p, a: net.apply(p, a, start=layer))
+
     def total(a):
-        return jnp.sum(_common.scores(net.apply(params, a, start=layer), target_fn, target_idx))
+        return jnp.sum(_common.scores(rest(params, a), target_fn, target_idx))
 
     g = jax.grad(total)(acts)
     weights = jnp.mean(g, axis=(1, 2))
