@@ -69,6 +69,7 @@ def feature_map_grid(
     ncols: int | None = None,
     min_tile: int = 48,
     pad: int = 2,
+    image=None,
 ) -> np.ndarray:
     """One image's feature maps (h, w, C) as a grid picture of per-channel maps.
 
@@ -83,6 +84,9 @@ def feature_map_grid(
       min_tile: small maps are enlarged (nearest neighbour, integer factor) to
         at least this many pixels so they are visible.
       pad: white gap between tiles in pixels.
+      image: optionally the input image (H, W, 3) or (1, H, W, 3), shown
+        as the first tile (resized to the tile size, framed in orange) so
+        the maps can be read against it.
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -105,7 +109,21 @@ def feature_map_grid(
     factor = max(1, -(-min_tile // max(m.shape[0], m.shape[1])))
     if factor > 1:
         picked = np.repeat(np.repeat(picked, factor, 0), factor, 1)
-    return viz.channel_grid(picked, order=order, limit=limit, cmap=cmap, ncols=ncols, pad=pad)
+    if image is None:
+        return viz.channel_grid(picked, order=order, limit=limit, cmap=cmap, ncols=ncols, pad=pad)
+    img = np.asarray(image, np.float32)
+    img = img[0] if img.ndim == 4 else img
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise InputError(f"image: expected shape (H, W, 3), got {img.shape}")
+    th, tw = picked.shape[:2]
+    small = np.array(jax.image.resize(jnp.asarray(img), (th, tw, 3), "linear", antialias=True))
+    edge = max(1, min(th, tw) // 40)
+    small[:edge], small[-edge:], small[:, :edge], small[:, -edge:] = (1.0, 0.55, 0.0), (1.0, 0.55, 0.0), (
+        1.0, 0.55, 0.0), (1.0, 0.55, 0.0)
+    whole = viz.channel_grid(picked, order=order, limit=limit, cmap=cmap, ncols=1, pad=0)
+    n = whole.shape[0] // th
+    tiles = [np.clip(small, 0, 1)] + [whole[i * th:(i + 1) * th] for i in range(n)]
+    return viz.grid(tiles, ncols=ncols, pad=pad)
 
 
 def filters(params, layer: str = "conv1_1") -> np.ndarray:

@@ -1,0 +1,60 @@
+"""``jaxviz embed FOLDER --out OUT.png``: a 2-D map (PCA or t-SNE) of images in feature space, as thumbnails.
+
+Feature vectors are cached in ``OUT.features.npz`` (resumable, as for
+``jaxviz neighbours``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .featmaps import add_output_args, finished, random_weights_note, save
+from ._common import add_model_args
+from .neighbours import add_feature_args, folder_features
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="PCA / t-SNE map of a folder's images in feature space, drawn with thumbnails",
+                       description="Feature vectors (a tap, pooled) for every image of FOLDER, mapped to 2-D by "
+                       "PCA (JAX) or t-SNE (scikit-learn), drawn as a scatter plot of thumbnails. With "
+                       "--recursive, images are coloured by their sub-folder.")
+    add_feature_args(p)
+    p.add_argument("--method", choices=["pca", "tsne"], default="tsne", help="default %(default)s")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default %(default)s)")
+    p.add_argument("--plot-size", type=float, default=10.0, help="plot size in inches at 100 dpi (default %(default)s)")
+    add_output_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .. import embed
+    from ..errors import InputError
+
+    if finished(args):
+        return 0
+    feats, layer = folder_features(args)
+    if len(feats.names) < (4 if args.method == "tsne" else 2):
+        raise InputError(f"folder: a {args.method} map needs more images, got {len(feats.names)}")
+    if args.method == "pca":
+        res = embed.pca(feats.vectors, 2)
+        xy = np.asarray(res.points)
+        ratio = np.asarray(res.explained_variance_ratio)
+        title = f"PCA of {layer} ({len(xy)} images; {ratio[0]:.0%} + {ratio[1]:.0%} of the variance)"
+    else:
+        xy = embed.tsne(feats.vectors, perplexity=args.perplexity, seed=args.seed)
+        title = f"t-SNE of {layer} ({len(xy)} images, perplexity {min(args.perplexity, (len(xy) - 1) / 3):.3g})"
+    labels = None
+    if args.recursive:
+        parents = [Path(n).parent.name for n in feats.names]
+        labels = parents if len(set(parents)) > 1 else None
+    pic = embed.scatter_thumbnails(xy, feats.thumbnails, labels=labels, title=title, size=args.plot_size)
+    save(pic, args.out)
+    random_weights_note(args)
+    return 0

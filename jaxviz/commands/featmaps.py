@@ -1,0 +1,182 @@
+"""``jaxviz featmaps IMAGE --layer L --out OUT.png``: a tap's feature maps as a grid.
+
+Also holds the helpers the other feature-visualisation commands share
+(channel lists, the "OUT exists" rule, saving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ._common import add_model_args, model_and_params
+
+__all__ = [
+    "register",
+    "run",
+    "parse_channels",
+    "finished",
+    "add_output_args",
+    "add_folder_args",
+    "save",
+    "folder_paths",
+    "iter_batches",
+    "checkpoint_path",
+    "write_npz",
+    "read_npz",
+]
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def parse_channels(text: str) -> list[int]:
+    """``"0-7"``, ``"3,5,9"`` or ``"0-3,8"`` -> a list of ints (argparse type)."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                a, b = part.split("-", 1)
+                a, b = int(a), int(b)
+                if b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channels like 0-7 or 3,5,9, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative channel indices, got {text!r}")
+    return out
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output picture (.png, .jpg, ...)")
+    p.add_argument("--overwrite", action="store_true", help="redo even if OUT exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def finished(args: argparse.Namespace) -> bool:
+    """True (and says so) when OUT exists and --overwrite was not given: a rerun does nothing."""
+    if args.out.exists() and not args.overwrite:
+        print(f"jaxviz {args.command}: {args.out} already exists; nothing to do (--overwrite to redo)", file=sys.stderr)
+        return True
+    return False
+
+
+def save(picture, path: Path) -> None:
+    """Writes a float RGB picture atomically and reports it."""
+    from .. import image
+
+    image.save(picture, path)
+    print(f"wrote {path} ({picture.shape[1]}x{picture.shape[0]})")
+
+
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", type=Path, help="folder of images")
+    p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--size", type=int, default=224, help="images are centre-cropped squares of this size (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=20, metavar="B",
+                   help="save progress every B batches; a rerun resumes from it (default %(default)s)")
+
+
+def folder_paths(args: argparse.Namespace) -> list[Path]:
+    from .. import image
+    from ..errors import InputError
+
+    for flag, v in (("--size", args.size), ("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every)):
+        if v < 1:
+            raise InputError(f"{flag}: expected a positive number, got {v}")
+    paths = image.list_images(args.folder, recursive=args.recursive)
+    if not paths:
+        raise InputError(f"folder: no images in {args.folder}")
+    return paths
+
+
+def iter_batches(paths, size: int, batch_size: int):
+    """(paths, (B, size, size, 3) float32) batches: shortest side to ``size``, centre crop (as image.load_folder)."""
+    import numpy as np
+
+    from .. import image
+
+    for s in range(0, len(paths), batch_size):
+        chunk = paths[s:s + batch_size]
+        yield chunk, np.concatenate([image.center_crop(image.load(p, size, resize="shortest"), size) for p in chunk])
+
+
+def checkpoint_path(out: Path, what: str) -> Path:
+    return out.with_name(out.name + f".{what}.npz")
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """np.savez, atomically."""
+    import io
+
+    import numpy as np
+
+    from .._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: Path) -> dict:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def random_weights_note(args: argparse.Namespace) -> None:
+    if getattr(args, "weights", None) == "random":
+        print("(random weights: the pictures show an untrained network; use --weights pretrained)", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("featmaps", help="a layer's feature maps for an image, as a grid of channels",
+                       description="Feature maps (activations) of one tap for IMAGE, one tile per channel, each "
+                       "scaled to its own range, strongest mean activation first.")
+    p.add_argument("image", type=Path, help="input image")
+    p.add_argument("--layer", default="relu1_1", help="tap name (default %(default)s)")
+    p.add_argument("--size", type=int, default=224, help="longest side of the input in px (default %(default)s)")
+    p.add_argument("--order", choices=["mean", "index"], default="mean",
+                   help="channel order: strongest mean first, or by index (default %(default)s)")
+    p.add_argument("--limit", type=int, default=64, help="show at most this many channels (default %(default)s)")
+    p.add_argument("--cmap", default="viridis", help="Matplotlib colormap (default %(default)s)")
+    add_output_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import image
+    from ..errors import InputError
+    from ..featvis import maps
+
+    if finished(args):
+        return 0
+    if args.limit < 1:
+        raise InputError(f"--limit: expected a positive number of channels, got {args.limit}")
+    net, params = model_and_params(args, classifier=False)
+    layer = net.resolve(args.layer, "--layer")
+    x = image.load(args.image, args.size)
+    fm = np.asarray(maps.feature_maps(net, params, x, layer))[0]
+    if fm.ndim != 3:
+        raise InputError(f"--layer: expected a convolutional tap, got {layer!r}")
+    grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x, min_tile=96)
+    save(grid, args.out)
+    print(f"{layer}: {fm.shape[2]} channels of {fm.shape[0]}x{fm.shape[1]}"
+          f"{f', showing {min(args.limit, fm.shape[2])}' if args.limit < fm.shape[2] else ''}")
+    random_weights_note(args)
+    return 0

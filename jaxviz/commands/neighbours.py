@@ -1,0 +1,139 @@
+"""``jaxviz neighbours FOLDER --out OUT.png``: each image's nearest neighbours in feature space.
+
+Feature vectors are saved to ``OUT.features.npz`` as they are computed
+(every ``--checkpoint-every`` batches); a rerun resumes from them, and a
+rerun with other display options (``--k``, ``--metric``, ``--queries``) reuses
+them without running the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._common import add_model_args, model_and_params
+from .featmaps import (
+    add_folder_args,
+    add_output_args,
+    checkpoint_path,
+    finished,
+    folder_paths,
+    iter_batches,
+    random_weights_note,
+    read_npz,
+    save,
+    write_npz,
+)
+
+__all__ = ["register", "run", "add_feature_args", "folder_features"]
+
+
+def add_feature_args(p: argparse.ArgumentParser) -> None:
+    add_folder_args(p)
+    p.add_argument("--layer", default="relu7",
+                   help="tap whose activations are the feature vectors (default %(default)s: the penultimate layer)")
+    p.add_argument("--pool", choices=["mean", "max", "flatten"], default="mean",
+                   help="how convolutional taps become vectors (default %(default)s)")
+    p.add_argument("--thumb", type=int, default=64, help="thumbnail size in px (default %(default)s)")
+
+
+def folder_features(args: argparse.Namespace):
+    """Features of the folder's images, with a resumable cache next to OUT; returns (Features, layer)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .. import embed
+    from ..errors import InputError
+
+    paths = folder_paths(args)
+    if args.thumb < 1:
+        raise InputError(f"--thumb: expected a positive size in px, got {args.thumb}")
+    conv = not args.layer.startswith(("fc", "relu6", "relu7", "logits", "avgpool"))
+    net, params = model_and_params(args, classifier=not conv)
+    layer = net.resolve(args.layer, "--layer")
+    signature = json.dumps([str(args.folder), args.recursive, layer, args.pool, args.size, args.thumb, args.arch,
+                            str(args.weights), args.seed, [str(p) for p in paths]])
+    cache = checkpoint_path(args.out, "features")
+    names, vecs, thumbs = [], [], []
+    if cache.exists():
+        saved = read_npz(cache)
+        if str(saved["signature"]) == signature:
+            names, vecs, thumbs = list(saved["names"]), [saved["vectors"]], [saved["thumbnails"]]
+            if len(names) < len(paths):
+                print(f"resuming after {len(names)} of {len(paths)} images ({cache})", file=sys.stderr)
+        else:
+            print(f"ignoring {cache}: it was made with other settings", file=sys.stderr)
+    todo = paths[len(names):]
+    step = args.batch_size * args.checkpoint_every
+    with tqdm(total=len(paths), initial=len(names), desc=f"features {layer}", unit="img",
+              disable=args.no_progress) as bar:
+        for s in range(0, len(todo), step):
+            part = todo[s:s + step]
+            f = embed.features(net, params, iter_batches(part, args.size, args.batch_size), layer=layer,
+                               pool=args.pool, thumbnail_size=args.thumb)
+            names += [str(p) for p in f.names]
+            vecs.append(f.vectors)
+            thumbs.append(f.thumbnails)
+            write_npz(cache, signature=np.array(signature), names=np.array(names, dtype=str),
+                      vectors=np.concatenate(vecs), thumbnails=np.concatenate(thumbs))
+            bar.update(len(part))
+    return embed.Features(names, np.concatenate(vecs), np.concatenate(thumbs)), layer
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("neighbours", help="nearest neighbours of images in a layer's feature space",
+                       description="Feature vectors (a tap, pooled) for every image of FOLDER; each query row "
+                       "shows an image (framed) and its k nearest neighbours by L2, L1 or cosine distance.")
+    add_feature_args(p)
+    p.add_argument("--metric", choices=["l2", "l1", "cosine"], default="cosine", help="default %(default)s")
+    p.add_argument("--k", type=int, default=6, help="neighbours per query (default %(default)s)")
+    p.add_argument("--queries", type=int, default=8, help="query rows: the first N images (default %(default)s)")
+    p.add_argument("--query", action="append", default=None, metavar="FILE",
+                   help="a query image from the folder (repeatable; replaces --queries)")
+    add_output_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import embed
+    from ..errors import InputError
+
+    if finished(args):
+        return 0
+    if args.k < 1 or args.queries < 1:
+        raise InputError(f"--k, --queries: expected positive numbers, got {args.k}, {args.queries}")
+    feats, layer = folder_features(args)
+    n = len(feats.names)
+    if args.k > n - 1:
+        raise InputError(f"--k: the folder has {n} images, so at most {n - 1} neighbours; got {args.k}")
+    if args.query:
+        from pathlib import Path
+
+        lookup = {Path(p).resolve(): i for i, p in enumerate(feats.names)}
+        queries = []
+        for q in args.query:
+            i = lookup.get(Path(q).resolve())
+            if i is None:
+                raise InputError(f"--query: {q} is not one of the folder's images")
+            queries.append(i)
+    else:
+        queries = list(range(min(args.queries, n)))
+    idx, dist = embed.nearest_neighbours(feats.vectors, k=args.k, metric=args.metric)
+    idx, dist = np.asarray(idx)[queries], np.asarray(dist)[queries]
+    save(embed.neighbour_grid(feats.thumbnails, idx, queries), args.out)
+    for q, row, d in zip(queries, idx, dist):
+        near = ", ".join(f"{_short(feats.names[j])} ({v:.3g})" for j, v in zip(row, d))
+        print(f"{_short(feats.names[q])}: {near}")
+    random_weights_note(args)
+    return 0
+
+
+def _short(name: str) -> str:
+    from pathlib import Path
+
+    p = Path(name)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name

@@ -1,0 +1,122 @@
+"""``jaxviz render --layer L --channels 0-15 --out OUT.png``: activation maximisation of channels or classes."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_model_args, model_and_params
+from .featmaps import add_output_args, finished, parse_channels, random_weights_note, save
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="activation maximisation: the images channels (or classes) respond to most",
+                       description="Synthesise one image per channel of --layer (or per --classes logit) by "
+                       "gradient ascent on a Fourier-parameterised, colour-decorrelated image under random "
+                       "jitter, scale and rotation (Olah et al., Feature Visualization). Channels are rendered "
+                       "--batch-size at a time, each group in one compiled call.")
+    p.add_argument("--layer", default="relu4_1", help="tap name (default %(default)s)")
+    p.add_argument("--channels", type=parse_channels, default=list(range(16)), metavar="0-15",
+                   help="channels, e.g. 0-15 or 3,7,9 (default 0-15)")
+    p.add_argument("--classes", type=parse_channels, default=None, metavar="K,..",
+                   help="render ImageNet class logits instead (e.g. 1,130,954); implies --layer logits")
+    p.add_argument("--neuron", action="store_true", help="maximise the centre neuron instead of the channel mean")
+    p.add_argument("--size", type=int, default=128, help="image size in px (default %(default)s)")
+    p.add_argument("--steps", type=int, default=256, help="optimisation steps (default %(default)s)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default %(default)s)")
+    p.add_argument("--param", choices=["fourier", "pixel"], default="fourier", help="default %(default)s")
+    p.add_argument("--no-decorrelate", action="store_true", help="optimise plain RGB instead of decorrelated colour")
+    p.add_argument("--no-transforms", action="store_true", help="no random jitter/scale/rotation")
+    p.add_argument("--tv", type=float, default=0.0, help="total-variation penalty weight (default 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="channels rendered together (default %(default)s)")
+    add_output_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def _labelled(tiles, labels, scale: int = 1):
+    """Writes each label in the tile's top-left corner on a dark box."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    out = []
+    for t, text in zip(tiles, labels):
+        im = Image.fromarray(np.round(np.clip(t, 0, 1) * 255).astype(np.uint8))
+        d = ImageDraw.Draw(im)
+        w = 6 * len(text) + 4
+        d.rectangle((0, 0, w, 12), fill=(0, 0, 0))
+        d.text((2, 0), text, fill=(255, 255, 255))
+        out.append(np.asarray(im, np.float32) / 255.0)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .. import viz
+    from ..errors import InputError
+    from ..featvis import render as R
+
+    if finished(args):
+        return 0
+    for flag, v in (("--size", args.size), ("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise InputError(f"{flag}: expected a positive number, got {v}")
+    classes = args.classes is not None
+    net, params = model_and_params(args, classifier=classes)
+    layer = net.resolve("logits" if classes else args.layer, "--layer")
+    chans = args.classes if classes else args.channels
+    width = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, 64, 64, 3)), taps=(layer,))[layer], params).shape[-1]
+    bad = [c for c in chans if c >= width]
+    if bad:
+        raise InputError(f"--{'classes' if classes else 'channels'}: {layer} has {width} channels, got {bad}")
+    param = R.fourier(decorrelate=not args.no_decorrelate) if args.param == "fourier" else R.pixel(
+        decorrelate=not args.no_decorrelate)
+    transforms = None if args.no_transforms else R.standard_transforms(args.size / 128)
+    maker = _maker(layer, args.neuron, args.tv)
+    bs = min(args.batch_size, len(chans))
+    key = jax.random.key(args.seed)
+    images = []
+    groups = [chans[i:i + bs] for i in range(0, len(chans), bs)]
+    with tqdm(total=len(chans) * args.steps, desc=f"render {layer}", unit="step", disable=args.no_progress) as bar:
+        for g, group in enumerate(groups):
+            padded = group + [group[-1]] * (bs - len(group))  # equal groups share one compiled program
+            imgs = R.render_each(net, params, maker, jnp.asarray(padded, jnp.int32), key=jax.random.fold_in(key, g),
+                                 size=args.size, steps=args.steps, param=param, transforms=transforms,
+                                 learning_rate=args.lr)
+            images.extend(np.asarray(imgs)[: len(group), 0])
+            bar.update(len(group) * args.steps)
+    names = [f"{'class ' if classes else ''}{c}" for c in chans]
+    ncols = min(len(chans), max(1, int(np.ceil(np.sqrt(len(chans))))))
+    save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out)
+    random_weights_note(args)
+    return 0
+
+
+def _maker(layer: str, neuron: bool, tv: float):
+    """A hashable objective factory (so groups reuse one compiled program)."""
+    return _Maker(layer, neuron, float(tv))
+
+
+class _Maker:
+    def __init__(self, layer, neuron, tv):
+        self.key = (layer, neuron, tv)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Maker) and other.key == self.key
+
+    def __call__(self, c):
+        from ..featvis import render as R
+
+        layer, neuron, tv = self.key
+        obj = R.neuron(layer, c) if neuron else R.channel(layer, c)
+        return obj - tv * R.total_variation() if tv else obj

@@ -1,0 +1,128 @@
+"""``jaxviz top-patches FOLDER --layer L --out OUT.png``: the image patches that drive each channel most.
+
+Streams the folder in batches keeping only a fixed-size running top-k per
+channel. Progress is saved to ``OUT.topk.npz`` every ``--checkpoint-every``
+batches; running the same command again resumes after the images already
+seen (the folder listing is sorted, so the order is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._common import add_model_args, model_and_params
+from .featmaps import (
+    add_folder_args,
+    add_output_args,
+    checkpoint_path,
+    finished,
+    folder_paths,
+    iter_batches,
+    parse_channels,
+    random_weights_note,
+    read_npz,
+    save,
+    write_npz,
+)
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("top-patches", help="top-activating patches of channels over a folder (Zeiler & Fergus)",
+                       description="For each channel, the k images of FOLDER whose strongest response is "
+                       "largest, shown as the receptive-field patch around that response; one row per channel. "
+                       "Memory stays fixed however large the folder; reruns resume.")
+    add_folder_args(p)
+    p.add_argument("--layer", default="relu3_1", help="convolutional tap (default %(default)s)")
+    p.add_argument("--channels", type=parse_channels, default=list(range(8)), metavar="0-7",
+                   help="channels, e.g. 0-7 or 3,5 (default 0-7)")
+    p.add_argument("--k", type=int, default=9, help="patches per channel (default %(default)s)")
+    p.add_argument("--tile", type=int, default=64, help="small patches are enlarged to about this (default %(default)s)")
+    add_output_args(p)
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..errors import InputError
+    from ..featvis import patches as P
+
+    if finished(args):
+        return 0
+    if args.k < 1:
+        raise InputError(f"--k: expected a positive number of patches, got {args.k}")
+    paths = folder_paths(args)
+    net, params = model_and_params(args, classifier=False)
+    layer = net.resolve(args.layer, "--layer")
+    rf = P.receptive_field(net, layer)
+    import jax
+    import jax.numpy as jnp
+
+    width = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, args.size, args.size, 3)), taps=(layer,))[layer],
+                           params).shape[-1]
+    bad = [c for c in args.channels if c >= width]
+    if bad:
+        raise InputError(f"--channels: {layer} has {width} channels, got {bad}")
+    signature = json.dumps([str(args.folder), args.recursive, layer, args.channels, args.k, args.size, args.arch,
+                            str(args.weights), args.seed, len(paths)])
+    ckpt = checkpoint_path(args.out, "topk")
+    state = P.top_patches_init(net, layer, len(args.channels), k=args.k)
+    names: dict[int, str] = {}
+    if ckpt.exists() and not args.overwrite:
+        saved = read_npz(ckpt)
+        if str(saved["signature"]) == signature:
+            state = P.TopState(*(jnp.asarray(saved[f]) for f in P.TopState._fields))
+            names = {int(i): str(n) for i, n in zip(saved["name_index"], saved["names"])}
+            print(f"resuming after {int(state.count)} of {len(paths)} images ({ckpt})", file=sys.stderr)
+        else:
+            print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
+    start = int(state.count)
+
+    def checkpoint():
+        keep = sorted(names)
+        write_npz(ckpt, signature=np.array(signature), names=np.array([names[i] for i in keep], dtype=str),
+                  name_index=np.array(keep, np.int64),
+                  **{f: np.asarray(getattr(state, f)) for f in P.TopState._fields})
+
+    bar = tqdm(total=len(paths), initial=start, desc=f"top patches {layer}", unit="img", disable=args.no_progress)
+    try:
+        for b, (chunk, x) in enumerate(iter_batches(paths[start:], args.size, args.batch_size)):
+            n = len(chunk)
+            valid = np.arange(args.batch_size) < n
+            if n < args.batch_size:
+                x = np.concatenate([x, np.zeros((args.batch_size - n,) + x.shape[1:], np.float32)])
+            base = int(state.count)
+            names.update({base + i: str(p) for i, p in enumerate(chunk)})
+            state = P.top_patches_update(net, params, state, x, layer=layer, channels=args.channels, valid=valid)
+            kept = set(np.asarray(state.index).ravel().tolist())
+            names = {i: v for i, v in names.items() if i in kept}
+            bar.update(n)
+            if (b + 1) % args.checkpoint_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+    index = np.asarray(state.index)
+    pos = np.asarray(state.position)
+    top = P.TopPatches(
+        layer=layer, channels=np.asarray(args.channels), values=np.asarray(state.values),
+        names=[[names.get(int(i)) if i >= 0 else None for i in row] for row in index], index=index, position=pos,
+        boxes=np.concatenate([rf.stride * pos + rf.offset] * 2, -1) + np.array([0, 0, rf.size, rf.size]),
+        patches=np.asarray(state.patches), field=rf,
+    )
+    save(P.patch_grid(top, tile=args.tile), args.out)
+    ckpt.unlink(missing_ok=True)
+    print(f"{layer}: receptive field {rf.size}x{rf.size} px at stride {rf.stride}; {len(paths)} images")
+    for c, row, vals in zip(args.channels, top.names, top.values):
+        best = next((n for n in row if n), None)
+        print(f"  channel {c}: best {vals[0]:.4g} in {best}")
+    random_weights_note(args)
+    return 0
