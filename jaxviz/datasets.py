@@ -135,7 +135,7 @@ def shapes(
     """Generates ``n`` pictures of one shape each on a textured background.
 
     Labels are balanced (``i % len(classes)`` shuffled). Each shape has a
-    random centre (kept inside the picture), radius (a fraction of the side,
+    random centre (the whole shape stays inside the picture), radius (a fraction of the side,
     from ``min_radius`` to ``max_radius``), rotation and colour; the colour is
     pushed away from the background's so the shape always stands out, but it
     is random, so the class can only be told by the shape.
@@ -154,7 +154,7 @@ def shapes(
 
     Raises:
       InputError: a non-positive ``n``, ``size`` below 8, an unknown class, or
-        radii outside 0 < min_radius <= max_radius <= 0.5.
+        radii outside 0 < min_radius <= max_radius <= 0.42 (the shape must fit).
     """
     n = _checks.positive_int(n, "n")
     size = _checks.positive_int(size, "size")
@@ -166,9 +166,9 @@ def shapes(
     for c in classes:
         if c not in CLASSES:
             raise InputError(f"classes: unknown class {c!r}; expected names from {', '.join(CLASSES)}")
-    if not 0 < min_radius <= max_radius <= 0.5:
+    if not 0 < min_radius <= max_radius <= 0.42:
         raise InputError(
-            f"min_radius, max_radius: expected 0 < min_radius <= max_radius <= 0.5, got {min_radius}, {max_radius}"
+            f"min_radius, max_radius: expected 0 < min_radius <= max_radius <= 0.42, got {min_radius}, {max_radius}"
         )
     rng = np.random.default_rng([seed, n, size])
     labels = rng.permutation(np.arange(n) % len(classes)).astype(np.int32)
@@ -176,8 +176,9 @@ def shapes(
 
     f32 = np.float32
     r = (rng.uniform(min_radius, max_radius, n) * size).astype(f32)
-    cy = rng.uniform(r, size - r).astype(f32)
-    cx = rng.uniform(r, size - r).astype(f32)
+    reach = f32(1.17) * r  # farthest any rotated shape reaches from its centre (the square's corner)
+    cy = rng.uniform(reach, size - reach).astype(f32)
+    cx = rng.uniform(reach, size - reach).astype(f32)
     theta = rng.uniform(-np.pi / 6, np.pi / 6, n).astype(f32)
     pix = np.arange(size, dtype=f32) + f32(0.5)
     dy = pix[None, :, None] - cy[:, None, None]  # (n, H, 1)

@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +42,7 @@ from .models.small_cnn import SmallCNN, fold_batch_norm, small_cnn
 __all__ = ["Config", "Run", "fit", "predict", "accuracy", "small_cnn_run", "cache_path"]
 
 # Bump when the dataset, the model or the loop change in a way that changes the result.
-_VERSION = 1
+_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ class Run:
       history: mean training loss per epoch.
       path: the cached parameter file (None if caching was off).
       cached: True when the parameters were loaded rather than trained.
+      seconds: how long training took (when it was trained, for a cached run).
     """
 
     net: SmallCNN
@@ -106,6 +107,7 @@ class Run:
     history: tuple[float, ...]
     path: Path | None
     cached: bool
+    seconds: float
 
 
 def _check_data(images: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
@@ -249,15 +251,9 @@ def cache_path(config: Config, cache: str | os.PathLike | None = None) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from ._io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def small_cnn_run(
@@ -304,8 +300,10 @@ def small_cnn_run(
         if jax.tree.map(lambda a: a.shape, expected) != jax.tree.map(lambda a: a.shape, params):
             raise WeightsError(f"{path}: cached parameters do not fit the configured model; delete the file")
         meta = json.loads(meta_path.read_text())
-        return Run(net, params, config, test, float(meta["accuracy"]), tuple(meta["history"]), path, True)
+        return Run(net, params, config, test, float(meta["accuracy"]), tuple(meta["history"]), path, True,
+                   float(meta.get("seconds", float("nan"))))
 
+    start = time.perf_counter()
     train = datasets.shapes(config.num_train, size=config.size, seed=config.seed)
     variables, history = fit(
         net.clone(batch_norm=config.batch_norm),
@@ -322,8 +320,10 @@ def small_cnn_run(
         _, params = fold_batch_norm(net.clone(batch_norm=True), variables)
     else:
         params = variables
+    seconds = time.perf_counter() - start
     acc = accuracy(net, params, test.images, test.labels)
     if path is not None:
         weights.save(params, path, arch="small_cnn")
-        _write_json(meta_path, {"config": dataclasses.asdict(config), "accuracy": acc, "history": history})
-    return Run(net, params, config, test, acc, tuple(history), path, False)
+        _write_json(meta_path, {"config": dataclasses.asdict(config), "accuracy": acc, "history": history,
+                                "seconds": seconds})
+    return Run(net, params, config, test, acc, tuple(history), path, False, seconds)

@@ -1,0 +1,291 @@
+"""``jaxviz attribute IMAGES_DIR --method M --target top1 --out OUT_DIR``: batch attribution over a folder.
+
+Streams the folder in batches (memory holds one batch, never the folder),
+shards each batch over all ``jax.devices()`` (:mod:`jaxviz.parallel`) and
+writes, per image ``name.ext``:
+
+* ``OUT_DIR/name.ext.npy``: the attribution, float32, (H, W, 3) for pixel
+  methods, (H, W) for layer methods (upsampled to the input),
+* ``OUT_DIR/name.ext.png``: a jet heatmap of it overlaid on the (resized) image,
+
+and ``OUT_DIR/summary.csv`` with one row per image: file, predicted class
+index, name and probability, the target class and its probability.
+``OUT_DIR/attribute.json`` records the settings. Rows are appended (and
+fsynced) after each batch's files are written, so an interruption loses at
+most the batch in flight; running the same command again skips every image
+already in the CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import io
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
+
+CSV_FIELDS = ("file", "predicted", "predicted_name", "predicted_prob", "target", "target_name", "target_prob")
+MODELS = ("vgg19", "vgg16", "small-cnn")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..attribution import METHODS
+
+    p = sub.add_parser(
+        "attribute",
+        help="attribution maps for every image in a folder (batched, sharded over devices, resumable)",
+        description="Streams a folder of images through an attribution method in batches, sharded over all "
+        "devices; writes a .npy and a heatmap PNG per image and a summary CSV. Rerun to resume.",
+    )
+    p.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder of images")
+    p.add_argument("--method", default="saliency", choices=sorted(METHODS), help="attribution method (default %(default)s)")
+    p.add_argument("--target", default="top1",
+                   help="'top1' (the predicted class, default), a class index, or a class name")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--model", "--arch", dest="model", default="vgg19", choices=MODELS,
+                   help="network (default %(default)s); small-cnn is the built-in shapes classifier")
+    p.add_argument("--weights", default="pretrained", metavar="pretrained|random|FILE",
+                   help="pretrained (VGG: ImageNet weights from the cache; small-cnn: the built-in trained "
+                   "model, trained on first use), random, or a weights file")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch, over all devices (default %(default)s)")
+    p.add_argument("--size", type=int, default=None,
+                   help="resize the shortest side to SIZE and crop the centre square (default 224; small-cnn 32)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, repeatable, e.g. --option window=32 --option stride=16")
+    p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["window=32", "baseline=0.5"]`` -> ``{"window": 32, "baseline": 0.5}`` (values as Python literals)."""
+    from ..errors import InputError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--option: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare word: a string option such as method=riemann_left
+    return out
+
+
+def _model(args: argparse.Namespace):
+    """(net, params, class names, default size)."""
+    from .. import datasets, train, weights
+    from ..errors import InputError
+    from ..models.small_cnn import small_cnn
+
+    if args.model == "small-cnn":
+        config = train.Config()
+        if args.weights == "pretrained":
+            r = train.small_cnn_run(config)
+            return r.net, r.params, list(datasets.CLASSES), config.size
+        net = small_cnn(num_classes=len(datasets.CLASSES), widths=config.widths, dropout=config.dropout)
+        if args.weights == "random":
+            import jax
+            import jax.numpy as jnp
+
+            params = net.init(jax.random.key(args.seed), jnp.zeros((1, config.size, config.size, 3)))
+        else:
+            path = Path(args.weights)
+            if not path.exists():
+                raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {args.weights!r}")
+            params = weights.load_file(path)
+        return net, params, list(datasets.CLASSES), config.size
+    from ._common import imagenet_classes, model_and_params
+
+    net, params = model_and_params(argparse.Namespace(arch=args.model, weights=args.weights, seed=args.seed))
+    return net, params, imagenet_classes(), 224
+
+
+def _target(text: str, classes: list[str]) -> int:
+    """-1 for top1, else a class index."""
+    from ..errors import InputError
+
+    if text == "top1":
+        return -1
+    try:
+        t = int(text)
+    except ValueError:
+        if text in classes:
+            return classes.index(text)
+        raise InputError(f"--target: expected 'top1', a class index in [0, {len(classes)}) or a class name, got {text!r}") from None
+    if not 0 <= t < len(classes):
+        raise InputError(f"--target: expected a class index in [0, {len(classes)}), got {t}")
+    return t
+
+
+def _settings(args: argparse.Namespace, options: dict, size: int) -> dict:
+    return {"method": args.method, "options": {k: repr(v) for k, v in sorted(options.items())}, "target": args.target,
+            "model": args.model, "weights": args.weights, "seed": args.seed if args.weights == "random" else None,
+            "size": size, "recursive": args.recursive}
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
+    """Rows of a previous run whose files are all there (a torn last line is dropped)."""
+    if not csv_path.exists():
+        return {}
+    done = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS):
+                continue  # torn or malformed row
+            name = row["file"]
+            if (out / f"{name}.npy").exists() and (out / f"{name}.png").exists():
+                done[name] = row
+    return done
+
+
+def _rewrite_csv(csv_path: Path, rows: Sequence[dict]) -> None:
+    from .._io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(csv_path, buf.getvalue())
+
+
+def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
+    buf = io.StringIO()
+    csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerows(rows)
+    with open(csv_path, "a", newline="") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _batches(paths: Sequence[Path], size: int, batch_size: int) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Decodes ``paths`` one batch at a time (shortest side to ``size``, centre crop), as image.load_folder."""
+    from .. import image
+    from ..errors import ImageError
+
+    done: list[Path] = []
+    arrays: list[np.ndarray] = []
+    for p in paths:
+        try:
+            arrays.append(image.center_crop(image.load(p, size, resize="shortest"), size)[0])
+        except (ImageError, OSError) as e:
+            warnings.warn(f"{p}: skipped, not a readable image ({e})", UserWarning, stacklevel=2)
+            continue
+        done.append(p)
+        if len(done) == batch_size:
+            yield done, np.stack(arrays)
+            done, arrays = [], []
+    if done:
+        yield done, np.stack(arrays)
+
+
+def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str) -> None:
+    """The .npy and the overlay PNG of one image (each written atomically)."""
+    from .. import image
+    from .._io import atomic_open
+    from .demo import heat, overlays
+
+    npy = out / f"{name}.npy"
+    with atomic_open(npy, "wb") as f:
+        np.save(f, attr.astype(np.float32))
+    side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
+    image.save(overlays(img[None], heat(method, attr[None]), size=side)[0], out / f"{name}.png")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    from tqdm.auto import tqdm
+
+    from .. import attribution, image, parallel
+    from .._io import atomic_write_text
+    from ..errors import InputError
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size: expected a positive int, got {args.batch_size}")
+    if not args.images.is_dir():
+        raise InputError(f"IMAGES_DIR: expected a folder of images, got {str(args.images)!r} (no such folder)")
+    options = parse_options(args.option)
+    method_fn = attribution.METHODS[args.method]
+    if args.method in attribution.LAYER_METHODS:
+        options.setdefault("upsample", True)
+        if not options["upsample"]:
+            raise InputError("--option: upsample=False is not supported here: maps are written at the input's size")
+
+    net, params, classes, default_size = _model(args)
+    size = default_size if args.size is None else args.size
+    if size < net.min_size:
+        raise InputError(f"--size: expected at least {net.min_size} for {args.model}, got {size}")
+    target = _target(args.target, classes)
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: expected a folder, got the file {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(args, options, size)
+    settings_path = out / "attribute.json"
+    if settings_path.exists():
+        previous = json.loads(settings_path.read_text())
+        if previous != settings:
+            diff = ", ".join(f"{k}={previous.get(k)!r} (now {v!r})" for k, v in settings.items() if previous.get(k) != v)
+            raise InputError(f"--out: {out} holds results of different settings: {diff}; use another --out or delete it")
+    else:
+        atomic_write_text(settings_path, json.dumps(settings, indent=2))
+
+    root = args.images
+    paths = image.list_images(root, recursive=args.recursive)
+    csv_path = out / "summary.csv"
+    done = _read_done(csv_path, out)
+    _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
+    todo = [p for p in paths if p.relative_to(root).as_posix() not in done]
+    if paths and not todo:
+        print(f"all {len(paths)} images already done; results in {out}")
+        return 0
+
+    def fn(p, x, t):
+        logits = net.apply(p, x)
+        tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
+        attr = method_fn(net, p, x, tgt, **options)
+        return attr, jax.nn.softmax(logits, -1), tgt
+
+    sharded = parallel.data_parallel(fn)
+    params = parallel.replicate(params, sharded.mesh)
+    ndev = sharded.num_devices
+    print(f"{args.method} on {len(todo)} images ({len(done)} already done) with {args.model}, "
+          f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
+    with tqdm(total=len(todo), desc=args.method, unit="img") as bar:
+        for batch_paths, x in _batches(todo, size, args.batch_size):
+            t = np.full((len(x),), target, np.int32)
+            attr, probs, tgt = jax.device_get(sharded(params, x, t))
+            rows = []
+            for i, p in enumerate(batch_paths):
+                name = p.relative_to(root).as_posix()
+                _write_outputs(out, name, x[i], attr[i], args.method)
+                pred = int(probs[i].argmax())
+                ti = int(tgt[i])
+                rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
+                             "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
+                             "target_prob": f"{probs[i, ti]:.6f}"})
+            _append_rows(csv_path, rows)
+            bar.update(len(batch_paths))
+    print(f"wrote {len(todo)} attributions (.npy + .png) and {csv_path}")
+    return 0
