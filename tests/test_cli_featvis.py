@@ -1,0 +1,176 @@
+"""The feature-visualisation commands end to end, on a tiny VGG (patched in) and small images."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxviz import cli, image, models, weights
+from jaxviz.commands import dream as dream_cmd
+from jaxviz.commands import featmaps, filters, neighbours, render, top_patches
+
+NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return weights.random(NET, seed=0)
+
+
+@pytest.fixture
+def tiny(monkeypatch, params):
+    """Every command gets the tiny network instead of VGG19."""
+    calls = []
+
+    def fake(args, *, classifier=True, **kw):
+        calls.append(classifier)
+        return NET, params
+
+    for mod in (featmaps, filters, dream_cmd, render, top_patches, neighbours):
+        monkeypatch.setattr(mod, "model_and_params", fake)
+    return calls
+
+
+def _picture(path, h=40, w=48, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([yy / h, xx / w, 0.5 + 0.3 * np.sin(xx / (2 + seed))], -1)
+    img = np.clip(base + 0.1 * rng.normal(size=base.shape), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    for group in ("a", "b"):
+        (root / group).mkdir(parents=True)
+        for i in range(3):
+            _picture(root / group / f"{i}.png", seed=i + (0 if group == "a" else 10))
+    return root
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(tiny, tmp_path, capsys):
+    src = _picture(tmp_path / "in.png")
+    out = tmp_path / "maps.png"
+    code, text, err = run(capsys, "featmaps", src, "--layer", "relu2_1", "--size", "48", "--limit", "5",
+                          "--out", out, "--weights", "random", "--no-progress")
+    assert code == 0 and "relu2_1: 16 channels of 20x24, showing 5" in text
+    pic = image.load(out)[0]
+    assert pic.shape == (2 * 80 + 3 * 2, 3 * 96 + 4 * 2, 3)  # input + 5 maps of 20x24, enlarged x4, 3 per row
+    np.testing.assert_allclose(pic[2, 2], (1.0, 0.55, 0.0), atol=0.01)  # the input tile's orange frame
+    mtime = os.path.getmtime(out)
+    code, _, err = run(capsys, "featmaps", src, "--layer", "relu2_1", "--out", out, "--weights", "random")
+    assert code == 0 and "already exists; nothing to do" in err and os.path.getmtime(out) == mtime
+
+
+def test_filters(tiny, tmp_path, capsys):
+    out = tmp_path / "f.png"
+    code, text, _ = run(capsys, "filters", "--out", out, "--tile", "12", "--weights", "random")
+    assert code == 0 and "conv1_1: 8 kernels of 3x3x3" in text
+    k = np.asarray(weights.random(NET, seed=0)["params"]["conv1_1"]["kernel"])
+    pic = image.load(out)[0]
+    assert pic.shape == (3 * 12 + 4 * 2, 3 * 12 + 4 * 2, 3)  # 8 tiles, 3 per row
+    want = 0.5 + 0.5 * k[..., 0] / np.abs(k).max()  # kernel 0, enlarged x4
+    np.testing.assert_allclose(pic[2:14:4, 2:14:4], want, atol=1 / 255)
+
+
+def test_dream_reports_a_rising_objective_per_octave(tiny, tmp_path, capsys):
+    src = _picture(tmp_path / "in.png", 44, 52)
+    out = tmp_path / "d.png"
+    code, text, _ = run(capsys, "dream", src, "--layers", "relu2_1:1,relu1_1:0.2", "--size", "0", "--octaves", "2",
+                        "--steps", "3", "--jitter", "4", "--tile", "16", "--out", out, "--weights", "random",
+                        "--no-progress")
+    assert code == 0, text
+    assert image.load(out).shape == (1, 44, 52, 3)
+    lines = [ln for ln in text.splitlines() if ln.startswith("octave")]
+    assert len(lines) == 2
+    for ln in lines:
+        before, after = (float(v) for v in ln.split("objective ")[1].split(" -> "))
+        assert after > before
+
+
+def test_render_channels_grid(tiny, tmp_path, capsys):
+    out = tmp_path / "r.png"
+    code, _, _ = run(capsys, "render", "--layer", "relu2_1", "--channels", "0-2", "--size", "32", "--steps", "4",
+                     "--batch-size", "2", "--no-transforms", "--out", out, "--weights", "random", "--no-progress")
+    assert code == 0
+    assert image.load(out).shape == (1, 2 * 32 + 3 * 4, 2 * 32 + 3 * 4, 3)  # 3 tiles, 2 per row
+    code, _, err = run(capsys, "render", "--layer", "relu2_1", "--channels", "3,16", "--out", tmp_path / "x.png",
+                       "--weights", "random")
+    assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
+
+
+def test_top_patches_resumes_after_an_interruption(tiny, folder, tmp_path, capsys, monkeypatch):
+    args = ["top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "0,5", "--k", "3", "--size",
+            "32", "--batch-size", "2", "--checkpoint-every", "1", "--weights", "random", "--no-progress"]
+    code, text, _ = run(capsys, *args, "--out", tmp_path / "whole.png")
+    assert code == 0 and "receptive field 8x8 px at stride 2; 6 images" in text
+    whole = image.load(tmp_path / "whole.png")
+
+    real = top_patches.iter_batches
+
+    def interrupted(paths, size, batch_size):
+        for i, b in enumerate(real(paths, size, batch_size)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield b
+
+    monkeypatch.setattr(top_patches, "iter_batches", interrupted)
+    out = tmp_path / "parts.png"
+    code, _, err = run(capsys, *args, "--out", out)
+    assert code == 130 and not out.exists() and (tmp_path / "parts.png.topk.npz").exists()
+    monkeypatch.setattr(top_patches, "iter_batches", real)
+    code, _, err = run(capsys, *args, "--out", out)
+    assert code == 0 and "resuming after 4 of 6 images" in err
+    np.testing.assert_array_equal(image.load(out), whole)
+    assert not (tmp_path / "parts.png.topk.npz").exists()
+
+
+def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, folder, tmp_path, capsys, monkeypatch):
+    common = ["--recursive", "--layer", "relu2_1", "--size", "32", "--batch-size", "2", "--checkpoint-every", "1",
+              "--thumb", "16", "--weights", "random", "--no-progress"]
+    out = tmp_path / "nn.png"
+    code, text, _ = run(capsys, "neighbours", folder, *common, "--k", "2", "--queries", "3", "--out", out)
+    assert code == 0
+    rows = [ln for ln in text.splitlines() if ln.startswith(("a/", "b/"))]
+    assert len(rows) == 3 and rows[0].startswith("a/0.png: ")
+    assert image.load(out).shape == (1, 3 * 16 + 4 * 3, 3 * 16 + 4 * 3, 3)
+    # a rerun with other display options reuses the cached features: the network never runs
+    from jaxviz import embed
+
+    monkeypatch.setattr(embed, "features", lambda *a, **k: pytest.fail("features recomputed"))
+    code, text, _ = run(capsys, "neighbours", folder, *common, "--k", "4", "--metric", "l1", "--out", out,
+                        "--overwrite", "--query", folder / "b" / "1.png")
+    assert code == 0 and text.splitlines()[1].startswith("b/1.png: ")
+    code, _, _ = run(capsys, "embed", folder, *common, "--method", "pca", "--plot-size", "3",
+                     "--out", tmp_path / "nn.png", "--overwrite")
+    assert code == 0 and image.load(out).shape == (1, 300, 300, 3)
+
+
+def test_pretrained_weights_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXVIZ_OFFLINE", "1")
+    code, _, err = run(capsys, "filters", "--out", tmp_path / "f.png")
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("jaxviz filters: error: no pretrained weights for vgg19")
+
+
+def test_bad_arguments(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["render", "--channels", "5-2", "--out", str(tmp_path / "x.png")])
+    assert e.value.code == 2
+    assert "expected channels like 0-7 or 3,5,9, got '5-2'" in capsys.readouterr().err
+    code, _, err = run(capsys, "top-patches", tmp_path, "--layer", "fc7", "--out", tmp_path / "t.png",
+                       "--weights", "random")
+    assert code == 2 and err.startswith("jaxviz top-patches: error: folder: no images in")
