@@ -13,6 +13,16 @@ from jaxviz.errors import InputError
 NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
 
 
+def _uniform(seed, *shape):
+    """Test data from NumPy (a jax.random draw of a new shape costs a compilation)."""
+    return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
+
+
+def _normal(seed, *shape):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+
 @pytest.fixture(scope="module")
 def params():
     return weights.random(NET, seed=0)
@@ -26,7 +36,7 @@ def _rel(a, b):
 
 
 def test_objective_is_weighted_mean_half_squared_norm(params):
-    x = jax.random.uniform(jax.random.key(0), (2, 36, 40, 3))
+    x = _uniform(0, 2, 36, 40, 3)
     acts = NET.apply(params, x, taps=("relu1_1", "pool2"))
     want = 0.5 * np.mean(np.sum(np.asarray(acts["relu1_1"]) ** 2, -1)) * 0.25 + 0.5 * np.mean(
         np.sum(np.asarray(acts["pool2"]) ** 2, -1)
@@ -37,10 +47,10 @@ def test_objective_is_weighted_mean_half_squared_norm(params):
 
 def test_gradient_at_the_layer_is_the_activation_and_guided_gradient_is_the_matched_guide_feature():
     # the seed's identity: d(½‖a‖²)/da = a ; guided: d(max_j <a, g_j>)/da = g_argmax
-    a = jax.random.normal(jax.random.key(1), (1, 3, 4, 5))
-    g = jax.random.normal(jax.random.key(2), (7, 5))
-    np.testing.assert_allclose(jax.grad(lambda z: dream._position_terms(z, None).sum())(a), a, rtol=1e-6)
-    grad = jax.grad(lambda z: dream._position_terms(z, g).sum())(a)
+    a = _normal(1, 1, 3, 4, 5)
+    g = _normal(2, 7, 5)
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda z: dream._position_terms(z, None).sum()))(a), a, rtol=1e-6)
+    grad = jax.jit(jax.grad(lambda z: dream._position_terms(z, g).sum()))(a)
     best = np.argmax(np.einsum("nhwc,mc->nhwm", a, g), -1)
     np.testing.assert_allclose(grad, np.asarray(g)[best], rtol=1e-6)
 
@@ -54,8 +64,8 @@ def test_gradient_at_the_layer_is_the_activation_and_guided_gradient_is_the_matc
     ids=["two-layers", "guided"],
 )
 def test_tiled_gradient_equals_whole_image_gradient(params, layers, guided):
-    x = jax.random.uniform(jax.random.key(3), (2, 45, 50, 3))  # odd sizes: not multiples of the stride
-    guide = jax.random.uniform(jax.random.key(4), (1, 40, 36, 3)) if guided else None
+    x = _uniform(3, 2, 45, 50, 3)  # odd sizes: not multiples of the stride
+    guide = _uniform(4, 1, 40, 36, 3) if guided else None
     spec = dream._layer_spec(NET, layers)
     plan = dream._plan(NET, spec, 45, 50, 8)
     assert len(plan.tiles) >= 30 and plan.crop[0] < 45 and plan.crop[1] < 50  # really tiled
@@ -86,36 +96,35 @@ def test_tile_plan_crops_are_stride_aligned_inside_the_image_and_cores_partition
 
 
 def test_roll_is_undone_exactly():
-    x = jax.random.normal(jax.random.key(5), (2, 13, 17, 3))
+    x = _normal(5, 2, 13, 17, 3)
     roll, unroll = jax.jit(dream.roll, static_argnums=2), jax.jit(dream.unroll)
     shifts = set()
-    for i in range(8):
-        rolled, shift = roll(x, jax.random.key(i), 6)
-        shifts.add(tuple(np.asarray(shift)))
-        assert np.abs(np.asarray(shift)).max() <= 6
-        np.testing.assert_array_equal(np.asarray(rolled)[:, 0, 0], np.asarray(x)[:, -shift[0] % 13, -shift[1] % 17])
+    for key in jax.random.split(jax.random.key(0), 8):
+        rolled, shift = roll(x, key, 6)
+        dy, dx = (int(v) for v in np.asarray(shift))
+        shifts.add((dy, dx))
+        assert max(abs(dy), abs(dx)) <= 6
+        np.testing.assert_array_equal(np.asarray(rolled)[:, 0, 0], np.asarray(x)[:, -dy % 13, -dx % 17])
         np.testing.assert_array_equal(unroll(rolled, shift), x)
     assert len(shifts) > 4
 
 
 def test_jittered_step_equals_unjittered_step_for_a_translation_equivariant_gradient():
-    x = jax.random.uniform(jax.random.key(6), (1, 20, 24, 3))
+    x = _uniform(6, 1, 20, 24, 3)
     key = jax.random.key(7)
     assert np.any(np.asarray(dream.roll(x, key, 8)[1]) != 0)
     pointwise = lambda z: jnp.sin(7.0 * z) + z * z  # commutes with any roll
-    a = dream._step(pointwise, x, key, 0.01, 8)
-    b = dream._step(pointwise, x, key, 0.01, 0)
-    np.testing.assert_array_equal(a, b)
-    # a gradient that depends on the position does see the roll
-    ramp = lambda z: z * jnp.arange(z.shape[1], dtype=z.dtype)[None, :, None, None]
-    assert not np.array_equal(dream._step(ramp, x, key, 0.01, 8), dream._step(ramp, x, key, 0.01, 0))
+    ramp = lambda z: z * jnp.arange(z.shape[1], dtype=z.dtype)[None, :, None, None]  # depends on the position
+    step = jax.jit(dream._step, static_argnums=(0, 4))
+    np.testing.assert_array_equal(step(pointwise, x, key, 0.01, 8), step(pointwise, x, key, 0.01, 0))
+    assert not np.array_equal(step(ramp, x, key, 0.01, 8), step(ramp, x, key, 0.01, 0))
 
 
 # --------------------------------------------------------------------------- the loop
 
 
 def test_dream_raises_the_objective_at_every_octave(params):
-    x = jax.random.uniform(jax.random.key(8), (1, 48, 52, 3)) * 0.5 + 0.25
+    x = _uniform(8, 1, 48, 52, 3) * 0.5 + 0.25
     kw = dict(key=jax.random.key(9), layers="relu2_1", octaves=2, octave_scale=1.4, steps=4, jitter=4,
               return_objectives=True)
     out, objectives = dream.dream(NET, params, x, **kw)
@@ -128,7 +137,7 @@ def test_dream_raises_the_objective_at_every_octave(params):
 
 
 def test_dream_step_is_compiled_once_and_matches_a_manual_step(params):
-    x = jax.random.uniform(jax.random.key(10), (1, 40, 40, 3))
+    x = _uniform(10, 1, 40, 40, 3)
     dream.dream_step(NET, params, x, jax.random.key(0), layers="relu2_1", jitter=3)
     size = dream._run_octave._cache_size()
     out = dream.dream_step(NET, params, x, jax.random.key(1), layers="relu2_1", jitter=3)

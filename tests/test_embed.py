@@ -13,6 +13,16 @@ from jaxviz.errors import InputError
 NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
 
 
+def _uniform(seed, *shape):
+    """Test data from NumPy (a jax.random draw of a new shape costs a compilation)."""
+    return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
+
+
+def _normal(seed, *shape):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+
 def _batches(imgs, size):
     for s in range(0, len(imgs), size):
         yield [f"im{i}" for i in range(s, min(s + size, len(imgs)))], imgs[s:s + size]
@@ -20,7 +30,7 @@ def _batches(imgs, size):
 
 def test_features_pool_a_tap_and_compile_once():
     params = weights.random(NET, seed=0)
-    imgs = np.asarray(jax.random.uniform(jax.random.key(0), (5, 32, 32, 3)))
+    imgs = np.asarray(_uniform(0, 5, 32, 32, 3))
     f = embed.features(NET, params, _batches(imgs, 2), layer="relu2_1", pool="mean", thumbnail_size=8)
     size = embed._extract._cache_size()
     acts = {k: np.asarray(v) for k, v in NET.apply(params, jnp.asarray(imgs), taps=("relu2_1", "relu7")).items()}

@@ -12,6 +12,16 @@ from jaxviz.errors import InputError
 from jaxviz.featvis import patches as P
 
 
+def _uniform(seed, *shape):
+    """Test data from NumPy (a jax.random draw of a new shape costs a compilation)."""
+    return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
+
+
+def _normal(seed, *shape):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+
 def test_receptive_fields_by_hand():
     net = models.vgg19()
     assert P.receptive_field(net, "relu1_1") == (3, 1, -1)
@@ -82,7 +92,7 @@ def test_constructed_folder_gives_the_right_patches_in_the_right_order():
 def test_matches_brute_force_on_a_random_vgg():
     net = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
     params = weights.random(net, seed=1)
-    imgs = np.asarray(jax.random.uniform(jax.random.key(0), (11, 24, 24, 3)))
+    imgs = np.asarray(_uniform(0, 11, 24, 24, 3))
     names = [f"img{i}" for i in range(11)]
     chans = [3, 0, 7, 12]
     top = P.top_patches(net, params, _batches(names, imgs, 4), layer="conv2_1", channels=chans, k=5)
