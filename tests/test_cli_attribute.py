@@ -1,0 +1,191 @@
+"""``jaxviz attribute``: outputs equal the library's, CSV contents, resume after an interruption, devices."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import attribution, cli, datasets, image
+from jaxviz.commands import attribute as attribute_cmd
+from jaxviz.models.small_cnn import small_cnn
+
+N = 7
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    d = datasets.shapes(N, size=32, seed=11)
+    for i, img in enumerate(d.images):
+        image.save(img, root / f"img{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The network and params that ``--model small-cnn --weights random --seed 3`` builds."""
+    net = small_cnn(num_classes=4)
+    params = net.init(jax.random.key(SEED), jnp.zeros((1, 32, 32, 3)))
+    return net, params
+
+
+def _args(folder, out, *extra):
+    return ["attribute", str(folder), "--model", "small-cnn", "--weights", "random", "--seed", str(SEED),
+            "--out", str(out), *extra]
+
+
+def _rows(out):
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _load_all(folder):
+    return np.concatenate([image.load(folder / f"img{i}.png") for i in range(N)])
+
+
+def test_outputs_equal_library_and_csv(folder, model, tmp_path):
+    net, params = model
+    out = tmp_path / "out"
+    assert cli.main(_args(folder, out, "--method", "saliency", "--batch-size", "3")) == 0
+    x = _load_all(folder)
+    logits = np.asarray(net.apply(params, x))
+    top1 = logits.argmax(-1)
+    want = np.asarray(attribution.saliency(net, params, x, top1))
+    rows = _rows(out)
+    assert [r["file"] for r in rows] == [f"img{i}.png" for i in range(N)]
+    probs = np.asarray(jax.nn.softmax(logits, -1))
+    for i, r in enumerate(rows):
+        got = np.load(out / f"img{i}.png.npy")
+        assert got.shape == (32, 32, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-6 * np.abs(want[i]).max())
+        assert int(r["predicted"]) == top1[i] and r["predicted_name"] == datasets.CLASSES[top1[i]]
+        assert float(r["predicted_prob"]) == pytest.approx(probs[i, top1[i]], abs=1e-5)
+        assert r["target"] == r["predicted"] and r["target_prob"] == r["predicted_prob"]
+        png = image.load(out / f"img{i}.png.png")
+        assert png.shape == (1, 128, 128, 3)  # 32 px inputs are shown enlarged
+    settings = json.loads((out / "attribute.json").read_text())
+    assert settings["method"] == "saliency" and settings["model"] == "small-cnn" and settings["size"] == 32
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_layer_method_target_by_name_and_options(folder, model, tmp_path):
+    net, params = model
+    out = tmp_path / "gc"
+    assert cli.main(_args(folder, out, "--method", "grad_cam", "--target", "triangle")) == 0
+    x = _load_all(folder)
+    want = np.asarray(attribution.grad_cam(net, params, x, 2, upsample=True))
+    for i, r in enumerate(_rows(out)):
+        got = np.load(out / f"img{i}.png.npy")
+        assert got.shape == (32, 32)
+        np.testing.assert_allclose(got, want[i], rtol=1e-5, atol=1e-6 * max(np.abs(want[i]).max(), 1e-12))
+        assert r["target"] == "2" and r["target_name"] == "triangle"
+    out2 = tmp_path / "occ"
+    opts = ["--method", "occlusion", "--target", "1", "--option", "window=8", "--option", "stride=4",
+            "--option", "baseline=0.5"]
+    assert cli.main(_args(folder, out2, *opts)) == 0
+    want = np.asarray(attribution.occlusion(net, params, x, 1, window=8, stride=4, baseline=0.5))
+    np.testing.assert_allclose(np.load(out2 / "img4.png.npy"), want[4], rtol=1e-5, atol=1e-6)
+    assert attribute_cmd.parse_options(["a=1", "b=(2, 3)", "c=riemann_left", "d=0.5"]) == {
+        "a": 1, "b": (2, 3), "c": "riemann_left", "d": 0.5}
+
+
+def test_interrupted_run_resumes_without_redoing(folder, tmp_path, monkeypatch, capsys):
+    full = tmp_path / "full"
+    part = tmp_path / "part"
+    opts = ["--method", "occlusion", "--option", "window=8", "--option", "stride=4", "--batch-size", "3"]
+    assert cli.main(_args(folder, full, *opts)) == 0
+
+    real_write = attribute_cmd._write_outputs
+    written = []
+
+    def interrupt_in_second_batch(out, name, *a, **k):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(name)
+        return real_write(out, name, *a, **k)
+
+    monkeypatch.setattr(attribute_cmd, "_write_outputs", interrupt_in_second_batch)
+    assert cli.main(_args(folder, part, *opts)) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert [r["file"] for r in _rows(part)] == ["img0.png", "img1.png", "img2.png"]
+
+    # a torn last line (killed mid-write) is dropped and that image redone
+    with open(part / "summary.csv", "a") as f:
+        f.write("img3.png,1,squ")
+    loaded = []
+    real_load = image.load
+
+    def counting_load(path, *a, **k):
+        loaded.append(os.path.basename(path))
+        return real_load(path, *a, **k)
+
+    monkeypatch.setattr(image, "load", counting_load)
+    written.clear()
+    monkeypatch.setattr(attribute_cmd, "_write_outputs", lambda out, name, *a, **k: (written.append(name), real_write(out, name, *a, **k)))
+    assert cli.main(_args(folder, part, *opts)) == 0
+    redo = [f"img{i}.png" for i in range(3, N)]
+    assert loaded == redo and written == redo  # finished images neither decoded nor recomputed
+    assert _rows(part) == _rows(full)
+    for i in range(N):
+        np.testing.assert_array_equal(np.load(part / f"img{i}.png.npy"), np.load(full / f"img{i}.png.npy"))
+        assert (part / f"img{i}.png.png").read_bytes() == (full / f"img{i}.png.png").read_bytes()
+
+    # a third run has nothing to do
+    loaded.clear()
+    assert cli.main(_args(folder, part, *opts)) == 0
+    assert loaded == [] and "already done" in capsys.readouterr().out
+
+
+def test_errors(folder, tmp_path, capsys):
+    out = tmp_path / "e"
+    assert cli.main(_args(folder, out, "--method", "saliency")) == 0
+    capsys.readouterr()
+    assert cli.main(_args(folder, out, "--method", "guided_backprop")) == 2
+    err = capsys.readouterr().err
+    assert "--out: " in err and "holds results of different settings: method='saliency' (now 'guided_backprop')" in err
+    cases = [
+        (_args(folder, tmp_path / "a", "--target", "7"), "--target: expected a class index in [0, 4), got 7"),
+        (_args(folder, tmp_path / "b", "--target", "dog"), "--target: expected 'top1', a class index in [0, 4) or a class name, got 'dog'"),
+        (_args(folder, tmp_path / "c", "--option", "window"), "--option: expected KEY=VALUE, got 'window'"),
+        (_args(folder, tmp_path / "d", "--size", "2"), "--size: expected at least 4 for small-cnn, got 2"),
+        (_args(tmp_path / "nope", tmp_path / "f"), "IMAGES_DIR: expected a folder of images"),
+        (_args(folder, tmp_path / "g", "--batch-size", "0"), "--batch-size: expected a positive int, got 0"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, message
+        assert message in capsys.readouterr().err
+
+
+_SUBPROCESS = """
+import sys
+from jaxviz import cli, parallel
+import jax
+assert len(jax.devices()) == 4
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sharded_over_four_devices_equals_one(folder, tmp_path):
+    one, four = tmp_path / "one", tmp_path / "four"
+    opts = ["--method", "occlusion", "--option", "window=8", "--option", "stride=4", "--batch-size", "5"]
+    assert cli.main(_args(folder, one, *opts)) == 0
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SUBPROCESS, *_args(folder, four, *opts)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "over 4 devices" in proc.stderr
+    a, b = _rows(one), _rows(four)
+    assert [r["predicted"] for r in a] == [r["predicted"] for r in b]
+    for ra, rb in zip(a, b):
+        assert float(ra["predicted_prob"]) == pytest.approx(float(rb["predicted_prob"]), abs=1e-5)
+    for i in range(N):
+        x, y = np.load(one / f"img{i}.png.npy"), np.load(four / f"img{i}.png.npy")
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
