@@ -46,6 +46,7 @@ import numpy as np
 
 from .. import _checks
 from ..errors import InputError
+from .layers import max_pool
 
 __all__ = [
     "VGG",
@@ -247,7 +248,7 @@ class VGG(nn.Module):
             return x
         if name.startswith("pool"):
             if self.pooling == "max":
-                return nn.max_pool(x, (2, 2), strides=(2, 2))
+                return max_pool(x, (2, 2))
             if self.pooling == "avg":
                 return nn.avg_pool(x, (2, 2), strides=(2, 2))
             raise InputError(f"pooling: expected 'max' or 'avg', got {self.pooling!r}")
