@@ -8,9 +8,43 @@
     >>> logits = net.apply(params, x)                # (1, 1000)
 """
 
-from . import download, errors, image, models, viz, weights
-from .errors import JaxvizError
-
 __version__ = "0.1.0"
 
-__all__ = ["JaxvizError", "download", "errors", "image", "models", "viz", "weights", "__version__"]
+from . import (  # noqa: E402
+    attribution,
+    datasets,
+    download,
+    dream,
+    embed,
+    errors,
+    featvis,
+    image,
+    losses,
+    models,
+    parallel,
+    style,
+    train,
+    viz,
+    weights,
+)
+from .errors import JaxvizError  # noqa: E402
+
+__all__ = [
+    "JaxvizError",
+    "__version__",
+    "attribution",
+    "datasets",
+    "download",
+    "dream",
+    "embed",
+    "errors",
+    "featvis",
+    "image",
+    "losses",
+    "models",
+    "parallel",
+    "style",
+    "train",
+    "viz",
+    "weights",
+]

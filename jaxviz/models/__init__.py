@@ -1,5 +1,7 @@
 """Flax models with named taps."""
 
+from .layers import max_pool
+from .small_cnn import SmallCNN, small_cnn
 from .vgg import (
     ALIASES,
     IMAGENET_MEAN,
@@ -36,6 +38,9 @@ __all__ = [
     "adaptive_avg_pool",
     "get",
     "layer_names",
+    "max_pool",
+    "SmallCNN",
+    "small_cnn",
     "vgg16",
     "vgg19",
 ]
