@@ -1,7 +1,7 @@
 """Flax models with named taps."""
 
 from .layers import max_pool
-from .small_cnn import SmallCNN, small_cnn
+from .small_cnn import SmallCNN, fold_batch_norm, small_cnn
 from .vgg import (
     ALIASES,
     IMAGENET_MEAN,
@@ -41,6 +41,7 @@ __all__ = [
     "max_pool",
     "SmallCNN",
     "small_cnn",
+    "fold_batch_norm",
     "vgg16",
     "vgg19",
 ]
