@@ -348,3 +348,46 @@ def test_fast_pools_identical_values_and_gradients(size):
         # forward mode works too (custom JVP)
         assert jnp.allclose(jax.jvp(lambda v: fast(k, v), (x,), (jnp.ones_like(x),))[1],
                             jax.jvp(lambda v: f(k, v), (x,), (jnp.ones_like(x),))[1])
+
+
+# ------------------------------------------------------------------ incremental occlusion (issue 6)
+
+
+@pytest.mark.parametrize(
+    "stages, size, window, stride, baseline, batch",
+    [
+        (((4,), (8,)), 32, 6, 4, 0.5, 7),  # clipped last window (ceil((32 - 6) / 4) + 1 = 8 windows)
+        (((4, 4), (8,), (8,)), 37, (7, 5), (3, 5), "image", 5),  # odd size: VALID pools drop a row
+        (((4,), (8, 8)), 20, 3, 2, 0.0, 64),  # small window, several convs per block
+        (((4,), (8,), (8,), (8,)), 48, 16, 16, 0.25, 3),  # non-overlapping, falls back early
+    ],
+)
+def test_incremental_occlusion_equals_full(stages, size, window, stride, baseline, batch):
+    from jaxviz import models, weights
+
+    net = models.VGG(stages=stages, fc_features=16, num_classes=5, pool_output=(2, 2))
+    params = weights.random(net, seed=3)
+    x = jnp.asarray(np.random.RandomState(0).rand(2, size, size, 3), jnp.float32)
+    if baseline == "image":
+        baseline = jnp.asarray(np.random.RandomState(1).rand(2, size, size, 3), jnp.float32)
+    kw = dict(window=window, stride=stride, baseline=baseline)
+    full = A.occlusion(net, params, x, [1, 3], method="full", batch_size=8, **kw)
+    inc = A.occlusion(net, params, x, [1, 3], method="incremental", batch_size=batch, **kw)
+    scale = float(jnp.max(jnp.abs(full)))
+    assert scale > 0
+    np.testing.assert_allclose(inc, full, rtol=0, atol=1e-4 * scale)
+
+
+def test_incremental_plan_and_auto_choice():
+    from jaxviz import models
+    from jaxviz.attribution.occlusion import _use_incremental
+
+    vgg19 = models.vgg19()
+    p = A.occlusion_plan(vgg19, (224, 224), window=32, stride=16)
+    assert 0.2 < p.cost < 0.3  # the issue's estimate: about 1/4 of the full convolution work
+    assert A.occlusion_plan(vgg19, (512, 512), window=32, stride=16).cost < 0.07  # about 1/17
+    assert _use_incremental(vgg19, "auto", (224, 224), (32, 32), (16, 16))
+    assert not _use_incremental(vgg19, "auto", (64, 64), (48, 48), (16, 16))  # the window covers the image
+    assert A.occlusion_plan(linear, (8, 8)) is None
+    with pytest.raises(InputError, match=r"^method: 'incremental' needs a jaxviz VGG network, got function"):
+        A.occlusion(linear, linear_params(H, W), jnp.zeros((1, H, W, 3)), 0, window=2, method="incremental")

@@ -36,6 +36,7 @@ from .cam import cam, grad_cam, guided_grad_cam
 from .guided import deconv_relu, deconvnet, guided_backprop, guided_relu
 from .integrated import integrated_gradients, quadrature
 from .occlusion import occlusion, window_starts
+from .occlusion import plan as occlusion_plan
 from .saliency import input_x_gradient, saliency
 from .smoothgrad import smoothgrad
 
@@ -75,6 +76,7 @@ __all__ = [
     "integrated_gradients",
     "metrics",
     "occlusion",
+    "occlusion_plan",
     "quadrature",
     "saliency",
     "smoothgrad",

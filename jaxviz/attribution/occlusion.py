@@ -31,11 +31,13 @@ import numpy as np
 
 from .. import _checks
 from ..errors import InputError
-from . import _common
+from . import _common, _incremental
 
-__all__ = ["occlusion", "window_starts", "OCCLUSION_METHODS"]
+__all__ = ["occlusion", "window_starts", "plan", "OCCLUSION_METHODS", "AUTO_THRESHOLD"]
 
-OCCLUSION_METHODS = ("full",)
+OCCLUSION_METHODS = ("auto", "full", "incremental")
+#: "auto" uses the incremental method when it does less than this fraction of the full convolution work.
+AUTO_THRESHOLD = 0.7
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -62,8 +64,8 @@ def combine(diffs: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
     return total / jnp.asarray(count, diffs.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "target_fn", "window", "stride", "batch_size"))
-def _full_core(net, params, images, baseline, target_idx, *, target_fn, window, stride, batch_size):
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "window", "stride", "batch_size", "incremental"))
+def _core(net, params, images, baseline, target_idx, *, target_fn, window, stride, batch_size, incremental):
     _common.count_trace("occlusion")
     n, h, w, _ = images.shape
     f = _common.forward(net)
@@ -73,20 +75,46 @@ def _full_core(net, params, images, baseline, target_idx, *, target_fn, window, 
     rows_i, cols_i = jnp.arange(h), jnp.arange(w)
     per_image = nh * nw
 
-    def occlude(i, j):
-        r0, c0 = starts_h[j // nw], starts_w[j % nw]
-        mask = ((rows_i >= r0) & (rows_i < r0 + window[0]))[:, None] & ((cols_i >= c0) & (cols_i < c0 + window[1]))[None, :]
-        return jnp.where(mask[:, :, None], baseline[i], images[i])
+    if incremental:
+        plan = _incremental.make_plan(net, (h, w), window, sh, sw)
+        state = _incremental.prepare(net, params, images, baseline, plan)
 
-    def body(k):
-        i, j = k // per_image, k % per_image
-        x = jax.vmap(occlude)(i, j)
-        return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
+        def body(k):
+            i, j = k // per_image, k % per_image
+            out = _incremental.occluded_outputs(net, params, state, plan, (h, w), i, starts_h[j // nw],
+                                                starts_w[j % nw])
+            return _common.scores(out, target_fn, _common.gather_target(target_idx, i))
+    else:
+        def occlude(i, j):
+            r0, c0 = starts_h[j // nw], starts_w[j % nw]
+            mask = (((rows_i >= r0) & (rows_i < r0 + window[0]))[:, None]
+                    & ((cols_i >= c0) & (cols_i < c0 + window[1]))[None, :])
+            return jnp.where(mask[:, :, None], baseline[i], images[i])
+
+        def body(k):
+            i, j = k // per_image, k % per_image
+            x = jax.vmap(occlude)(i, j)
+            return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
 
     occluded = _common.chunked_map(body, n * per_image, batch_size).reshape(n, nh, nw)
     clean = _common.scores(f(params, images), target_fn, target_idx)
     maps = combine(clean[:, None, None] - occluded, _coverage(h, window[0], sh), _coverage(w, window[1], sw))
     return jnp.broadcast_to(maps[..., None], images.shape)
+
+
+def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any = None):
+    """The incremental method's patch plan for a jaxviz VGG (``None`` when it does not apply).
+
+    ``plan(...).cost`` is the fraction of the full network's convolution work the
+    incremental method does per occluded image.
+    """
+    if not _incremental.applies(net):
+        return None
+    window = _common.pair(window, "window")
+    stride = tuple(max(1, v // 2) for v in window) if stride is None else _common.pair(stride, "stride")
+    sh = window_starts(image_size[0], window[0], stride[0])
+    sw = window_starts(image_size[1], window[1], stride[1])
+    return _incremental.make_plan(net, tuple(image_size), window, sh, sw)
 
 
 def _check_geometry(images, window, stride):
@@ -113,7 +141,7 @@ def occlusion(
     stride: int | tuple[int, int] | None = None,
     baseline: Any = 0.0,
     batch_size: int = 32,
-    method: str = "full",
+    method: str = "auto",
 ) -> jax.Array:
     """Occlusion sensitivity (Zeiler & Fergus 2014).
 
@@ -128,7 +156,11 @@ def occlusion(
       baseline: the occluder: a number (0 = black, Captum's default; 0.5 = grey)
         or an image broadcastable to (N, H, W, 3) (e.g. a blurred copy).
       batch_size: occluded images per forward pass; the result does not depend on it.
-      method: ``"full"`` recomputes the whole network for every window.
+      method: ``"full"`` recomputes the whole network for every window;
+        ``"incremental"`` (jaxviz VGG networks only) recomputes each layer only
+        on the region the window changes (exact, see :mod:`._incremental`);
+        ``"auto"`` picks incremental for a VGG when its plan does less than
+        ``AUTO_THRESHOLD`` of the full convolution work, else full.
 
     Returns:
       (N, H, W, 3) attributions (the same value in the three channels).
@@ -146,5 +178,19 @@ def occlusion(
     _checks.one_of(method, "method", OCCLUSION_METHODS)
     base = _common.broadcast_baseline(baseline, images, "baseline")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
-    return _full_core(net, params, images, base, idx, target_fn=fn, window=window, stride=stride,
-                      batch_size=batch_size)
+    incremental = _use_incremental(net, method, images.shape[1:3], window, stride)
+    return _core(net, params, images, base, idx, target_fn=fn, window=window, stride=stride, batch_size=batch_size,
+                 incremental=incremental)
+
+
+def _use_incremental(net, method, size, window, stride) -> bool:
+    if method == "full":
+        return False
+    p = plan(net, tuple(size), window=window, stride=stride)
+    if method == "incremental":
+        if p is None:
+            raise InputError(
+                f"method: 'incremental' needs a jaxviz VGG network, got {type(net).__name__}; use 'full' or 'auto'"
+            )
+        return True
+    return p is not None and p.cost < AUTO_THRESHOLD
