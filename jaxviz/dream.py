@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from . import _checks
 from .errors import InputError
 from .featvis.patches import receptive_field
+from .featvis.render import host_loop
 from .models.vgg import VGG
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 Layers = str | Sequence[str] | Mapping[str, float]
+UNROLL_TILES = 16  # up to this many gradient tiles are traced one after another instead of in a lax.scan
 
 
 # --------------------------------------------------------------------------- arguments
@@ -227,7 +229,15 @@ def _value_and_grad_impl(net, params, x, guides, *, spec, plan: _Plan):
         grad = lax.dynamic_update_slice(grad, old + g, (0, sy, sx, 0))
         return (grad, value + v), None
 
-    (grad, value), _ = lax.scan(body, (jnp.zeros_like(x), jnp.float32(0.0)), tiles)
+    carry = (jnp.zeros_like(x), jnp.float32(0.0))
+    if len(plan.tiles) <= UNROLL_TILES:
+        # a few tiles are traced one after another: XLA:CPU compiles the backward convolutions of a loop
+        # body 3-4x slower (see jaxviz.featvis.render.host_loop)
+        for tile in plan.tiles:
+            carry, _ = body(carry, jnp.asarray(tile, jnp.int32))
+        grad, value = carry
+    else:
+        (grad, value), _ = lax.scan(body, carry, tiles)
     return value, grad
 
 
@@ -355,14 +365,21 @@ def _value_impl(net, params, x, guides, *, spec, plan: _Plan):
 _value = jax.jit(_value_impl, static_argnames=("net", "spec", "plan"))
 
 
-@functools.partial(jax.jit, static_argnames=("net", "spec", "plan", "steps", "jitter", "values"))
-def _run_octave(net, params, x, key, guides, step_size, *, spec, plan, steps, jitter, values=False):
+@functools.partial(jax.jit, static_argnames=("net", "spec", "plan", "steps", "jitter", "values", "unroll"))
+def _run_octave(net, params, x, key, guides, step_size, start, *, spec, plan, steps, jitter, values=False,
+                unroll=False):
+    """Steps ``start .. start + steps - 1`` of an octave (step ``i`` rolls with ``fold_in(key, i)``)."""
     grad_fn = lambda z: _value_and_grad_impl(net, params, z, guides, spec=spec, plan=plan)[1]
 
     def body(z, i):
         return _step(grad_fn, z, jax.random.fold_in(key, i), step_size, jitter), None
 
-    out, _ = lax.scan(body, x, jnp.arange(steps))
+    if unroll:
+        out = x
+        for i in range(steps):
+            out, _ = body(out, start + i)
+    else:
+        out, _ = lax.scan(body, x, start + jnp.arange(steps))
     if not values:
         return out
     value = lambda z: _value_impl(net, params, z, guides, spec=spec, plan=plan)
@@ -397,8 +414,8 @@ def dream_step(
     jitter = _check_jitter(jitter)
     plan = _plan(net, spec, x.shape[1], x.shape[2], tile_size)
     return _run_octave(
-        net, params, x, key, _guides(net, params, spec, guide), jnp.float32(step_size),
-        spec=spec, plan=plan, steps=1, jitter=jitter,
+        net, params, x, key, _guides(net, params, spec, guide), jnp.float32(step_size), jnp.int32(0),
+        spec=spec, plan=plan, steps=1, jitter=jitter, unroll=True,
     )
 
 
@@ -436,6 +453,7 @@ def dream(
     jitter: int = 32,
     tile_size: int | None = None,
     guide=None,
+    loop: str = "auto",
     progress: bool = False,
     return_objectives: bool = False,
 ):
@@ -458,6 +476,11 @@ def dream(
         :func:`gradient`); None for whole images.
       guide: a guide image (1, Hg, Wg, 3) to dream towards, or its
         :func:`guide_features`.
+      loop: ``"auto"``, ``"scan"`` or ``"host"``: run the steps of an octave
+        in one ``lax.scan`` or as a host loop over one compiled step
+        (``"auto"``: host loop on the CPU, where XLA compiles convolutions in
+        loop bodies 3-4x slower; see :func:`jaxviz.featvis.render.host_loop`).
+        Same result either way.
       progress: show a tqdm bar.
       return_objectives: also return the objective before and after each
         octave.
@@ -493,6 +516,7 @@ def dream(
             "use fewer octaves, a smaller octave_scale or a larger image"
         )
     guides = _guides(net, params, spec, guide)
+    host = host_loop(loop)
     detail = None
     record = []
     bar = tqdm(total=octaves * steps, desc="dream", unit="step", disable=not progress, leave=False)
@@ -502,17 +526,26 @@ def dream(
             detail = jnp.zeros_like(base) if detail is None else _resize(detail, hw)
             z = jnp.clip(base + detail, 0.0, 1.0)
             plan = _plan(net, spec, hw[0], hw[1], tile_size)
-            res = _run_octave(
-                net, params, z, jax.random.fold_in(key, o), guides, jnp.float32(step_size),
-                spec=spec, plan=plan, steps=steps, jitter=jitter, values=return_objectives,
-            )
-            if return_objectives:
-                z, before, after = res
-                record.append((float(before), float(after)))
+            okey = jax.random.fold_in(key, o)
+            if host:
+                start = z
+                for i in range(steps):
+                    z = _run_octave(net, params, z, okey, guides, jnp.float32(step_size), jnp.int32(i),
+                                    spec=spec, plan=plan, steps=1, jitter=jitter, unroll=True)
+                    bar.update(1)
+                if return_objectives:
+                    record.append((float(_value(net, params, start, guides, spec=spec, plan=plan)),
+                                   float(_value(net, params, z, guides, spec=spec, plan=plan))))
             else:
-                z = res
+                res = _run_octave(net, params, z, okey, guides, jnp.float32(step_size), jnp.int32(0),
+                                  spec=spec, plan=plan, steps=steps, jitter=jitter, values=return_objectives)
+                if return_objectives:
+                    z, before, after = res
+                    record.append((float(before), float(after)))
+                else:
+                    z = res
+                bar.update(steps)
             detail = z - base
-            bar.update(steps)
     finally:
         bar.close()
     return (z, np.array(record, np.float32)) if return_objectives else z

@@ -59,19 +59,20 @@ def test_gradient_at_the_layer_is_the_activation_and_guided_gradient_is_the_matc
 
 
 @pytest.mark.parametrize(
-    "layers, guided",
-    [({"relu1_1": 0.5, "pool2": 1.0}, False), ("relu2_1", True)],
-    ids=["two-layers", "guided"],
+    "layers, guided, tile",
+    [({"relu1_1": 0.5, "pool2": 1.0}, False, 8), ("relu2_1", True, 13)],
+    ids=["two-layers-42-tiles-scanned", "guided-16-tiles-unrolled"],
 )
-def test_tiled_gradient_equals_whole_image_gradient(params, layers, guided):
+def test_tiled_gradient_equals_whole_image_gradient(params, layers, guided, tile):
     x = _uniform(3, 2, 45, 50, 3)  # odd sizes: not multiples of the stride
     guide = _uniform(4, 1, 40, 36, 3) if guided else None
     spec = dream._layer_spec(NET, layers)
-    plan = dream._plan(NET, spec, 45, 50, 8)
-    assert len(plan.tiles) >= 30 and plan.crop[0] < 45 and plan.crop[1] < 50  # really tiled
+    plan = dream._plan(NET, spec, 45, 50, tile)
+    assert len(plan.tiles) >= 16 and plan.crop[0] < 45 and plan.crop[1] < 50  # really tiled
+    assert (len(plan.tiles) > dream.UNROLL_TILES) == (tile == 8)  # both ways of looping over tiles
     with jax.default_matmul_precision("highest"):
         v0, g0 = dream.gradient(NET, params, x, layers=layers, guide=guide)
-        v1, g1 = dream.gradient(NET, params, x, layers=layers, guide=guide, tile_size=8)
+        v1, g1 = dream.gradient(NET, params, x, layers=layers, guide=guide, tile_size=tile)
     np.testing.assert_allclose(float(v1), float(v0), rtol=1e-5)
     assert _rel(g1, g0) < 1e-5
     assert float(jnp.abs(g0).max()) > 0
@@ -134,6 +135,11 @@ def test_dream_raises_the_objective_at_every_octave(params):
     assert float(dream.objective(NET, params, out, layers="relu2_1")) > float(
         dream.objective(NET, params, x, layers="relu2_1")
     )
+    # the steps driven by a host loop (the CPU default) or by one lax.scan: the same dream
+    other = "scan" if dream.host_loop("auto") else "host"
+    again, again_objectives = dream.dream(NET, params, x, loop=other, **kw)
+    np.testing.assert_allclose(again, out, atol=1e-5)
+    np.testing.assert_allclose(again_objectives, objectives, rtol=1e-5)
 
 
 def test_dream_step_is_compiled_once_and_matches_a_manual_step(params):

@@ -262,6 +262,20 @@ def test_split_runs_equal_one_run():
     assert int(two.step) == 6
 
 
+def test_host_loop_and_scan_give_the_same_render():
+    net, p = _linear_net()
+    kw = dict(key=jax.random.key(10), size=12, steps=5, param=R.pixel(), transforms=R.Compose((R.Pad(2), R.Jitter(3))),
+              return_history=True)
+    a, ha = R.render(net, p, R.channel("conv1_1", 0), loop="host", **kw)
+    b, hb = R.render(net, p, R.channel("conv1_1", 0), loop="scan", **kw)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(ha, hb, atol=1e-6)
+    assert R.host_loop("host") and not R.host_loop("scan")
+    assert R.host_loop("auto") == (jax.default_backend() == "cpu")
+    with pytest.raises(InputError, match=r"^loop: expected one of 'auto', 'scan', 'host'; got 'fast'"):
+        R.host_loop("fast")
+
+
 def test_render_errors(params):
     with pytest.raises(InputError, match=r"^objective: unknown layer 'relu4_2'"):
         R.render(NET, params, R.channel("relu4_2", 0), key=jax.random.key(0), steps=1)
