@@ -84,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
     images = []
     groups = [chans[i:i + bs] for i in range(0, len(chans), bs)]
-    with tqdm(total=len(chans) * args.steps, desc=f"render {layer}", unit="step", disable=args.no_progress) as bar:
+    with tqdm(total=len(chans), desc=f"render {layer}", unit="channel", disable=args.no_progress) as bar:
         for g, group in enumerate(groups):
             padded = group + [group[-1]] * (bs - len(group))  # equal groups share one compiled program
             imgs = R.render_each(net, params, maker, jnp.asarray(padded, jnp.int32), key=jax.random.fold_in(key, g),
                                  size=args.size, steps=args.steps, param=param, transforms=transforms,
-                                 learning_rate=args.lr)
+                                 learning_rate=args.lr, progress=not args.no_progress)
             images.extend(np.asarray(imgs)[: len(group), 0])
-            bar.update(len(group) * args.steps)
+            bar.update(len(group))
     names = [f"{'class ' if classes else ''}{c}" for c in chans]
     ncols = min(len(chans), max(1, int(np.ceil(np.sqrt(len(chans))))))
     save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out)
