@@ -136,7 +136,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import jax
-    import jax.numpy as jnp
     import torch
     import torch_reference as tr
 

@@ -83,10 +83,10 @@ def test_constructed_folder_gives_the_right_patches_in_the_right_order():
         _, _, _, r, c = dots[i]
         py, px = r // 2, c // 2  # the 2x2 max pool holding the dot
         np.testing.assert_array_equal(top.position[0, rank], (py, px))
-        t, l, b, rr = top.boxes[0, rank]
-        assert (t, l, b, rr) == (2 * py - 3, 2 * px - 3, 2 * py + 5, 2 * px + 5)
-        np.testing.assert_array_equal(top.patches[0, rank], padded[i, t + 8:b + 8, l + 8:rr + 8])
-        assert top.patches[0, rank][r - t, c - l, 0] == dots[i][2]  # the dot is inside its patch
+        t, left, b, rr = top.boxes[0, rank]
+        assert (t, left, b, rr) == (2 * py - 3, 2 * px - 3, 2 * py + 5, 2 * px + 5)
+        np.testing.assert_array_equal(top.patches[0, rank], padded[i, t + 8:b + 8, left + 8:rr + 8])
+        assert top.patches[0, rank][r - t, c - left, 0] == dots[i][2]  # the dot is inside its patch
 
 
 def test_matches_brute_force_on_a_random_vgg():

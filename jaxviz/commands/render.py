@@ -52,7 +52,6 @@ def _labelled(tiles, labels, scale: int = 1):
 
 
 def run(args: argparse.Namespace) -> int:
-    import functools
 
     import jax
     import jax.numpy as jnp
