@@ -88,7 +88,7 @@ def test_dream_reports_a_rising_objective_per_octave(tiny, tmp_path, capsys):
     src = _picture(tmp_path / "in.png", 44, 52)
     out = tmp_path / "d.png"
     code, text, _ = run(capsys, "dream", src, "--layers", "relu2_1:1,relu1_1:0.2", "--size", "0", "--octaves", "2",
-                        "--steps", "3", "--jitter", "4", "--tile", "16", "--out", out, "--weights", "random",
+                        "--steps", "3", "--jitter", "4", "--tile", "0", "--out", out, "--weights", "random",
                         "--no-progress")
     assert code == 0, text
     assert image.load(out).shape == (1, 44, 52, 3)
