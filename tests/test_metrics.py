@@ -156,3 +156,62 @@ def test_metric_errors(lin):
         metrics.infidelity(linear, params, x, 0, jnp.zeros((2, 4, 5)))
     with pytest.raises(InputError, match=r"^method: expected one of"):
         metrics.max_sensitivity(linear, params, x, 0, method="lime")
+
+
+# ------------------------------------------------------------------ meaning: a small CNN trained in the test
+
+
+def _bright_square_data(rng, n, size=16, side=4):
+    """Noisy backgrounds; label 1 images carry a bright square at a random position (mask returned)."""
+    x = 0.4 * rng.rand(n, size, size, 3).astype(np.float32)
+    y = rng.randint(0, 2, n)
+    mask = np.zeros((n, size, size), bool)
+    for k in np.nonzero(y)[0]:
+        r, c = rng.randint(0, size - side + 1, 2)
+        x[k, r:r + side, c:c + side] = 0.9 + 0.1 * rng.rand(side, side, 3)
+        mask[k, r:r + side, c:c + side] = True
+    return x, y, mask
+
+
+def test_trained_cnn_attributions_fall_on_the_object_and_fail_randomisation():
+    import flax.linen as nn
+    import optax
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+            x = nn.relu(nn.Conv(8, (3, 3), name="conv2")(x))
+            return nn.Dense(2, name="fc")(jnp.mean(x, axis=(1, 2)))
+
+    model = Tiny()
+    f = lambda p, x: model.apply(p, x)  # noqa: E731  (a plain callable: the generic code path)
+    rng = np.random.RandomState(0)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    opt = optax.sgd(0.05, momentum=0.9)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, x, y):
+        loss, g = jax.value_and_grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(f(p, x), y).mean())(params)
+        upd, state = opt.update(g, state)
+        return optax.apply_updates(params, upd), state, loss
+
+    for _ in range(150):
+        x, y, _ = _bright_square_data(rng, 32)
+        params, state, loss = step(params, state, jnp.asarray(x), jnp.asarray(y))
+    x, y, mask = _bright_square_data(np.random.RandomState(1), 64)
+    acc = float(jnp.mean(jnp.argmax(f(params, jnp.asarray(x)), -1) == y))
+    assert acc > 0.9, acc
+    pos = y == 1
+    xs, ms = jnp.asarray(x[pos][:8]), mask[pos][:8]
+    area = ms.mean()  # 1/16 of the image
+    sal = np.asarray(A.saliency(f, params, xs, 1)).sum(-1)
+    occ = np.asarray(A.occlusion(f, params, xs, 1, window=4, stride=2, baseline=0.2))[..., 0]
+    for heat in (sal, np.maximum(occ, 0)):
+        on_object = (heat * ms).sum((1, 2)) / heat.sum((1, 2))
+        assert np.all(on_object > 3 * area), on_object  # far more mass than the object's share of pixels
+    r = metrics.model_randomization(f, params, xs, 1, method="saliency")
+    assert r.layers == ("fc", "conv2", "conv1")
+    assert r.spearman[-1].mean() < 0.5  # the fully randomised model's maps no longer rank pixels like the trained one
+    assert r.spearman[-1].mean() < r.spearman[0].mean() + 0.2

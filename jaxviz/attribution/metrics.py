@@ -229,30 +229,53 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
 # max-sensitivity
 
 
-@functools.partial(jax.jit, static_argnames=("net", "target_fn", "base", "static_opts", "samples", "batch_size",
-                                             "pass_batch"))
-def _sensitivity_core(net, params, images, radius, key, target_idx, dyn_opts, *, target_fn, base, static_opts, samples,
-                      batch_size, pass_batch):
-    _common.count_trace("max_sensitivity")
-    n = images.shape[0]
+_SENS_STATIC = ("net", "target_fn", "base", "static_opts", "samples", "batch_size", "pass_batch")
+
+
+def _sens_options(static_opts, dyn_opts, pass_batch, batch_size):
     opts = dict(static_opts, **dyn_opts)
     if pass_batch:
         opts["batch_size"] = batch_size
-    t_all = target_fn if target_fn is not None else target_idx
-    ref = base(net, params, images, t_all, **opts)
-    ref_flat = ref.reshape(n, -1)
-    ref_norm = jnp.linalg.norm(ref_flat, axis=1)
-    ref_norm = jnp.where(ref_norm == 0, 1.0, ref_norm)
+    return opts
 
-    def body(k):
-        i = k // samples
-        x = images[i] + _common.uniform_noise(key, k, images.shape[1:], 1.0) * radius
-        t = target_fn if target_fn is not None else target_idx[i]
-        a = base(net, params, x, t, **opts).reshape(k.shape[0], -1)
-        return jnp.linalg.norm(a - ref_flat[i], axis=1) / ref_norm[i]
 
-    sens = _common.chunked_map(body, n * samples, batch_size).reshape(n, samples)
-    return jnp.max(sens, axis=1)
+@functools.partial(jax.jit, static_argnames=_SENS_STATIC)
+def _sens_reference(net, params, images, target_idx, dyn_opts, *, target_fn, base, static_opts, samples, batch_size,
+                    pass_batch):
+    _common.count_trace("max_sensitivity")
+    opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
+    ref = base(net, params, images, target_fn if target_fn is not None else target_idx, **opts)
+    ref_flat = ref.reshape(images.shape[0], -1)
+    norm = jnp.linalg.norm(ref_flat, axis=1)
+    return ref_flat, jnp.where(norm == 0, 1.0, norm)
+
+
+def _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn, base, samples):
+    i = k // samples
+    x = images[i] + _common.uniform_noise(key, k, images.shape[1:], 1.0) * radius
+    t = target_fn if target_fn is not None else target_idx[i]
+    a = base(net, params, x, t, **opts).reshape(k.shape[0], -1)
+    return jnp.linalg.norm(a - ref_flat[i], axis=1) / ref_norm[i]
+
+
+@functools.partial(jax.jit, static_argnames=_SENS_STATIC)
+def _sens_chunk(net, params, images, radius, key, target_idx, dyn_opts, ref_flat, ref_norm, k, *, target_fn, base,
+                static_opts, samples, batch_size, pass_batch):
+    _common.count_trace("max_sensitivity")
+    opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
+    return _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn, base,
+                       samples)
+
+
+@functools.partial(jax.jit, static_argnames=_SENS_STATIC)
+def _sens_traced(net, params, images, radius, key, target_idx, dyn_opts, ref_flat, ref_norm, *, target_fn, base,
+                 static_opts, samples, batch_size, pass_batch):
+    _common.count_trace("max_sensitivity")
+    opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
+    return _common.chunked_map(
+        lambda k: _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn,
+                              base, samples),
+        images.shape[0] * samples, batch_size, unroll=True)
 
 
 def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, method: str | Callable = "saliency",
@@ -288,9 +311,18 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
         raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
     static_opts, dyn_opts = _common.split_options(options)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
-    return _sensitivity_core(net, params, images, jnp.float32(radius), key, idx, dyn_opts, target_fn=fn, base=base,
-                             static_opts=static_opts, samples=samples, batch_size=batch_size,
-                             pass_batch=_common.accepts(base, "batch_size"))
+    kw = dict(target_fn=fn, base=base, static_opts=static_opts, samples=samples, batch_size=batch_size,
+              pass_batch=_common.accepts(base, "batch_size"))
+    ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, **kw)
+    radius = jnp.float32(radius)
+    n = images.shape[0]
+    if _common.is_traced(params, images, key, idx, dyn_opts):
+        sens = _sens_traced(net, params, images, radius, key, idx, dyn_opts, ref_flat, ref_norm, **kw)
+    else:  # eager: host loop over one compiled chunk function (see _common.host_sum)
+        sens = _common.host_map(
+            lambda k: _sens_chunk(net, params, images, radius, key, idx, dyn_opts, ref_flat, ref_norm, k, **kw),
+            n * samples, batch_size)
+    return jnp.max(sens.reshape(n, samples), axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,9 +366,11 @@ def _layer_order(net: Any, params: Mapping) -> list[str]:
 
 
 def _randomize(tree: Any, key: jax.Array) -> Any:
+    # host-side numpy draws seeded from the key: a re-initialisation is not a hot path, and per-shape
+    # jax.random programs would each cost a compilation
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    new = [jax.random.normal(k, jnp.shape(v), jnp.float32) * jnp.std(v) for k, v in zip(keys, leaves)]
+    new = [jnp.asarray(rng.standard_normal(np.shape(v)) * float(np.std(np.asarray(v))), jnp.float32) for v in leaves]
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
@@ -348,7 +382,8 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
 
     Starting from the output layer, each parameterised layer in turn is
     re-drawn (and stays re-drawn): every array becomes Gaussian noise with the
-    original array's standard deviation (zero arrays stay zero), shapes kept.
+    original array's standard deviation (zero arrays stay zero), shapes kept
+    (drawn with numpy, seeded from ``fold_in(key, j)``).
     After each step the method's map is recomputed and compared to the
     original by Spearman rank correlation (of absolute values with
     ``absolute``). Correlations that stay near 1 mean the method does not

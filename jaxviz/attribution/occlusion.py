@@ -11,6 +11,11 @@ All occluded images are built and scored inside one jitted function: item k
 (image ``k // windows``, window ``k % windows``) is built with ``vmap`` and
 scored in chunks of ``batch_size`` images per forward pass.
 
+For jaxviz VGG networks the default (``method="auto"``) is exact incremental
+inference (:mod:`._incremental`, Nakandala et al. 2019): each layer is
+recomputed only on the region the window changes, about a quarter of the
+work at 224 px with a 32 px window, a twentieth at 512 px; same numbers.
+
 Matching Captum: ``Occlusion(f).attribute(x_nchw, sliding_window_shapes=(3, wh,
 ww), strides=(3, sh, sw), baselines=b, target=t)`` gives the same numbers
 (broadcast over the channel axis). Captum asserts stride <= window; so do we.

@@ -42,28 +42,48 @@ def noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...]) -> jax.Array
     return _common.normal_noise(key, items, shape)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("net", "target_fn", "base", "static_opts", "samples", "batch_size", "pass_batch")
-)
-def _core(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn, base, static_opts, samples, batch_size,
-          pass_batch):
-    # returns E[a] and E[a^2]; the variant is combined outside, so all variants share one compilation
-    _common.count_trace("smoothgrad")
-    n = images.shape[0]
+def _item_maps(net, params, images, sigma, key, target_idx, opts, k, target_fn, base, samples):
+    """Base-method maps (a, a^2) of the noisy items k (item = image * samples + sample)."""
+    i = k // samples
+    x = images[i] + sigma[i][:, None, None, None] * noise(key, k, images.shape[1:])
+    t = target_fn if target_fn is not None else target_idx[i]
+    a = base(net, params, x, t, **opts)
+    return a, a * a
+
+
+_STATIC = ("net", "target_fn", "base", "static_opts", "samples", "batch_size", "pass_batch")
+
+
+def _options(static_opts, dyn_opts, pass_batch, batch_size):
     opts = dict(static_opts, **dyn_opts)
     if pass_batch:
         opts["batch_size"] = batch_size
+    return opts
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _chunk(net, params, images, sigma, key, target_idx, dyn_opts, k, *, target_fn, base, static_opts, samples,
+           batch_size, pass_batch):
+    _common.count_trace("smoothgrad")
+    opts = _options(static_opts, dyn_opts, pass_batch, batch_size)
+    a, a2 = _item_maps(net, params, images, sigma, key, target_idx, opts, k, target_fn, base, samples)
+    seg, n = k // samples, images.shape[0]
+    return jax.ops.segment_sum(a, seg, n), jax.ops.segment_sum(a2, seg, n)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _traced(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn, base, static_opts, samples,
+            batch_size, pass_batch):
+    # under an outer transform: the chunks run inside this trace (see _common.chunked_sum)
+    _common.count_trace("smoothgrad")
+    n = images.shape[0]
+    opts = _options(static_opts, dyn_opts, pass_batch, batch_size)
     img_of = jnp.arange(n * samples, dtype=jnp.int32) // samples
 
     def body(k):
-        i = k // samples
-        x = images[i] + sigma[i][:, None, None, None] * noise(key, k, images.shape[1:])
-        t = target_fn if target_fn is not None else target_idx[i]
-        a = base(net, params, x, t, **opts)
-        return a, a * a
+        return _item_maps(net, params, images, sigma, key, target_idx, opts, k, target_fn, base, samples)
 
-    total, total_sq = _common.chunked_sum(body, n * samples, batch_size, img_of, n)
-    return total / samples, total_sq / samples
+    return _common.chunked_sum(body, n * samples, batch_size, img_of, n)
 
 
 def _combine(mean, mean_sq, variant):
@@ -147,6 +167,12 @@ def smoothgrad(
     fn, idx = _common.prepare_target(target, n, net if _common.is_model(net) or callable(net) else None, params, images)
     static_opts, dyn_opts = _common.split_options(options)
     pass_batch = _common.accepts(base, "batch_size")
-    mean, mean_sq = _core(net, params, images, sigma, key, idx, dyn_opts, target_fn=fn, base=base,
-                          static_opts=static_opts, samples=samples, batch_size=batch_size, pass_batch=pass_batch)
+    kw = dict(target_fn=fn, base=base, static_opts=static_opts, samples=samples, batch_size=batch_size,
+              pass_batch=pass_batch)
+    if _common.is_traced(params, images, key, idx, dyn_opts):
+        total, total_sq = _traced(net, params, images, sigma, key, idx, dyn_opts, **kw)
+    else:  # eager: one compiled chunk function, looped over on the host (see _common.host_sum)
+        total, total_sq = _common.host_sum(
+            lambda k: _chunk(net, params, images, sigma, key, idx, dyn_opts, k, **kw), n * samples, batch_size)
+    mean, mean_sq = total / samples, total_sq / samples
     return _combine(mean, mean_sq, variant)
