@@ -136,8 +136,9 @@ def test_layer_grad_cam_and_guided_grad_cam(setup):
     assert rel_err(ours, nhwc(cap)) < 1e-4
 
 
-@pytest.mark.parametrize("window, stride, baseline", [(6, 4, 0.5), ((8, 5), (8, 3), "image")])
-def test_occlusion(setup, window, stride, baseline):
+@pytest.mark.parametrize("window, stride, baseline, method",
+                         [(6, 4, 0.5, "full"), (6, 4, 0.5, "incremental"), ((8, 5), (8, 3), "image", "auto")])
+def test_occlusion(setup, window, stride, baseline, method):
     net, ref, params, x, xt = setup
     wh, ww = (window, window) if isinstance(window, int) else window
     sh, sw = (stride, stride) if isinstance(stride, int) else stride
@@ -149,7 +150,8 @@ def test_occlusion(setup, window, stride, baseline):
     with torch.no_grad():
         cap = captum_attr.Occlusion(ref).attribute(xt, sliding_window_shapes=(3, wh, ww), strides=(3, sh, sw),
                                                    baselines=cap_base, target=TARGET, perturbations_per_eval=16)
-    ours = A.occlusion(net, params, x, TARGET, window=window, stride=stride, baseline=baseline, batch_size=16)
+    ours = A.occlusion(net, params, x, TARGET, window=window, stride=stride, baseline=baseline, batch_size=16,
+                       method=method)
     # each value is a difference f(x) - f(x occluded) of two nearly equal logits: float32 round-off of the
     # logits (~1e-7 relative) is amplified by |logit| / |difference|, hence the looser bound
     assert rel_err(ours, nhwc(cap)) < 1e-3

@@ -329,13 +329,24 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
 # model randomisation
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Row-wise ranks 1..n, ties sharing their average rank (scipy.stats.rankdata's default)."""
+    out = np.empty_like(x)
+    for r, row in enumerate(x):
+        order = np.argsort(row, kind="mergesort")
+        v = row[order]
+        starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])  # first index of each run of equal values
+        ends = np.r_[starts[1:], len(v)]
+        avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+        out[r, order] = np.repeat(avg, ends - starts)
+    return out
+
+
 def spearman(a: Any, b: Any) -> np.ndarray:
     """Row-wise Spearman rank correlation (average ranks for ties): (N, ...) x (N, ...) -> (N,)."""
-    from scipy.stats import rankdata
-
     a = np.asarray(a, np.float64).reshape(np.shape(a)[0], -1)
     b = np.asarray(b, np.float64).reshape(np.shape(b)[0], -1)
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra, rb = _average_ranks(a), _average_ranks(b)
     ra -= ra.mean(1, keepdims=True)
     rb -= rb.mean(1, keepdims=True)
     den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
