@@ -1,4 +1,8 @@
-"""Faster gradients through 2x2 max pools on the CPU, without touching the model.
+"""Faster gradients through 2x2 max pools on the CPU, for callables that are not jaxviz models.
+
+jaxviz models already pool with :func:`jaxviz.models.layers.max_pool`; this
+rewrite serves the plain ``f(params, images) -> logits`` callables the
+gradient and perturbation methods accept, whose pools are ``reduce_window``.
 
 XLA differentiates ``reduce_window_max`` with ``select_and_scatter``, which on
 the CPU costs about three times a 3x3 convolution of the same size; a VGG19
@@ -22,47 +26,16 @@ import functools
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 from jax.extend import core as jcore
+
+from ..models.layers import max_pool
 
 __all__ = ["fast_pools", "max_pool_nonoverlapping"]
 
 
-def _pool_shape(x, kh, kw):
-    n, h, w, c = x.shape
-    return x[:, : (h // kh) * kh, : (w // kw) * kw].reshape(n, h // kh, kh, w // kw, kw, c)
-
-
-def _first_max_mask(xr, y):
-    """Boolean mask (same shape as xr) of the first maximum of each window, row-major."""
-    kh, kw = xr.shape[2], xr.shape[4]
-    eq = xr == y[:, :, None, :, None, :]
-    seen = jnp.zeros_like(y, dtype=bool)
-    parts = []
-    for i in range(kh):
-        row = []
-        for j in range(kw):
-            e = eq[:, :, i, :, j, :]
-            row.append(e & ~seen)
-            seen = seen | e
-        parts.append(jnp.stack(row, axis=3))  # (n, ho, wo, kw, c)
-    return jnp.stack(parts, axis=2)  # (n, ho, kh, wo, kw, c)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def max_pool_nonoverlapping(x: jax.Array, kh: int, kw: int) -> jax.Array:
-    """Max pool of NHWC ``x`` with window == stride == (kh, kw), VALID padding (trailing rows dropped)."""
-    return jnp.max(_pool_shape(x, kh, kw), axis=(2, 4))
-
-
-@max_pool_nonoverlapping.defjvp
-def _max_pool_jvp(kh, kw, primals, tangents):
-    (x,), (t,) = primals, tangents
-    xr = _pool_shape(x, kh, kw)
-    y = jnp.max(xr, axis=(2, 4))
-    mask = _first_max_mask(xr, y)
-    t_out = jnp.sum(jnp.where(mask, _pool_shape(t, kh, kw), jnp.zeros((), t.dtype)), axis=(2, 4))
-    return y, t_out
+    """Max pool of NHWC ``x`` with window == stride == (kh, kw): :func:`jaxviz.models.layers.max_pool`."""
+    return max_pool(x, (kh, kw))
 
 
 def _eligible(eqn) -> bool:

@@ -38,6 +38,7 @@ Localization", CVPR 2016 (CAM); N. Srivastava et al., "Dropout", JMLR 2014.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -46,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _checks
+from . import _taps
 from ..errors import InputError
 from .layers import max_pool
 
@@ -135,14 +137,7 @@ class SmallCNN(nn.Module):
 
     def resolve(self, name: str, arg: str = "taps") -> str:
         """Canonical layer name for ``name`` (alias ``logits`` -> ``fc``); raises InputError if unknown."""
-        if not isinstance(name, str):
-            raise InputError(f"{arg}: expected layer names (str), got {name!r}")
-        canonical = ALIASES.get(name, name)
-        if canonical not in self.layers:
-            raise InputError(
-                f"{arg}: unknown layer {name!r}; this network has {', '.join(self.layers)}, logits"
-            )
-        return canonical
+        return _taps.resolve(self.layers, ALIASES, name, arg)
 
     @nn.compact
     def __call__(
@@ -173,38 +168,11 @@ class SmallCNN(nn.Module):
         Raises:
           InputError: an input of the wrong shape or dtype, or an unknown tap name.
         """
-        order = self.layers
         relu = self.relu if relu is None else relu
-        single = taps is None
-        if single:
-            requested: tuple[str, ...] = (order[-1],)
-        elif isinstance(taps, str):
-            requested = (taps,)
-        else:
-            requested = tuple(taps)
-            if not requested:
-                raise InputError("taps: expected at least one layer name, got an empty sequence")
-        wanted = {name: self.resolve(name) for name in requested}
-        stop = max(order.index(c) for c in wanted.values())
-
-        if start is None:
-            begin = 0
-            _checks.images(x, "images", min_size=self.min_size)
-            x = jnp.asarray(x, jnp.float32)
-            if self.normalize:
-                x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
-        else:
-            begin = order.index(self.resolve(start, "start")) + 1
-            if begin > stop:
-                raise InputError(f"taps: every tap must come after start={start!r}, got {requested}")
-
-        outputs: dict[str, jax.Array] = {}
-        by_layer = {c: [k for k, v in wanted.items() if v == c] for c in wanted.values()}
-        for name in order[begin : stop + 1]:
-            x = self._layer(name, x, relu, train)
-            for key in by_layer.get(name, ()):
-                outputs[key] = x
-        return x if single else outputs
+        prepare = functools.partial(
+            _taps.prepare_images, min_size=self.min_size, normalize=self.normalize, mean=self.mean, std=self.std
+        )
+        return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, relu, train), prepare)
 
     def _layer(self, name: str, x: jax.Array, relu, train: bool) -> jax.Array:
         if name.startswith("conv"):

@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
 from ..errors import InputError
+from . import _taps
 from .layers import max_pool
 
 __all__ = [
@@ -155,15 +155,7 @@ class VGG(nn.Module):
 
     def resolve(self, name: str, arg: str = "taps") -> str:
         """Canonical layer name for ``name`` (aliases resolved); raises InputError if unknown."""
-        if not isinstance(name, str):
-            raise InputError(f"{arg}: expected layer names (str), got {name!r}")
-        canonical = ALIASES.get(name, name)
-        if canonical not in self.layers:
-            raise InputError(
-                f"{arg}: unknown layer {name!r}; this network has {', '.join(self.layers)}"
-                + (", logits" if "fc8" in self.layers else "")
-            )
-        return canonical
+        return _taps.resolve(self.layers, ALIASES, name, arg)
 
     def _widths(self) -> dict[str, int]:
         widths = {}
@@ -201,40 +193,13 @@ class VGG(nn.Module):
         Raises:
           InputError: for an input of the wrong shape or an unknown tap name.
         """
-        order = self.layers
         relu = self.relu if relu is None else relu
-        single = taps is None
-        if single:
-            requested = (order[-1],)
-        elif isinstance(taps, str):
-            requested = (taps,)
-        else:
-            requested = tuple(taps)
-            if not requested:
-                raise InputError("taps: expected at least one layer name, got an empty sequence")
-        wanted = {name: self.resolve(name) for name in requested}
-        stop = max(order.index(c) for c in wanted.values())
-
-        if start is None:
-            begin = 0
-            _checks.images(x, "images", min_size=self.min_size)
-            x = jnp.asarray(x, jnp.float32)
-            if self.normalize:
-                x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
-            x = x.astype(self.dtype)
-        else:
-            begin = order.index(self.resolve(start, "start")) + 1
-            if begin > stop:
-                raise InputError(f"taps: every tap must come after start={start!r}, got {requested}")
-
         widths = self._widths()
-        outputs: dict[str, jax.Array] = {}
-        by_layer = {c: [k for k, v in wanted.items() if v == c] for c in wanted.values()}
-        for name in order[begin : stop + 1]:
-            x = self._layer(name, x, widths, relu, train)
-            for key in by_layer.get(name, ()):
-                outputs[key] = x
-        return x if single else {k: outputs[k] for k in requested}
+        prepare = functools.partial(
+            _taps.prepare_images, min_size=self.min_size, normalize=self.normalize,
+            mean=self.mean, std=self.std, dtype=self.dtype,
+        )
+        return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, widths, relu, train), prepare)
 
     def _layer(self, name, x, widths, relu, train):
         if name.startswith("conv"):
