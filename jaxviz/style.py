@@ -404,8 +404,8 @@ def _taps(net: VGG, params: Any, x: jax.Array, names: tuple[str, ...]) -> dict:
     return net.apply(params, x, taps=names)
 
 
-def _blocks(net: VGG, cfg: Config) -> list[tuple[str | None, tuple[str, ...], str | None, str | None]]:
-    """Per VGG block up to the deepest tap used: (start, taps inside, last ReLU, pool)."""
+def _blocks(net: VGG, cfg: Config) -> list[tuple[str | None, tuple[str, ...], str | None]]:
+    """Per VGG block up to the deepest tap used: (start, taps inside, pool ending it if needed)."""
     order = net.layers
     wanted = {net.resolve(n) for n, _ in cfg.content_layers + cfg.style_layers}
     deepest = max(order.index(n) for n in wanted)
@@ -415,26 +415,9 @@ def _blocks(net: VGG, cfg: Config) -> list[tuple[str | None, tuple[str, ...], st
         if not names:
             break
         pool = f"pool{b}" if f"pool{b}" in names else None
-        last = f"relu{b}_{len(net.stages[b - 1])}" if pool else None
-        taps = tuple(n for n in names if n in wanted and n != pool)
-        blocks.append((start, taps, last, pool))
+        blocks.append((start, tuple(n for n in names if n in wanted), pool))
         start = pool
     return blocks
-
-
-def _pool(x: jax.Array, kind: str) -> jax.Array:
-    """2x2 stride-2 pooling (VALID), the network's own, written as reshape + reduce.
-
-    Same values as ``flax.linen.max_pool``/``avg_pool``; the gradient of the
-    max is a comparison mask (ties, which ReLU zeros make common, split the
-    gradient, but ReLU's zero slope there makes that moot), where
-    ``reduce_window``'s ``select_and_scatter`` becomes, on XLA:CPU, a scatter
-    with three int32 index arrays the size of the input: the largest
-    transient of the whole backward pass.
-    """
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
-    return x.max(axis=(2, 4)) if kind == "max" else x.mean(axis=(2, 4))
 
 
 def _feature_losses(net: VGG, cfg: Config, params: Any, img: jax.Array, ctargets: dict, stargets: dict):
@@ -453,31 +436,27 @@ def _feature_losses(net: VGG, cfg: Config, params: Any, img: jax.Array, ctargets
             s = sw[name] * losses.gram_cost(st[name], a, normalization=cfg.style_normalization)
         return c, s
 
-    def block(start, taps, last, pool, params, h, ct, st):
-        out = net.apply(params, h, start=start, taps=taps + ((last,) if last and last not in taps else ()))
+    def block(start, taps, pool, params, h, ct, st):
+        out = net.apply(params, h, start=start, taps=taps + ((pool,) if pool and pool not in taps else ()))
         c = s = jnp.zeros((), jnp.float32)
         for name in taps:
             dc, ds = cost(name, out[name], ct, st)
             c, s = c + dc, s + ds
         if pool is None:
             return c, s, None
-        h = _pool(out[last], net.pooling)
-        if pool in cw or pool in sw:
-            dc, ds = cost(pool, h, ct, st)
-            c, s = c + dc, s + ds
+        h = out[pool]
         if cfg.remat:  # the next block waits for this one's losses, so its taps can die early
             h = h + (0.0 * (c + s)).astype(h.dtype)
         return c, s, h
 
     c_total = s_total = jnp.zeros((), jnp.float32)
     h = img
-    for start, taps, last, pool in _blocks(net, cfg):
-        fn = functools.partial(block, start, taps, last, pool)
+    for start, taps, pool in _blocks(net, cfg):
+        fn = functools.partial(block, start, taps, pool)
         if cfg.remat:
             fn = _recompute_in_backward(fn)
-        names = taps + ((pool,) if pool else ())
-        ct = {k: ctargets[k] for k in names if k in cw}
-        st = {k: stargets[k] for k in names if k in sw}
+        ct = {k: ctargets[k] for k in taps if k in cw}
+        st = {k: stargets[k] for k in taps if k in sw}
         c, s, h = fn(params, h, ct, st)
         c_total, s_total = c_total + c, s_total + s
     return c_total, s_total
