@@ -64,6 +64,8 @@ def main() -> None:
                     help="measure Captum (and jaxviz's full method) at this coarser stride and compare per-window "
                          "throughput (default: --stride); for large images where Captum would take an hour")
     ap.add_argument("--occlusion-method", default=None, help="jaxviz occlusion method (default: the library's)")
+    ap.add_argument("--approximate", type=float, default=None,
+                    help="also time occlusion(approximate=FRACTION) and print its error against the exact map")
     ap.add_argument("--batch", type=int, default=16, help="jaxviz batch_size")
     ap.add_argument("--captum-batch", type=int, default=16,
                     help="Captum perturbations_per_eval / internal_batch_size / nt_samples_batch_size")
@@ -189,6 +191,17 @@ def main() -> None:
         diff = f", map rel. diff {rel_err(a, b):.1e}" if cstride == args.stride else ""
         print(f"occlusion {args.occlusion_method or 'auto'} vs jaxviz full: {ca / cb:.2f}x cpu ({ta / tb:.2f}x wall)"
               f" per window{diff}")
+    if args.approximate is not None and "occlusion" in results:
+        fn = lambda: A.occlusion(net, params, xj, target, window=args.window, stride=args.stride,  # noqa: E731
+                                 batch_size=args.batch, approximate=args.approximate)
+        approx = jax.block_until_ready(fn())
+        t_a, c_a = timeit(lambda: jax.block_until_ready(fn()), args.repeats)
+        exact, c_exact, _ = results["occlusion"]
+        p = A.occlusion_plan(net, (args.size, args.size), window=args.window, stride=args.stride,
+                             approximate=args.approximate)
+        print(f"occlusion approximate={args.approximate}: plan {p.cost:.3f}, {windows(args.stride) / c_a:.2f}/s cpu "
+              f"({c_exact and (windows(args.stride) / c_a) / c_exact:.2f}x the exact incremental method), "
+              f"rel. L2 error vs exact {rel_err(approx, exact):.2e}")
     if rows:
         print("goal >= 2x Captum on every method (cpu time): "
               + ("met" if all(r >= 2 for _, r in rows) else "NOT met: " + ", ".join(

@@ -391,3 +391,25 @@ def test_incremental_plan_and_auto_choice():
     assert A.occlusion_plan(linear, (8, 8)) is None
     with pytest.raises(InputError, match=r"^method: 'incremental' needs a jaxviz VGG network, got function"):
         A.occlusion(linear, linear_params(H, W), jnp.zeros((1, H, W, 3)), 0, window=2, method="incremental")
+
+
+def test_approximate_incremental_occlusion():
+    from jaxviz import models, weights
+
+    net = models.VGG(stages=((4, 4), (8, 8), (8,)), fc_features=16, num_classes=5, pool_output=(2, 2))
+    params = weights.random(net, seed=2)
+    x = jnp.asarray(np.random.RandomState(0).rand(1, 48, 48, 3), jnp.float32)
+    kw = dict(window=6, stride=4, batch_size=32)
+    exact = A.occlusion(net, params, x, 1, method="full", **kw)
+    # a cap the exact patches never reach changes nothing
+    np.testing.assert_allclose(A.occlusion(net, params, x, 1, approximate=1.0, **kw), exact, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(exact))))
+    coarse = A.occlusion(net, params, x, 1, approximate=0.2, **kw)
+    err = float(jnp.linalg.norm(coarse - exact) / jnp.linalg.norm(exact))
+    assert 0 < err < 1.5 and np.all(np.isfinite(coarse))
+    assert A.occlusion_plan(net, (48, 48), window=6, stride=4, approximate=0.2).cost < A.occlusion_plan(
+        net, (48, 48), window=6, stride=4).cost
+    with pytest.raises(InputError, match=r"^approximate: expected a fraction in \(0, 1\] or None, got 0"):
+        A.occlusion(net, params, x, 1, approximate=0, **kw)
+    with pytest.raises(InputError, match=r"^approximate: only the incremental method approximates"):
+        A.occlusion(net, params, x, 1, approximate=0.5, method="full", **kw)

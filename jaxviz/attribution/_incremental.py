@@ -54,6 +54,7 @@ class Step:
     size: tuple[int, int]  # output patch size (h, w)
     read: tuple[int, int]  # size of the input slice it reads (h, w)
     length: tuple[int, int]  # output map size (h, w)
+    shift: tuple[int, int] = (0, 0)  # approximate mode: how far the capped patch moved in (h, w)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,35 +73,53 @@ def applies(net: Any) -> bool:
     return isinstance(net, VGG)
 
 
-def _dim_plan(starts: np.ndarray, window: int, length: int, kinds: list[str]):
-    """Per-dimension geometry: for each step, (patch size, read size, out length, read range, patch range)."""
+def _dim_plan(starts: np.ndarray, window: int, length: int, kinds: list[str], cap: float | None = None):
+    """Per-dimension geometry of every step: patch size, read size, map length, shift, read and patch ranges.
+
+    ``cap`` (approximate mode): a patch never grows beyond ``ceil(cap * L)``
+    of its map's length L; it stays centred on the exact changed region, whose
+    outer values are then taken from the clean map (an approximation).
+    """
     a = starts.astype(np.int64)
     s = window
     L = length
     out = []
     for kind in kinds:
+        shift = 0
         if kind == "conv":
-            read_lo, read_hi = a - 2, a + s + 2
-            a, s, read = a - 1, s + 2, s + 4
+            a, s = a - 1, s + 2
+            if cap is not None and s > max(1, int(np.ceil(cap * L))):
+                c = max(1, int(np.ceil(cap * L)))
+                shift = (s - c) // 2
+                a, s = a + shift, c
+            read_lo, read_hi, read = a - 1, a + s + 1, s + 2
         elif kind == "relu":
             read_lo, read_hi, read = a, a + s, s
         else:  # pool
             a2 = np.floor_divide(a, 2)
             s2 = int(np.max(-np.floor_divide(-(a + s), 2) - a2))
+            L = L // 2
+            if cap is not None and s2 > max(1, int(np.ceil(cap * L))):
+                c = max(1, int(np.ceil(cap * L)))
+                shift = (s2 - c) // 2
+                a2, s2 = a2 + shift, c
             read_lo, read_hi = 2 * a2, 2 * a2 + 2 * s2
-            a, s, read, L = a2, s2, 2 * s2, L // 2
-        out.append(dict(size=s, read=read, length=L, read_lo=read_lo.min(), read_hi=read_hi.max(),
-                        lo=a.min(), hi=(a + s).max(), in_length=None))
+            a, s, read = a2, s2, 2 * s2
+        out.append(dict(size=s, read=read, length=L, shift=shift, read_lo=read_lo.min(), read_hi=read_hi.max(),
+                        lo=a.min(), hi=(a + s).max()))
     return out
 
 
 def make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], starts_h: np.ndarray,
-              starts_w: np.ndarray) -> Plan:
-    """Static patch geometry for a VGG's feature layers and a set of window positions."""
+              starts_w: np.ndarray, approximate: float | None = None) -> Plan:
+    """Static patch geometry for a VGG's feature layers and a set of window positions.
+
+    ``approximate``: cap every patch at this fraction of its map's side (None: exact).
+    """
     names = [n for n in net.layers if n.startswith(("conv", "pool")) or (n.startswith("relu") and "_" in n)]
     kinds = [n[:4] for n in names]
-    gh = _dim_plan(starts_h, window[0], image_size[0], kinds)
-    gw = _dim_plan(starts_w, window[1], image_size[1], kinds)
+    gh = _dim_plan(starts_h, window[0], image_size[0], kinds, approximate)
+    gw = _dim_plan(starts_w, window[1], image_size[1], kinds, approximate)
     steps, flops_inc, flops_full = [], 0.0, 0.0
     source, length = "", image_size
     # margins of each stored clean map: every read and every patch (for the fallback write) must fit
@@ -133,7 +152,7 @@ def make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], st
         out_len = (h["length"], w["length"])
         grow(name, int(h["lo"]), int(h["hi"]), int(w["lo"]), int(w["hi"]), out_len)
         steps.append(Step(kind, name, None if kind == "relu" else source, (h["size"], w["size"]),
-                          (h["read"], w["read"]), out_len))
+                          (h["read"], w["read"]), out_len, (h["shift"], w["shift"])))
         if kind == "conv":
             cout = widths[name]
             flops_inc += (h["read"] - 1) * (w["read"] - 1) * cin * cout
@@ -167,6 +186,15 @@ def _normalize(net: VGG, x: jax.Array) -> jax.Array:
 def _inside(a: jax.Array, size: int, length: int) -> jax.Array:
     pos = a + jnp.arange(size)
     return (pos >= 0) & (pos < length)
+
+
+def _place(piece: jax.Array, patch: jax.Array, oh: int, ow: int) -> jax.Array:
+    """``piece`` with ``patch`` written at the static offset (oh, ow), cropped to ``piece``."""
+    h, w = piece.shape[:2]
+    s, t = patch.shape[:2]
+    lh, hh = max(0, -oh), min(s, h - oh)
+    lw, hw = max(0, -ow), min(t, w - ow)
+    return piece.at[oh + lh:oh + hh, ow + lw:ow + hw].set(patch[lh:hh, lw:hw])
 
 
 def _overlay(base: jax.Array, patch: jax.Array, dh: jax.Array, dw: jax.Array) -> jax.Array:
@@ -227,17 +255,17 @@ def occluded_outputs(net: VGG, params: Any, state: dict, plan: Plan, image_size:
             m = plan.margin(step.source)
             rh, rw = step.read
             if step.kind == "conv":
-                piece = jax.lax.dynamic_slice(src, (i, ah - 2 + m[0], aw - 2 + m[2], 0), (1, rh, rw, src.shape[-1]))[0]
-                piece = piece.at[2:2 + v.shape[0], 2:2 + v.shape[1]].set(v)
+                ah, aw = ah - 1 + step.shift[0], aw - 1 + step.shift[1]  # the output patch's start
+                piece = jax.lax.dynamic_slice(src, (i, ah - 1 + m[0], aw - 1 + m[2], 0), (1, rh, rw, src.shape[-1]))[0]
+                piece = _place(piece, v, 2 - step.shift[0], 2 - step.shift[1])
                 p = kernels[step.name]
                 # VALID, computed with one row/column of padding at the far end and cropped: the same
                 # numbers, bit for bit, but XLA:CPU runs padded convolutions ~2.5x faster than unpadded ones
                 v = jax.lax.conv_general_dilated(
                     piece[None], jnp.asarray(p["kernel"], net.dtype), (1, 1), ((0, 1), (0, 1)),
                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0, :rh - 2, :rw - 2] + jnp.asarray(p["bias"], net.dtype)
-                ah, aw = ah - 1, aw - 1
             else:
-                bh, bw = jnp.floor_divide(ah, 2), jnp.floor_divide(aw, 2)
+                bh, bw = jnp.floor_divide(ah, 2) + step.shift[0], jnp.floor_divide(aw, 2) + step.shift[1]
                 piece = jax.lax.dynamic_slice(src, (i, 2 * bh + m[0], 2 * bw + m[2], 0), (1, rh, rw, src.shape[-1]))[0]
                 piece = _overlay(piece, v, ah - 2 * bh, aw - 2 * bw)
                 r = piece.reshape(rh // 2, 2, rw // 2, 2, piece.shape[-1])

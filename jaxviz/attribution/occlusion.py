@@ -69,8 +69,10 @@ def combine(diffs: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
     return total / jnp.asarray(count, diffs.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "target_fn", "window", "stride", "batch_size", "incremental"))
-def _core(net, params, images, baseline, target_idx, *, target_fn, window, stride, batch_size, incremental):
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "window", "stride", "batch_size", "incremental",
+                                             "approximate"))
+def _core(net, params, images, baseline, target_idx, *, target_fn, window, stride, batch_size, incremental,
+          approximate=None):
     _common.count_trace("occlusion")
     n, h, w, _ = images.shape
     f = _common.forward(net)
@@ -81,7 +83,7 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
     per_image = nh * nw
 
     if incremental:
-        plan = _incremental.make_plan(net, (h, w), window, sh, sw)
+        plan = _incremental.make_plan(net, (h, w), window, sh, sw, approximate)
         state = _incremental.prepare(net, params, images, baseline, plan)
 
         def body(k):
@@ -107,7 +109,8 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
     return jnp.broadcast_to(maps[..., None], images.shape)
 
 
-def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any = None):
+def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any = None,
+         approximate: float | None = None):
     """The incremental method's patch plan for a jaxviz VGG (``None`` when it does not apply).
 
     ``plan(...).cost`` is the fraction of the full network's convolution work the
@@ -119,7 +122,7 @@ def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any
     stride = tuple(max(1, v // 2) for v in window) if stride is None else _common.pair(stride, "stride")
     sh = window_starts(image_size[0], window[0], stride[0])
     sw = window_starts(image_size[1], window[1], stride[1])
-    return _incremental.make_plan(net, tuple(image_size), window, sh, sw)
+    return _incremental.make_plan(net, tuple(image_size), window, sh, sw, approximate)
 
 
 def _check_geometry(images, window, stride):
@@ -147,6 +150,7 @@ def occlusion(
     baseline: Any = 0.0,
     batch_size: int = 32,
     method: str = "auto",
+    approximate: float | None = None,
 ) -> jax.Array:
     """Occlusion sensitivity (Zeiler & Fergus 2014).
 
@@ -166,6 +170,11 @@ def occlusion(
         on the region the window changes (exact, see :mod:`._incremental`);
         ``"auto"`` picks incremental for a VGG when its plan does less than
         ``AUTO_THRESHOLD`` of the full convolution work, else full.
+      approximate: incremental method only, optional: cap each layer's
+        recomputed patch at this fraction (0, 1] of its map's side (Krypton's
+        projective-field threshold); values beyond the cap are taken from the
+        clean image. Faster, not exact: measure the error against the exact
+        map for your model (``benchmarks/attribution.py --approximate``).
 
     Returns:
       (N, H, W, 3) attributions (the same value in the three channels).
@@ -183,9 +192,15 @@ def occlusion(
     _checks.one_of(method, "method", OCCLUSION_METHODS)
     base = _common.broadcast_baseline(baseline, images, "baseline")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
+    if approximate is not None:
+        if isinstance(approximate, bool) or not isinstance(approximate, (int, float)) or not 0 < approximate <= 1:
+            raise InputError(f"approximate: expected a fraction in (0, 1] or None, got {approximate!r}")
+        if method == "full":
+            raise InputError("approximate: only the incremental method approximates; got method='full'")
+        method, approximate = "incremental", float(approximate)
     incremental = _use_incremental(net, method, images.shape[1:3], window, stride)
     return _core(net, params, images, base, idx, target_fn=fn, window=window, stride=stride, batch_size=batch_size,
-                 incremental=incremental)
+                 incremental=incremental, approximate=approximate if incremental else None)
 
 
 def _use_incremental(net, method, size, window, stride) -> bool:
