@@ -241,7 +241,7 @@ def memory(size: int, remat: bool) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"memory {size}x{size} remat={remat} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}: "
           f"XLA temp estimate {temp:.2f} GiB, peak RSS {peak:.2f} GiB (after init {before:.2f} GiB), "
-          f"one step (incl. compile) {dt:.0f} s, loss {float(l.total[0]):.4g}")
+          f"first update call {dt:.0f} s, loss {float(l.total[0]):.4g}")
 
 
 def main(argv=None):

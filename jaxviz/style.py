@@ -155,8 +155,8 @@ class Config:
         scale by its square, style costs by its fourth power.
       remat: rematerialise the network block by block in the backward pass
         (a ``jax.checkpoint`` that survives XLA:CPU's CSE): less memory for
-        about one extra forward pass. VGG19, one 2048x2048 step on the CPU:
-        peak RSS 12.7 GiB without, 10.0 GiB with, 8.2 GiB with remat and
+        about one extra forward pass. VGG19, one 2048x2048 Adam step on the
+        CPU: peak RSS 10.6 GiB without, 9.9 GiB with, 7.9 GiB with remat and
         ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false``
         (what ``jaxviz stylize --remat`` uses).
       batch_size: images vectorised together (``vmap``) in one call; None
