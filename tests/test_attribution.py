@@ -16,7 +16,7 @@ from jaxviz import attribution as A
 from jaxviz.attribution import _common
 from jaxviz.errors import InputError
 
-from test_attribution_models import GapNet, gapnet_closed_form, gapnet_params, linear, linear_params, quadratic
+from test_attribution_models import gapnet_closed_form, gapnet_params, linear, linear_params, quadratic
 
 H, W = 6, 8
 

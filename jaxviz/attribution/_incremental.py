@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.vgg import VGG
-from . import _common
 
 __all__: list[str] = []
 
