@@ -523,6 +523,9 @@ def _update_impl(net: VGG, params: Any, state: State) -> tuple[State, Losses]:
     """One optimisation step of every image in ``state`` (vectorised over the batch)."""
     _TRACES["update"] += 1
     cfg = state.config
+    # only reverse mode is needed here: the flipped-kernel input gradient keeps XLA:CPU's fast convolution inside
+    # loop bodies (the L-BFGS line search is a while loop; several steps run in a scan off the CPU)
+    net = net.clone(conv_grad="flipped")
     opt = _optimizer(cfg)
     st = state.style_targets
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz.models.layers import max_pool
+from jaxviz.models.layers import conv_flipped_grad, max_pool
 
 
 @pytest.mark.parametrize("shape,window", [((2, 8, 10, 3), (2, 2)), ((1, 9, 7, 4), (2, 2)), ((1, 9, 9, 2), (3, 3))])
@@ -23,3 +23,31 @@ def test_values_and_gradients_equal_reduce_window_with_ties(shape, window):
     np.testing.assert_array_equal(jax.jvp(lambda x: max_pool(x, window), (x,), (t,))[1], jax.jvp(ref, (x,), (t,))[1])
     # second application of the rule under jit, and grad of grad-free composition
     np.testing.assert_array_equal(jax.jit(jax.grad(lambda x: (max_pool(x, window) * ct).sum()))(x), g_ref)
+
+
+@pytest.mark.parametrize("size,kernel,padding", [((9, 11), 3, ((1, 1), (1, 1))), ((8, 8), 3, ((0, 0), (0, 0))),
+                                                 ((7, 9), 3, ((3, 0), (0, 2))), ((10, 10), 5, ((2, 2), (2, 2))),
+                                                 ((6, 6), 1, ((0, 0), (0, 0)))])
+def test_conv_flipped_grad_equals_jax_transpose_bit_for_bit(size, kernel, padding):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+    np.testing.assert_array_equal(loss(conv_flipped_grad)(x, w), loss(jax.lax.conv_general_dilated)(x, w))
+    for a, b in zip(jax.grad(loss(conv_flipped_grad), (0, 1))(x, w),
+                    jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conv_flipped_grad_falls_back_where_the_identity_does_not_apply():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(1, 3, 9, 9)), jnp.float32)  # NCHW, stride 2: JAX's own transpose
+    w = jnp.asarray(rng.normal(size=(4, 3, 3, 3)), jnp.float32)
+
+    def loss(conv):
+        return lambda x: jnp.sum(jnp.cos(conv(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW"))))
+
+    np.testing.assert_array_equal(jax.grad(loss(conv_flipped_grad))(x), jax.grad(loss(jax.lax.conv_general_dilated))(x))

@@ -195,3 +195,33 @@ def test_unknown_arch_and_pooling():
     net = models.VGG(**TINY, pooling="median")
     with pytest.raises(InputError, match=r"pooling: expected 'max' or 'avg', got 'median'"):
         net.apply(weights.random(models.VGG(**TINY)), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_flipped_conv_grad_gives_the_same_gradients_inside_loops_too(tiny):
+    net, params = tiny
+    flipped = net.clone(conv_grad="flipped")
+    x = jax.random.uniform(jax.random.key(6), (2, 32, 32, 3))
+
+    def score(n, p, x):
+        return jnp.sum(n.apply(p, x) ** 2)
+
+    g_jax = jax.grad(score, argnums=(1, 2))(net, params, x)
+    g_flip = jax.grad(score, argnums=(1, 2))(flipped, params, x)
+    for a, b in zip(jax.tree.leaves(g_jax), jax.tree.leaves(g_flip)):  # input and every weight gradient
+        np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(g_flip[1]).max()) > 0
+
+    def descend(n):  # a gradient step inside a while loop, where the two forms reach XLA differently
+        step = lambda i, v: v - 1e-3 * jax.grad(lambda u: score(n, params, u))(v)  # noqa: E731
+        return jax.jit(lambda v: jax.lax.fori_loop(0, 3, step, v))(x)
+
+    np.testing.assert_allclose(descend(flipped), descend(net), rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="custom_vjp"):  # the documented cost: no forward mode
+        jax.jvp(lambda v: score(flipped, params, v), (x,), (x,))
+    jax.jvp(lambda v: score(net, params, v), (x,), (x,))  # the default keeps it
+
+
+def test_bad_conv_grad_is_refused(tiny):
+    net, params = tiny
+    with pytest.raises(InputError, match=r"conv_grad: expected 'jax' or 'flipped', got 'fast'"):
+        net.clone(conv_grad="fast").apply(params, jnp.zeros((1, 32, 32, 3)))
