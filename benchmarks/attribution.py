@@ -32,7 +32,10 @@ def timeit(fn, repeats):
     """Median wall seconds and median process CPU seconds (all threads) of ``fn()``.
 
     The CPU time is the steadier number on a shared machine: both sides use
-    the same number of threads, and waiting for a core does not count.
+    the same number of threads, and waiting for a core does not count. But
+    PyTorch's OpenMP threads spin while they wait, which counts as CPU time
+    and flatters jaxviz; wall time is the fair number on a quiet machine. The
+    goal verdict uses the lower of the two ratios.
     """
     import statistics
 
@@ -193,7 +196,7 @@ def main() -> None:
                      f"ratio {ratio_cpu:5.2f}x cpu ({ratio_wall:5.2f}x wall) | map rel. diff {err:.1e}")
             print(line, flush=True)
             if name != "occlusion_full":  # the baseline for issue 6, not a method of its own
-                rows.append((name, ratio_cpu))
+                rows.append((name, min(ratio_cpu, ratio_wall)))
         results[name] = (out, evals / c_ours, evals / t_ours)
     if "occlusion" in results and "occlusion_full" in results:
         (a, ca, ta), (b, cb, tb) = results["occlusion"], results["occlusion_full"]
@@ -212,7 +215,7 @@ def main() -> None:
               f"({c_exact and (windows(args.stride) / c_a) / c_exact:.2f}x the exact incremental method), "
               f"rel. L2 error vs exact {rel_err(approx, exact):.2e}")
     if rows:
-        print("goal >= 2x Captum on every method (cpu time): "
+        print("goal >= 2x Captum on every method (the lower of the cpu and wall ratios): "
               + ("met" if all(r >= 2 for _, r in rows) else "NOT met: " + ", ".join(
                   f"{k} {r:.2f}x" for k, r in rows if r < 2)))
 
