@@ -413,3 +413,24 @@ def test_approximate_incremental_occlusion():
         A.occlusion(net, params, x, 1, approximate=0, **kw)
     with pytest.raises(InputError, match=r"^approximate: only the incremental method approximates"):
         A.occlusion(net, params, x, 1, approximate=0.5, method="full", **kw)
+
+
+def test_vgg_gradients_use_flipped_convolutions_and_match_the_plain_callable():
+    # the methods differentiate a jaxviz VGG with conv_grad="flipped" (fast inside lax.scan on XLA:CPU); a plain
+    # callable keeps JAX's transpose: same numbers, eagerly and under jit with more chunks than are unrolled
+    from jaxviz import models, weights
+
+    net = models.VGG(stages=((4,), (8, 8)), fc_features=16, num_classes=5, pool_output=(2, 2))
+    params = weights.random(net, seed=3)
+    x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3))
+    plain = lambda p, v: net.apply(p, v)  # noqa: E731
+    steps, bs = 4 * (_common.UNROLL + 1), 2
+    with pytest.raises(TypeError, match="custom_vjp"):  # reverse mode only: the flipped form is in use
+        jax.jvp(lambda v: _common.forward(net)(params, v), (x,), (x,))
+    jax.jvp(lambda v: _common.forward(plain)(params, v), (x,), (x,))
+    ref = A.integrated_gradients(plain, params, x, 1, steps=steps, batch_size=bs)
+    eager = A.integrated_gradients(net, params, x, 1, steps=steps, batch_size=bs)
+    traced = jax.jit(lambda v: A.integrated_gradients(net, params, v, 1, steps=steps, batch_size=bs))(x)
+    assert float(jnp.abs(ref).max()) > 0
+    np.testing.assert_allclose(eager, ref, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(traced, ref, rtol=1e-5, atol=1e-9)

@@ -53,6 +53,10 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
     """
     from ._fastpool import fast_pools
 
+    if isinstance(net, nn.Module) and getattr(net, "conv_grad", None) == "jax":
+        # the methods only differentiate in reverse mode: convolution input gradients as flipped-kernel
+        # convolutions keep XLA:CPU at full speed inside lax.scan / lax.map (bit-identical gradients)
+        net = net.clone(conv_grad="flipped")
     if isinstance(net, nn.Module):
         if relu is None:
             return fast_pools(lambda params, x: net.apply(params, x))

@@ -7,7 +7,9 @@ Every (image, step) pair is one evaluation; evaluations run in chunks of
 (memory O(batch_size + N)), so the result does not depend on ``batch_size``.
 Called eagerly, one compiled chunk function runs in a host loop; under an
 outer ``jit``/``vmap`` the chunks are traced (unrolled up to 8, else a
-``lax.scan``): XLA:CPU runs a backward pass inside a while loop ~3x slower.
+``lax.scan``). XLA:CPU runs JAX's own convolution transpose inside a loop
+~3x slower; jaxviz VGGs are differentiated with ``conv_grad="flipped"``
+(see :func:`._common.forward`), which keeps full speed in the scan.
 
 Reference: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic Attribution for Deep
 Networks", ICML 2017.
