@@ -53,4 +53,5 @@ def machine() -> str:
     import jax
 
     dev = jax.devices()[0]
-    return f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} cpus, jax {jax.__version__}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    return f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} cpus, jax {jax.__version__}, XLA_FLAGS={flags!r}"

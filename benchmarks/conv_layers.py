@@ -1,7 +1,7 @@
 """Each distinct VGG19 3x3 convolution alone: XLA vs PyTorch (oneDNN), forward and input gradient.
 
     python benchmarks/conv_layers.py               # batch 8, 224 px network
-    python benchmarks/conv_layers.py --batch 1
+    python benchmarks/conv_layers.py --batch 1 --size 64
 
 Where the VGG-level ratios (benchmarks/vgg.py, benchmarks/attribution.py) come
 from: prints GFLOP/s per layer shape for both frameworks (input gradient:
@@ -25,9 +25,11 @@ SHAPES = [(224, 3, 64), (224, 64, 64), (112, 64, 128), (112, 128, 128), (56, 128
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224, help="network input side (the layers' sides scale with it)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
+    import jaxviz  # noqa: F401  (its XLA:CPU settings, as every jaxviz user gets them)
     import jax
     import jax.numpy as jnp
     import torch
@@ -47,6 +49,7 @@ def main() -> None:
           f"input grad GFLOP/s xla  torch  ratio")
     totals = np.zeros(4)
     for side, cin, cout in SHAPES:
+        side = side * args.size // 224
         rng = np.random.default_rng(0)
         x = rng.uniform(size=(args.batch, side, side, cin)).astype(np.float32)
         w = (0.05 * rng.normal(size=(3, 3, cin, cout))).astype(np.float32)

@@ -10,6 +10,10 @@
 
 __version__ = "0.1.0"
 
+from . import _xla_flags  # noqa: E402
+
+_xla_flags.apply()  # before any submodule runs JAX: XLA reads XLA_FLAGS when its CPU backend starts
+
 from . import (  # noqa: E402
     attribution,
     datasets,

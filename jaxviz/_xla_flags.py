@@ -1,0 +1,60 @@
+"""XLA:CPU settings jaxviz applies when it is imported, before JAX starts its CPU backend.
+
+jaxlib 0.10.2 began handing whole chains of operations to YNNPACK on the CPU
+("ynn fusions", ``--xla_cpu_experimental_ynn_fusion_type``). For a VGG, whose
+max pools are reductions, that pulls the entire network into one YNNPACK
+graph whose convolutions run far slower than XLA's own: VGG19 features at
+64 px take 78 ms instead of 24 ms, a batch of 8 at 224 px 1.67 s instead of
+1.24 s (``python benchmarks/vgg.py``, with and without the flag). So
+``import jaxviz`` turns those fusions off by adding
+``--xla_cpu_experimental_ynn_fusion_type=`` (an empty set) to ``XLA_FLAGS``.
+
+It does so only when all of these hold, and otherwise leaves the environment alone:
+
+* ``JAXVIZ_KEEP_XLA_FLAGS`` is unset (or ``0``): setting it opts out;
+* ``XLA_FLAGS`` does not already mention the YNN fusion flag (the user's choice wins);
+* the installed jaxlib is one known to accept the flag (:data:`KNOWN_JAXLIB`):
+  XLA aborts the process on a flag it does not know.
+
+XLA reads ``XLA_FLAGS`` once, when JAX first creates its CPU backend, so the
+setting takes effect only if ``jaxviz`` is imported before the first JAX
+computation of the process (importing ``jax`` itself is fine). The flag
+concerns the CPU backend only; GPU and TPU runs are unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import metadata
+from typing import MutableMapping
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+OPT_OUT = "JAXVIZ_KEEP_XLA_FLAGS"
+#: [first, last) jaxlib versions known to accept ``YNN_FLAG`` (0.10.2 introduced the fusions by default)
+KNOWN_JAXLIB = ((0, 10, 2), (0, 12, 0))
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(g) for g in m.groups()) if m else None
+
+
+def apply(environ: MutableMapping[str, str] | None = None, jaxlib_version: str | None = None) -> bool:
+    """Adds :data:`YNN_FLAG` to ``environ["XLA_FLAGS"]`` when the conditions above hold; True if it did."""
+    environ = os.environ if environ is None else environ
+    if environ.get(OPT_OUT, "") not in ("", "0"):
+        return False
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return False
+    if jaxlib_version is None:
+        try:
+            jaxlib_version = metadata.version("jaxlib")
+        except metadata.PackageNotFoundError:
+            return False
+    v = _version(jaxlib_version)
+    if v is None or not (KNOWN_JAXLIB[0] <= v < KNOWN_JAXLIB[1]):
+        return False
+    environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG).strip()
+    return True

@@ -1,0 +1,63 @@
+"""jaxviz._xla_flags: YNNPACK fusions off on import, only where safe, never over the user's choice."""
+
+import os
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from jaxviz import _xla_flags as xf
+
+
+def test_adds_the_flag_for_known_jaxlib_keeping_other_flags():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    assert xf.apply(env, "0.10.2")
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4 --xla_cpu_experimental_ynn_fusion_type="
+    env = {}
+    assert xf.apply(env, "0.11.0")
+    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+@pytest.mark.parametrize("version", ["0.10.1", "0.4.30", "0.12.0", "1.0.0", "nightly"])
+def test_unknown_jaxlib_is_left_alone(version):  # XLA aborts on a flag it does not know
+    env = {"XLA_FLAGS": "--foo"}
+    assert not xf.apply(env, version)
+    assert env == {"XLA_FLAGS": "--foo"}
+
+
+def test_user_choice_and_opt_out_win():
+    env = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=-reduce"}
+    assert not xf.apply(env, "0.10.2")
+    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+    env = {xf.OPT_OUT: "1"}
+    assert not xf.apply(env, "0.10.2")
+    assert "XLA_FLAGS" not in env
+    env = {xf.OPT_OUT: "0"}
+    assert xf.apply(env, "0.10.2")
+
+
+_PROBE = """
+import os, jaxviz, jax, jax.numpy as jnp
+from jaxviz import models, weights
+net = models.VGG(stages=((4,), (8,), (8,)), fc_features=8, num_classes=3, pool_output=(1, 1))
+params = weights.random(net)
+hlo = jax.jit(lambda p, x: net.apply(p, x, taps="pool3")).lower(params, jnp.zeros((1, 32, 32, 3))).compile().as_text()
+print(os.environ.get("XLA_FLAGS", ""), "|", "ynn_fusion" in hlo)
+"""
+
+
+def _probe(**env):
+    full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xf.OPT_OUT)}
+    full.update(env, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=full, capture_output=True, text=True, check=True)
+    return out.stdout.strip().rsplit("\n", 1)[-1]
+
+
+def test_a_fresh_process_compiles_the_vgg_without_ynn_fusions():
+    version = xf._version(metadata.version("jaxlib"))
+    if not (xf.KNOWN_JAXLIB[0] <= version < xf.KNOWN_JAXLIB[1]):
+        pytest.skip(f"jaxlib {metadata.version('jaxlib')} is outside the range the flag is known for")
+    assert _probe() == "--xla_cpu_experimental_ynn_fusion_type= | False"
+    # opting out shows what the flag prevents on this jaxlib: the network handed to YNNPACK
+    assert _probe(**{xf.OPT_OUT: "1"}) == "| True"
