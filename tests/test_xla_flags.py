@@ -1,4 +1,4 @@
-"""jaxviz._xla_flags: YNNPACK fusions off on import, only where safe, never over the user's choice."""
+"""jaxviz._xla_flags: YNNPACK fusions limited to single matrix products on import, only where safe, never over the user's choice."""
 
 import os
 import subprocess
@@ -13,13 +13,14 @@ from jaxviz import _xla_flags as xf
 def test_adds_the_flag_for_known_jaxlib_keeping_other_flags():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     assert xf.apply(env, "0.10.2")
-    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4 --xla_cpu_experimental_ynn_fusion_type="
+    assert env["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=4 "
+                                "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
     env = {}
-    assert xf.apply(env, "0.11.0")
-    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    assert xf.apply(env, "0.10.7")
+    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
 
 
-@pytest.mark.parametrize("version", ["0.10.1", "0.4.30", "0.12.0", "1.0.0", "nightly"])
+@pytest.mark.parametrize("version", ["0.10.1", "0.4.30", "0.11.0", "1.0.0", "nightly"])
 def test_unknown_jaxlib_is_left_alone(version):  # XLA aborts on a flag it does not know
     env = {"XLA_FLAGS": "--foo"}
     assert not xf.apply(env, version)
@@ -58,6 +59,6 @@ def test_a_fresh_process_compiles_the_vgg_without_ynn_fusions():
     version = xf._version(metadata.version("jaxlib"))
     if not (xf.KNOWN_JAXLIB[0] <= version < xf.KNOWN_JAXLIB[1]):
         pytest.skip(f"jaxlib {metadata.version('jaxlib')} is outside the range the flag is known for")
-    assert _probe() == "--xla_cpu_experimental_ynn_fusion_type= | False"
+    assert _probe() == "--xla_cpu_experimental_ynn_fusion_type=individual_dot | False"
     # opting out shows what the flag prevents on this jaxlib: the network handed to YNNPACK
     assert _probe(**{xf.OPT_OUT: "1"}) == "| True"
