@@ -1,5 +1,7 @@
 """The jaxviz command: info, convert, classify, and one-line errors."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,7 @@ def test_info_lists_backend_devices_and_cache(capsys, monkeypatch, tmp_path):
     code, out, _ = run(capsys, "info")
     assert code == 0
     assert "backend: cpu" in out and "device 0:" in out
+    assert f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'} (see jaxviz/_xla_flags.py" in out
     assert f"weight cache: {tmp_path}" in out
     assert "vgg19: not cached (weights.load downloads https://download.pytorch.org/models/vgg19-dcbb9e9d.pth)" in out
 

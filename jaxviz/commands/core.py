@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,10 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def info(args: argparse.Namespace) -> int:
     import jax
 
-    from .. import __version__, weights
+    from .. import __version__, _xla_flags, weights
 
     print(f"jaxviz {__version__}, jax {jax.__version__}")
     print(f"backend: {jax.default_backend()}")
+    print(f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '') or '(none)'} (see jaxviz/_xla_flags.py; "
+          f"{_xla_flags.OPT_OUT}=1 keeps jaxlib's defaults)")
     for d in jax.devices():
         print(f"  device {d.id}: {d.device_kind} ({d.platform})")
     root = weights.cache_dir()
