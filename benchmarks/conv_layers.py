@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from _common import machine, matmul_rate, timeit
 
 # (side, in, out) of every distinct convolution of VGG19 at 224 px
@@ -29,10 +28,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    import jaxviz  # noqa: F401  (its XLA:CPU settings, as every jaxviz user gets them)
     import jax
     import jax.numpy as jnp
     import torch
+
+    import jaxviz  # noqa: F401  (its XLA:CPU settings, as every jaxviz user gets them)
 
     print(f"# {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     a = torch.randn(2048, 2048)

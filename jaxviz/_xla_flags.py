@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import MutableMapping
 from importlib import metadata
-from typing import MutableMapping
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
 OPT_OUT = "JAXVIZ_KEEP_XLA_FLAGS"

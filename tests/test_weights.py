@@ -3,11 +3,8 @@
 import hashlib
 import http.server
 import os
-import pickle
 import threading
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
