@@ -8,7 +8,7 @@ Every (image, step) pair is one evaluation; evaluations run in chunks of
 Called eagerly, one compiled chunk function runs in a host loop; under an
 outer ``jit``/``vmap`` the chunks are traced (unrolled up to 8, else a
 ``lax.scan``). XLA:CPU runs JAX's own convolution transpose inside a loop
-~3x slower; jaxviz VGGs are differentiated with ``conv_grad="flipped"``
+4-5x slower; jaxviz VGGs are differentiated with ``conv_grad="flipped"``
 (see :func:`._common.forward`), which keeps full speed in the scan.
 
 Reference: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic Attribution for Deep
@@ -70,13 +70,20 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(1.0 / (2 * n), 1.0 - 1.0 / (2 * n), n), w  # middle
 
 
-def _contributions(net, params, images, baselines, target_idx, alphas, weights, k, target_fn):
-    """Weighted gradients of items k (item = step * N + image), summed per image: (N, H, W, 3)."""
+def _weighted_gradients(net, params, images, baselines, target_idx, alphas, weights, k, target_fn):
+    """Weighted gradients of items k (item = step * N + image): (len(k), H, W, 3)."""
     n = images.shape[0]
     i, s = k % n, k // n
     x = baselines[i] + alphas[s][:, None, None, None] * (images[i] - baselines[i])
     g = gradients(net, params, x, target_fn, _common.gather_target(target_idx, i))
-    return jax.ops.segment_sum(weights[s][:, None, None, None] * g, i, n)
+    return weights[s][:, None, None, None] * g
+
+
+def _contributions(net, params, images, baselines, target_idx, alphas, weights, k, target_fn):
+    """Weighted gradients of items k, summed per image: (N, H, W, 3)."""
+    n = images.shape[0]
+    g = _weighted_gradients(net, params, images, baselines, target_idx, alphas, weights, k, target_fn)
+    return jax.ops.segment_sum(g, k % n, n)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn"))
@@ -108,25 +115,11 @@ def _traced(net, params, images, baselines, target_idx, alphas, weights, *, targ
     n, steps = images.shape[0], alphas.shape[0]
 
     def body(k):
-        return _contributions(net, params, images, baselines, target_idx, alphas, weights, k, target_fn)
+        return _weighted_gradients(net, params, images, baselines, target_idx, alphas, weights, k, target_fn)
 
-    total = _sum_chunks(body, steps * n, batch_size, n)
+    items = steps * n
+    total = _common.chunked_sum(body, items, batch_size, jnp.arange(items, dtype=jnp.int32) % n, n)
     return _finish(net, params, images, baselines, target_idx, total, target_fn=target_fn, return_delta=return_delta)
-
-
-def _sum_chunks(body, items, batch_size, n):
-    b = min(batch_size, items)
-    full, rem = divmod(items, b)
-    total = jnp.zeros(jax.eval_shape(body, jnp.zeros((b,), jnp.int32)).shape, jnp.float32)
-    if full <= _common.UNROLL:  # XLA:CPU runs backward passes inside a while loop ~3x slower
-        for c in range(full):
-            total = total + body(c * b + jnp.arange(b, dtype=jnp.int32))
-    else:
-        total, _ = jax.lax.scan(lambda t, c: (t + body(c * b + jnp.arange(b, dtype=jnp.int32)), None), total,
-                                jnp.arange(full, dtype=jnp.int32))
-    if rem:
-        total = total + body(full * b + jnp.arange(rem, dtype=jnp.int32))
-    return total
 
 
 def integrated_gradients(

@@ -15,7 +15,7 @@ that computes the input gradient of a stride-1 convolution as a forward
 convolution with the spatially flipped, in/out-swapped kernel (the textbook
 identity; the same numbers to float32 round-off). JAX's own transpose rule
 gives XLA a convolution with swapped kernel dimensions, which XLA:CPU runs
-about 4x slower inside a loop body (``lax.while_loop``/``scan``, e.g. optax's
+4-5x slower inside a loop body (``lax.while_loop``/``scan``, e.g. optax's
 L-BFGS line search) than at the top level; the flipped form runs at full speed
 in both. Forward-mode differentiation (``jax.jvp``) of a custom-VJP function is
 not available, so models use it only when asked (``VGG(conv_grad="flipped")``).

@@ -132,7 +132,7 @@ class VGG(nn.Module):
         ``"jax"``: JAX's transpose rule (forward mode, ``jax.jvp``, works).
         ``"flipped"``: a custom VJP that runs a forward convolution with the
         flipped kernel (:func:`jaxviz.models.layers.conv_flipped_grad`): the
-        same gradients bit for bit, ~4x faster on XLA:CPU inside loop bodies
+        same gradients bit for bit, 4-5x faster on XLA:CPU inside loop bodies
         (optax's L-BFGS line search); reverse mode only.
     """
 
