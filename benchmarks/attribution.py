@@ -67,6 +67,9 @@ def main() -> None:
                     help="measure Captum (and jaxviz's full method) at this coarser stride (<= window: Captum "
                          "asserts it) and compare per-window throughput (default: --stride); for large images")
     ap.add_argument("--occlusion-method", default=None, help="jaxviz occlusion method (default: the library's)")
+    ap.add_argument("--groups", type=int, default=None,
+                    help="jaxviz incremental occlusion window groups (default: the library's auto choice for this "
+                         "call; more groups do less work and compile 2 * groups - 1 programs)")
     ap.add_argument("--approximate", type=float, default=None,
                     help="also time occlusion(approximate=FRACTION) and print its error against the exact map")
     ap.add_argument("--batch", type=int, default=16, help="jaxviz batch_size")
@@ -111,6 +114,8 @@ def main() -> None:
 
     stdev, key = 0.15, jax.random.key(0)
     occ_kw = {} if args.occlusion_method is None else {"method": args.occlusion_method}
+    if args.groups is not None:
+        occ_kw["groups"] = args.groups
     cstride = args.captum_stride or args.stride  # Captum's and our full method's stride (throughput is per window)
 
     def windows(stride):
@@ -157,9 +162,12 @@ def main() -> None:
     }
     rows, captum_done, results = [], {}, {}
     if "occlusion" in args.methods:
-        p = A.occlusion_plan(net, (args.size, args.size), window=args.window, stride=args.stride)
-        print(f"incremental occlusion plan: {p.cost:.3f} of the full convolution work, model takes over after "
-              f"{p.fallback}; {windows(args.stride)} windows (Captum and jaxviz full measured at stride {cstride}: "
+        g = args.groups or A.occlusion_auto_groups(net, (args.size, args.size), window=args.window,
+                                                   stride=args.stride, images=args.images)
+        p = A.occlusion_plan(net, (args.size, args.size), window=args.window, stride=args.stride, groups=g)
+        print(f"incremental occlusion plan ({g} window group{'s' * (g > 1)} per side, {len(p.groups)} programs): "
+              f"{p.cost:.3f} of the full convolution work, model takes over after "
+              f"{'/'.join(sorted({x.fallback for x in p.groups}))}; {windows(args.stride)} windows (Captum and jaxviz full measured at stride {cstride}: "
               f"{windows(cstride)} windows; ratios are per-window throughput)")
     print("throughput = images through the network per second of CPU time (wall in brackets)")
     for name in args.methods.split(","):

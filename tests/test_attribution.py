@@ -360,6 +360,7 @@ def test_fast_pools_identical_values_and_gradients(size):
         (((4, 4), (8,), (8,)), 37, (7, 5), (3, 5), "image", 5),  # odd size: VALID pools drop a row
         (((4,), (8, 8)), 20, 3, 2, 0.0, 64),  # small window, several convs per block
         (((4,), (8,), (8,), (8,)), 48, 16, 16, 0.25, 3),  # non-overlapping, falls back early
+        (((4,), (8,), (8,)), (44, 30), (9, 6), (5, 4), 0.5, 6),  # rectangular image
     ],
 )
 def test_incremental_occlusion_equals_full(stages, size, window, stride, baseline, batch):
@@ -367,15 +368,102 @@ def test_incremental_occlusion_equals_full(stages, size, window, stride, baselin
 
     net = models.VGG(stages=stages, fc_features=16, num_classes=5, pool_output=(2, 2))
     params = weights.random(net, seed=3)
-    x = jnp.asarray(np.random.RandomState(0).rand(2, size, size, 3), jnp.float32)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = jnp.asarray(np.random.RandomState(0).rand(2, h, w, 3), jnp.float32)
     if baseline == "image":
-        baseline = jnp.asarray(np.random.RandomState(1).rand(2, size, size, 3), jnp.float32)
+        baseline = jnp.asarray(np.random.RandomState(1).rand(2, h, w, 3), jnp.float32)
     kw = dict(window=window, stride=stride, baseline=baseline)
     full = A.occlusion(net, params, x, [1, 3], method="full", batch_size=8, **kw)
-    inc = A.occlusion(net, params, x, [1, 3], method="incremental", batch_size=batch, **kw)
     scale = float(jnp.max(jnp.abs(full)))
     assert scale > 0
-    np.testing.assert_allclose(inc, full, rtol=0, atol=1e-4 * scale)
+    # one patch size for all windows, and window groups sized separately (edge windows change less)
+    for groups in (1, 3):
+        inc = A.occlusion(net, params, x, [1, 3], method="incremental", batch_size=batch, groups=groups, **kw)
+        np.testing.assert_allclose(inc, full, rtol=0, atol=1e-4 * scale, err_msg=f"groups={groups}")
+    assert len(A.occlusion_plan(net, (h, w), window=window, stride=stride, groups=3).groups) > 1
+
+
+def test_window_groups_plan():
+    from jaxviz import models
+    from jaxviz.attribution import _incremental as inc
+
+    vgg19 = models.vgg19()
+    one = A.occlusion_plan(vgg19, (224, 224), window=32, stride=16)
+    four = A.occlusion_plan(vgg19, (224, 224), window=32, stride=16, groups=4)
+    assert len(one.groups) == 1 and one.groups[0].windows == 169 and one.fallback == "relu5_1"
+    # bands: 3 row runs across all columns + the main row run split into 4 column runs
+    assert len(four.groups) == 2 * 4 - 1
+    cells = sorted((r, c) for g in four.groups for r in g.rows for c in g.cols)
+    assert cells == [(r, c) for r in range(13) for c in range(13)]  # every window exactly once
+    # the issue's "about 1/4", and what clipping patches to the map saves (edge windows change less)
+    assert one.cost == pytest.approx(0.2314, abs=5e-4)
+    assert four.cost == pytest.approx(0.2003, abs=5e-4)
+    edge = min(four.groups, key=lambda g: g.cost)
+    assert edge.fallback == "pool5" and edge.cost < one.cost
+    # every patch stays inside its map and covers the window's changed region
+    for g in four.groups:
+        for k, step in enumerate(g.steps, 1):
+            assert g.pos_h[:, k].min() >= 0 and (g.pos_h[:, k] + step.size[0]).max() <= step.length[0]
+            assert g.pos_w[:, k].min() >= 0 and (g.pos_w[:, k] + step.size[1]).max() <= step.length[1]
+
+    # the dynamic programme finds the best split into runs (brute force over all splits)
+    import itertools
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 9, size=(7, 3))
+    weight = rng.uniform(size=3)
+    for k in (1, 2, 3):
+        runs = inc._partition(sizes, weight, k)
+        got = sum(len(r) * float(sizes[r].max(0) @ weight) for r in runs)
+        best = min(
+            sum(len(p) * float(sizes[p].max(0) @ weight) for p in np.split(np.arange(7), list(cuts)))
+            for j in range(k) for cuts in itertools.combinations(range(1, 7), j)
+        )
+        assert got == pytest.approx(best) and len(runs) <= k
+        assert np.array_equal(np.concatenate(runs), np.arange(7))
+
+
+def test_auto_groups_weighs_saved_work_against_compilation():
+    import importlib
+
+    from jaxviz import models
+
+    occ = importlib.import_module("jaxviz.attribution.occlusion")  # the module (the package exports the function)
+    vgg19 = models.vgg19()
+    one = A.occlusion_plan(vgg19, (224, 224), window=32, stride=16)
+    many = A.occlusion_plan(vgg19, (224, 224), window=32, stride=16, groups=occ.AUTO_GROUPS)
+    saved_per_image = (one.cost - many.cost) * occ._full_macs(vgg19, (224, 224)) * 169
+    assert occ._full_macs(vgg19, (224, 224)) == pytest.approx(19.5e9, rel=0.01)  # VGG19's known 19.6 GMACs
+    need = int(np.ceil(occ.AUTO_GROUPS_SAVED_MACS["cpu"] / saved_per_image))
+    kw = dict(window=32, stride=16, backend="cpu")
+    assert A.occlusion_auto_groups(vgg19, (224, 224), images=need - 1, **kw) == 1
+    assert A.occlusion_auto_groups(vgg19, (224, 224), images=need, **kw) == occ.AUTO_GROUPS
+    # accelerators run the saved work far faster than they compile: the same call keeps one group there
+    assert A.occlusion_auto_groups(vgg19, (224, 224), window=32, stride=16, images=need, backend="gpu") == 1
+    assert A.occlusion_auto_groups(linear, (8, 8), images=10**6) == 1  # not a VGG: no plan
+    with pytest.raises(InputError, match=r"^groups: expected a positive int or None, got 0"):
+        A.occlusion(linear, linear_params(H, W), jnp.zeros((1, H, W, 3)), 0, window=2, groups=0)
+
+
+def test_chunked_map_even_chunks_compile_one_program():
+    from jaxviz.attribution import _common
+
+    calls = []
+
+    def body(idx):
+        calls.append(idx.shape[0])
+        return idx * 2
+
+    out = jax.jit(lambda: _common.chunked_map(body, 81, 16, even=True))()
+    np.testing.assert_array_equal(out, 2 * np.arange(81))
+    assert calls == [9]  # 9 chunks of 9: no remainder program, nothing padded
+    calls.clear()
+    out = jax.jit(lambda: _common.chunked_map(body, 23, 16, even=True))()
+    np.testing.assert_array_equal(out, 2 * np.arange(23))
+    assert calls == [12]  # 2 chunks of 12, the last item repeated once
+    calls.clear()
+    jax.jit(lambda: _common.chunked_map(body, 23, 16))()
+    assert calls == [16, 7]  # the plain form: a full chunk and a remainder
 
 
 def test_incremental_plan_and_auto_choice():
@@ -404,9 +492,13 @@ def test_approximate_incremental_occlusion():
     # a cap the exact patches never reach changes nothing
     np.testing.assert_allclose(A.occlusion(net, params, x, 1, approximate=1.0, **kw), exact, rtol=0,
                                atol=1e-5 * float(jnp.max(jnp.abs(exact))))
+    np.testing.assert_allclose(A.occlusion(net, params, x, 1, approximate=1.0, groups=3, **kw), exact, rtol=0,
+                               atol=1e-5 * float(jnp.max(jnp.abs(exact))))
     coarse = A.occlusion(net, params, x, 1, approximate=0.2, **kw)
     err = float(jnp.linalg.norm(coarse - exact) / jnp.linalg.norm(exact))
     assert 0 < err < 1.5 and np.all(np.isfinite(coarse))
+    grouped = A.occlusion(net, params, x, 1, approximate=0.2, groups=3, **kw)
+    assert 0 < float(jnp.linalg.norm(grouped - exact) / jnp.linalg.norm(exact)) < 1.5
     assert A.occlusion_plan(net, (48, 48), window=6, stride=4, approximate=0.2).cost < A.occlusion_plan(
         net, (48, 48), window=6, stride=4).cost
     with pytest.raises(InputError, match=r"^approximate: expected a fraction in \(0, 1\] or None, got 0"):

@@ -76,7 +76,7 @@ def test_outputs_equal_library_and_csv(folder, model, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
-def test_layer_method_target_by_name_and_options(folder, model, tmp_path):
+def test_layer_method_target_by_name_and_options(folder, model, tmp_path, monkeypatch):
     net, params = model
     out = tmp_path / "gc"
     assert cli.main(_args(folder, out, "--method", "grad_cam", "--target", "triangle")) == 0
@@ -90,7 +90,12 @@ def test_layer_method_target_by_name_and_options(folder, model, tmp_path):
     out2 = tmp_path / "occ"
     opts = ["--method", "occlusion", "--target", "1", "--option", "window=8", "--option", "stride=4",
             "--option", "baseline=0.5"]
+    # occlusion's window groups are sized for the whole folder (one compiled call serves every batch)
+    asked = []
+    real_auto = attribution.occlusion_auto_groups
+    monkeypatch.setattr(attribution, "occlusion_auto_groups", lambda *a, **k: asked.append(k) or real_auto(*a, **k))
     assert cli.main(_args(folder, out2, *opts)) == 0
+    assert [(k["images"], k["window"], k["stride"]) for k in asked] == [(len(x), 8, 4)]  # every image
     want = np.asarray(attribution.occlusion(net, params, x, 1, window=8, stride=4, baseline=0.5))
     np.testing.assert_allclose(np.load(out2 / "img4.png.npy"), want[4], rtol=1e-5, atol=1e-6)
     assert attribute_cmd.parse_options(["a=1", "b=(2, 3)", "c=riemann_left", "d=0.5"]) == {

@@ -36,6 +36,7 @@ from .cam import cam, grad_cam, guided_grad_cam
 from .guided import deconv_relu, deconvnet, guided_backprop, guided_relu
 from .integrated import integrated_gradients, quadrature
 from .occlusion import occlusion, window_starts
+from .occlusion import auto_groups as occlusion_auto_groups
 from .occlusion import plan as occlusion_plan
 from .saliency import input_x_gradient, saliency
 from .smoothgrad import smoothgrad
@@ -76,6 +77,7 @@ __all__ = [
     "integrated_gradients",
     "metrics",
     "occlusion",
+    "occlusion_auto_groups",
     "occlusion_plan",
     "quadrature",
     "saliency",

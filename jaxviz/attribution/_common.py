@@ -174,15 +174,28 @@ def gather_target(idx: jax.Array | None, rows: jax.Array) -> jax.Array | None:
 # chunked evaluation (the one batch_size knob)
 
 
-def chunked_map(body: Callable[[jax.Array], Any], n: int, batch_size: int, *, unroll: bool = False) -> Any:
+def chunked_map(body: Callable[[jax.Array], Any], n: int, batch_size: int, *, unroll: bool = False,
+                even: bool = False) -> Any:
     """Evaluates ``body(idx)`` for idx = 0..n-1 in chunks of ``batch_size`` and stacks the results.
 
     ``body`` takes an int32 vector of item indices (length <= batch_size) and
     returns a pytree whose leaves have that length as leading axis. Full chunks
     run in a ``lax.map`` (compiled once), the remainder in one extra call;
-    with ``unroll`` up to :data:`UNROLL` chunks are unrolled instead.
+    with ``unroll`` up to :data:`UNROLL` chunks are unrolled instead. With
+    ``even`` there is no remainder call (one program instead of two): the
+    chunk size is the one in [batch_size / 2, batch_size] that wastes the
+    fewest padded items (the last chunk is padded by repeating item n - 1).
     """
     b = min(batch_size, n)
+    if even:
+        b = min(range(max(1, -(-b // 2)), b + 1), key=lambda c: (-(-n // c) * c, -c))
+        chunks = -(-n // b)
+        if chunks * b != n:
+            def padded(idx):
+                return body(jnp.minimum(idx, n - 1))
+
+            ys = chunked_map(padded, chunks * b, b, unroll=unroll)
+            return jax.tree.map(lambda y: y[:n], ys)
     full, rem = divmod(n, b)
     parts = []
     if full == 1 or (unroll and full <= UNROLL):  # unroll: for backward passes (slow in a while loop)

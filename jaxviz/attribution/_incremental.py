@@ -11,20 +11,24 @@ tap through the model's own ``start=`` seam (the classifier always runs that
 way).
 
 Geometry, per spatial dimension, in the map's own coordinates (the map is
-[0, L); stored clean maps carry zero margins so that patches near the border
-never need clamping, and patch values outside [0, L) are forced to zero, which
-is exactly the convolutions' zero padding):
+[0, L); stored clean maps carry a one-pixel zero margin, exactly the
+convolutions' zero padding). A window's changed region [lo, hi):
 
-* 3x3 convolution (padding 1): patch [a, a+s) -> [a-1, a+s+1); it reads
-  [a-2, a+s+2) of its input (the clean map with the patch written in).
+* 3x3 convolution (padding 1): [lo, hi) -> [lo-1, hi+1), clipped to the map;
+  a patch of size s starting at b reads [b-1, b+s+1) of its input (the clean
+  map with the previous patch written in).
 * ReLU: elementwise on the patch.
-* 2x2 pool, stride 2: patch [a, a+s) -> [floor(a/2), floor(a/2) + s'), with
-  s' the largest ceil((a+s)/2) - floor(a/2) over the windows' positions; it
-  reads [2 floor(a/2), 2 floor(a/2) + 2 s').
+* 2x2 pool, stride 2: [lo, hi) -> [floor(lo/2), ceil(hi/2)), clipped; a patch
+  at b reads [2b, 2b+2s).
 
-Every window has the same patch sizes, so the windows batch with ``vmap``.
-Values equal the full recomputation within float32 round-off (a convolution on
-a patch sums the same products as on the whole map).
+Windows are batched with ``vmap``, so a batch shares its patch sizes: the
+largest changed region among its windows. Patches are then placed to cover
+each window's region while staying inside the map. Windows near an edge change
+less (their regions are clipped), so the plan can split the window positions
+along each dimension into runs with their own sizes ("groups"): less work,
+more programs to compile. Values equal the full recomputation within float32
+round-off (a convolution on a patch sums the same products as on the whole
+map).
 
 Reference: S. Nakandala, A. Kumar, Y. Papakonstantinou, "Incremental and
 Approximate Inference for Faster Occlusion-based Deep CNN Explanations",
@@ -53,126 +57,181 @@ class Step:
     size: tuple[int, int]  # output patch size (h, w)
     read: tuple[int, int]  # size of the input slice it reads (h, w)
     length: tuple[int, int]  # output map size (h, w)
-    shift: tuple[int, int] = (0, 0)  # approximate mode: how far the capped patch moved in (h, w)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Group:
+    """Windows whose patches share their sizes: every (row, col) pair of window positions listed here."""
+
+    window: tuple[int, int]
+    rows: tuple[int, ...]  # indices into the window starts along the height
+    cols: tuple[int, ...]  # ... and along the width
     steps: tuple[Step, ...]
-    input_size: tuple[int, int]  # the window
-    fallback: str  # the tap after which the model's own layers take over ("" never happens)
-    margins: tuple[tuple[str, tuple[int, int, int, int]], ...]  # tap -> (low_h, high_h, low_w, high_w)
-    cost: float  # multiply-adds of the incremental convolutions / those of the full ones
+    fallback: str  # the tap after which the model's own layers take over
+    pos_h: np.ndarray  # (len(rows), 1 + len(steps)) int32: window start, then each step's patch start
+    pos_w: np.ndarray  # (len(cols), 1 + len(steps))
+    cost: float  # multiply-adds per occluded image / those of the full network's convolutions
 
-    def margin(self, tap: str) -> tuple[int, int, int, int]:
-        return dict(self.margins)[tap]
+    @property
+    def windows(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    groups: tuple[Group, ...]
+    input_size: tuple[int, int]  # the window
+    cost: float  # the mean over all windows of the groups' costs
+
+    @property
+    def fallback(self) -> str:
+        """Where the model takes over for most windows (the largest group's fallback)."""
+        return max(self.groups, key=lambda g: g.windows).fallback
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return max(self.groups, key=lambda g: g.windows).steps
 
 
 def applies(net: Any) -> bool:
     return isinstance(net, VGG)
 
 
-def _dim_plan(starts: np.ndarray, window: int, length: int, kinds: list[str], cap: float | None = None):
-    """Per-dimension geometry of every step: patch size, read size, map length, shift, read and patch ranges.
+def _changed(starts: np.ndarray, window: int, length: int, kinds: list[str], cap: float | None):
+    """Per step, every window's changed region [lo, hi) along one dimension, clipped to the map.
 
-    ``cap`` (approximate mode): a patch never grows beyond ``ceil(cap * L)``
-    of its map's length L; it stays centred on the exact changed region, whose
-    outer values are then taken from the clean map (an approximation).
+    ``cap`` (approximate mode): a region never grows beyond ``ceil(cap * L)`` of
+    its map's length L; it stays centred on the exact region, whose outer
+    values are then taken from the clean map (an approximation).
+
+    Returns a list of (lo, hi, L) per step (lo, hi: int arrays over the windows).
     """
-    a = starts.astype(np.int64)
-    s = window
+    lo = np.clip(starts.astype(np.int64), 0, length)
+    hi = np.clip(starts.astype(np.int64) + window, 0, length)
     L = length
     out = []
     for kind in kinds:
-        shift = 0
         if kind == "conv":
-            a, s = a - 1, s + 2
-            if cap is not None and s > max(1, int(np.ceil(cap * L))):
-                c = max(1, int(np.ceil(cap * L)))
-                shift = (s - c) // 2
-                a, s = a + shift, c
-            read_lo, read_hi, read = a - 1, a + s + 1, s + 2
-        elif kind == "relu":
-            read_lo, read_hi, read = a, a + s, s
-        else:  # pool
-            a2 = np.floor_divide(a, 2)
-            s2 = int(np.max(-np.floor_divide(-(a + s), 2) - a2))
+            lo, hi = np.maximum(lo - 1, 0), np.minimum(hi + 1, L)
+        elif kind == "pool":
             L = L // 2
-            if cap is not None and s2 > max(1, int(np.ceil(cap * L))):
-                c = max(1, int(np.ceil(cap * L)))
-                shift = (s2 - c) // 2
-                a2, s2 = a2 + shift, c
-            read_lo, read_hi = 2 * a2, 2 * a2 + 2 * s2
-            a, s, read = a2, s2, 2 * s2
-        out.append(dict(size=s, read=read, length=L, shift=shift, read_lo=read_lo.min(), read_hi=read_hi.max(),
-                        lo=a.min(), hi=(a + s).max()))
+            lo, hi = lo // 2, np.minimum(-(-hi // 2), L)
+        if cap is not None and kind != "relu":
+            c = max(1, int(np.ceil(cap * L)))
+            over = hi - lo > c
+            lo = np.where(over, lo + (hi - lo - c) // 2, lo)
+            hi = np.where(over, lo + c, hi)
+        out.append((lo, hi, L))
     return out
 
 
+def _partition(sizes: np.ndarray, weight: np.ndarray, k: int) -> list[np.ndarray]:
+    """Split windows 0..n-1 (ordered by position) into at most ``k`` runs minimising
+    sum over runs of len(run) * (max over the run of ``sizes``) @ ``weight`` (dynamic programming)."""
+    n = len(sizes)
+    best = np.full((k + 1, n + 1), np.inf)
+    arg = np.zeros((k + 1, n + 1), np.int64)
+    best[0, 0] = 0.0
+    for g in range(1, k + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                if np.isfinite(best[g - 1, i]):
+                    c = best[g - 1, i] + (j - i) * float(sizes[i:j].max(0) @ weight)
+                    if c < best[g, j] - 1e-9 * abs(c):
+                        best[g, j], arg[g, j] = c, i
+    g = int(np.argmin(best[1:, n])) + 1
+    cuts, j = [], n
+    while g > 0:
+        i = int(arg[g, j])
+        cuts.append(np.arange(i, j))
+        j, g = i, g - 1
+    return cuts[::-1]
+
+
 def make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], starts_h: np.ndarray,
-              starts_w: np.ndarray, approximate: float | None = None) -> Plan:
+              starts_w: np.ndarray, approximate: float | None = None, groups: int = 1) -> Plan:
     """Static patch geometry for a VGG's feature layers and a set of window positions.
 
     ``approximate``: cap every patch at this fraction of its map's side (None: exact).
+    ``groups``: split the window positions along each dimension into at most
+    this many runs whose patches are sized separately. Patches are clipped to
+    their map, so windows near an edge change less than interior ones; one
+    size for all (``groups=1``) pays the interior size everywhere, more groups
+    do less work but compile one batched program per (row run, column run).
     """
     names = [n for n in net.layers if n.startswith(("conv", "pool")) or (n.startswith("relu") and "_" in n)]
     kinds = [n[:4] for n in names]
-    gh = _dim_plan(starts_h, window[0], image_size[0], kinds, approximate)
-    gw = _dim_plan(starts_w, window[1], image_size[1], kinds, approximate)
-    steps, flops_inc, flops_full = [], 0.0, 0.0
-    source, length = "", image_size
-    # margins of each stored clean map: every read and every patch (for the fallback write) must fit
-    lows: dict[str, list[int]] = {"": [0, 0, 0, 0]}
-
-    def grow(tap, lo_h, hi_h, lo_w, hi_w, L):
-        m = lows.setdefault(tap, [0, 0, 0, 0])
-        m[0] = max(m[0], -lo_h)
-        m[1] = max(m[1], hi_h - L[0])
-        m[2] = max(m[2], -lo_w)
-        m[3] = max(m[3], hi_w - L[1])
-
-    # the input patch itself lives in the normalised input's frame
-    grow("", int(starts_h.min()), int(starts_h.max()) + window[0], int(starts_w.min()), int(starts_w.max()) + window[1],
-         image_size)
-    fallback = names[-1]
-    prev_patch = (window[0], window[1])
-    cin = 3
     widths = net._widths()
-    for idx, (name, kind) in enumerate(zip(names, kinds)):
-        h, w = gh[idx], gw[idx]
-        # once the patch step costs at least the full layer (a conv computes the patch's outputs), the model
-        # finishes from the previous tap
-        work = h["size"] * w["size"] if kind == "conv" else prev_patch[0] * prev_patch[1]
-        if source != "" and work >= length[0] * length[1]:
-            fallback = source
+    conv_idx = [i for i, k in enumerate(kinds) if k == "conv"]
+    macs, cin = [], 3
+    for i in conv_idx:
+        macs.append(cin * widths[names[i]])
+        cin = widths[names[i]]
+    macs = np.asarray(macs, np.float64)
+    ch = _changed(np.asarray(starts_h), window[0], image_size[0], kinds, approximate)
+    cw = _changed(np.asarray(starts_w), window[1], image_size[1], kinds, approximate)
+    sz_h = np.stack([ch[i][1] - ch[i][0] for i in conv_idx], 1)  # (windows along h, convs)
+    sz_w = np.stack([cw[i][1] - cw[i][0] for i in conv_idx], 1)
+    full = float(np.sum(macs * [ch[i][2] * cw[i][2] for i in conv_idx]))
+    # the cost is separable: per conv, (sum over row runs of len * size_h) * (same over columns) * macs;
+    # alternate between the dimensions, each partitioned optimally given the other
+    runs_h = [np.arange(len(starts_h))]
+    runs_w = [np.arange(len(starts_w))]
+
+    def weight(runs, sz):
+        return macs * sum(len(r) * sz[r].max(0) for r in runs)
+
+    for _ in range(2 if groups > 1 else 0):
+        runs_h = _partition(sz_h, weight(runs_w, sz_w), groups)
+        runs_w = _partition(sz_w, weight(runs_h, sz_h), groups)
+    sh, sw = np.asarray(starts_h, np.int64), np.asarray(starts_w, np.int64)
+    # bands rather than every (row run, column run) pair: the row runs other than the largest span all columns,
+    # the largest is split by the column runs; 2k - 1 batched programs instead of k^2, nearly the same work
+    main = max(range(len(runs_h)), key=lambda r: len(runs_h[r]))
+    every = np.arange(len(sw))
+    cells = [(rh, every) for r, rh in enumerate(runs_h) if r != main] + [(runs_h[main], rw) for rw in runs_w]
+    out = [_group(names, kinds, widths, ch, cw, rh, rw, sh[rh], sw[rw], tuple(window), full) for rh, rw in cells]
+    total = sum(g.windows for g in out)
+    return Plan(tuple(out), tuple(window), float(sum(g.cost * g.windows for g in out) / total))
+
+
+def _group(names, kinds, widths, ch, cw, rows, cols, win_h, win_w, window, full) -> Group:
+    """The patch sizes, positions and fallback of the windows at ``rows`` x ``cols``."""
+    steps, pos_h, pos_w = [], [], []
+    flops, cin, source, fallback = 0.0, 3, "", names[-1]
+    for (kind, name, (lo_h, hi_h, L_h), (lo_w, hi_w, L_w)) in zip(kinds, names, ch, cw):
+        lo_h, hi_h, lo_w, hi_w = lo_h[rows], hi_h[rows], lo_w[cols], hi_w[cols]
+        s_h, s_w = int((hi_h - lo_h).max()), int((hi_w - lo_w).max())
+        if kind == "conv" and source != "" and s_h * s_w >= L_h * L_w:
+            fallback = source  # the patch is the whole map: the model finishes from the previous tap
             break
-        if kind != "relu":
-            grow(source, int(h["read_lo"]), int(h["read_hi"]), int(w["read_lo"]), int(w["read_hi"]), length)
-        out_len = (h["length"], w["length"])
-        grow(name, int(h["lo"]), int(h["hi"]), int(w["lo"]), int(w["hi"]), out_len)
-        steps.append(Step(kind, name, None if kind == "relu" else source, (h["size"], w["size"]),
-                          (h["read"], w["read"]), out_len, (h["shift"], w["shift"])))
+        if kind == "relu":
+            s_h, s_w = steps[-1].size
+            p_h, p_w = pos_h[-1], pos_w[-1]
+        else:
+            # the patch covers the changed region and stays inside the map
+            p_h, p_w = np.minimum(lo_h, L_h - s_h), np.minimum(lo_w, L_w - s_w)
+        read = {"conv": (s_h + 2, s_w + 2), "relu": (s_h, s_w), "pool": (2 * s_h, 2 * s_w)}[kind]
+        steps.append(Step(kind, name, None if kind == "relu" else source, (s_h, s_w), read, (L_h, L_w)))
+        pos_h.append(p_h)
+        pos_w.append(p_w)
         if kind == "conv":
             cout = widths[name]
-            flops_inc += h["size"] * w["size"] * cin * cout
-            flops_full += out_len[0] * out_len[1] * cin * cout
+            flops += s_h * s_w * cin * cout
             cin = cout
-        source, length, prev_patch = name, out_len, (h["size"], w["size"])
-    else:
-        fallback = names[-1]
-    # the convolutions the model runs after the fallback count fully in both
-    rest_full = 0.0
-    c, L = cin, length
+        source = name
+    # the convolutions the model runs after the fallback count fully
+    c, L = cin, steps[-1].length if steps else None
     for name in names[len(steps):]:
         if name.startswith("conv"):
-            cout = widths[name]
-            rest_full += L[0] * L[1] * c * cout
-            c = cout
+            flops += L[0] * L[1] * c * widths[name]
+            c = widths[name]
         elif name.startswith("pool"):
             L = (L[0] // 2, L[1] // 2)
-    cost = (flops_inc + rest_full) / max(flops_full + rest_full, 1.0)
-    margins = tuple((k, tuple(int(v) for v in m)) for k, m in lows.items())
-    return Plan(tuple(steps), tuple(window), fallback, margins, float(cost))
+    table_h = np.stack([win_h] + pos_h, 1).astype(np.int32)
+    table_w = np.stack([win_w] + pos_w, 1).astype(np.int32)
+    return Group(window, tuple(int(r) for r in rows), tuple(int(c) for c in cols), tuple(steps), fallback, table_h,
+                 table_w, float(flops / full))
 
 
 def _normalize(net: VGG, x: jax.Array) -> jax.Array:
@@ -185,15 +244,6 @@ def _normalize(net: VGG, x: jax.Array) -> jax.Array:
 def _inside(a: jax.Array, size: int, length: int) -> jax.Array:
     pos = a + jnp.arange(size)
     return (pos >= 0) & (pos < length)
-
-
-def _place(piece: jax.Array, patch: jax.Array, oh: int, ow: int) -> jax.Array:
-    """``piece`` with ``patch`` written at the static offset (oh, ow), cropped to ``piece``."""
-    h, w = piece.shape[:2]
-    s, t = patch.shape[:2]
-    lh, hh = max(0, -oh), min(s, h - oh)
-    lw, hw = max(0, -ow), min(t, w - ow)
-    return piece.at[oh + lh:oh + hh, ow + lw:ow + hw].set(patch[lh:hh, lw:hw])
 
 
 def _overlay(base: jax.Array, patch: jax.Array, dh: jax.Array, dw: jax.Array) -> jax.Array:
@@ -212,75 +262,74 @@ def _overlay(base: jax.Array, patch: jax.Array, dh: jax.Array, dw: jax.Array) ->
 
 
 def prepare(net: VGG, params: Any, images: jax.Array, baseline: jax.Array, plan: Plan) -> dict:
-    """Once per batch of images: the clean maps every step reads, zero-padded by the plan's margins."""
+    """Once per batch of images: the clean maps the groups read, zero-padded by one pixel on every side (the
+    convolutions' padding); the normalised baseline also padded past the image where windows overhang it."""
     order = net.layers
-    needed = {s.source for s in plan.steps if s.source} | {plan.fallback}
+    needed = {s.source for g in plan.groups for s in g.steps if s.source} | {g.fallback for g in plan.groups}
+    needed.discard("")
     needed = tuple(sorted(needed, key=order.index))
-    clean = dict(net.apply(params, images, taps=needed))
+    clean = dict(net.apply(params, images, taps=needed)) if needed else {}
     clean[""] = _normalize(net, images)
-    padded = {}
-    for tap, m in plan.margins:
-        if tap in clean:
-            padded[tap] = jnp.pad(clean[tap], ((0, 0), (m[0], m[1]), (m[2], m[3]), (0, 0)))
-    m0 = plan.margin("")
-    padded["baseline"] = jnp.pad(_normalize(net, baseline), ((0, 0), (m0[0], m0[1]), (m0[2], m0[3]), (0, 0)))
+    padded = {tap: jnp.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0))) for tap, v in clean.items()}
+    h, w = images.shape[1:3]
+    over_h = max(0, max(int(g.pos_h[:, 0].max()) for g in plan.groups) + plan.input_size[0] - h)
+    over_w = max(0, max(int(g.pos_w[:, 0].max()) for g in plan.groups) + plan.input_size[1] - w)
+    padded["baseline"] = jnp.pad(_normalize(net, baseline), ((0, 0), (1, 1 + over_h), (1, 1 + over_w), (0, 0)))
     return padded
 
 
-def occluded_outputs(net: VGG, params: Any, state: dict, plan: Plan, image_size: tuple[int, int],
-                     item_image: jax.Array, item_h: jax.Array, item_w: jax.Array) -> jax.Array:
-    """Network outputs (items, ...) of the occluded images: image ``item_image``, window at (item_h, item_w)."""
-    order = net.layers
+def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_size: tuple[int, int],
+                     item_image: jax.Array, item_h: jax.Array, item_w: jax.Array, finish: bool = True) -> jax.Array:
+    """Network outputs (items, ...) of occluded images: image ``item_image``, the window at row
+    ``group.rows[item_h]`` and column ``group.cols[item_w]`` of the window grid.
+
+    ``finish=False``: the occluded maps at the group's fallback tap instead (for profiling).
+    """
     padded = state
     base_p = padded["baseline"]
-    m0 = plan.margin("")
-    kernels = {s.name: params["params"][s.name] for s in plan.steps if s.kind == "conv"}
+    kernels = {s.name: params["params"][s.name] for s in group.steps if s.kind == "conv"}
     relu = net.relu
     hh, ww = image_size
-    mf = plan.margin(plan.fallback)
-    fallback_size = (padded[plan.fallback].shape[1] - mf[0] - mf[1], padded[plan.fallback].shape[2] - mf[2] - mf[3])
+    table_h, table_w = jnp.asarray(group.pos_h), jnp.asarray(group.pos_w)
+    tap = group.fallback
 
-    def one(i, ah, aw):
-        # the input patch: the (normalised) baseline inside the image, the convolution's zero padding outside
-        wh, wwid = plan.input_size
-        v = jax.lax.dynamic_slice(base_p, (i, ah + m0[0], aw + m0[2], 0), (1, wh, wwid, 3))[0]
+    def one(i, jh, jw):
+        pos_h, pos_w = table_h[jh], table_w[jw]
+        # the window: the (normalised) baseline inside the image, the convolution's zero padding outside
+        wh, wwid = group.window
+        ah, aw = pos_h[0], pos_w[0]
+        v = jax.lax.dynamic_slice(base_p, (i, ah + 1, aw + 1, 0), (1, wh, wwid, 3))[0]
         inside = _inside(ah, wh, hh)[:, None] & _inside(aw, wwid, ww)[None, :]
         v = jnp.where(inside[:, :, None], v, jnp.zeros((), v.dtype))
-        for step in plan.steps:
+        for k, step in enumerate(group.steps, 1):
             if step.kind == "relu":
                 v = relu(v)
                 continue
             src = padded[step.source]
-            m = plan.margin(step.source)
             rh, rw = step.read
+            bh, bw = pos_h[k], pos_w[k]  # this step's patch start
             if step.kind == "conv":
-                ah, aw = ah - 1 + step.shift[0], aw - 1 + step.shift[1]  # the output patch's start
-                piece = jax.lax.dynamic_slice(src, (i, ah - 1 + m[0], aw - 1 + m[2], 0), (1, rh, rw, src.shape[-1]))[0]
-                piece = _place(piece, v, 2 - step.shift[0], 2 - step.shift[1])
+                # reads [b - 1, b + s + 1) of the source map (stored with a one-pixel zero margin)
+                piece = jax.lax.dynamic_slice(src, (i, bh, bw, 0), (1, rh, rw, src.shape[-1]))[0]
+                piece = _overlay(piece, v, ah - (bh - 1), aw - (bw - 1))
                 p = kernels[step.name]
-                # VALID: exactly the patch. (Under jaxlib 0.10.2's default YNNPACK fusions unpadded convolutions
-                # ran ~2.5x slower than padded ones, so this used to pad one row/column and crop; with the setting
-                # jaxviz applies (jaxviz/_xla_flags.py) VALID is the faster form.)
                 v = jax.lax.conv_general_dilated(
                     piece[None], jnp.asarray(p["kernel"], net.dtype), (1, 1), "VALID",
                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + jnp.asarray(p["bias"], net.dtype)
             else:
-                bh, bw = jnp.floor_divide(ah, 2) + step.shift[0], jnp.floor_divide(aw, 2) + step.shift[1]
-                piece = jax.lax.dynamic_slice(src, (i, 2 * bh + m[0], 2 * bw + m[2], 0), (1, rh, rw, src.shape[-1]))[0]
+                # reads [2b, 2b + 2s)
+                piece = jax.lax.dynamic_slice(src, (i, 2 * bh + 1, 2 * bw + 1, 0), (1, rh, rw, src.shape[-1]))[0]
                 piece = _overlay(piece, v, ah - 2 * bh, aw - 2 * bw)
                 r = piece.reshape(rh // 2, 2, rw // 2, 2, piece.shape[-1])
                 v = jnp.max(r, axis=(1, 3)) if net.pooling == "max" else jnp.mean(r, axis=(1, 3))
-                ah, aw = bh, bw
-            inside = _inside(ah, step.size[0], step.length[0])[:, None] & _inside(aw, step.size[1], step.length[1])[None, :]
-            v = jnp.where(inside[:, :, None], v, jnp.zeros((), v.dtype))
+            ah, aw = bh, bw
         # assemble the occluded map at the fallback tap and let the model finish
-        tap = plan.fallback
-        m = plan.margin(tap)
-        lh, lw = fallback_size
-        clean = jax.lax.dynamic_slice(padded[tap], (i, m[0], m[2], 0), (1, lh, lw, v.shape[-1]))[0]
+        src = padded[tap]
+        lh, lw = src.shape[1] - 2, src.shape[2] - 2
+        clean = jax.lax.dynamic_slice(src, (i, 1, 1, 0), (1, lh, lw, src.shape[-1]))[0]
         return _overlay(clean, v, ah, aw)
 
     maps = jax.vmap(one)(item_image, item_h, item_w)
-    if plan.fallback == order[-1]:
+    if tap == net.layers[-1] or not finish:
         return maps
-    return net.apply(params, maps, start=plan.fallback)
+    return net.apply(params, maps, start=tap)

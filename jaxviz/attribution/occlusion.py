@@ -38,11 +38,19 @@ from .. import _checks
 from ..errors import InputError
 from . import _common, _incremental
 
-__all__ = ["occlusion", "window_starts", "plan", "OCCLUSION_METHODS", "AUTO_THRESHOLD"]
+__all__ = ["occlusion", "window_starts", "plan", "auto_groups", "OCCLUSION_METHODS", "AUTO_THRESHOLD", "AUTO_GROUPS",
+           "AUTO_GROUPS_SAVED_MACS"]
 
 OCCLUSION_METHODS = ("auto", "full", "incremental")
 #: "auto" uses the incremental method when it does less than this fraction of the full convolution work.
 AUTO_THRESHOLD = 0.7
+#: ``groups=None`` uses this many window groups per dimension when it saves enough work (see :func:`auto_groups`).
+AUTO_GROUPS = 4
+#: Multiply-adds the groups must save over one group before ``groups=None`` uses them, per JAX backend: each group
+#: is one more batched program to compile (~1 s each on a 2-core CPU, where 1e12 multiply-adds take ~8 s).
+AUTO_GROUPS_SAVED_MACS = {"cpu": 1e12}
+#: ... on other backends (accelerators run the saved work ~100x faster; compilation is no cheaper).
+AUTO_GROUPS_SAVED_MACS_OTHER = 1e14
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -70,9 +78,9 @@ def combine(diffs: jax.Array, rows: np.ndarray, cols: np.ndarray) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "window", "stride", "batch_size", "incremental",
-                                             "approximate"))
+                                             "approximate", "groups"))
 def _core(net, params, images, baseline, target_idx, *, target_fn, window, stride, batch_size, incremental,
-          approximate=None):
+          approximate=None, groups=1):
     _common.count_trace("occlusion")
     n, h, w, _ = images.shape
     f = _common.forward(net)
@@ -83,14 +91,22 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
     per_image = nh * nw
 
     if incremental:
-        plan = _incremental.make_plan(net, (h, w), window, sh, sw, approximate)
+        plan = _incremental.make_plan(net, (h, w), window, sh, sw, approximate, groups)
         state = _incremental.prepare(net, params, images, baseline, plan)
+        parts, where = [], []
+        for g in plan.groups:
+            nr, nc = len(g.rows), len(g.cols)
 
-        def body(k):
-            i, j = k // per_image, k % per_image
-            out = _incremental.occluded_outputs(net, params, state, plan, (h, w), i, starts_h[j // nw],
-                                                starts_w[j % nw])
-            return _common.scores(out, target_fn, _common.gather_target(target_idx, i))
+            def body(k, g=g, per=nr * nc, nc=nc):
+                i, r = k // per, k % per
+                out = _incremental.occluded_outputs(net, params, state, g, (h, w), i, r // nc, r % nc)
+                return _common.scores(out, target_fn, _common.gather_target(target_idx, i))
+
+            parts.append(_common.chunked_map(body, n * nr * nc, batch_size, even=len(plan.groups) > 1))
+            ii, rr, cc = np.meshgrid(np.arange(n), np.asarray(g.rows), np.asarray(g.cols), indexing="ij")
+            where.append(((ii * nh + rr) * nw + cc).ravel())
+        flat = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        occluded = flat[np.argsort(np.concatenate(where))].reshape(n, nh, nw)
     else:
         def occlude(i, j):
             r0, c0 = starts_h[j // nw], starts_w[j % nw]
@@ -103,18 +119,20 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
             x = jax.vmap(occlude)(i, j)
             return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
 
-    occluded = _common.chunked_map(body, n * per_image, batch_size).reshape(n, nh, nw)
+        occluded = _common.chunked_map(body, n * per_image, batch_size).reshape(n, nh, nw)
     clean = _common.scores(f(params, images), target_fn, target_idx)
     maps = combine(clean[:, None, None] - occluded, _coverage(h, window[0], sh), _coverage(w, window[1], sw))
     return jnp.broadcast_to(maps[..., None], images.shape)
 
 
 def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any = None,
-         approximate: float | None = None):
+         approximate: float | None = None, groups: int = 1):
     """The incremental method's patch plan for a jaxviz VGG (``None`` when it does not apply).
 
     ``plan(...).cost`` is the fraction of the full network's convolution work the
-    incremental method does per occluded image.
+    incremental method does per occluded image (averaged over the windows);
+    ``plan(...).groups`` lists the batched programs: which rows and columns of
+    the window grid each covers, its cost and where the model takes over.
     """
     if not _incremental.applies(net):
         return None
@@ -122,7 +140,40 @@ def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any
     stride = tuple(max(1, v // 2) for v in window) if stride is None else _common.pair(stride, "stride")
     sh = window_starts(image_size[0], window[0], stride[0])
     sw = window_starts(image_size[1], window[1], stride[1])
-    return _incremental.make_plan(net, tuple(image_size), window, sh, sw, approximate)
+    return _incremental.make_plan(net, tuple(image_size), window, sh, sw, approximate, groups)
+
+
+def auto_groups(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any = None,
+                images: int = 1, approximate: float | None = None, backend: str | None = None) -> int:
+    """What ``groups=None`` picks: :data:`AUTO_GROUPS` when that saves at least
+    :data:`AUTO_GROUPS_SAVED_MACS` multiply-adds over ``images`` images on
+    ``backend`` (default: JAX's), else 1.
+
+    Pass the total number of images when one compiled call is reused for many
+    (the ``jaxviz attribute`` command passes the folder's count).
+    """
+    one = plan(net, tuple(image_size), window=window, stride=stride, approximate=approximate)
+    if one is None:
+        return 1
+    many = plan(net, tuple(image_size), window=window, stride=stride, approximate=approximate, groups=AUTO_GROUPS)
+    windows = sum(g.windows for g in one.groups)
+    full = _full_macs(net, tuple(image_size))
+    saved = (one.cost - many.cost) * full * windows * images
+    backend = backend or jax.default_backend()
+    return AUTO_GROUPS if saved >= AUTO_GROUPS_SAVED_MACS.get(backend, AUTO_GROUPS_SAVED_MACS_OTHER) else 1
+
+
+def _full_macs(net: Any, size: tuple[int, int]) -> float:
+    """Multiply-adds of a VGG's convolutions on one image of ``size``."""
+    h, w = size
+    c, total, widths = 3, 0.0, net._widths()
+    for name in net.layers:
+        if name.startswith("conv"):
+            total += h * w * 9 * c * widths[name]
+            c = widths[name]
+        elif name.startswith("pool"):
+            h, w = h // 2, w // 2
+    return total
 
 
 def _check_geometry(images, window, stride):
@@ -151,6 +202,7 @@ def occlusion(
     batch_size: int = 32,
     method: str = "auto",
     approximate: float | None = None,
+    groups: int | None = None,
 ) -> jax.Array:
     """Occlusion sensitivity (Zeiler & Fergus 2014).
 
@@ -175,12 +227,19 @@ def occlusion(
         projective-field threshold); values beyond the cap are taken from the
         clean image. Faster, not exact: measure the error against the exact
         map for your model (``benchmarks/attribution.py --approximate``).
+      groups: incremental method only: split the window positions along each
+        dimension into at most this many runs whose patches are sized
+        separately (patches are clipped to their maps, so windows near an edge
+        change less than interior ones). More groups do less work but compile
+        more batched programs (2 * groups - 1). None: :func:`auto_groups` for
+        this call's images. The result does not depend on it.
 
     Returns:
       (N, H, W, 3) attributions (the same value in the three channels).
 
     Raises:
-      InputError: bad ``images``, ``target``, ``window``, ``stride``, ``baseline`` or ``batch_size``.
+      InputError: bad ``images``, ``target``, ``window``, ``stride``, ``baseline``, ``batch_size``,
+        ``method``, ``approximate`` or ``groups``.
 
     Example:
       >>> attr = occlusion(net, params, images, 207, window=32, stride=16, baseline=0.5)
@@ -198,9 +257,16 @@ def occlusion(
         if method == "full":
             raise InputError("approximate: only the incremental method approximates; got method='full'")
         method, approximate = "incremental", float(approximate)
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1):
+        raise InputError(f"groups: expected a positive int or None, got {groups!r}")
     incremental = _use_incremental(net, method, images.shape[1:3], window, stride)
+    if not incremental:
+        groups = 1
+    elif groups is None:
+        groups = auto_groups(net, images.shape[1:3], window=window, stride=stride, images=images.shape[0],
+                             approximate=approximate)
     return _core(net, params, images, base, idx, target_fn=fn, window=window, stride=stride, batch_size=batch_size,
-                 incremental=incremental, approximate=approximate if incremental else None)
+                 incremental=incremental, approximate=approximate if incremental else None, groups=int(groups))
 
 
 def _use_incremental(net, method, size, window, stride) -> bool:

@@ -261,6 +261,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"all {len(paths)} images already done; results in {out}")
         return 0
 
+    if args.method == "occlusion" and options.get("groups") is None and options.get("method", "auto") != "full":
+        # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
+        try:
+            options["groups"] = attribution.occlusion_auto_groups(net, (size, size), window=options.get("window", 16),
+                                                stride=options.get("stride"), images=len(todo),
+                                                approximate=options.get("approximate"))
+        except (InputError, TypeError, ValueError):
+            pass  # malformed window/stride: occlusion() itself reports them
+
     def fn(p, x, t):
         logits = net.apply(p, x)
         tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
