@@ -194,3 +194,25 @@ def test_sharded_over_four_devices_equals_one(folder, tmp_path):
     for i in range(N):
         x, y = np.load(one / f"img{i}.png.npy"), np.load(four / f"img{i}.png.npy")
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
+
+
+def test_rerun_finds_its_programs_in_the_compile_cache(folder, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(JAXVIZ_CACHE=str(tmp_path / "cache"), JAXVIZ_COMPILE_CACHE="1",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # cache even this tiny model's programs
+
+    def cli_run(out, env=env):
+        cmd = [sys.executable, "-m", "jaxviz", *_args(folder, tmp_path / out, "--method", "saliency")]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    cli_run("a")
+    xla = tmp_path / "cache" / "xla"
+    first = {p.name: p.stat().st_size for p in xla.iterdir()}
+    assert any(n.endswith("-cache") for n in first)
+    assert max(first.values()) < 20 * 2**20  # compiled programs, not weights baked in as constants
+    cli_run("b")  # the same shapes: every program comes from the cache, nothing new is written
+    assert {p.name for p in xla.iterdir()} == set(first)
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "img0.png.npy"), np.load(tmp_path / "b" / "img0.png.npy"))
+    cli_run("c", env=dict(env, JAXVIZ_COMPILE_CACHE="0", JAXVIZ_CACHE=str(tmp_path / "off")))
+    assert not (tmp_path / "off" / "xla").exists()
