@@ -443,6 +443,8 @@ def test_auto_groups_weighs_saved_work_against_compilation():
     assert A.occlusion_auto_groups(linear, (8, 8), images=10**6) == 1  # not a VGG: no plan
     with pytest.raises(InputError, match=r"^groups: expected a positive int or None, got 0"):
         A.occlusion(linear, linear_params(H, W), jnp.zeros((1, H, W, 3)), 0, window=2, groups=0)
+    with pytest.raises(InputError, match=r"^groups: only the incremental method groups windows; got groups=2 with"):
+        A.occlusion(linear, linear_params(H, W), jnp.zeros((1, H, W, 3)), 0, window=2, groups=2, method="full")
 
 
 def test_chunked_map_even_chunks_compile_one_program():

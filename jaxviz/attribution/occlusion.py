@@ -259,6 +259,8 @@ def occlusion(
         method, approximate = "incremental", float(approximate)
     if groups is not None and (isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1):
         raise InputError(f"groups: expected a positive int or None, got {groups!r}")
+    if groups is not None and method == "full":
+        raise InputError(f"groups: only the incremental method groups windows; got groups={groups} with method='full'")
     incremental = _use_incremental(net, method, images.shape[1:3], window, stride)
     if not incremental:
         groups = 1
