@@ -38,6 +38,7 @@ SIGMOD 2019.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -127,18 +128,21 @@ def _changed(starts: np.ndarray, window: int, length: int, kinds: list[str], cap
 
 def _partition(sizes: np.ndarray, weight: np.ndarray, k: int) -> list[np.ndarray]:
     """Split windows 0..n-1 (ordered by position) into at most ``k`` runs minimising
-    sum over runs of len(run) * (max over the run of ``sizes``) @ ``weight`` (dynamic programming)."""
+    sum over runs of len(run) * (max over the run of ``sizes``) @ ``weight`` (dynamic programming, O(k n^2))."""
     n = len(sizes)
+    # run_cost[j][i]: the cost of the run [i, j), for every i < j (suffix maxima of sizes[:j])
+    run_cost = []
+    for j in range(1, n + 1):
+        suffix_max = np.maximum.accumulate(sizes[j - 1::-1], axis=0)[::-1]
+        run_cost.append((j - np.arange(j)) * (suffix_max @ weight))
     best = np.full((k + 1, n + 1), np.inf)
     arg = np.zeros((k + 1, n + 1), np.int64)
     best[0, 0] = 0.0
     for g in range(1, k + 1):
         for j in range(1, n + 1):
-            for i in range(j):
-                if np.isfinite(best[g - 1, i]):
-                    c = best[g - 1, i] + (j - i) * float(sizes[i:j].max(0) @ weight)
-                    if c < best[g, j] - 1e-9 * abs(c):
-                        best[g, j], arg[g, j] = c, i
+            c = best[g - 1, :j] + run_cost[j - 1]
+            i = int(np.argmin(c))
+            best[g, j], arg[g, j] = c[i], i
     g = int(np.argmin(best[1:, n])) + 1
     cuts, j = [], n
     while g > 0:
@@ -157,8 +161,16 @@ def make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], st
     this many runs whose patches are sized separately. Patches are clipped to
     their map, so windows near an edge change less than interior ones; one
     size for all (``groups=1``) pays the interior size everywhere, more groups
-    do less work but compile one batched program per (row run, column run).
+    do less work but compile more batched programs (2k - 1: see the bands below).
+    Cached: the arguments are static, and occlusion asks several times.
     """
+    return _make_plan(net, tuple(image_size), tuple(window), tuple(int(v) for v in starts_h),
+                      tuple(int(v) for v in starts_w), approximate, groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], starts_h: tuple[int, ...],
+               starts_w: tuple[int, ...], approximate: float | None, groups: int) -> Plan:
     names = [n for n in net.layers if n.startswith(("conv", "pool")) or (n.startswith("relu") and "_" in n)]
     kinds = [n[:4] for n in names]
     widths = net._widths()
