@@ -383,6 +383,22 @@ def test_incremental_occlusion_equals_full(stages, size, window, stride, baselin
     assert len(A.occlusion_plan(net, (h, w), window=window, stride=stride, groups=3).groups) > 1
 
 
+def test_incremental_occlusion_with_average_pooling():
+    # the style-transfer option: 2x2 average pools; the patch pools average clean and recomputed values alike
+    from jaxviz import models, weights
+
+    net = models.VGG(stages=((4,), (8,), (8,)), fc_features=16, num_classes=5, pool_output=(2, 2), pooling="avg")
+    params = weights.random(net, seed=4)
+    x = jnp.asarray(np.random.RandomState(2).rand(1, 40, 40, 3), jnp.float32)
+    kw = dict(window=8, stride=4, baseline=0.5)
+    full = A.occlusion(net, params, x, 2, method="full", **kw)
+    scale = float(jnp.max(jnp.abs(full)))
+    assert scale > 0
+    for groups in (1, 2):
+        inc = A.occlusion(net, params, x, 2, method="incremental", groups=groups, **kw)
+        np.testing.assert_allclose(inc, full, rtol=0, atol=1e-4 * scale, err_msg=f"groups={groups}")
+
+
 def test_window_groups_plan():
     from jaxviz import models
     from jaxviz.attribution import _incremental as inc
