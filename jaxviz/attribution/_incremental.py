@@ -83,15 +83,12 @@ class Plan:
     groups: tuple[Group, ...]
     input_size: tuple[int, int]  # the window
     cost: float  # the mean over all windows of the groups' costs
+    full_macs: float  # multiply-adds of the full network's convolutions on one image
 
     @property
     def fallback(self) -> str:
         """Where the model takes over for most windows (the largest group's fallback)."""
         return max(self.groups, key=lambda g: g.windows).fallback
-
-    @property
-    def steps(self) -> tuple[Step, ...]:
-        return max(self.groups, key=lambda g: g.windows).steps
 
 
 def applies(net: Any) -> bool:
@@ -175,9 +172,9 @@ def _make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], s
     kinds = [n[:4] for n in names]
     widths = net._widths()
     conv_idx = [i for i, k in enumerate(kinds) if k == "conv"]
-    macs, cin = [], 3
+    macs, cin = [], 3  # per output pixel of each convolution, over its 3x3 taps
     for i in conv_idx:
-        macs.append(cin * widths[names[i]])
+        macs.append(9 * cin * widths[names[i]])
         cin = widths[names[i]]
     macs = np.asarray(macs, np.float64)
     ch = _changed(np.asarray(starts_h), window[0], image_size[0], kinds, approximate)
@@ -202,15 +199,16 @@ def _make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], s
     main = max(range(len(runs_h)), key=lambda r: len(runs_h[r]))
     every = np.arange(len(sw))
     cells = [(rh, every) for r, rh in enumerate(runs_h) if r != main] + [(runs_h[main], rw) for rw in runs_w]
-    out = [_group(names, kinds, widths, ch, cw, rh, rw, sh[rh], sw[rw], tuple(window), full) for rh, rw in cells]
+    conv_macs = dict(zip((names[i] for i in conv_idx), macs))
+    out = [_group(names, kinds, conv_macs, ch, cw, rh, rw, sh[rh], sw[rw], tuple(window), full) for rh, rw in cells]
     total = sum(g.windows for g in out)
-    return Plan(tuple(out), tuple(window), float(sum(g.cost * g.windows for g in out) / total))
+    return Plan(tuple(out), tuple(window), float(sum(g.cost * g.windows for g in out) / total), full)
 
 
-def _group(names, kinds, widths, ch, cw, rows, cols, win_h, win_w, window, full) -> Group:
+def _group(names, kinds, conv_macs, ch, cw, rows, cols, win_h, win_w, window, full) -> Group:
     """The patch sizes, positions and fallback of the windows at ``rows`` x ``cols``."""
     steps, pos_h, pos_w = [], [], []
-    flops, cin, source, fallback = 0.0, 3, "", names[-1]
+    macs, source, fallback = 0.0, "", names[-1]
     for (kind, name, (lo_h, hi_h, L_h), (lo_w, hi_w, L_w)) in zip(kinds, names, ch, cw):
         lo_h, hi_h, lo_w, hi_w = lo_h[rows], hi_h[rows], lo_w[cols], hi_w[cols]
         s_h, s_w = int((hi_h - lo_h).max()), int((hi_w - lo_w).max())
@@ -228,22 +226,16 @@ def _group(names, kinds, widths, ch, cw, rows, cols, win_h, win_w, window, full)
         pos_h.append(p_h)
         pos_w.append(p_w)
         if kind == "conv":
-            cout = widths[name]
-            flops += s_h * s_w * cin * cout
-            cin = cout
+            macs += s_h * s_w * conv_macs[name]
         source = name
     # the convolutions the model runs after the fallback count fully
-    c, L = cin, steps[-1].length if steps else None
-    for name in names[len(steps):]:
-        if name.startswith("conv"):
-            flops += L[0] * L[1] * c * widths[name]
-            c = widths[name]
-        elif name.startswith("pool"):
-            L = (L[0] // 2, L[1] // 2)
+    for name, kind, (_, _, L_h), (_, _, L_w) in list(zip(names, kinds, ch, cw))[len(steps):]:
+        if kind == "conv":
+            macs += L_h * L_w * conv_macs[name]
     table_h = np.stack([win_h] + pos_h, 1).astype(np.int32)
     table_w = np.stack([win_w] + pos_w, 1).astype(np.int32)
     return Group(window, tuple(int(r) for r in rows), tuple(int(c) for c in cols), tuple(steps), fallback, table_h,
-                 table_w, float(flops / full))
+                 table_w, float(macs / full))
 
 
 def _normalize(net: VGG, x: jax.Array) -> jax.Array:
@@ -291,11 +283,9 @@ def prepare(net: VGG, params: Any, images: jax.Array, baseline: jax.Array, plan:
 
 
 def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_size: tuple[int, int],
-                     item_image: jax.Array, item_h: jax.Array, item_w: jax.Array, finish: bool = True) -> jax.Array:
+                     item_image: jax.Array, item_h: jax.Array, item_w: jax.Array) -> jax.Array:
     """Network outputs (items, ...) of occluded images: image ``item_image``, the window at row
     ``group.rows[item_h]`` and column ``group.cols[item_w]`` of the window grid.
-
-    ``finish=False``: the occluded maps at the group's fallback tap instead (for profiling).
     """
     padded = state
     base_p = padded["baseline"]
@@ -342,6 +332,6 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
         return _overlay(clean, v, ah, aw)
 
     maps = jax.vmap(one)(item_image, item_h, item_w)
-    if tap == net.layers[-1] or not finish:
+    if tap == net.layers[-1]:
         return maps
     return net.apply(params, maps, start=tap)

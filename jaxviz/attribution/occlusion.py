@@ -157,23 +157,9 @@ def auto_groups(net: Any, image_size: tuple[int, int], *, window: Any = 16, stri
         return 1
     many = plan(net, tuple(image_size), window=window, stride=stride, approximate=approximate, groups=AUTO_GROUPS)
     windows = sum(g.windows for g in one.groups)
-    full = _full_macs(net, tuple(image_size))
-    saved = (one.cost - many.cost) * full * windows * images
+    saved = (one.cost - many.cost) * one.full_macs * windows * images
     backend = backend or jax.default_backend()
     return AUTO_GROUPS if saved >= AUTO_GROUPS_SAVED_MACS.get(backend, AUTO_GROUPS_SAVED_MACS_OTHER) else 1
-
-
-def _full_macs(net: Any, size: tuple[int, int]) -> float:
-    """Multiply-adds of a VGG's convolutions on one image of ``size``."""
-    h, w = size
-    c, total, widths = 3, 0.0, net._widths()
-    for name in net.layers:
-        if name.startswith("conv"):
-            total += h * w * 9 * c * widths[name]
-            c = widths[name]
-        elif name.startswith("pool"):
-            h, w = h // 2, w // 2
-    return total
 
 
 def _check_geometry(images, window, stride):
