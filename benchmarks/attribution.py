@@ -167,7 +167,8 @@ def main() -> None:
         p = A.occlusion_plan(net, (args.size, args.size), window=args.window, stride=args.stride, groups=g)
         print(f"incremental occlusion plan ({g} window group{'s' * (g > 1)} per side, {len(p.groups)} programs): "
               f"{p.cost:.3f} of the full convolution work, model takes over after "
-              f"{'/'.join(sorted({x.fallback for x in p.groups}))}; {windows(args.stride)} windows (Captum and jaxviz full measured at stride {cstride}: "
+              f"{'/'.join(sorted({x.fallback for x in p.groups}))}; {windows(args.stride)} windows "
+              f"(Captum and jaxviz full measured at stride {cstride}: "
               f"{windows(cstride)} windows; ratios are per-window throughput)")
     print("throughput = images through the network per second of CPU time (wall in brackets)")
     for name in args.methods.split(","):

@@ -86,9 +86,6 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
     f = _common.forward(net)
     sh, sw = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
     nh, nw = len(sh), len(sw)
-    starts_h, starts_w = jnp.asarray(sh, jnp.int32), jnp.asarray(sw, jnp.int32)
-    rows_i, cols_i = jnp.arange(h), jnp.arange(w)
-    per_image = nh * nw
 
     if incremental:
         plan = _incremental.make_plan(net, (h, w), window, sh, sw, approximate, groups)
@@ -108,6 +105,10 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
         flat = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         occluded = flat[np.argsort(np.concatenate(where))].reshape(n, nh, nw)
     else:
+        starts_h, starts_w = jnp.asarray(sh, jnp.int32), jnp.asarray(sw, jnp.int32)
+        rows_i, cols_i = jnp.arange(h), jnp.arange(w)
+        per_image = nh * nw
+
         def occlude(i, j):
             r0, c0 = starts_h[j // nw], starts_w[j % nw]
             mask = (((rows_i >= r0) & (rows_i < r0 + window[0]))[:, None]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import inspect
 import io
 import json
 import os
@@ -292,7 +293,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "occlusion" and options.get("groups") is None and options.get("method", "auto") != "full":
         # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
         try:
-            options["groups"] = attribution.occlusion_auto_groups(net, (size, size), window=options.get("window", 16),
+            default_window = inspect.signature(attribution.occlusion).parameters["window"].default
+            options["groups"] = attribution.occlusion_auto_groups(net, (size, size),
+                                                window=options.get("window", default_window),
                                                 stride=options.get("stride"), images=len(todo),
                                                 approximate=options.get("approximate"))
         except (InputError, TypeError, ValueError):
