@@ -499,6 +499,49 @@ def test_incremental_plan_and_auto_choice():
         A.occlusion(linear, linear_params(H, W), jnp.zeros((1, H, W, 3)), 0, window=2, method="incremental")
 
 
+def _masked_occlusion_reference(net, params, x, target, plan):
+    """Occlusion as the plan's patches define it, computed without patches: every window's occluded image runs
+    through the whole network one layer at a time, and after each step the map outside that step's patch is
+    reset to the clean image's map. Equal to the exact occlusion when the patches cover every changed region;
+    the definition of the approximate one when they are capped."""
+    names = [s.name for s in plan.groups[0].steps]
+    clean = net.apply(params, x, taps=tuple(names))
+    base = float(net.apply(params, x)[0, target])
+    h, w = x.shape[1:3]
+    wh, ww = plan.input_size
+    total = np.zeros((h, w))
+    count = np.zeros((h, w))
+
+    def score(img, masks, steps):
+        a = img[None]
+        for k, (name, m) in enumerate(zip(steps, masks)):
+            a = net.apply(params, a, taps=(name,))[name] if k == 0 else net.apply(
+                params, a, start=steps[k - 1], taps=(name,))[name]
+            a = jnp.where(m[None, :, :, None], a, clean[name])
+        return net.apply(params, a, start=steps[-1])[0, target]
+
+    for g in plan.groups:
+        steps = tuple(s.name for s in g.steps)
+        run = jax.jit(jax.vmap(lambda img, *m: score(img, m, steps)))
+        imgs, masks, boxes = [], [[] for _ in steps], []
+        for i, r in enumerate(g.rows):
+            for j, c in enumerate(g.cols):
+                r0, c0 = int(g.pos_h[i, 0]), int(g.pos_w[j, 0])
+                occ = np.array(x[0])
+                occ[r0:r0 + wh, c0:c0 + ww] = 0.0
+                imgs.append(occ)
+                boxes.append((r0, c0))
+                for k, s in enumerate(g.steps):
+                    m = np.zeros(s.length, bool)
+                    m[g.pos_h[i, k + 1]:g.pos_h[i, k + 1] + s.size[0], g.pos_w[j, k + 1]:g.pos_w[j, k + 1] + s.size[1]] = True
+                    masks[k].append(m)
+        scores = np.asarray(run(jnp.asarray(np.stack(imgs)), *(jnp.asarray(np.stack(m)) for m in masks)))
+        for (r0, c0), sc in zip(boxes, scores):
+            total[r0:r0 + wh, c0:c0 + ww] += base - sc
+            count[r0:r0 + wh, c0:c0 + ww] += 1
+    return np.broadcast_to((total / count)[None, :, :, None], x.shape)
+
+
 def test_approximate_incremental_occlusion():
     from jaxviz import models, weights
 
@@ -507,16 +550,27 @@ def test_approximate_incremental_occlusion():
     x = jnp.asarray(np.random.RandomState(0).rand(1, 48, 48, 3), jnp.float32)
     kw = dict(window=6, stride=4, batch_size=32)
     exact = A.occlusion(net, params, x, 1, method="full", **kw)
+    scale = float(jnp.max(jnp.abs(exact)))
     # a cap the exact patches never reach changes nothing
-    np.testing.assert_allclose(A.occlusion(net, params, x, 1, approximate=1.0, **kw), exact, rtol=0,
-                               atol=1e-5 * float(jnp.max(jnp.abs(exact))))
-    np.testing.assert_allclose(A.occlusion(net, params, x, 1, approximate=1.0, groups=3, **kw), exact, rtol=0,
-                               atol=1e-5 * float(jnp.max(jnp.abs(exact))))
-    coarse = A.occlusion(net, params, x, 1, approximate=0.2, **kw)
-    err = float(jnp.linalg.norm(coarse - exact) / jnp.linalg.norm(exact))
-    assert 0 < err < 1.5 and np.all(np.isfinite(coarse))
-    grouped = A.occlusion(net, params, x, 1, approximate=0.2, groups=3, **kw)
-    assert 0 < float(jnp.linalg.norm(grouped - exact) / jnp.linalg.norm(exact)) < 1.5
+    np.testing.assert_allclose(A.occlusion(net, params, x, 1, approximate=1.0, **kw), exact, rtol=0, atol=1e-5 * scale)
+    # the reference, checked on the exact plan first: it then equals the full method
+    ref = _masked_occlusion_reference(net, params, x, 1, A.occlusion_plan(net, (48, 48), window=6, stride=4))
+    np.testing.assert_allclose(ref, exact, rtol=0, atol=1e-5 * scale)
+    for cap, groups in ((0.2, 1), (0.5, 3)):
+        plan = A.occlusion_plan(net, (48, 48), window=6, stride=4, approximate=cap, groups=groups)
+        got = A.occlusion(net, params, x, 1, approximate=cap, groups=groups, **kw)
+        ref = _masked_occlusion_reference(net, params, x, 1, plan)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+        assert float(jnp.linalg.norm(got - exact)) > 1e-3 * float(jnp.linalg.norm(exact))  # the cap binds here
+    # each capped patch is the exact one cut to ceil(cap * L) (when a cap binds at step k, the exact region at
+    # k + 1 still reaches the cap: convolutions grow regions, pools halve both the region and the cap)
+    exact_plan = A.occlusion_plan(net, (48, 48), window=6, stride=4)
+    for cap in (0.2, 0.5):
+        capped = A.occlusion_plan(net, (48, 48), window=6, stride=4, approximate=cap)
+        for s, e in zip(capped.groups[0].steps, exact_plan.groups[0].steps):
+            assert s.name == e.name
+            for d in range(2):
+                assert s.size[d] == min(e.size[d], max(1, int(np.ceil(cap * s.length[d])))), (cap, s.name, d)
     assert A.occlusion_plan(net, (48, 48), window=6, stride=4, approximate=0.2).cost < A.occlusion_plan(
         net, (48, 48), window=6, stride=4).cost
     with pytest.raises(InputError, match=r"^approximate: expected a fraction in \(0, 1\] or None, got 0"):

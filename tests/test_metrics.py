@@ -11,7 +11,7 @@ from jaxviz import attribution as A
 from jaxviz.attribution import _common, metrics
 from jaxviz.errors import InputError
 
-from test_attribution_models import gapnet_params, linear, linear_params
+from test_attribution_models import gapnet_closed_form, gapnet_params, linear, linear_params
 
 H, W = 4, 5
 
@@ -139,11 +139,51 @@ def test_model_randomization_cascade(lin):
     assert r.maps.shape == (2, 2, H, W, 3)
 
 
+def _spearman_ref(a, b):
+    """Spearman's rho from scratch: Pearson correlation of average ranks (ties share their mean rank)."""
+    def ranks(v):
+        v = np.asarray(v, np.float64).ravel()
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for u in np.unique(v):
+            r[v == u] = r[v == u].mean()
+        return r
+    return np.corrcoef(ranks(a), ranks(b))[0, 1]
+
+
+def test_randomize_redraws_with_each_arrays_scale():
+    rng = np.random.RandomState(0)
+    tree = {"kernel": jnp.asarray(3.0 * rng.randn(60, 50), jnp.float32), "bias": jnp.zeros(7)}
+    a = metrics._randomize(tree, jax.random.key(1))
+    b = metrics._randomize(tree, jax.random.key(2))
+    assert a["kernel"].shape == (60, 50) and a["bias"].shape == (7,)
+    np.testing.assert_allclose(np.std(np.asarray(a["kernel"])), np.std(np.asarray(tree["kernel"])), rtol=0.05)
+    assert abs(np.corrcoef(np.ravel(a["kernel"]), np.ravel(tree["kernel"]))[0, 1]) < 0.1  # a fresh draw
+    np.testing.assert_array_equal(a["bias"], 0.0)  # zero arrays stay zero
+    assert not np.allclose(a["kernel"], b["kernel"])  # another key, another draw
+    np.testing.assert_array_equal(a["kernel"], metrics._randomize(tree, jax.random.key(1))["kernel"])  # reproducible
+
+
 def test_model_randomization_on_a_model_uses_layer_order():
     net, params = gapnet_params()
     x = jnp.asarray(np.random.RandomState(0).rand(2, 6, 8, 3), jnp.float32)
-    r = metrics.model_randomization(net, params, x, 2, method="grad_cam", options={"relu": False})
+    key = jax.random.key(5)
+    r = metrics.model_randomization(net, params, x, 2, method="grad_cam", options={"relu": False}, key=key,
+                                    absolute=False, return_maps=True)
     assert r.layers == ("fc", "conv1") and r.spearman.shape == (2, 2)
+    # cascading: step j re-draws layer j on top of the layers already re-drawn (layer j's draw from fold_in(key, j))
+    p = params["params"]
+    fc = metrics._randomize(p["fc"], jax.random.fold_in(key, 0))
+    conv1 = metrics._randomize(p["conv1"], jax.random.fold_in(key, 1))
+    step0 = {"params": {"conv1": p["conv1"], "fc": fc}}
+    step1 = {"params": {"conv1": conv1, "fc": fc}}
+    expect = [gapnet_closed_form(q, x, 2)["grad_cam"] for q in (step0, step1)]
+    np.testing.assert_allclose(r.maps, np.stack(expect), rtol=1e-5, atol=1e-6)
+    original = gapnet_closed_form(params, x, 2)["grad_cam"]
+    for j in range(2):
+        for i in range(2):
+            np.testing.assert_allclose(r.spearman[j, i], _spearman_ref(original[i], expect[j][i]), atol=1e-6)
     with pytest.raises(InputError, match=r"^layers: unknown parameter group 'fc9'"):
         metrics.model_randomization(net, params, x, 2, layers=["fc9"])
 
