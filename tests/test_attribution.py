@@ -107,6 +107,25 @@ def test_guided_backprop_and_deconvnet_closed_form(gap):
     np.testing.assert_allclose(A.deconvnet(net, params, x, 2), cf["deconv"], rtol=1e-5, atol=1e-7)
 
 
+def _bilinear_ref(maps, size):
+    """(N, h, w) -> (N, H, W): output pixel o samples the input at (o + 0.5) * h / H - 0.5, clamped to the map."""
+    def axis(n_in, n_out):
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), lo] += 1 - (src - lo)
+        m[np.arange(n_out), hi] += src - lo
+        return m
+    return np.einsum("Hh,nhw,Ww->nHW", axis(maps.shape[1], size[0]), maps, axis(maps.shape[2], size[1]))
+
+
+def test_bilinear_reference_on_a_ramp():
+    # a linear ramp stays linear inside (the reference's own check): 2x upsampling of 0, 1, 2 along a row
+    ramp = np.arange(3.0)[None, None, :]
+    np.testing.assert_allclose(_bilinear_ref(ramp, (1, 6))[0, 0], [0, 0.25, 0.75, 1.25, 1.75, 2])
+
+
 def test_cam_and_grad_cam_closed_form(gap):
     net, params, x = gap
     cf = gapnet_closed_form(params, x, 0)
@@ -116,7 +135,11 @@ def test_cam_and_grad_cam_closed_form(gap):
     # upsampling: nearest doubles every cell; bilinear keeps the mean of a linear ramp
     up = A.grad_cam(net, params, x, 0, relu=False, upsample=True, interpolation="nearest")
     np.testing.assert_allclose(up, np.repeat(np.repeat(cf["grad_cam"], 2, 1), 2, 2), rtol=1e-5, atol=1e-7)
-    assert A.cam(net, params, x, 0, upsample=True).shape == (2, H, W)
+    # bilinear (the default), half-pixel centres and clamped edges as PyTorch's interpolate(align_corners=False)
+    up = A.grad_cam(net, params, x, 0, relu=False, upsample=True)
+    np.testing.assert_allclose(up, _bilinear_ref(cf["grad_cam"], (H, W)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(A.cam(net, params, x, 0, upsample=True), _bilinear_ref(cf["cam"], (H, W)), rtol=1e-5,
+                               atol=1e-6)
     # guided Grad-CAM = guided backprop x upsampled rectified Grad-CAM
     ggc = A.guided_grad_cam(net, params, x, 0, interpolation="nearest")
     expect = cf["guided"] * np.repeat(np.repeat(np.maximum(cf["grad_cam"], 0), 2, 1), 2, 2)[..., None]
