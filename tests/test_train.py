@@ -59,9 +59,14 @@ def test_shapes_masks_are_the_objects():
 
 
 def test_shapes_class_subset_and_errors():
-    d = datasets.shapes(6, size=16, classes=("cross", "circle"))
+    d = datasets.shapes(24, size=32, classes=("cross", "circle"))
     assert d.classes == ("cross", "circle") and set(d.labels.tolist()) == {0, 1}
-    # label 0 is a cross: its mask is not convex (fill of its box well below a disc's)
+    # label i draws classes[i]: how much of its bounding box a mask fills tells the shapes apart. A disc fills
+    # pi/4 = 0.785 of its box (pixelised: within 0.06); a cross, its four corners empty, well under that
+    # (rotated squares fill 0.6 to 1 and triangles about half, so a wrong class shows)
+    fill = np.array([m.sum() / (np.ptp(np.nonzero(m)[0]) + 1) / (np.ptp(np.nonzero(m)[1]) + 1) for m in d.masks])
+    assert np.all(fill[d.labels == 0] < 0.6), fill[d.labels == 0]
+    np.testing.assert_allclose(fill[d.labels == 1], np.pi / 4, atol=0.06)
     with pytest.raises(InputError, match=r"^n: expected a positive int, got 0"):
         datasets.shapes(0)
     with pytest.raises(InputError, match=r"^size: expected at least 8 pixels, got 4"):
