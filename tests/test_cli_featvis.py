@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -84,14 +86,21 @@ def test_filters(tiny, tmp_path, capsys):
     np.testing.assert_allclose(pic[2:14:4, 2:14:4], want, atol=1 / 255)
 
 
-def test_dream_reports_a_rising_objective_per_octave(tiny, tmp_path, capsys):
+def test_dream_reports_a_rising_objective_per_octave(tiny, params, tmp_path, capsys):
     src = _picture(tmp_path / "in.png", 44, 52)
     out = tmp_path / "d.png"
     code, text, _ = run(capsys, "dream", src, "--layers", "relu2_1:1,relu1_1:0.2", "--size", "0", "--octaves", "2",
                         "--steps", "3", "--jitter", "4", "--tile", "0", "--out", out, "--weights", "random",
                         "--no-progress")
     assert code == 0, text
-    assert image.load(out).shape == (1, 44, 52, 3)
+    from jaxviz import dream
+
+    want = dream.dream(NET, params, image.load(src), key=jax.random.key(0), layers={"relu2_1": 1.0, "relu1_1": 0.2},
+                       octaves=2, steps=3, jitter=4, tile_size=None)
+    got = image.load(out)
+    assert got.shape == (1, 44, 52, 3)
+    np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=0.6 / 255)  # the dream, saved as 8 bits
+    assert np.abs(got - image.load(src)).mean() > 0.01  # and not the input
     lines = [ln for ln in text.splitlines() if ln.startswith("octave")]
     assert len(lines) == 2
     for ln in lines:
@@ -99,12 +108,27 @@ def test_dream_reports_a_rising_objective_per_octave(tiny, tmp_path, capsys):
         assert after > before
 
 
-def test_render_channels_grid(tiny, tmp_path, capsys):
+def test_render_channels_grid(tiny, params, tmp_path, capsys):
     out = tmp_path / "r.png"
     code, _, _ = run(capsys, "render", "--layer", "relu2_1", "--channels", "0-2", "--size", "32", "--steps", "4",
                      "--batch-size", "2", "--no-transforms", "--out", out, "--weights", "random", "--no-progress")
     assert code == 0
-    assert image.load(out).shape == (1, 2 * 32 + 3 * 4, 2 * 32 + 3 * 4, 3)  # 3 tiles, 2 per row
+    pic = image.load(out)[0]
+    assert pic.shape == (2 * 32 + 3 * 4, 2 * 32 + 3 * 4, 3)  # 3 tiles, 2 per row
+    # the tiles are the library's renders: channels in groups of --batch-size, group g keyed fold_in(key(seed), g)
+    from jaxviz.featvis import render as R
+
+    maker = render._maker("relu2_1", False, 0.0)
+    want = []
+    for g, group in enumerate(([0, 1], [2, 2])):
+        imgs = R.render_each(NET, params, maker, jnp.asarray(group, jnp.int32),
+                             key=jax.random.fold_in(jax.random.key(0), g), size=32, steps=4, param=R.fourier(decorrelate=True), transforms=None, learning_rate=0.05)
+        want.extend(np.asarray(imgs)[:, 0])
+    for i in range(3):
+        r, c = 4 + 36 * (i // 2), 4 + 36 * (i % 2)
+        # below the label box (rows 0-12 of a tile); PNG stores 8 bits
+        np.testing.assert_allclose(pic[r + 13:r + 32, c:c + 32], np.clip(want[i][13:], 0, 1), atol=0.6 / 255)
+    assert np.abs(want[0] - want[1]).mean() > 0.01  # different channels, different pictures
     code, _, err = run(capsys, "render", "--layer", "relu2_1", "--channels", "3,16", "--out", tmp_path / "x.png",
                        "--weights", "random")
     assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
@@ -136,7 +160,7 @@ def test_top_patches_resumes_after_an_interruption(tiny, folder, tmp_path, capsy
     assert not (tmp_path / "parts.png.topk.npz").exists()
 
 
-def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, folder, tmp_path, capsys, monkeypatch):
+def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, folder, tmp_path, capsys, monkeypatch):
     common = ["--recursive", "--layer", "relu2_1", "--size", "32", "--batch-size", "2", "--checkpoint-every", "1",
               "--thumb", "16", "--weights", "random", "--no-progress"]
     out = tmp_path / "nn.png"
@@ -145,6 +169,31 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, folder, tmp_
     rows = [ln for ln in text.splitlines() if ln.startswith(("a/", "b/"))]
     assert len(rows) == 3 and rows[0].startswith("a/0.png: ")
     assert image.load(out).shape == (1, 3 * 16 + 4 * 3, 3 * 16 + 4 * 3, 3)
+    # the cached vectors are relu2_1 averaged over space (shortest side to 32, centre crop)
+    saved = np.load(tmp_path / "nn.png.features.npz")
+    names = [f"{os.path.basename(os.path.dirname(n))}/{os.path.basename(n)}" for n in saved["names"]]
+    vec = np.asarray(saved["vectors"], np.float64)
+    assert names == [f"{g}/{i}.png" for g in "ab" for i in range(3)]
+    x = image.center_crop(image.load(folder / "b" / "2.png", 32, resize="shortest"), 32)
+    np.testing.assert_allclose(vec[5], np.asarray(NET.apply(params, x, taps=("relu2_1",))["relu2_1"]).mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-7)
+
+    def expected(q, k, metric):
+        d = {"cosine": 1 - vec @ vec[q] / np.linalg.norm(vec, axis=1) / np.linalg.norm(vec[q]),
+             "l1": np.abs(vec - vec[q]).sum(1)}[metric]
+        order = [j for j in np.argsort(d, kind="stable") if j != q][:k]
+        return [names[j] for j in order], d[order]
+
+    def parse(row):
+        query, rest = row.split(": ")
+        pairs = [p.rsplit(" (", 1) for p in rest.split(", ")]
+        return query, [n for n, _ in pairs], np.array([float(v.rstrip(")")) for _, v in pairs])
+
+    for q, row in enumerate(rows):  # the first 3 images, nearest first by cosine distance (the default)
+        query, got, dist = parse(row)
+        want, wd = expected(q, 2, "cosine")
+        assert query == names[q] and got == want
+        np.testing.assert_allclose(dist, wd, rtol=2e-3, atol=1e-6)  # printed with 3 significant digits
     # a rerun with other display options reuses the cached features: the network never runs
     from jaxviz import embed
 
@@ -152,6 +201,10 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, folder, tmp_
     code, text, _ = run(capsys, "neighbours", folder, *common, "--k", "4", "--metric", "l1", "--out", out,
                         "--overwrite", "--query", folder / "b" / "1.png")
     assert code == 0 and text.splitlines()[1].startswith("b/1.png: ")
+    query, got, dist = parse(text.splitlines()[1])
+    want, wd = expected(4, 4, "l1")
+    assert got == want
+    np.testing.assert_allclose(dist, wd, rtol=2e-3)
     code, _, _ = run(capsys, "embed", folder, *common, "--method", "pca", "--plot-size", "3",
                      "--out", tmp_path / "nn.png", "--overwrite")
     assert code == 0 and image.load(out).shape == (1, 300, 300, 3)
