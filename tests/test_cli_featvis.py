@@ -134,12 +134,20 @@ def test_render_channels_grid(tiny, params, tmp_path, capsys):
     assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
 
 
-def test_top_patches_resumes_after_an_interruption(tiny, folder, tmp_path, capsys, monkeypatch):
+def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_path, capsys, monkeypatch):
     args = ["top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "0,5", "--k", "3", "--size",
-            "32", "--batch-size", "2", "--checkpoint-every", "1", "--weights", "random", "--no-progress"]
+            "32", "--batch-size", "2", "--checkpoint-every", "1", "--tile", "24", "--weights", "random", "--no-progress"]
     code, text, _ = run(capsys, *args, "--out", tmp_path / "whole.png")
     assert code == 0 and "receptive field 8x8 px at stride 2; 6 images" in text
     whole = image.load(tmp_path / "whole.png")
+    # the picture is the library's top patches of the folder (sorted, recursive; shortest side to 32, centre crop)
+    from jaxviz.commands.featmaps import iter_batches
+    from jaxviz.featvis import patches as P
+
+    paths = sorted(folder.rglob("*.png"))
+    top = P.top_patches(NET, params, iter_batches(paths, 32, 2), layer="relu2_1", channels=[0, 5], k=3)
+    np.testing.assert_allclose(whole[0], P.patch_grid(top, tile=24), atol=0.6 / 255)
+    assert "channel 5: best" in text and str(top.names[1][0]).endswith(text.split("channel 5: best ")[1].split()[-1])
 
     real = top_patches.iter_batches
 
