@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxviz`` argument parser, one subparser per command (each sets ``func``)."""
     from . import __version__, commands
 
     parser = argparse.ArgumentParser(

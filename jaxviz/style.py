@@ -766,9 +766,11 @@ def init(
       InputError: bad images, layers, or options.
 
     Example:
+      >>> from jaxviz import image, models, style, weights
       >>> net = models.vgg19(classifier=False)
       >>> params = weights.load("vgg19", classifier=False)      # doctest: +SKIP
-      >>> state = init(net, params, content, style, preset="course")  # doctest: +SKIP
+      >>> content, painting = image.load("photo.jpg", 512), image.load("painting.jpg", 512)  # doctest: +SKIP
+      >>> state = style.init(net, params, content, painting, preset="course")  # doctest: +SKIP
     """
     cfg = config(preset, **overrides)
     _check_net(net, cfg)

@@ -126,9 +126,16 @@ def overlay(img, attr, *, alpha: float = 0.5, cmap: str = "jet", percentile: flo
       attr: (h, w) or (h, w, C) map; resized to (H, W) if smaller.
       alpha: heatmap opacity; the colour is weighted by the map's value too, so
         unimportant regions show the image.
+      cmap: colormap name (see :func:`colormap`; jet is the heatmap people know).
+      percentile: the map is scaled so this percentile of its values is 1
+        (see :func:`normalize`); a few extreme pixels then do not wash it out.
+      how: how a (h, w, C) map becomes (h, w) (see :func:`reduce_channels`).
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
+
+    Raises:
+      InputError: ``img`` not (H, W, 3), or an unknown ``cmap`` or ``how``.
     """
     img = np.asarray(img, np.float32)
     if img.ndim == 4 and img.shape[0] == 1:
@@ -150,8 +157,19 @@ def grid(images: Sequence[np.ndarray] | np.ndarray, *, ncols: int | None = None,
          pad_value: float = 1.0) -> np.ndarray:
     """Tiles images (N, H, W, 3) or (N, H, W) into one picture, row by row.
 
-    ``ncols`` defaults to ceil(sqrt(N)). Greyscale tiles are repeated to RGB.
-    Tiles of different sizes are placed top-left in cells of the largest size.
+    Args:
+      images: a sequence of (H, W, 3) or (H, W) tiles, or one stacked array.
+        Greyscale tiles are repeated to RGB; tiles of different sizes are
+        placed top-left in cells of the largest size.
+      ncols: tiles per row (default ceil(sqrt(N))).
+      pad: pixels between tiles and around the edge.
+      pad_value: the padding's grey level.
+
+    Returns:
+      (rows * h + (rows + 1) * pad, ncols * w + (ncols + 1) * pad, 3) float32.
+
+    Raises:
+      InputError: no tiles, or a tile of another shape.
     """
     tiles = [np.asarray(t, np.float32) for t in images]
     if not tiles:
@@ -181,6 +199,14 @@ def channel_grid(maps, *, order: str = "mean", limit: int | None = 64, cmap: str
       maps: one image's activations at a tap, (H, W, C) (a batch axis of 1 is dropped).
       order: ``"mean"`` (strongest mean activation first) or ``"index"`` (as given).
       limit: show at most this many channels (None for all).
+      cmap: colormap for the tiles (see :func:`colormap`).
+      ncols, pad: as for :func:`grid`.
+
+    Returns:
+      The grid picture, float32 RGB in [0, 1] (see :func:`grid`).
+
+    Raises:
+      InputError: ``maps`` not (H, W, C), or an unknown ``order``.
     """
     m = np.asarray(maps, np.float32)
     if m.ndim == 4 and m.shape[0] == 1:

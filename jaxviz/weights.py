@@ -401,7 +401,16 @@ def _flatten(params: Mapping) -> dict[str, np.ndarray]:
 
 
 def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -> Path:
-    """Saves params as safetensors (atomically) with a ``.sha256`` sidecar; returns the path."""
+    """Saves params as safetensors (atomically) with a ``.sha256`` sidecar.
+
+    Args:
+      params: a flax params tree (``{"params": {...}}``) or its inner mapping.
+      path: the file to write (its sidecar is ``path + ".sha256"``).
+      arch: recorded in the file's metadata (e.g. "vgg19").
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+    """
     from safetensors.numpy import save as save_bytes
 
     path = Path(path)
@@ -416,6 +425,14 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
 
 def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
     """Loads params written by :func:`save`, verifying the ``.sha256`` sidecar when present.
+
+    Args:
+      path: a ``.safetensors`` file written by :func:`save`.
+      arch: optional "vgg16"/"vgg19" or a VGG module whose layer shapes the
+        file must have.
+
+    Returns:
+      The params tree ``{"params": {...}}`` for ``Module.apply``.
 
     Raises:
       ChecksumError: the file does not match its sidecar.

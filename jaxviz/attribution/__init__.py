@@ -35,7 +35,7 @@ from . import metrics
 from .cam import cam, grad_cam, guided_grad_cam
 from .guided import deconv_relu, deconvnet, guided_backprop, guided_relu
 from .integrated import integrated_gradients, quadrature
-from .occlusion import occlusion, window_starts
+from .occlusion import AUTO_GROUPS, AUTO_GROUPS_SAVED_MACS, AUTO_THRESHOLD, OCCLUSION_METHODS, occlusion, window_starts
 from .occlusion import auto_groups as occlusion_auto_groups
 from .occlusion import plan as occlusion_plan
 from .saliency import input_x_gradient, saliency
@@ -66,6 +66,10 @@ __all__ = [
     "LAYER_METHODS",
     "CALLABLE_METHODS",
     "SAMPLING_METHODS",
+    "AUTO_GROUPS",
+    "AUTO_GROUPS_SAVED_MACS",
+    "AUTO_THRESHOLD",
+    "OCCLUSION_METHODS",
     "cam",
     "deconv_relu",
     "deconvnet",

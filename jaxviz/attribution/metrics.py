@@ -151,6 +151,9 @@ def insertion(net: Any, params: Any, images: jax.Array, target: Any, attribution
     Arguments as for :func:`deletion` (RISE uses a blurred copy of the image as
     ``baseline`` here). Higher ``auc`` is better.
 
+    Returns:
+      :class:`Curve`, as for :func:`deletion`, with fractions of pixels inserted.
+
     Example:
       >>> metrics.insertion(net, params, images, 3, attr, baseline=blurred).auc
     """

@@ -130,10 +130,23 @@ def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any
          approximate: float | None = None, groups: int = 1):
     """The incremental method's patch plan for a jaxviz VGG (``None`` when it does not apply).
 
-    ``plan(...).cost`` is the fraction of the full network's convolution work the
-    incremental method does per occluded image (averaged over the windows);
-    ``plan(...).groups`` lists the batched programs: which rows and columns of
-    the window grid each covers, its cost and where the model takes over.
+    Args:
+      net: the model (a plan exists for jaxviz VGG networks only).
+      image_size: (H, W) of the images to occlude.
+      window, stride, approximate, groups: as for :func:`occlusion`
+        (``groups`` an int here: the plan for exactly that many runs).
+
+    Returns:
+      None for other models, else a plan whose ``cost`` is the fraction of
+      the full network's convolution multiply-adds the incremental method
+      does per occluded image (averaged over the windows), ``full_macs`` those
+      of the full network on one image, and ``groups`` the batched programs:
+      which rows and columns of the window grid each covers (``rows``,
+      ``cols``), its ``cost`` and the tap where the model takes over
+      (``fallback``).
+
+    Example:
+      >>> A.occlusion_plan(models.vgg19(), (224, 224), window=32, stride=16).cost   # about 0.231
     """
     if not _incremental.applies(net):
         return None
@@ -152,6 +165,15 @@ def auto_groups(net: Any, image_size: tuple[int, int], *, window: Any = 16, stri
 
     Pass the total number of images when one compiled call is reused for many
     (the ``jaxviz attribute`` command passes the folder's count).
+
+    Args:
+      net, image_size, window, stride, approximate: as for :func:`plan`.
+      images: how many images the compiled call will occlude in all.
+      backend: "cpu", "gpu", "tpu" (None: ``jax.default_backend()``).
+
+    Returns:
+      The ``groups`` value to pass to :func:`occlusion`: 1 or :data:`AUTO_GROUPS`
+      (always 1 for models without an incremental plan).
     """
     one = plan(net, tuple(image_size), window=window, stride=stride, approximate=approximate)
     if one is None:

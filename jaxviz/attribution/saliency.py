@@ -64,7 +64,7 @@ def saliency(net: Any, params: Any, images: jax.Array, target: Any, *, abs: bool
 
     Example:
       >>> attr = saliency(net, params, images, target=207)
-      >>> heat = viz.reduce_channels(attr, "max")      # (N, H, W) for display
+      >>> heat = viz.reduce_channels(attr, "max_abs")  # (N, H, W) for display
     """
     _common.check_net(net, "saliency")
     images = _common.check_images(images)
