@@ -297,12 +297,22 @@ def test_imagenet_eval_matches_torchvision_pil_pipeline(tmp_path):
     assert jimage.imagenet_eval(path).shape == (1, 224, 224, 3)
 
 
-def test_imagenet_eval_array_input():
-    x = np.random.default_rng(0).random((48, 64, 3), dtype=np.float32)
-    assert jimage.imagenet_eval(x, crop=24, resize_to=32).shape == (1, 24, 24, 3)
-    assert jimage.imagenet_eval(np.stack([x, x]), crop=24, resize_to=32).shape == (2, 24, 24, 3)
+def test_imagenet_eval_array_input(tmp_path):
+    rng = np.random.default_rng(0)
+    x8 = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(x8).save(tmp_path / "x.png")
+    from_file = jimage.imagenet_eval(tmp_path / "x.png", crop=24, resize_to=32)
+    assert from_file.shape == (1, 24, 24, 3)
+    # an array goes through the same pipeline as the file holding it (uint8, or float in [0, 1]); the file's is
+    # PIL's 8-bit resize, so the two differ by its rounding, under one level
+    np.testing.assert_allclose(jimage.imagenet_eval(x8, crop=24, resize_to=32), from_file, atol=1 / 255)
+    np.testing.assert_allclose(jimage.imagenet_eval(x8 / np.float32(255), crop=24, resize_to=32), from_file, atol=1 / 255)
+    y8 = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    both = jimage.imagenet_eval(np.stack([x8, y8]), crop=24, resize_to=32)
+    one_by_one = [jimage.imagenet_eval(v, crop=24, resize_to=32) for v in (x8, y8)]
+    np.testing.assert_allclose(both, np.concatenate(one_by_one), atol=1e-6)
     with pytest.raises(InputError, match=r"resize_to: expected at least crop=224, got 100"):
-        jimage.imagenet_eval(x, resize_to=100)
+        jimage.imagenet_eval(x8, resize_to=100)
 
 
 def test_to_float():
