@@ -59,8 +59,16 @@ def test_first_layer_filters_as_rgb_tiles_grey_at_zero(params):
     pic = maps.filter_grid(params, tile=3, pad=1, ncols=4)
     assert pic.shape == (2 * 3 + 3, 4 * 3 + 5, 3)
     np.testing.assert_allclose(pic[1:4, 1:4], 0.5 + 0.5 * k[0] / np.abs(k).max(), atol=1e-6)
+    # deeper kernels: the input-channel mean through RdBu_r, 0.5 (white) at zero, the largest |mean| at an end
+    from matplotlib import colormaps
+
     deeper = maps.filter_grid(params, "conv2_1", tile=6)
-    assert deeper.shape[-1] == 3 and np.isfinite(deeper).all()
+    m = maps.filters(params, "conv2_1").mean(-1)
+    assert deeper.shape == (2 + 4 * 8, 2 + 4 * 8, 3)  # 16 kernels of 3x3 enlarged to 6x6, 4 per row
+    for i in (0, 7, 15):
+        r, c = 2 + 8 * (i // 4), 2 + 8 * (i % 4)
+        want = colormaps["RdBu_r"](0.5 + 0.5 * m[i] / np.abs(m).max())[..., :3]
+        np.testing.assert_allclose(deeper[r:r + 6:2, c:c + 6:2], want, atol=1e-6)
     with pytest.raises(InputError, match=r"^layer: expected a convolution in params \(conv1_1, conv2_1\), got 'conv7_1'"):
         maps.filters(params, "conv7_1")
 
