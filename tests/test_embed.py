@@ -109,13 +109,23 @@ def test_pca_matches_the_numpy_eigendecomposition():
 def test_tsne_keeps_separated_clusters_apart():
     pytest.importorskip("sklearn")
     rng = np.random.default_rng(2)
+    from sklearn.manifold import TSNE
+
     centres = rng.normal(size=(3, 64)) * 10
+    centres[:, :2] = 0  # the clusters differ only past the first two coordinates
     x = np.concatenate([c + rng.normal(size=(12, 64)) for c in centres]).astype(np.float32)
     labels = np.repeat(np.arange(3), 12)
     y = embed.tsne(x, perplexity=8, seed=0, max_iter=500)  # past the 250 steps of early exaggeration
     assert y.shape == (36, 2)
     idx, _ = embed.nearest_neighbours(y, k=3)
     assert (labels[np.asarray(idx)] == labels[:, None]).mean() > 0.95
+    idx, _ = embed.nearest_neighbours(x[:, :2], k=3)
+    assert (labels[np.asarray(idx)] == labels[:, None]).mean() < 0.7  # which the raw coordinates do not show
+    # the documented recipe: PCA to min(50, N) dimensions, then scikit-learn's exact t-SNE with PCA init
+    reduced = embed.pca(x, 36).points
+    want = TSNE(n_components=2, perplexity=8, init="pca", learning_rate="auto", random_state=0, method="exact",
+                max_iter=500).fit_transform(np.asarray(reduced, np.float64))
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_pictures():
@@ -129,6 +139,23 @@ def test_pictures():
     pic = embed.scatter_thumbnails(pts, thumbs, labels=list("aabbcc"), title="t", size=3, dpi=50)
     assert pic.shape == (150, 150, 3) and pic.dtype == np.float32
     assert 0 <= pic.min() and pic.max() <= 1 and pic.std() > 0.05
+    # each thumbnail sits at its point: the axes fill 0.06..0.96 of the figure, the limits pad the points' range
+    # by 6%; a pure green thumbnail among grey ones is drawn around that pixel and nowhere else
+    pts = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 5.0], [10.0, 5.0], [3.0, 1.0], [7.0, 4.0]])
+    tiles = np.full((6, 16, 16, 3), 0.5, np.float32)
+    for i in (4, 5):
+        tiles[i] = (0.0, 1.0, 0.0)
+        pic = embed.scatter_thumbnails(pts, np.where(np.arange(6)[:, None, None, None] == i, tiles, 0.5), size=3,
+                                       dpi=50, zoom=1.0)
+        green = (pic[..., 1] > 0.9) & (pic[..., 0] < 0.1) & (pic[..., 2] < 0.1)
+        rows, cols = np.nonzero(green)
+        side = 150
+        fx = 0.06 + 0.9 * (pts[i, 0] + 0.6) / 11.2
+        fy = 0.06 + 0.9 * (pts[i, 1] + 0.3) / 5.6
+        # one 16 px thumbnail at zoom 1: 16 points = 16 * 50 / 72 = 11.1 pixels at 50 dpi (edges antialiased)
+        assert 10 * 10 <= green.sum() <= 12 * 12
+        assert abs(cols.mean() + 0.5 - fx * side) < 1.5 and abs(rows.mean() + 0.5 - (1 - fy) * side) < 1.5
+        assert np.ptp(cols) <= 12 and np.ptp(rows) <= 12
     with pytest.raises(InputError, match=r"^thumbs: expected shape \(6, t, t, 3\), got \(5, 16, 16, 3\)"):
         embed.scatter_thumbnails(pts, thumbs[:5])
 
