@@ -434,9 +434,33 @@ def test_window_groups_plan():
     assert len(four.groups) == 2 * 4 - 1
     cells = sorted((r, c) for g in four.groups for r in g.rows for c in g.cols)
     assert cells == [(r, c) for r in range(13) for c in range(13)]  # every window exactly once
-    # the issue's "about 1/4", and what clipping patches to the map saves (edge windows change less)
-    assert one.cost == pytest.approx(0.2314, abs=5e-4)
-    assert four.cost == pytest.approx(0.2003, abs=5e-4)
+    # the issue's "about 1/4", derived from scratch: follow each window's changed rows through the layers (a 3x3
+    # convolution widens them by one on each side, a 2x2 pool halves them, both clipped to the map); one group
+    # sizes every patch for the widest window; the first convolution whose patch would be its whole map, and
+    # every one after it, runs in full
+    starts = list(range(0, 224 - 32 + 1, 16))
+    regions = [(s, s + 32) for s in starts]
+    length, cin, patch, full, fell_back = 224, 3, 0.0, 0.0, False
+    per_window = np.zeros(len(starts) ** 2)  # each window's own patches, without falling back: a lower bound
+    for stage, n in zip(models.VGG19_STAGES, range(5)):
+        for cout in stage:
+            regions = [(max(lo - 1, 0), min(hi + 1, length)) for lo, hi in regions]
+            macs = 9 * cin * cout
+            widest = max(hi - lo for lo, hi in regions)
+            fell_back = fell_back or (cin != 3 and widest >= length)
+            patch += macs * (length * length if fell_back else widest * widest)
+            full += macs * length * length
+            sizes = np.array([hi - lo for lo, hi in regions])
+            per_window += macs * np.outer(sizes, sizes).ravel()
+            cin = cout
+        length //= 2
+        regions = [(lo // 2, min(-(-hi // 2), length)) for lo, hi in regions]
+    assert one.cost == pytest.approx(patch / full, rel=1e-9)
+    assert one.cost == pytest.approx(0.2314, abs=5e-4)  # the figure the docs quote
+    # groups size patches per run of windows: between one size for all and a size per window
+    assert per_window.mean() / full < four.cost < one.cost
+    assert per_window.mean() / full == pytest.approx(0.178, abs=5e-4)  # the docs' "0.178 with a size per window"
+    assert four.cost == pytest.approx(0.2003, abs=5e-4)  # the figure the docs quote (dynamic programming's split)
     edge = min(four.groups, key=lambda g: g.cost)
     assert edge.fallback == "pool5" and edge.cost < one.cost
     # every patch stays inside its map and covers the window's changed region
