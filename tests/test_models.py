@@ -122,6 +122,10 @@ def test_start_enters_the_network_after_a_tap(tiny):
     # gradient w.r.t. a layer's activation, the Grad-CAM seam
     g = jax.grad(lambda a: net.apply(params, a, start="relu2_1")[:, 3].sum())(taps["relu2_1"])
     assert g.shape == taps["relu2_1"].shape and float(jnp.abs(g).sum()) > 0
+    # chain rule: pulled back through the layers before the tap, it is the input gradient of the whole network
+    _, pull = jax.vjp(lambda v: net.apply(params, v, taps=("relu2_1",))["relu2_1"], x)
+    whole = jax.grad(lambda v: net.apply(params, v)[:, 3].sum())(x)
+    np.testing.assert_allclose(pull(g)[0], whole, rtol=1e-4, atol=1e-6 * float(jnp.abs(whole).max()))
 
 
 def test_relu_seam_replaces_every_relu(tiny):

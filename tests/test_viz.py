@@ -76,4 +76,8 @@ def test_channel_grid_orders_by_mean_activation():
     assert g.shape == (4, 12, 3)
     # first tile is channel 1 (largest mean), each tile scaled to its own range: its hot pixel is white
     assert g[0, 0].tolist() == [1, 1, 1] and g[1, 1].tolist() == [0, 0, 0]
-    assert viz.channel_grid(maps, order="index", limit=2, ncols=2, pad=0).shape == (4, 8, 3)
+    by_index = viz.channel_grid(maps, order="index", limit=2, cmap="gray", ncols=2, pad=0)
+    assert by_index.shape == (4, 8, 3)
+    # as given: channel 0 (constant, drawn at the colormap's low end) first, then channel 1 with its hot pixel
+    np.testing.assert_array_equal(by_index[:, :4], 0.0)
+    assert by_index[0, 4].tolist() == [1, 1, 1] and by_index[1, 5].tolist() == [0, 0, 0]
