@@ -268,13 +268,29 @@ def channel(layer: str, c, *, batch: int | None = None) -> Objective:
       layer: tap name (convolutional or classifier).
       c: channel index (an int or an integer array scalar; may be traced).
       batch: score only this image of the batch (None: sum over the batch).
+
+    Returns:
+      An :class:`Objective` (maximised by :func:`render`; combine with ``+``, ``-``, ``*``).
     """
     layer = _check_layer(layer)
     return Objective(_channel_fn, (_index(c),), (layer, _check_batch(batch)), (layer,), f"channel({layer}, {c})")
 
 
 def neuron(layer: str, c, *, y: int | None = None, x: int | None = None, batch: int | None = None) -> Objective:
-    """Activation of channel ``c`` at one position of ``layer`` (the centre by default)."""
+    """Activation of channel ``c`` at one position of ``layer`` (the centre by default).
+
+    Args:
+      layer: a convolutional tap.
+      c: channel index (an int or an integer array scalar; may be traced).
+      y, x: the position in the layer's map (None: the centre, ``H // 2`` / ``W // 2``).
+      batch: score only this image of the batch (None: sum over the batch).
+
+    Returns:
+      An :class:`Objective`.
+
+    Raises:
+      InputError: a negative or non-integer ``y``/``x``.
+    """
     layer = _check_layer(layer)
     for v, n in ((y, "y"), (x, "x")):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
@@ -285,14 +301,36 @@ def neuron(layer: str, c, *, y: int | None = None, x: int | None = None, batch: 
 
 
 def class_logit(k, *, layer: str = "logits", batch: int | None = None) -> Objective:
-    """The pre-softmax score of class ``k`` (``fc8``)."""
+    """The pre-softmax score of class ``k`` (``fc8``).
+
+    Args:
+      k: class index (an int or an integer array scalar).
+      layer: the classifier tap (``logits``).
+      batch: score only this image of the batch (None: sum over the batch).
+
+    Returns:
+      An :class:`Objective` (needs a network built with its classifier).
+    """
     obj = channel(layer, _index(k, "k"), batch=batch)
     obj.name = f"class_logit({k})"
     return obj
 
 
 def direction(layer: str, vector, *, batch: int | None = None) -> Objective:
-    """Mean over positions of the activation's projection on a unit ``vector`` (C,)."""
+    """Mean over positions of the activation's projection on ``vector`` (C,) (Olah et al.'s "direction").
+
+    Args:
+      layer: tap name.
+      vector: (C,) direction in the layer's channel space (used as given; pass
+        a unit vector for scores comparable across directions).
+      batch: score only this image of the batch (None: sum over the batch).
+
+    Returns:
+      An :class:`Objective`.
+
+    Raises:
+      InputError: ``vector`` is not one-dimensional.
+    """
     layer = _check_layer(layer)
     v = jnp.asarray(vector, jnp.float32)
     if v.ndim != 1:
@@ -306,6 +344,12 @@ def diversity(layer: str) -> Objective:
     Minus the mean (over images) of the summed cosine similarity between one
     image's Gram matrix and every other's (lucid's ``diversity``); 0 for a
     batch of one. Add it to an objective, e.g. ``channel(l, c) + 0.5 * diversity(l)``.
+
+    Args:
+      layer: the tap whose Gram matrices are compared.
+
+    Returns:
+      An :class:`Objective`.
     """
     layer = _check_layer(layer)
     return Objective(_diversity_fn, (), (layer,), (layer,), f"diversity({layer})")
@@ -317,7 +361,15 @@ def total_variation() -> Objective:
 
 
 def l2(layer: str = "input", constant: float = 0.5) -> Objective:
-    """Mean of (a - constant)² at ``layer`` (default the image): a penalty, subtract it."""
+    """Mean of (a - constant)² at ``layer`` (default the image): a penalty, subtract it.
+
+    Args:
+      layer: a tap, or ``"input"`` for the image in [0, 1].
+      constant: the value it pulls towards (0.5: mid grey for the image).
+
+    Returns:
+      An :class:`Objective`.
+    """
     return Objective(_l2_fn, (), (_check_layer(layer), float(constant)), (layer,), f"l2({layer})")
 
 
@@ -380,12 +432,31 @@ class ImageParam:
 
 
 def pixel(*, sd: float = 0.01, decorrelate: bool = True) -> ImageParam:
-    """Optimise pixels directly (through a sigmoid; optionally in decorrelated colour)."""
+    """Optimise pixels directly (through a sigmoid; optionally in decorrelated colour).
+
+    Args:
+      sd: standard deviation of the random initial values.
+      decorrelate: optimise in ImageNet's decorrelated colour space (lucid's
+        ``color_correlation_svd_sqrt``) rather than plain RGB.
+
+    Returns:
+      An :class:`ImageParam` for :func:`render`'s ``param``.
+    """
     return ImageParam("pixel", float(sd), 1.0, bool(decorrelate))
 
 
 def fourier(*, sd: float = 0.01, decay_power: float = 1.0, decorrelate: bool = True) -> ImageParam:
-    """Optimise a Fourier spectrum scaled by 1/frequency^decay_power (lucid's ``fft_image``)."""
+    """Optimise a Fourier spectrum scaled by 1/frequency^decay_power (lucid's ``fft_image``).
+
+    Args:
+      sd: standard deviation of the random initial spectrum.
+      decay_power: how fast the scale falls with frequency (1: natural images'
+        1/f amplitude; higher gives smoother pictures).
+      decorrelate: as for :func:`pixel`.
+
+    Returns:
+      An :class:`ImageParam` for :func:`render`'s ``param``.
+    """
     return ImageParam("fourier", float(sd), float(decay_power), bool(decorrelate))
 
 
