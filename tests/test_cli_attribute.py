@@ -169,6 +169,55 @@ def test_errors(folder, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_a_failed_run_leaves_no_settings_behind(folder, tmp_path, capsys):
+    out = tmp_path / "o"
+    # an option the method does not have: one line naming it, before any work
+    assert cli.main(_args(folder, out, "--method", "saliency", "--option", "bogus=1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "jaxviz attribute: error: --option: saliency has no option 'bogus'; expected some of abs"
+    # a value the method refuses fails in the method; nothing was recorded, so the corrected command runs
+    assert cli.main(_args(folder, out, "--method", "occlusion", "--option", "window=0")) != 0
+    assert not (out / "attribute.json").exists()
+    capsys.readouterr()
+    assert cli.main(_args(folder, out, "--method", "occlusion", "--option", "window=8")) == 0
+    assert len(_rows(out)) == N
+    # weights of another model
+    other = tmp_path / "other.safetensors"
+    from jaxviz import weights
+
+    weights.save(small_cnn(num_classes=4, widths=(4, 4, 4)).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))), other)
+    capsys.readouterr()
+    argv = _args(folder, tmp_path / "w", "--method", "saliency")
+    argv[argv.index("random")] = str(other)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--weights: {str(other)!r} does not hold the small-cnn's parameters" in err and len(err.splitlines()) == 1
+
+
+def test_outputs_inside_the_folder_skipped_files_and_empty_folders(folder, tmp_path, capsys):
+    import shutil
+
+    for sub, extra in (("attr", ["--recursive"]), ("", [])):  # OUT_DIR inside IMAGES_DIR, or the same folder
+        root = tmp_path / f"pics{sub}"
+        shutil.copytree(folder, root)
+        (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        out = root / sub
+        assert cli.main(_args(root, out, "--method", "saliency", "--batch-size", "4", *extra)) == 0
+        text = capsys.readouterr()
+        assert f"wrote {N} attributions" in text.out and "skipped 1 unreadable file" in text.out
+        assert f"skipped {root / 'broken.png'}: " in text.err and "Warning" not in text.err
+        # a rerun finds nothing new: its own heatmaps are not images to attribute
+        assert cli.main(_args(root, out, "--method", "saliency", "--batch-size", "4", *extra)) == 0
+        assert "wrote 0 attributions" in capsys.readouterr().out
+        assert sorted(p.name for p in out.rglob("*.npy")) == [f"img{i}.png.npy" for i in range(N)]
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    assert cli.main(_args(empty, tmp_path / "e")) == 2
+    assert capsys.readouterr().err.strip() == (f"jaxviz attribute: error: IMAGES_DIR: no images in {str(empty)!r} "
+                                               "(it has sub-folders: add --recursive)")
+    assert not (tmp_path / "e").exists()
+
+
 _SUBPROCESS = """
 import sys
 from jaxviz import cli, parallel

@@ -235,3 +235,24 @@ def test_bad_arguments(tiny, tmp_path, capsys):
     code, _, err = run(capsys, "top-patches", tmp_path, "--layer", "fc7", "--out", tmp_path / "t.png",
                        "--weights", "random")
     assert code == 2 and err.startswith("jaxviz top-patches: error: folder: no images in")
+
+
+def test_out_is_checked_before_any_work(tiny, tmp_path, capsys, monkeypatch):
+    from jaxviz import dream
+
+    monkeypatch.setattr(dream, "dream", lambda *a, **k: pytest.fail("worked before checking --out"))
+    src = _picture(tmp_path / "in.png")
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (tmp_path, f"--out: expected a picture file, got the folder {str(tmp_path)!r}"),
+        (tmp_path / "d.xyz", "--out: expected a file ending in .png, .jpg, .jpeg, .webp, .tif, .tiff, .bmp; got "),
+        (tmp_path / "a_file" / "d.png", f"--out: cannot write in {str(tmp_path / 'a_file')!r}"),
+    ]
+    for out, message in cases:
+        code, _, err = run(capsys, "dream", src, "--out", out, "--weights", "random", "--no-progress")
+        assert code == 2 and err.startswith(f"jaxviz dream: error: {message}"), err
+        assert len(err.strip().splitlines()) == 1
+    # stylize checks it too, before loading anything
+    code, _, err = run(capsys, "stylize", src, src, "--out", tmp_path / "s.xyz", "--weights", "random")
+    assert code == 2 and err.startswith("jaxviz stylize: error: --out: expected a file ending in .png")
+    assert not list(tmp_path.glob(".jaxviz-write-check-*"))

@@ -29,9 +29,8 @@ import io
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -111,6 +110,15 @@ def _model(args: argparse.Namespace):
             if not path.exists():
                 raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {args.weights!r}")
             params = weights.load_file(path)
+            import jax
+            import jax.numpy as jnp
+
+            want = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, config.size, config.size, 3)))
+            shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)  # noqa: E731
+                                   for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+            if shapes(params) != shapes(want):
+                raise InputError(f"--weights: {str(path)!r} does not hold the small-cnn's parameters "
+                                 f"(expected a file written by jaxviz for --model small-cnn)")
         return net, params, list(datasets.CLASSES), config.size
     from ._common import imagenet_classes, model_and_params
 
@@ -178,8 +186,10 @@ def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _batches(paths: Sequence[Path], size: int, batch_size: int) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """Decodes ``paths`` one batch at a time (shortest side to ``size``, centre crop), as image.load_folder."""
+def _batches(paths: Sequence[Path], size: int, batch_size: int,
+             skipped: Callable[[Path, Exception], None]) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Decodes ``paths`` one batch at a time (shortest side to ``size``, centre crop), as image.load_folder;
+    unreadable files are reported to ``skipped`` and left out."""
     from .. import image
     from ..errors import ImageError
 
@@ -189,7 +199,7 @@ def _batches(paths: Sequence[Path], size: int, batch_size: int) -> Iterator[tupl
         try:
             arrays.append(image.center_crop(image.load(p, size, resize="shortest"), size)[0])
         except (ImageError, OSError) as e:
-            warnings.warn(f"{p}: skipped, not a readable image ({e})", UserWarning, stacklevel=2)
+            skipped(p, e)
             continue
         done.append(p)
         if len(done) == batch_size:
@@ -255,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"IMAGES_DIR: expected a folder of images, got {str(args.images)!r} (no such folder)")
     options = parse_options(args.option)
     method_fn = attribution.METHODS[args.method]
+    accepted = [n for n, p in inspect.signature(method_fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    for key in options:
+        if key not in accepted:
+            raise InputError(f"--option: {args.method} has no option {key!r}; expected some of {', '.join(accepted)}")
     if args.method in attribution.LAYER_METHODS:
         options.setdefault("upsample", True)
         if not options["upsample"]:
@@ -269,7 +283,6 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: expected a folder, got the file {out}")
-    out.mkdir(parents=True, exist_ok=True)
     settings = _settings(args, options, size)
     settings_path = out / "attribute.json"
     if settings_path.exists():
@@ -277,11 +290,24 @@ def run(args: argparse.Namespace) -> int:
         if previous != settings:
             diff = ", ".join(f"{k}={previous.get(k)!r} (now {v!r})" for k, v in settings.items() if previous.get(k) != v)
             raise InputError(f"--out: {out} holds results of different settings: {diff}; use another --out or delete it")
-    else:
-        atomic_write_text(settings_path, json.dumps(settings, indent=2))
 
     root = args.images
-    paths = image.list_images(root, recursive=args.recursive)
+    # never the outputs themselves (OUT_DIR inside IMAGES_DIR, or the same folder): a rerun would attribute its
+    # own heatmaps (NAME.png beside NAME.npy in OUT_DIR)
+    inside = out.resolve()
+
+    def is_output(p: Path) -> bool:
+        r = p.resolve()
+        if inside != root.resolve() and inside in r.parents:
+            return True
+        return r.parent == inside and p.name.endswith(".png") and p.with_name(p.name[:-4] + ".npy").exists()
+
+    paths = [p for p in image.list_images(root, recursive=args.recursive) if not is_output(p)]
+    if not paths:
+        hint = " (it has sub-folders: add --recursive)" if not args.recursive and any(
+            d.is_dir() and d.resolve() != inside for d in root.iterdir()) else ""
+        raise InputError(f"IMAGES_DIR: no images in {str(root)!r}{hint}")
+    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "summary.csv"
     done = _read_done(csv_path, out)
     _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
@@ -312,10 +338,19 @@ def run(args: argparse.Namespace) -> int:
     ndev = sharded.num_devices
     print(f"{args.method} on {len(todo)} images ({len(done)} already done) with {args.model}, "
           f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
+    written, bad = 0, []
+
+    def skipped(path: Path, error: Exception) -> None:
+        bad.append(path)
+        bar.write(f"jaxviz attribute: skipped {path}: {error}", file=sys.stderr)
+        bar.update(1)
+
     with tqdm(total=len(todo), desc=args.method, unit="img") as bar:
-        for batch_paths, x in _batches(todo, size, args.batch_size):
+        for batch_paths, x in _batches(todo, size, args.batch_size, skipped):
             t = np.full((len(x),), target, np.int32)
             attr, probs, tgt = jax.device_get(sharded(params, x, t))
+            if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
+                atomic_write_text(settings_path, json.dumps(settings, indent=2))
             rows = []
             for i, p in enumerate(batch_paths):
                 name = p.relative_to(root).as_posix()
@@ -326,6 +361,8 @@ def run(args: argparse.Namespace) -> int:
                              "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
                              "target_prob": f"{probs[i, ti]:.6f}"})
             _append_rows(csv_path, rows)
+            written += len(rows)
             bar.update(len(batch_paths))
-    print(f"wrote {len(todo)} attributions (.npy + .png) and {csv_path}")
+    note = f"; skipped {len(bad)} unreadable file{'s' * (len(bad) > 1)}" if bad else ""
+    print(f"wrote {written} attributions (.npy + .png) and {csv_path}{note}")
     return 0

@@ -60,8 +60,31 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def check_out(out: Path, flag: str = "--out") -> None:
+    """Refuses, before any work, an OUT the picture could not be written to: a folder, a suffix Pillow is not
+    asked to write, or a folder that cannot be created or written."""
+    import tempfile
+
+    from ..errors import InputError
+    from ..image import _SAVE_FORMATS
+
+    if out.is_dir():
+        raise InputError(f"{flag}: expected a picture file, got the folder {str(out)!r}")
+    if out.suffix.lower() not in _SAVE_FORMATS:
+        raise InputError(f"{flag}: expected a file ending in {', '.join(_SAVE_FORMATS)}; got {str(out)!r}")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".jaxviz-write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag}: cannot write in {str(parent)!r} ({e.strerror or e})") from None
+
+
 def finished(args: argparse.Namespace) -> bool:
-    """True (and says so) when OUT exists and --overwrite was not given: a rerun does nothing."""
+    """Checks OUT (:func:`check_out`), then True (and says so) when it exists and --overwrite was not given:
+    a rerun does nothing."""
+    check_out(args.out)
     if args.out.exists() and not args.overwrite:
         print(f"jaxviz {args.command}: {args.out} already exists; nothing to do (--overwrite to redo)", file=sys.stderr)
         return True

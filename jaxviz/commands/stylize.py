@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_model_args, model_and_params
+from .featmaps import check_out
 
 __all__ = ["register", "run"]
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     out: Path = args.out
+    check_out(out)
     ckpt = out.with_suffix(".ckpt.npz")
     preview = out.with_suffix(".ckpt.png")
     if out.exists() and not args.overwrite and not ckpt.exists():
