@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxviz`` console script; returns the exit code."""
     from .errors import InputError, JaxvizError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # while importing the commands: nothing started yet
+        print("jaxviz: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -163,10 +163,14 @@ def test_errors(folder, tmp_path, capsys):
         (_args(folder, tmp_path / "d", "--size", "2"), "--size: expected at least 4 for small-cnn, got 2"),
         (_args(tmp_path / "nope", tmp_path / "f"), "IMAGES_DIR: expected a folder of images"),
         (_args(folder, tmp_path / "g", "--batch-size", "0"), "--batch-size: expected a positive int, got 0"),
+        (_args(folder, tmp_path / "h", "--option", "bogus=1"), "--option: saliency has no option 'bogus'"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, message
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal: usage and one line, exit 2
+        cli.main(_args(folder, tmp_path / "i") + ["--seed", "-1"])
+    assert e.value.code == 2 and "argument --seed: expected a non-negative int, got '-1'" in capsys.readouterr().err
 
 
 def test_a_failed_run_leaves_no_settings_behind(folder, tmp_path, capsys):

@@ -11,6 +11,17 @@ from ..errors import InputError
 __all__ = ["add_model_args", "model_and_params", "imagenet_classes"]
 
 
+def seed(text: str) -> int:
+    """argparse type of --seed: a non-negative int (what PRNG keys take)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
+    return v
+
+
 def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -> None:
     p.add_argument("--arch", default=default_arch, choices=sorted(models.ARCHS), help="network (default %(default)s)")
     p.add_argument(
@@ -20,7 +31,7 @@ def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -
         help="pretrained ImageNet weights from the cache (downloaded when online), random weights "
         "(torchvision's init; runs offline, meaningless output), or a .pth/.safetensors file",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--seed", type=seed, default=0, help="seed for --weights random")
 
 
 def model_and_params(args: argparse.Namespace, *, classifier: bool = True, **model_kwargs):

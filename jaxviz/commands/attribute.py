@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ._common import seed
+
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
 
 CSV_FIELDS = ("file", "predicted", "predicted_name", "predicted_prob", "target", "target_name", "target_prob")
@@ -59,13 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="pretrained", metavar="pretrained|random|FILE",
                    help="pretrained (VGG: ImageNet weights from the cache; small-cnn: the built-in trained "
                    "model, trained on first use), random, or a weights file")
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="seed for --weights random (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch, over all devices (default %(default)s)")
     p.add_argument("--size", type=int, default=None,
                    help="resize the shortest side to SIZE and crop the centre square (default 224; small-cnn 32)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable, e.g. --option window=32 --option stride=16")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -345,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         bar.write(f"jaxviz attribute: skipped {path}: {error}", file=sys.stderr)
         bar.update(1)
 
-    with tqdm(total=len(todo), desc=args.method, unit="img") as bar:
+    with tqdm(total=len(todo), desc=args.method, unit="img", disable=args.no_progress) as bar:
         for batch_paths, x in _batches(todo, size, args.batch_size, skipped):
             t = np.full((len(x),), target, np.int32)
             attr, probs, tgt = jax.device_get(sharded(params, x, t))

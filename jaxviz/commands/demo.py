@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import seed
+
 __all__ = ["register", "run", "METHODS", "render_overview"]
 
 #: (name, title, options) of the methods the demo shows, in column order.
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=2, help="pictures per shape class (default %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
     p.add_argument("--force", action="store_true", help="recompute every picture even if it exists")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="training seed (default %(default)s)")
     p.set_defaults(func=run)
 
 
