@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxviz: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except MemoryError as e:  # e.g. numpy refusing a picture of --tile 100000
+        print(f"jaxviz {args.command}: error: out of memory ({e or 'an allocation failed'}); "
+              "try smaller sizes or batches", file=sys.stderr)
+        return 1
     except (JaxvizError, OSError, ValueError) as e:
         code = 2 if isinstance(e, InputError) else 1
         print(f"jaxviz {args.command}: error: {e}", file=sys.stderr)

@@ -83,3 +83,22 @@ def test_imagenet_class_names_are_torchvisions():
 
     names = imagenet_classes()
     assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever" and names[999] == "toilet tissue"
+
+
+def test_out_of_memory_and_early_interrupts_are_one_line(capsys, monkeypatch):
+    from jaxviz.commands import core
+
+    def huge(args):
+        raise MemoryError("Unable to allocate 6.98 TiB for an array")
+
+    monkeypatch.setattr(core, "info", huge)
+    code, _, err = run(capsys, "info")  # the parser binds func when it is built: rebuilt here with the patch
+    assert code == 1 and err == ("jaxviz info: error: out of memory (Unable to allocate 6.98 TiB for an array); "
+                                 "try smaller sizes or batches\n")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    code, _, err = run(capsys, "info")
+    assert code == 130 and err == "jaxviz: interrupted\n"
