@@ -76,6 +76,17 @@ def test_errors_are_one_line_and_nonzero(capsys, tmp_path, monkeypatch):
     assert code == 2 and "--weights: expected 'pretrained', 'random' or an existing file, got 'nope.pth'" in err
     code, _, err = run(capsys, "convert", str(tmp_path / "missing.pth"))
     assert code == 1 and "missing.pth: no such file" in err
+    # a jaxviz file of another model, whose name looks like torchvision's hash-carrying ones: the architecture is
+    # what is wrong (not a checksum)
+    import jax
+    import jax.numpy as jnp
+
+    from jaxviz.models.small_cnn import small_cnn
+
+    other = weights.save(small_cnn(num_classes=4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))),
+                         tmp_path / "shapes-beb846561554.safetensors")
+    code, _, err = run(capsys, "classify", str(not_image), "--arch", "vgg16", "--weights", str(other))
+    assert code == 1 and err == f"jaxviz classify: error: {other}: wrong architecture: no conv1_1 for vgg16\n"
 
 
 def test_imagenet_class_names_are_torchvisions():

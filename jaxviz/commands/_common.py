@@ -46,7 +46,8 @@ def model_and_params(args: argparse.Namespace, *, classifier: bool = True, **mod
         path = Path(choice)
         if not path.exists():
             raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {choice!r}")
-        if path.name.endswith(".jaxviz.safetensors"):
+        if path.suffix == ".safetensors":
+            # jaxviz's own files by their keys, torchvision/timm layouts handed on to from_torchvision
             params = weights.load_file(path, net)
         else:
             params = weights.from_torchvision(path, net)
