@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("jaxviz: interrupted; run the same command again to resume", file=sys.stderr)
+        # only the commands that keep their progress (checkpoints, finished files) promise a resume
+        again = "; run the same command again to resume" if getattr(args, "resumable", False) else ""
+        print(f"jaxviz: interrupted{again}", file=sys.stderr)
         return 130
     except MemoryError as e:  # e.g. numpy refusing a picture of --tile 100000
         print(f"jaxviz {args.command}: error: out of memory ({e or 'an allocation failed'}); "

@@ -161,6 +161,7 @@ def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_pat
     out = tmp_path / "parts.png"
     code, _, err = run(capsys, *args, "--out", out)
     assert code == 130 and not out.exists() and (tmp_path / "parts.png.topk.npz").exists()
+    assert err.endswith("jaxviz: interrupted; run the same command again to resume\n")
     monkeypatch.setattr(top_patches, "iter_batches", real)
     code, _, err = run(capsys, *args, "--out", out)
     assert code == 0 and "resuming after 4 of 6 images" in err
@@ -256,3 +257,15 @@ def test_out_is_checked_before_any_work(tiny, tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "stylize", src, src, "--out", tmp_path / "s.xyz", "--weights", "random")
     assert code == 2 and err.startswith("jaxviz stylize: error: --out: expected a file ending in .png")
     assert not list(tmp_path.glob(".jaxviz-write-check-*"))
+
+
+def test_an_interrupt_promises_a_resume_only_where_one_happens(tiny, tmp_path, capsys, monkeypatch):
+    from jaxviz import dream
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dream, "dream", interrupted)  # dream keeps no checkpoint: a rerun starts over
+    code, _, err = run(capsys, "dream", _picture(tmp_path / "in.png"), "--out", tmp_path / "d.png", "--weights",
+                       "random", "--no-progress")
+    assert code == 130 and err == "jaxviz: interrupted\n"

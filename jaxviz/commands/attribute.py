@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="method option, repeatable, e.g. --option window=32 --option stride=16")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)
 
 
 # ----------------------------------------------------------------------------- settings

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot-size", type=float, default=10.0, help="plot size in inches at 100 dpi (default %(default)s)")
     add_output_args(p)
     add_model_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a query image from the folder (repeatable; replaces --queries)")
     add_output_args(p)
     add_model_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=64, help="small patches are enlarged to about this (default %(default)s)")
     add_output_args(p)
     add_model_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:
