@@ -244,6 +244,12 @@ def accuracy(net: Any, params: Any, images: Any, labels: Any, *, batch_size: int
     return float(np.mean(predict(net, params, images, batch_size=batch_size).argmax(-1) == np.asarray(labels)))
 
 
+def params_fit(net, params, size: int) -> bool:
+    """Whether ``params`` has exactly the parameter shapes ``net`` builds for (1, size, size, 3) images."""
+    expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    return jax.tree.map(lambda a: a.shape, expected) == jax.tree.map(lambda a: a.shape, params)
+
+
 def cache_path(config: Config, cache: str | os.PathLike | None = None) -> Path:
     """Where :func:`small_cnn_run` keeps the parameters trained with ``config``."""
     root = Path(cache).expanduser() if cache else weights.cache_dir()
@@ -296,8 +302,7 @@ def small_cnn_run(
     meta_path = path.with_suffix(".json") if path else None
     if path is not None and path.exists() and meta_path.exists() and not retrain:
         params = weights.load_file(path)
-        expected = jax.eval_shape(lambda: net.init(jax.random.key(0), test.images[:1]))
-        if jax.tree.map(lambda a: a.shape, expected) != jax.tree.map(lambda a: a.shape, params):
+        if not params_fit(net, params, config.size):
             raise WeightsError(f"{path}: cached parameters do not fit the configured model; delete the file")
         meta = json.loads(meta_path.read_text())
         return Run(net, params, config, test, float(meta["accuracy"]), tuple(meta["history"]), path, True,

@@ -442,7 +442,7 @@ def test_window_groups_plan():
     regions = [(s, s + 32) for s in starts]
     length, cin, patch, full, fell_back = 224, 3, 0.0, 0.0, False
     per_window = np.zeros(len(starts) ** 2)  # each window's own patches, without falling back: a lower bound
-    for stage, n in zip(models.VGG19_STAGES, range(5)):
+    for stage in models.VGG19_STAGES:
         for cout in stage:
             regions = [(max(lo - 1, 0), min(hi + 1, length)) for lo, hi in regions]
             macs = 9 * cin * cout

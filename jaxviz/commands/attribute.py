@@ -113,13 +113,7 @@ def _model(args: argparse.Namespace):
             if not path.exists():
                 raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {args.weights!r}")
             params = weights.load_file(path)
-            import jax
-            import jax.numpy as jnp
-
-            want = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, config.size, config.size, 3)))
-            shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)  # noqa: E731
-                                   for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-            if shapes(params) != shapes(want):
+            if not train.params_fit(net, params, config.size):
                 raise InputError(f"--weights: {str(path)!r} does not hold the small-cnn's parameters "
                                  f"(expected a file written by jaxviz for --model small-cnn)")
         return net, params, list(datasets.CLASSES), config.size
