@@ -151,8 +151,8 @@ def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_pat
 
     real = top_patches.iter_batches
 
-    def interrupted(paths, size, batch_size):
-        for i, b in enumerate(real(paths, size, batch_size)):
+    def interrupted(*a):
+        for i, b in enumerate(real(*a)):
             if i == 2:
                 raise KeyboardInterrupt
             yield b
@@ -217,6 +217,67 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     code, _, _ = run(capsys, "embed", folder, *common, "--method", "pca", "--plot-size", "3",
                      "--out", tmp_path / "nn.png", "--overwrite")
     assert code == 0 and image.load(out).shape == (1, 300, 300, 3)
+
+
+def test_folder_commands_skip_unreadable_files(tiny, params, folder, tmp_path, capsys, monkeypatch):
+    """A corrupt file is one stderr line and counted, the results are those of the folder without it (as in
+    ``attribute``), and a resume after a skipped file neither repeats nor loses images."""
+    clean = tmp_path / "clean"
+    import shutil
+
+    shutil.copytree(folder, clean)
+    (folder / "a" / "1.png").write_bytes(b"not a png")  # 2nd file of 6 (sorted, recursive)
+    (folder / "b" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # 4th: truncated
+    (clean / "a" / "1.png").unlink()
+    (clean / "b" / "0.png").unlink()
+    tp = ["--recursive", "--layer", "relu2_1", "--channels", "0,5", "--k", "3", "--size", "32", "--batch-size", "2",
+          "--checkpoint-every", "1", "--tile", "24", "--weights", "random", "--no-progress"]
+    code, text, err = run(capsys, "top-patches", folder, *tp, "--out", tmp_path / "t.png")
+    assert code == 0 and "; 4 images; skipped 2 unreadable files" in text
+    assert [ln[:ln.index(".png") + 4] for ln in err.splitlines() if "skipped" in ln] == [
+        f"jaxviz top-patches: skipped {folder / 'a' / '1.png'}", f"jaxviz top-patches: skipped {folder / 'b' / '0.png'}"]
+    code, _, _ = run(capsys, "top-patches", clean, *tp, "--out", tmp_path / "t_clean.png")
+    assert code == 0
+    np.testing.assert_array_equal(image.load(tmp_path / "t.png"), image.load(tmp_path / "t_clean.png"))
+
+    # neighbours, interrupted in its third checkpoint part (parts of 2 files: both unreadable files were skipped
+    # in the first two, which read 2 images)
+    common = ["--recursive", "--layer", "relu2_1", "--size", "32", "--batch-size", "2", "--checkpoint-every", "1",
+              "--thumb", "16", "--weights", "random", "--no-progress", "--k", "2", "--queries", "4"]
+    from jaxviz import embed
+
+    real = embed.features
+    calls = []
+
+    def once(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(embed, "features", once)
+    code, _, err = run(capsys, "neighbours", folder, *common, "--out", tmp_path / "n.png")
+    assert code == 130 and err.count("neighbours: skipped") == 2
+    saved = np.load(tmp_path / "n.png.features.npz")
+    assert len(saved["names"]) == 2 and int(saved["consumed"]) == 4
+    monkeypatch.setattr(embed, "features", real)
+    code, text, err = run(capsys, "neighbours", folder, *common, "--out", tmp_path / "n.png")
+    assert code == 0 and "resuming after 4 of 6 images" in err and "skipped" not in err
+    code, text_clean, _ = run(capsys, "neighbours", clean, *common, "--out", tmp_path / "n_clean.png")
+    assert code == 0 and text.splitlines()[1:] == text_clean.splitlines()[1:] and len(text.splitlines()) == 5
+    np.testing.assert_array_equal(image.load(tmp_path / "n.png"), image.load(tmp_path / "n_clean.png"))
+    saved = np.load(tmp_path / "n.png.features.npz")
+    clean_saved = np.load(tmp_path / "n_clean.png.features.npz")
+    np.testing.assert_array_equal(saved["vectors"], clean_saved["vectors"])
+
+    # a folder of nothing readable is one error line
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"nope")
+    for cmd, extra in (("top-patches", tp), ("embed", common[:-4])):
+        code, _, err = run(capsys, cmd, bad, *extra, "--out", tmp_path / f"{cmd}.png")
+        assert code == 2 and err.splitlines()[-1] == (
+            f"jaxviz {cmd}: error: folder: none of the 1 files in {bad} could be read as an image")
 
 
 def test_pretrained_weights_missing_is_one_line(tmp_path, capsys, monkeypatch):

@@ -30,11 +30,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ._common import seed
+from .featmaps import Skips, iter_batches
 
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
 
@@ -183,29 +184,6 @@ def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _batches(paths: Sequence[Path], size: int, batch_size: int,
-             skipped: Callable[[Path, Exception], None]) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """Decodes ``paths`` one batch at a time (shortest side to ``size``, centre crop), as image.load_folder;
-    unreadable files are reported to ``skipped`` and left out."""
-    from .. import image
-    from ..errors import ImageError
-
-    done: list[Path] = []
-    arrays: list[np.ndarray] = []
-    for p in paths:
-        try:
-            arrays.append(image.center_crop(image.load(p, size, resize="shortest"), size)[0])
-        except (ImageError, OSError) as e:
-            skipped(p, e)
-            continue
-        done.append(p)
-        if len(done) == batch_size:
-            yield done, np.stack(arrays)
-            done, arrays = [], []
-    if done:
-        yield done, np.stack(arrays)
-
-
 def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str) -> None:
     """The .npy and the overlay PNG of one image (each written atomically)."""
     from .. import image
@@ -335,15 +313,11 @@ def run(args: argparse.Namespace) -> int:
     ndev = sharded.num_devices
     print(f"{args.method} on {len(todo)} images ({len(done)} already done) with {args.model}, "
           f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
-    written, bad = 0, []
-
-    def skipped(path: Path, error: Exception) -> None:
-        bad.append(path)
-        bar.write(f"jaxviz attribute: skipped {path}: {error}", file=sys.stderr)
-        bar.update(1)
-
+    written = 0
+    skips = Skips("attribute")
     with tqdm(total=len(todo), desc=args.method, unit="img", disable=args.no_progress) as bar:
-        for batch_paths, x in _batches(todo, size, args.batch_size, skipped):
+        skips.bar = bar
+        for batch_paths, x in iter_batches(todo, size, args.batch_size, skips):
             t = np.full((len(x),), target, np.int32)
             attr, probs, tgt = jax.device_get(sharded(params, x, t))
             if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
@@ -360,6 +334,5 @@ def run(args: argparse.Namespace) -> int:
             _append_rows(csv_path, rows)
             written += len(rows)
             bar.update(len(batch_paths))
-    note = f"; skipped {len(bad)} unreadable file{'s' * (len(bad) > 1)}" if bad else ""
-    print(f"wrote {written} attributions (.npy + .png) and {csv_path}{note}")
+    print(f"wrote {written} attributions (.npy + .png) and {csv_path}{skips.note()}")
     return 0

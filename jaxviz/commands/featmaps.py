@@ -22,6 +22,7 @@ __all__ = [
     "save",
     "folder_paths",
     "iter_batches",
+    "Skips",
     "checkpoint_path",
     "write_npz",
     "read_npz",
@@ -121,15 +122,57 @@ def folder_paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def iter_batches(paths, size: int, batch_size: int):
-    """(paths, (B, size, size, 3) float32) batches: shortest side to ``size``, centre crop (as image.load_folder)."""
+def iter_batches(paths, size: int, batch_size: int, skipped=None):
+    """(paths, (B, size, size, 3) float32) batches: shortest side to ``size``, centre crop (as image.load_folder).
+
+    With ``skipped`` (a callable ``(path, error)``), unreadable files are reported to it and left out, and each
+    batch but the last is still full; without it they raise :class:`~jaxviz.errors.ImageError`.
+    """
     import numpy as np
 
     from .. import image
+    from ..errors import ImageError
 
-    for s in range(0, len(paths), batch_size):
-        chunk = paths[s:s + batch_size]
-        yield chunk, np.concatenate([image.center_crop(image.load(p, size, resize="shortest"), size) for p in chunk])
+    done: list = []
+    arrays: list = []
+    for p in paths:
+        try:
+            arrays.append(image.center_crop(image.load(p, size, resize="shortest"), size)[0])
+        except (ImageError, OSError) as e:
+            if skipped is None:
+                raise
+            skipped(p, e)
+            continue
+        done.append(p)
+        if len(done) == batch_size:
+            yield done, np.stack(arrays)
+            done, arrays = [], []
+    if done:
+        yield done, np.stack(arrays)
+
+
+class Skips:
+    """The ``skipped`` callback of :func:`iter_batches` for a command: one stderr line per unreadable file
+    (through the progress bar, when set), the bar advanced, the files counted."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.paths: list = []
+        self.bar = None
+
+    def __call__(self, path, error) -> None:
+        self.paths.append(path)
+        line = f"jaxviz {self.command}: skipped {path}: {error}"
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+            self.bar.update(1)
+        else:
+            print(line, file=sys.stderr)
+
+    def note(self) -> str:
+        """``"; skipped K unreadable file(s)"``, or ``""``."""
+        k = len(self.paths)
+        return f"; skipped {k} unreadable file{'s' * (k > 1)}" if k else ""
 
 
 def checkpoint_path(out: Path, what: str) -> Path:

@@ -9,6 +9,7 @@ them without running the network.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 
@@ -19,6 +20,7 @@ from .featmaps import (
     checkpoint_path,
     finished,
     folder_paths,
+    Skips,
     iter_batches,
     random_weights_note,
     read_npz,
@@ -56,28 +58,42 @@ def folder_features(args: argparse.Namespace):
                             str(args.weights), args.seed, [str(p) for p in paths]])
     cache = checkpoint_path(args.out, "features")
     names, vecs, thumbs = [], [], []
+    consumed = 0  # files of the listing read so far (unreadable ones are skipped and count here too)
     if cache.exists():
         saved = read_npz(cache)
         if str(saved["signature"]) == signature:
             names, vecs, thumbs = list(saved["names"]), [saved["vectors"]], [saved["thumbnails"]]
-            if len(names) < len(paths):
-                print(f"resuming after {len(names)} of {len(paths)} images ({cache})", file=sys.stderr)
+            consumed = int(saved["consumed"]) if "consumed" in saved else len(names)
+            if consumed < len(paths):
+                print(f"resuming after {consumed} of {len(paths)} images ({cache})", file=sys.stderr)
         else:
             print(f"ignoring {cache}: it was made with other settings", file=sys.stderr)
-    todo = paths[len(names):]
+    todo = paths[consumed:]
     step = args.batch_size * args.checkpoint_every
-    with tqdm(total=len(paths), initial=len(names), desc=f"features {layer}", unit="img",
+    skips = Skips(args.command)
+    with tqdm(total=len(paths), initial=consumed, desc=f"features {layer}", unit="img",
               disable=args.no_progress) as bar:
+        skips.bar = bar
         for s in range(0, len(todo), step):
             part = todo[s:s + step]
-            f = embed.features(net, params, iter_batches(part, args.size, args.batch_size), layer=layer,
-                               pool=args.pool, thumbnail_size=args.thumb)
-            names += [str(p) for p in f.names]
-            vecs.append(f.vectors)
-            thumbs.append(f.thumbnails)
-            write_npz(cache, signature=np.array(signature), names=np.array(names, dtype=str),
-                      vectors=np.concatenate(vecs), thumbnails=np.concatenate(thumbs))
-            bar.update(len(part))
+            batches = iter_batches(part, args.size, args.batch_size, skips)
+            first = next(batches, None)
+            if first is not None:  # else every file of the part was unreadable
+                f = embed.features(net, params, itertools.chain([first], batches), layer=layer, pool=args.pool,
+                                   thumbnail_size=args.thumb)
+                names += [str(p) for p in f.names]
+                vecs.append(f.vectors)
+                thumbs.append(f.thumbnails)
+                bar.update(len(f.names))
+            consumed += len(part)
+            if vecs:
+                write_npz(cache, signature=np.array(signature), names=np.array(names, dtype=str),
+                          vectors=np.concatenate(vecs), thumbnails=np.concatenate(thumbs),
+                          consumed=np.array(consumed, np.int64))
+    if not names:
+        raise InputError(f"folder: none of the {len(paths)} files in {args.folder} could be read as an image")
+    if skips.paths:
+        print(f"features of {len(names)} images{skips.note()}", file=sys.stderr)
     return embed.Features(names, np.concatenate(vecs), np.concatenate(thumbs)), layer
 
 

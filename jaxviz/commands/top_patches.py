@@ -19,6 +19,7 @@ from .featmaps import (
     checkpoint_path,
     finished,
     folder_paths,
+    Skips,
     iter_batches,
     parse_channels,
     random_weights_note,
@@ -74,25 +75,30 @@ def run(args: argparse.Namespace) -> int:
     ckpt = checkpoint_path(args.out, "topk")
     state = P.top_patches_init(net, layer, len(args.channels), k=args.k)
     names: dict[int, str] = {}
+    consumed = 0  # files of the listing read so far (images fed to the state, plus unreadable ones skipped)
     if ckpt.exists() and not args.overwrite:
         saved = read_npz(ckpt)
         if str(saved["signature"]) == signature:
             state = P.TopState(*(jnp.asarray(saved[f]) for f in P.TopState._fields))
             names = {int(i): str(n) for i, n in zip(saved["name_index"], saved["names"])}
-            print(f"resuming after {int(state.count)} of {len(paths)} images ({ckpt})", file=sys.stderr)
+            consumed = int(saved["consumed"]) if "consumed" in saved else int(state.count)
+            print(f"resuming after {consumed} of {len(paths)} images ({ckpt})", file=sys.stderr)
         else:
             print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
-    start = int(state.count)
+    start = consumed
+    place = {p: start + i + 1 for i, p in enumerate(paths[start:])}
 
     def checkpoint():
         keep = sorted(names)
         write_npz(ckpt, signature=np.array(signature), names=np.array([names[i] for i in keep], dtype=str),
-                  name_index=np.array(keep, np.int64),
+                  name_index=np.array(keep, np.int64), consumed=np.array(consumed, np.int64),
                   **{f: np.asarray(getattr(state, f)) for f in P.TopState._fields})
 
+    skips = Skips(args.command)
     bar = tqdm(total=len(paths), initial=start, desc=f"top patches {layer}", unit="img", disable=args.no_progress)
+    skips.bar = bar
     try:
-        for b, (chunk, x) in enumerate(iter_batches(paths[start:], args.size, args.batch_size)):
+        for b, (chunk, x) in enumerate(iter_batches(paths[start:], args.size, args.batch_size, skips)):
             n = len(chunk)
             valid = np.arange(args.batch_size) < n
             if n < args.batch_size:
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             state = P.top_patches_update(net, params, state, x, layer=layer, channels=args.channels, valid=valid)
             kept = set(np.asarray(state.index).ravel().tolist())
             names = {i: v for i, v in names.items() if i in kept}
+            consumed = place[chunk[-1]]
             bar.update(n)
             if (b + 1) % args.checkpoint_every == 0:
                 checkpoint()
@@ -110,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
+    if int(state.count) == 0:
+        raise InputError(f"folder: none of the {len(paths)} files in {args.folder} could be read as an image")
     index = np.asarray(state.index)
     pos = np.asarray(state.position)
     top = P.TopPatches(
@@ -120,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     )
     save(P.patch_grid(top, tile=args.tile), args.out)
     ckpt.unlink(missing_ok=True)
-    print(f"{layer}: receptive field {rf.size}x{rf.size} px at stride {rf.stride}; {len(paths)} images")
+    print(f"{layer}: receptive field {rf.size}x{rf.size} px at stride {rf.stride}; {int(state.count)} images"
+          f"{skips.note()}")
     for c, row, vals in zip(args.channels, top.names, top.values):
         best = next((n for n in row if n), None)
         print(f"  channel {c}: best {vals[0]:.4g} in {best}")
