@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,10 @@ def small_cnn_run(
     Returns:
       A :class:`Run`.
 
+    Warns:
+      RuntimeWarning: the cache cannot be written; the model trained now is
+        returned with ``path=None``.
+
     Raises:
       InputError: an invalid configuration.
       ChecksumError, WeightsError: the cached file is corrupt (delete it or
@@ -328,7 +333,12 @@ def small_cnn_run(
     seconds = time.perf_counter() - start
     acc = accuracy(net, params, test.images, test.labels)
     if path is not None:
-        weights.save(params, path, arch="small_cnn")
-        _write_json(meta_path, {"config": dataclasses.asdict(config), "accuracy": acc, "history": history,
-                                "seconds": seconds})
+        try:
+            weights.save(params, path, arch="small_cnn")
+            _write_json(meta_path, {"config": dataclasses.asdict(config), "accuracy": acc, "history": history,
+                                    "seconds": seconds})
+        except OSError as e:  # a read-only cache: the trained model is still returned, just not kept
+            warnings.warn(f"could not cache the trained small CNN at {path} ({e.strerror or e}); "
+                          f"set JAXVIZ_CACHE to a writable folder to keep it", RuntimeWarning, stacklevel=2)
+            path = None
     return Run(net, params, config, test, acc, tuple(history), path, False, seconds)

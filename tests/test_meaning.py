@@ -132,3 +132,36 @@ def test_demo_writes_pictures_and_reuses_work(trained, tmp_path, monkeypatch, ca
     before = (out / "saliency.png").stat().st_mtime_ns
     assert cli.main(["demo", str(out)]) == 0
     assert (out / "saliency.png").stat().st_mtime_ns == before
+    for flag in ("--overwrite", "--force"):  # --force: the old spelling
+        with pytest.raises(AssertionError, match="recomputed a finished picture"):
+            cli.main(["demo", str(out), flag])
+
+
+def test_demo_with_a_read_only_cache_draws_with_the_model_it_trained(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("JAXVIZ_CACHE", str(blocker / "cache"))  # cannot be created: as a read-only cache
+    real_fit, real_run = train.fit, train.small_cnn_run
+    runs = []
+    # a short fit (64 pictures, one epoch) keeps the test fast; the model is still what the demo draws with
+    monkeypatch.setattr(train, "fit", lambda net, x, y, **k: real_fit(net, x[:64], y[:64], **{**k, "epochs": 1}))
+    monkeypatch.setattr(train, "small_cnn_run", lambda *a, **k: runs.append(real_run(*a, **k)) or runs[-1])
+
+    # an OUT_DIR that cannot be written is refused before the training
+    code = cli.main(["demo", str(blocker / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and not runs and err.splitlines()[-1].startswith(
+        f"jaxviz demo: error: OUT_DIR: cannot write in {str(blocker / 'out')!r}")
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", str(out), "--per-class", "1", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"jaxviz demo: warning: could not cache the trained small CNN at {blocker / 'cache'}" in captured.err
+    assert "not cached" in captured.out and "Traceback" not in captured.err
+    (r,) = runs
+    assert r.path is None and not r.cached
+    x = r.test.images[demo_cmd._pick(r, 1)]
+    pred = train.predict(r.net, r.params, x).argmax(-1)
+    want = np.asarray(attribution.saliency(r.net, r.params, x, pred))
+    np.testing.assert_allclose(np.load(out / "maps" / "saliency.npy"), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert image.load(out / "overview.png").shape[1] > 4 * 128

@@ -22,6 +22,21 @@ def seed(text: str) -> int:
     return v
 
 
+def writable_dir(path: Path, flag: str) -> None:
+    """Creates the output folder ``path`` (and its parents) and checks a file can be written in it, before any
+    work: a file in its place, or a place that cannot be written, is an InputError naming ``flag``."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag}: expected a folder, got the file {str(path)!r}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".jaxviz-write-check-"):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag}: cannot write in {str(path)!r} ({e.strerror or e})") from None
+
+
 def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -> None:
     p.add_argument("--arch", default=default_arch, choices=sorted(models.ARCHS), help="network (default %(default)s)")
     p.add_argument(

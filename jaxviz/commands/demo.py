@@ -19,12 +19,13 @@ import html
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._common import seed
+from ._common import seed, writable_dir
 
 __all__ = ["register", "run", "METHODS", "render_overview"]
 
@@ -49,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, metavar="OUT_DIR", help="directory for the pictures")
     p.add_argument("--per-class", type=int, default=2, help="pictures per shape class (default %(default)s)")
     p.add_argument("--retrain", action="store_true", help="train again even if a cached model exists")
-    p.add_argument("--force", action="store_true", help="recompute every picture even if it exists")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="recompute every picture even if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=seed, default=0, help="training seed (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -179,14 +182,17 @@ def run(args: argparse.Namespace) -> int:
     if args.per_class < 1 or args.per_class > 16:
         raise InputError(f"--per-class: expected 1..16, got {args.per_class}")
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise InputError(f"OUT_DIR: expected a directory, got the file {out}")
+    writable_dir(out, "OUT_DIR")  # before the half minute of training
     config = train.Config(seed=args.seed)
     t0 = time.time()
     cached_before = train.cache_path(config).exists()
     print(("loading" if cached_before and not args.retrain else "training") + " the small CNN on procedural shapes ...",
           file=sys.stderr)
-    r = train.small_cnn_run(config, retrain=args.retrain)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        r = train.small_cnn_run(config, retrain=args.retrain, progress=not args.no_progress)
+    for w in caught:
+        print(f"jaxviz demo: warning: {w.message}", file=sys.stderr)
     train_seconds = time.time() - t0
     where = f"cached at {r.path}" if r.path else "not cached"
     print(f"model: small CNN, held-out accuracy {100 * r.accuracy:.1f}% ({'loaded' if r.cached else 'trained'} "
@@ -195,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     manifest_path = out / "demo.json"
     key = {"model": config.key(), "per_class": args.per_class, "methods": [[n, o] for n, _, o in METHODS]}
     manifest: dict[str, Any] = {}
-    if manifest_path.exists() and not args.force:
+    if manifest_path.exists() and not args.overwrite:
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
