@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -30,7 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         if hasattr(module, "register"):
             module.register(sub)
+    for command in sub.choices.values():
+        # parameter name -> flag, so a library error about ``step_size`` reads as one about ``--step-size``
+        command.set_defaults(_flags={a.dest: max(a.option_strings, key=len) for a in command._actions
+                                     if a.option_strings and a.dest != "help"})
     return parser
+
+
+def _in_flags(message: str, flags: dict[str, str]) -> str:
+    """``"step_size: expected ..."`` -> ``"--step-size: expected ..."`` when the command has that option."""
+    m = re.match(r"([a-z][a-z0-9_]*):", message)
+    if m and m.group(1) in flags:
+        return flags[m.group(1)] + message[m.end(1):]
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (JaxvizError, OSError, ValueError) as e:
         code = 2 if isinstance(e, InputError) else 1
-        print(f"jaxviz {args.command}: error: {e}", file=sys.stderr)
+        print(f"jaxviz {args.command}: error: {_in_flags(str(e), getattr(args, '_flags', {}))}", file=sys.stderr)
         return code
 
 

@@ -180,9 +180,10 @@ def test_a_failed_run_leaves_no_settings_behind(folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "jaxviz attribute: error: --option: saliency has no option 'bogus'; expected some of abs"
     # a value the method refuses fails in the method; nothing was recorded, so the corrected command runs
-    assert cli.main(_args(folder, out, "--method", "occlusion", "--option", "window=0")) != 0
-    assert not (out / "attribute.json").exists()
-    capsys.readouterr()
+    assert cli.main(_args(folder, out, "--method", "occlusion", "--option", "window=0")) == 2
+    assert not (out / "attribute.json").exists() and not list(out.glob("*.npy"))
+    # checked by tracing the method before any image is read; the message names the option as it was given
+    assert capsys.readouterr().err.strip() == "jaxviz attribute: error: --option window: expected a positive int, got 0"
     assert cli.main(_args(folder, out, "--method", "occlusion", "--option", "window=8")) == 0
     assert len(_rows(out)) == N
     # weights of another model

@@ -134,6 +134,41 @@ def test_render_channels_grid(tiny, params, tmp_path, capsys):
     assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
 
 
+def test_render_classifier_taps(tiny, params, tmp_path, capsys):
+    """--layer logits (or fc6 .. fc8) renders classifier units: the network is built with its classifier."""
+    from jaxviz.featvis import render as R
+
+    out = tmp_path / "logits.png"
+    code, _, _ = run(capsys, "render", "--layer", "logits", "--channels", "3,7", "--size", "32", "--steps", "4",
+                     "--no-transforms", "--out", out, "--weights", "random", "--no-progress")
+    assert code == 0 and tiny[-1] is True
+    imgs = R.render_each(NET, params, render._maker("fc8", False, 0.0), jnp.asarray([3, 7], jnp.int32),
+                         key=jax.random.fold_in(jax.random.key(0), 0), size=32, steps=4,
+                         param=R.fourier(decorrelate=True), transforms=None, learning_rate=0.05)
+    pic = image.load(out)[0]
+    for i in range(2):
+        c = 4 + 36 * i
+        np.testing.assert_allclose(pic[4 + 13:4 + 32, c:c + 32], np.clip(np.asarray(imgs)[i, 0, 13:], 0, 1),
+                                   atol=0.6 / 255)
+    code, _, err = run(capsys, "render", "--layer", "fc7", "--neuron", "--out", tmp_path / "n.png", "--weights", "random")
+    assert code == 2 and err.strip() == ("jaxviz render: error: --neuron: expected a convolutional --layer; "
+                                         "fc7 has no positions")
+    code, _, err = run(capsys, "render", "--layer", "fc7", "--channels", "40", "--out", tmp_path / "n.png",
+                       "--weights", "random")
+    assert code == 2 and err.strip() == "jaxviz render: error: --channels: fc7 has 32 channels, got [40]"
+
+
+def test_library_errors_name_the_flags(tiny, tmp_path, capsys):
+    """A check inside the library names its parameter (``step_size``); the command line names the flag."""
+    src = _picture(tmp_path / "p.png")
+    code, _, err = run(capsys, "dream", src, "--layers", "relu2_1", "--step-size", "-1", "--out", tmp_path / "d.png", "--weights", "random")
+    assert code == 2 and err.strip() == "jaxviz dream: error: --step-size: expected a positive number, got -1.0"
+    code, _, err = run(capsys, "dream", src, "--layers", "relu2_1", "--octave-scale", "0.5", "--out", tmp_path / "d.png", "--weights", "random")
+    assert code == 2 and err.strip() == "jaxviz dream: error: --octave-scale: expected a number > 1, got 0.5"
+    code, _, err = run(capsys, "featmaps", src, "--cmap", "nosuch", "--out", tmp_path / "f.png", "--weights", "random")
+    assert code == 2 and err.startswith("jaxviz featmaps: error: --cmap: unknown colormap 'nosuch'")
+
+
 def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_path, capsys, monkeypatch):
     args = ["top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "0,5", "--k", "3", "--size",
             "32", "--batch-size", "2", "--checkpoint-every", "1", "--tile", "24", "--weights", "random", "--no-progress"]
@@ -278,6 +313,16 @@ def test_folder_commands_skip_unreadable_files(tiny, params, folder, tmp_path, c
         code, _, err = run(capsys, cmd, bad, *extra, "--out", tmp_path / f"{cmd}.png")
         assert code == 2 and err.splitlines()[-1] == (
             f"jaxviz {cmd}: error: folder: none of the 1 files in {bad} could be read as an image")
+
+
+def test_neighbours_checks_k_before_computing_features(tiny, folder, tmp_path, capsys, monkeypatch):
+    from jaxviz import embed
+
+    monkeypatch.setattr(embed, "features", lambda *a, **k: pytest.fail("features computed before --k was checked"))
+    code, _, err = run(capsys, "neighbours", folder, "--recursive", "--k", "6", "--out", tmp_path / "n.png",
+                       "--weights", "random")
+    assert code == 2 and err.strip() == "jaxviz neighbours: error: --k: the folder has 6 images, so at most 5 " \
+                                        "neighbours; got 6"
 
 
 def test_pretrained_weights_missing_is_one_line(tmp_path, capsys, monkeypatch):

@@ -300,9 +300,21 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     code = cli.main(["stylize", *args[:2], "--out", str(tmp_path / "o2.png"), "--no-download", "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "no pretrained weights for vgg19" in err[0]
+    assert err[0].endswith("or use --weights random offline")  # the command line's words, not weights.random()
     assert cli.main(["stylize", *args[:2], "--out", str(tmp_path / "o3.png"), "--weights", "random",
                      "--style-weights", "1,2"]) == 2
-    assert capsys.readouterr().err.strip().startswith("jaxviz stylize: error: style_weights: expected 1 ")
+    # the library's error names its parameter; the command line names the flag
+    assert capsys.readouterr().err.strip().startswith("jaxviz stylize: error: --style-weights: expected 1 ")
+    assert cli.main(["stylize", *args[:2], "--out", str(tmp_path / "o4.png"), "--weights", "random",
+                     "--steps", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "jaxviz stylize: error: --steps: expected a positive number of steps, got 0"
+    # a checkpoint of another run: the advice is the flag that ignores it
+    np.savez(tmp_path / "o5.ckpt.npz", fingerprint=np.array("another run"))
+    o5 = [*args[:2], "--out", str(tmp_path / "o5.png"), *args[4:]]
+    assert cli.main(["stylize", *o5]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was written by a run with other inputs" in err and err.endswith("delete it or run with --fresh")
+    assert cli.main(["stylize", *o5, "--fresh"]) == 0 and image.load(tmp_path / "o5.png").shape == (1, 40, 32, 3)
 
 
 def test_api_surface():

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import models, weights
-from ..errors import InputError
+from ..errors import InputError, WeightsNotFoundError
 
 __all__ = ["add_model_args", "model_and_params", "imagenet_classes"]
 
@@ -49,12 +49,24 @@ def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -
     p.add_argument("--seed", type=seed, default=0, help="seed for --weights random")
 
 
-def model_and_params(args: argparse.Namespace, *, classifier: bool = True, **model_kwargs):
-    """The network and params the --arch/--weights/--seed arguments ask for."""
+def classifier_tap(layer: str) -> bool:
+    """True for the taps only a network with its classifier has (``avgpool``, ``fc6`` .. ``fc8``/``logits``)."""
+    from ..models.vgg import ALIASES, CLASSIFIER_LAYERS
+
+    return ALIASES.get(layer, layer) in CLASSIFIER_LAYERS
+
+
+def model_and_params(args: argparse.Namespace, *, classifier: bool = True, download: bool = True, **model_kwargs):
+    """The network and params the --arch/--weights/--seed arguments ask for (``download``: pretrained weights
+    missing from the cache may be downloaded)."""
     net = models.get(args.arch, classifier=classifier, **model_kwargs)
     choice = args.weights
     if choice == "pretrained":
-        params = weights.load(args.arch, classifier=classifier)
+        try:
+            params = weights.load(args.arch, classifier=classifier, download=download)
+        except WeightsNotFoundError as e:  # the library's offline hint, in the command line's words
+            raise WeightsNotFoundError(str(e).replace(f"use weights.random({args.arch!r}) offline",
+                                         "use --weights random offline")) from None
     elif choice == "random":
         params = weights.random(net, seed=args.seed)
     else:

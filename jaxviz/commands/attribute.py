@@ -308,6 +308,13 @@ def run(args: argparse.Namespace) -> int:
         attr = method_fn(net, p, x, tgt, **options)
         return attr, jax.nn.softmax(logits, -1), tgt
 
+    try:  # the method's own checks of its options, before any image is decoded (tracing only, no compute)
+        jax.eval_shape(fn, params, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+                       jax.ShapeDtypeStruct((1,), jnp.int32))
+    except InputError as e:
+        if str(e).split(":", 1)[0] in options:  # e.g. "steps: expected a positive int" from --option steps=0
+            raise InputError(f"--option {e}") from None
+        raise
     sharded = parallel.data_parallel(fn)
     params = parallel.replicate(params, sharded.mesh)
     ndev = sharded.num_devices

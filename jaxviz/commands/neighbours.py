@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.k < 1 or args.queries < 1:
         raise InputError(f"--k, --queries: expected positive numbers, got {args.k}, {args.queries}")
+    listed = len(folder_paths(args))
+    if args.k > listed - 1:  # before any feature is computed (checked again below, after unreadable files)
+        raise InputError(f"--k: the folder has {listed} images, so at most {listed - 1} neighbours; got {args.k}")
     feats, layer = folder_features(args)
     n = len(feats.names)
     if args.k > n - 1:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_args, model_and_params
+from ..models.vgg import CLASSIFIER_LAYERS
+from ._common import add_model_args, classifier_tap, model_and_params
 from .featmaps import add_output_args, finished, parse_channels, random_weights_note, save
 
 __all__ = ["register", "run"]
@@ -16,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "gradient ascent on a Fourier-parameterised, colour-decorrelated image under random "
                        "jitter, scale and rotation (Olah et al., Feature Visualization). Channels are rendered "
                        "--batch-size at a time, each group in one compiled call.")
-    p.add_argument("--layer", default="relu4_1", help="tap name (default %(default)s)")
+    p.add_argument("--layer", default="relu4_1",
+                   help="tap name, convolutional or classifier (fc6 .. fc8/logits) (default %(default)s)")
     p.add_argument("--channels", type=parse_channels, default=list(range(16)), metavar="0-15",
                    help="channels, e.g. 0-15 or 3,7,9 (default 0-15)")
     p.add_argument("--classes", type=parse_channels, default=None, metavar="K,..",
@@ -68,13 +70,19 @@ def run(args: argparse.Namespace) -> int:
         if v < 1:
             raise InputError(f"{flag}: expected a positive number, got {v}")
     classes = args.classes is not None
-    net, params = model_and_params(args, classifier=classes)
+    if classes and args.neuron:
+        raise InputError("--neuron: expected a convolutional --layer; class logits have no positions")
+    net, params = model_and_params(args, classifier=classes or classifier_tap(args.layer))
     layer = net.resolve("logits" if classes else args.layer, "--layer")
-    chans = args.classes if classes else args.channels
+    if args.neuron and layer in CLASSIFIER_LAYERS:
+        raise InputError(f"--neuron: expected a convolutional --layer; {layer} has no positions")
+    classes = classes or layer == "fc8"  # --layer logits/fc8: its channels are the ImageNet classes
+    chans = args.classes if args.classes is not None else args.channels
     width = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, 64, 64, 3)), taps=(layer,))[layer], params).shape[-1]
     bad = [c for c in chans if c >= width]
     if bad:
-        raise InputError(f"--{'classes' if classes else 'channels'}: {layer} has {width} channels, got {bad}")
+        raise InputError(f"--{'classes' if args.classes is not None else 'channels'}: {layer} has {width} "
+                         f"channels, got {bad}")
     param = R.fourier(decorrelate=not args.no_decorrelate) if args.param == "fourier" else R.pixel(
         decorrelate=not args.no_decorrelate)
     transforms = None if args.no_transforms else R.standard_transforms(args.size / 128)

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.remat and _LEAN_SCHEDULER not in os.environ.get("XLA_FLAGS", ""):
         # read when JAX starts its CPU backend: effective if nothing ran on it yet in this process
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _LEAN_SCHEDULER).strip()
-    from .. import image, models, style, weights
+    from .. import image, style
     from ..errors import InputError
 
     out: Path = args.out
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite and not ckpt.exists():
         print(f"jaxviz stylize: {out} already exists; nothing to do (--overwrite to redo)", file=sys.stderr)
         return 0
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps: expected a positive number of steps, got {args.steps}")
     if args.resume and not ckpt.exists():
         raise InputError(f"--resume: no checkpoint at {ckpt}")
     if args.fresh:
@@ -112,33 +114,32 @@ def run(args: argparse.Namespace) -> int:
 
     content = image.load(args.content)
     styles = [image.load(s) for s in args.styles]
-    if args.weights == "pretrained" and args.no_download:
-        net = models.get(args.arch, classifier=False, pooling=args.pooling)
-        params = weights.load(args.arch, classifier=False, download=False)
-    else:
-        net, params = model_and_params(args, classifier=False, pooling=args.pooling)
+    net, params = model_and_params(args, classifier=False, download=not args.no_download, pooling=args.pooling)
 
     def on_checkpoint(info: dict) -> None:
         image.save(info["images"][0], preview)
 
-    result = style.run(
-        net,
-        params,
-        content,
-        styles,
-        preset=cfg,
-        size=args.size,
-        scales=args.scales,
-        style_weights=args.style_weights,
-        style_scale=args.style_scale,
-        preserve_colors=args.preserve_colors,
-        seed=args.init_seed,
-        checkpoint=ckpt,
-        checkpoint_every=args.checkpoint_every,
-        resume=not args.fresh,
-        progress=not args.no_progress,
-        callback=on_checkpoint,
-    )
+    try:
+        result = style.run(
+            net,
+            params,
+            content,
+            styles,
+            preset=cfg,
+            size=args.size,
+            scales=args.scales,
+            style_weights=args.style_weights,
+            style_scale=args.style_scale,
+            preserve_colors=args.preserve_colors,
+            seed=args.init_seed,
+            checkpoint=ckpt,
+            checkpoint_every=args.checkpoint_every,
+            resume=not args.fresh,
+            progress=not args.no_progress,
+            callback=on_checkpoint,
+        )
+    except InputError as e:  # the library's advice, in the command line's words
+        raise InputError(str(e).replace("pass resume=False", "run with --fresh")) from None
     image.save(result[0], out)
     for f in (ckpt, preview):
         f.unlink(missing_ok=True)
