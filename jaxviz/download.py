@@ -38,6 +38,7 @@ import logging
 import os
 import pathlib
 import re
+import socket
 import sys
 import time
 import urllib.error
@@ -177,7 +178,8 @@ def download(
     saying the file has exactly ``N`` bytes means the ``.part`` is already
     complete). A transfer that ends early, a connection reset, a timeout or
     an HTTP 5xx is retried up to ``retries`` times with exponential backoff,
-    resuming each time. HTTP 4xx errors are not retried.
+    resuming each time. HTTP 4xx errors and a host name that does not
+    resolve (``EAI_NONAME``: typically no network) are not retried.
 
     When the body is complete its sha256 is checked; on success the file is
     fsynced and moved onto ``dest`` with :func:`os.replace` (atomic on the
@@ -362,6 +364,13 @@ def _transfer(
         finally:
             e.close()
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, socket.gaierror) and reason.errno == socket.EAI_NONAME:
+            # the name does not resolve (no network, or a wrong host): retrying only waits (EAI_AGAIN, a
+            # temporary failure of the resolver, is retried)
+            host = urllib.parse.urlsplit(url).hostname
+            raise DownloadError(f"cannot download {url}: host {host!r} not found ({reason.strerror}); "
+                                f"offline? Set {OFFLINE_ENV}=1 to fail at once") from e
         raise _Retryable(_describe(e)) from e
 
     with response:

@@ -304,6 +304,30 @@ def test_connection_refused(monkeypatch, tmp_path):
     assert not (tmp_path / NAME).exists()
 
 
+@pytest.mark.parametrize("errno, retried", [(socket.EAI_NONAME, False), (socket.EAI_AGAIN, True)])
+def test_unknown_host_is_not_retried(monkeypatch, tmp_path, errno, retried):
+    """A host name that does not resolve (no network) fails at once; a temporary resolver failure is retried."""
+    monkeypatch.delenv("JAXVIZ_OFFLINE", raising=False)
+    monkeypatch.setenv("no_proxy", "*")  # the lookup is of the host itself, not of a proxy
+    monkeypatch.setattr(dl, "_BACKOFF_S", 0.0)
+    lookups = []
+
+    def getaddrinfo(host, *a, **k):
+        lookups.append(host)
+        raise socket.gaierror(errno, "Name or service not known" if errno == socket.EAI_NONAME else "Try again")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    url = f"http://weights.example/{NAME}"
+    with pytest.raises(DownloadError) as info:
+        dl.download(url, tmp_path / NAME, progress=False, retries=2)
+    if retried:
+        assert lookups == ["weights.example"] * 3 and "after 3 attempt(s)" in str(info.value)
+    else:
+        assert lookups == ["weights.example"]
+        assert str(info.value) == (f"cannot download {url}: host 'weights.example' not found (Name or service not "
+                                   "known); offline? Set JAXVIZ_OFFLINE=1 to fail at once")
+
+
 def test_timeout(server, tmp_path):
     with pytest.raises(DownloadError, match="timed out") as info:
         dl.download(server.url("slow"), tmp_path / NAME, progress=False, timeout=0.2, retries=0)
