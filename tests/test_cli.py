@@ -1,5 +1,6 @@
 """The jaxviz command: info, convert, classify, and one-line errors."""
 
+import json
 import os
 
 import numpy as np
@@ -25,6 +26,16 @@ def test_info_lists_backend_devices_and_cache(capsys, monkeypatch, tmp_path):
     assert f"XLA_FLAGS: {os.environ.get('XLA_FLAGS') or '(none)'} (see jaxviz/_xla_flags.py" in out
     assert f"weight cache: {tmp_path}" in out
     assert "vgg19: not cached (weights.load downloads https://download.pytorch.org/models/vgg19-dcbb9e9d.pth)" in out
+    assert "small-cnn: not trained yet (jaxviz demo trains it" in out
+    # the demo's model, as small_cnn_run leaves it in the cache
+    from jaxviz import train
+
+    path = train.cache_path(train.Config())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    path.with_suffix(".json").write_text(json.dumps({"accuracy": 0.975}))
+    code, out, _ = run(capsys, "info")
+    assert f"small-cnn: trained, held-out accuracy 97.5% (small_cnn/{path.name})" in out
 
 
 def test_convert_into_the_cache_then_load_finds_it(capsys, monkeypatch, tmp_path):
@@ -38,7 +49,13 @@ def test_convert_into_the_cache_then_load_finds_it(capsys, monkeypatch, tmp_path
     params = weights.load("vgg16", download=False)
     np.testing.assert_array_equal(params["params"]["conv1_1"]["kernel"], state["features.0.weight"].numpy().transpose(2, 3, 1, 0))
     code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16")
-    assert code == 0 and "exists; kept it" in out
+    assert code == 0 and "exists; kept it (use --overwrite to replace it)" in out
+    state["features.0.bias"] += 1
+    torch.save(state, src)
+    code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16", "--overwrite")
+    assert code == 0 and "14,714,688 parameters" in out
+    again = weights.load("vgg16", download=False)
+    np.testing.assert_array_equal(again["params"]["conv1_1"]["bias"], state["features.0.bias"].numpy())
     code, out, _ = run(capsys, "info")
     assert "vgg16: converted (vgg16-397923af.jaxviz.safetensors)" in out
 

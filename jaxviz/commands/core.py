@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, help="torchvision .pth or torchvision/timm .safetensors file")
     p.add_argument("--arch", default=None, choices=["vgg16", "vgg19"], help="default: inferred from the file")
     p.add_argument("--out", type=Path, default=None, help="output file (default: the cache, where weights.load finds it)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing converted file")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="overwrite an existing converted file")
     p.set_defaults(func=convert)
 
     p = sub.add_parser("classify", help="top-k ImageNet classes of images")
@@ -49,7 +50,25 @@ def info(args: argparse.Namespace) -> int:
         else:
             state = f"not cached (weights.load downloads {weights.SOURCES[arch].url})"
         print(f"  {arch}: {state}")
+    print(f"  small-cnn: {_small_cnn_state(root)}")
     return 0
+
+
+def _small_cnn_state(root: Path) -> str:
+    """The demo's small CNN in the cache (``jaxviz demo`` and ``attribute --model small-cnn`` use it)."""
+    import json
+
+    from .. import train
+
+    path = train.cache_path(train.Config(), root)
+    meta = path.with_suffix(".json")
+    if not (path.exists() and meta.exists()):
+        return "not trained yet (jaxviz demo trains it, about half a minute, and keeps it here)"
+    try:
+        accuracy = float(json.loads(meta.read_text())["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{path.relative_to(root)} (its {meta.name} is unreadable: delete both to retrain)"
+    return f"trained, held-out accuracy {accuracy:.1%} ({path.relative_to(root)})"
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -58,8 +77,8 @@ def convert(args: argparse.Namespace) -> int:
     params = weights.from_torchvision(args.file, args.arch)
     arch = args.arch or ("vgg16" if "conv5_4" not in params["params"] else "vgg19")
     out = args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
-    if out.exists() and not args.force:
-        print(f"{out} exists; kept it (use --force to overwrite)")
+    if out.exists() and not args.overwrite:
+        print(f"{out} exists; kept it (use --overwrite to replace it)")
         return 0
     weights.save(params, out, arch=arch)
     n = sum(v.size for layer in params["params"].values() for v in layer.values())
