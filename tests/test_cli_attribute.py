@@ -173,6 +173,26 @@ def test_errors(folder, tmp_path, capsys):
     assert e.value.code == 2 and "argument --seed: expected a non-negative int, got '-1'" in capsys.readouterr().err
 
 
+def test_a_size_the_device_cannot_hold_is_refused_before_decoding(folder, model, tmp_path, capsys, monkeypatch):
+    net, params = model
+    # the floor: input plus every conv and dense output, float32 (widths 16, 32, 64 at full, 1/2, 1/4 size; 4 logits)
+    s, b = 48, 5
+    want = 4 * b * (s * s * 3 + s * s * 16 + (s // 2) ** 2 * 32 + (s // 4) ** 2 * 64 + 4)
+    assert attribute_cmd.memory_floor(net, params, s, b) == want
+    assert attribute_cmd.memory_available() > 2**28  # this machine's RAM (more than 256 MiB, surely)
+    out = tmp_path / "m"
+    with monkeypatch.context() as m:
+        m.setattr(attribute_cmd, "memory_available", lambda: want - 1)
+        m.setattr(image, "load", lambda *a, **k: pytest.fail("an image was decoded"))
+        assert cli.main(_args(folder, out, "--size", str(s), "--batch-size", str(b))) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"jaxviz attribute: error: --size: 48 px in batches of 5 per device needs at least {want / 2**30:.1f} GiB, "
+        f"more than the {(want - 1) / 2**30:.1f} GiB of a device here; use a smaller --size or --batch-size")
+    assert not list(out.glob("*.npy"))
+    monkeypatch.setattr(attribute_cmd, "memory_available", lambda: want)  # exactly enough: runs
+    assert cli.main(_args(folder, out, "--size", str(s), "--batch-size", str(b), "--no-progress")) == 0
+
+
 def test_a_failed_run_leaves_no_settings_behind(folder, tmp_path, capsys):
     out = tmp_path / "o"
     # an option the method does not have: one line naming it, before any work

@@ -224,6 +224,44 @@ def enable_compile_cache() -> str | None:
     return str(path)
 
 
+def memory_floor(net, params, size: int, batch: int) -> int:
+    """Bytes a batch of ``batch`` images of ``size`` px needs at the least: the input and the output of every
+    convolution and dense layer (a gradient keeps them all; the methods need more)."""
+    import jax
+    import jax.numpy as jnp
+
+    layers = [n for n in net.layers if n.startswith(("conv", "fc"))]
+    shapes = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((batch, size, size, 3)), taps=layers), params)
+    return 4 * batch * size * size * 3 + sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in shapes.values())
+
+
+def memory_available() -> int | None:
+    """Memory of one device in bytes: its allocator's limit on a GPU/TPU, the machine's RAM on the CPU
+    (None when unknown)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_memory(net, params, size: int, per_device: int) -> None:
+    """Refuses, before any image is decoded, a --size/--batch-size the device cannot hold (rather than the
+    process being killed by the OS once memory runs out)."""
+    from ..errors import InputError
+
+    have = memory_available()
+    need = memory_floor(net, params, size, per_device)
+    if have is not None and need > have:
+        raise InputError(f"--size: {size} px in batches of {per_device} per device needs at least "
+                         f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of a device here; "
+                         "use a smaller --size or --batch-size")
+
+
 def run(args: argparse.Namespace) -> int:
     enable_compile_cache()  # a rerun (resuming an interrupted folder) then skips compilation
     import jax
@@ -318,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
     sharded = parallel.data_parallel(fn)
     params = parallel.replicate(params, sharded.mesh)
     ndev = sharded.num_devices
+    _check_memory(net, params, size, -(-args.batch_size // ndev))
     print(f"{args.method} on {len(todo)} images ({len(done)} already done) with {args.model}, "
           f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
     written = 0
