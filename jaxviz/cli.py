@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print("jaxviz: interrupted", file=sys.stderr)
         return 130
     try:
+        if getattr(args, "compiles", True):
+            from .commands._common import enable_compile_cache
+
+            enable_compile_cache()  # a rerun (resuming, or the same command again) then skips compilation
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         # only the commands that keep their progress (checkpoints, finished files) promise a resume

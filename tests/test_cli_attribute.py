@@ -292,3 +292,30 @@ def test_rerun_finds_its_programs_in_the_compile_cache(folder, model, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "img0.png.npy"), np.load(tmp_path / "b" / "img0.png.npy"))
     cli_run("c", env=dict(env, JAXVIZ_COMPILE_CACHE="0", JAXVIZ_CACHE=str(tmp_path / "off")))
     assert not (tmp_path / "off" / "xla").exists()
+
+
+def test_every_compiling_command_uses_the_compile_cache(tmp_path):
+    """Not only attribute: a second featmaps compiles nothing (its programs come from the cache), entries hold
+    programs, not the VGG's weights, and info (which compiles nothing) leaves no cache behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    env.update(JAXVIZ_CACHE=str(tmp_path / "cache"), JAXVIZ_COMPILE_CACHE="1", JAXVIZ_OFFLINE="1",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    pic = tmp_path / "p.png"
+    image.save(datasets.shapes(1, size=32, seed=0).images[0], pic)
+
+    def jaxviz(*argv):
+        done = subprocess.run([sys.executable, "-m", "jaxviz", *argv], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    jaxviz("info")
+    assert not (tmp_path / "cache" / "xla").exists()
+    argv = ["featmaps", str(pic), "--layer", "relu2_1", "--size", "32", "--arch", "vgg16", "--weights", "random"]
+    jaxviz(*argv, "--out", str(tmp_path / "a.png"))
+    xla = tmp_path / "cache" / "xla"
+    first = {p.name: p.stat().st_size for p in xla.iterdir()}
+    assert any(n.startswith("jit__apply") and n.endswith("-cache") for n in first)
+    assert max(first.values()) < 4 * 64 * 64 * 9  # smaller than conv1_2's kernel alone: no weights inside
+    jaxviz(*argv, "--out", str(tmp_path / "b.png"))
+    assert {p.name for p in xla.iterdir()} == set(first)
+    np.testing.assert_array_equal(image.load(tmp_path / "a.png"), image.load(tmp_path / "b.png"))

@@ -11,6 +11,33 @@ from ..errors import InputError, WeightsNotFoundError
 __all__ = ["add_model_args", "model_and_params", "imagenet_classes"]
 
 
+#: Size limit of the persistent compilation cache jaxviz sets up (LRU eviction beyond it).
+COMPILE_CACHE_BYTES = 1 << 30
+
+
+def enable_compile_cache() -> str | None:
+    """Point JAX's persistent compilation cache at ``<jaxviz cache>/xla`` (LRU, at most
+    :data:`COMPILE_CACHE_BYTES`) unless the user configured one or set ``JAXVIZ_COMPILE_CACHE=0``.
+
+    Returns the directory in use (None: off). Takes effect only before the
+    process's first compilation, which is why ``jaxviz.cli.main`` calls it before any command runs. The
+    library's jitted functions take params as arguments, so entries hold programs, not weights.
+    """
+    import os
+
+    import jax
+
+    if os.environ.get("JAXVIZ_COMPILE_CACHE", "1") == "0":
+        return None
+    if jax.config.jax_compilation_cache_dir:
+        return str(jax.config.jax_compilation_cache_dir)
+    path = weights.cache_dir() / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if jax.config.jax_compilation_cache_max_size == -1:
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_BYTES)
+    return str(path)
+
+
 def seed(text: str) -> int:
     """argparse type of --seed: a non-negative int (what PRNG keys take)."""
     try:

@@ -199,31 +199,6 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
 
 # ----------------------------------------------------------------------------- main
 
-COMPILE_CACHE_BYTES = 1 << 30
-
-
-def enable_compile_cache() -> str | None:
-    """Point JAX's persistent compilation cache at ``<jaxviz cache>/xla`` (LRU, at most
-    :data:`COMPILE_CACHE_BYTES`) unless the user configured one or set ``JAXVIZ_COMPILE_CACHE=0``.
-
-    Returns the directory in use (None: off). Takes effect only before the
-    process's first compilation, which is why the command calls it first.
-    """
-    import jax
-
-    from .. import weights
-
-    if os.environ.get("JAXVIZ_COMPILE_CACHE", "1") == "0":
-        return None
-    if jax.config.jax_compilation_cache_dir:
-        return str(jax.config.jax_compilation_cache_dir)
-    path = weights.cache_dir() / "xla"
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    if jax.config.jax_compilation_cache_max_size == -1:
-        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_BYTES)
-    return str(path)
-
-
 def memory_floor(net, params, size: int, batch: int) -> int:
     """Bytes a batch of ``batch`` images of ``size`` px needs at the least: the input and the output of every
     convolution and dense layer (a gradient keeps them all; the methods need more)."""
@@ -263,7 +238,6 @@ def _check_memory(net, params, size: int, per_device: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    enable_compile_cache()  # a rerun (resuming an interrupted folder) then skips compilation
     import jax
     import jax.numpy as jnp
     from tqdm.auto import tqdm

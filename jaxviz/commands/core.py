@@ -12,7 +12,7 @@ from ._common import add_model_args, imagenet_classes, model_and_params
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="devices, JAX backend and cached weights")
-    p.set_defaults(func=info)
+    p.set_defaults(func=info, compiles=False)
 
     p = sub.add_parser("convert", help="convert a torchvision/timm VGG file into the jaxviz cache")
     p.add_argument("file", type=Path, help="torchvision .pth or torchvision/timm .safetensors file")
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output file (default: the cache, where weights.load finds it)")
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                    help="overwrite an existing converted file")
-    p.set_defaults(func=convert)
+    p.set_defaults(func=convert, compiles=False)
 
     p = sub.add_parser("classify", help="top-k ImageNet classes of images")
     p.add_argument("images", nargs="+", type=Path, help="image files")
