@@ -43,8 +43,8 @@ def seed(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
-        v = -1
-    if v < 0:
+        v = None
+    if v is None or v < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
     return v
 
