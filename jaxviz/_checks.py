@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError
 
 
-def images(x: Any, name: str = "images", *, min_size: int = 1) -> Any:
-    """Checks ``x`` is an (N, H, W, 3) floating array and returns it."""
+def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool = False) -> Any:
+    """Checks ``x`` is an (N, H, W, 3) floating array and returns it.
+
+    With ``unit_range`` (inputs of a model that normalises them itself), concrete values (not traced under
+    ``jit``) far outside [0, 1] are refused: a 0-255 picture, or one normalised twice, would otherwise give a
+    meaningless result without a word. Small overshoots (resampling, noise) pass.
+    """
     shape = getattr(x, "shape", None)
     if shape is None:
         raise InputError(f"{name}: expected an array of shape (N, H, W, 3), got {type(x).__name__}")
@@ -31,6 +37,12 @@ def images(x: Any, name: str = "images", *, min_size: int = 1) -> Any:
         )
     if shape[1] < min_size or shape[2] < min_size:
         raise InputError(f"{name}: expected height and width >= {min_size}, got {shape[1]}x{shape[2]}")
+    if unit_range and not isinstance(x, jax.core.Tracer) and x.size:
+        lo, hi = float(x.min()), float(x.max())
+        if hi > 1.5 or lo < -0.5:
+            hint = (" (a 0-255 picture? divide by 255)" if hi > 2 and lo >= -0.5 else
+                    " (already normalised? the model applies the ImageNet mean/std itself)")
+            raise InputError(f"{name}: expected values in [0, 1], got values in [{lo:.4g}, {hi:.4g}]{hint}")
     return x
 
 

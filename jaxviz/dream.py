@@ -113,7 +113,8 @@ def _layer_spec(net: VGG, layers: Layers) -> tuple[tuple[str, float], ...]:
 
 
 def _check_images(images, name="images", net: VGG | None = None):
-    _checks.images(images, name, min_size=net.min_size if net is not None else 1)
+    _checks.images(images, name, min_size=net.min_size if net is not None else 1,
+                   unit_range=getattr(net, "normalize", False) is True)
     return jnp.asarray(images, jnp.float32)
 
 

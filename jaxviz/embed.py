@@ -157,7 +157,7 @@ def features(
     with tqdm(total=total, desc=f"features {name}", unit="img", disable=not progress, leave=False) as bar:
         for batch_names, imgs in stream:
             x = np.asarray(imgs, np.float32)
-            _checks.images(x, "images", min_size=net.min_size)
+            _checks.images(x, "images", min_size=net.min_size, unit_range=net.normalize)
             batch_names = list(batch_names)
             if len(batch_names) != x.shape[0]:
                 raise InputError(f"batches: got {len(batch_names)} names for {x.shape[0]} images")

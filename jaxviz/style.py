@@ -708,7 +708,7 @@ def style_targets(
     names = tuple(dict.fromkeys(net.resolve(n) for n, _ in cfg.style_layers))
     out: dict[str, jax.Array] = {}
     for wk, img in zip(w, imgs):
-        _checks.images(img, "styles", min_size=net.min_size)
+        _checks.images(img, "styles", min_size=net.min_size, unit_range=net.normalize)
         taps = _taps(net, params, img, names)
         for name in names:
             a = taps[name][0].astype(jnp.float32) * cfg.feature_scale
@@ -774,13 +774,13 @@ def init(
     """
     cfg = config(preset, **overrides)
     _check_net(net, cfg)
-    _checks.images(content, "content", min_size=net.min_size)
+    _checks.images(content, "content", min_size=net.min_size, unit_range=net.normalize)
     content = jnp.asarray(content, jnp.float32)
     stargets = style_targets(net, params, styles, style_weights=style_weights, preset=cfg)
     cnames = tuple(dict.fromkeys(net.resolve(n) for n, _ in cfg.content_layers))
     ctargets = {k: v.astype(jnp.float32) * cfg.feature_scale for k, v in _taps(net, params, content, cnames).items()}
     if init_image is not None:
-        _checks.images(init_image, "init_image")
+        _checks.images(init_image, "init_image", unit_range=net.normalize)
         x0 = jnp.asarray(init_image, jnp.float32)
         if x0.shape[1:] != content.shape[1:] or x0.shape[0] not in (1, content.shape[0]):
             raise InputError(f"init_image: expected shape {tuple(content.shape)} like content, got {tuple(x0.shape)}")

@@ -66,9 +66,9 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
     return fast_pools(net)
 
 
-def check_images(images: Any) -> jax.Array:
-    images = _checks.images(images, "images")
-    return images
+def check_images(images: Any, net: Any = None) -> jax.Array:
+    """(N, H, W, 3) float images; in [0, 1] when ``net`` is a jaxviz model that normalises its inputs."""
+    return _checks.images(images, "images", unit_range=getattr(net, "normalize", False) is True)
 
 
 def positive_int(value: Any, name: str) -> int:

@@ -71,7 +71,7 @@ def _grad_cam_core(net, params, images, target_idx, *, target_fn, layer, relu, s
 
 def _common_checks(net, images, layer, upsample, interpolation):
     layer = _layer(net, layer)
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     _checks.one_of(interpolation, "interpolation", INTERPOLATIONS)
     size = tuple(images.shape[1:3]) if upsample else None
     return layer, images, size

@@ -72,7 +72,7 @@ def _core(net, params, images, target_idx, *, target_fn, kind):
 
 def _run(kind, net, params, images, target):
     _common.check_net(net, kind, model_only=True)
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _core(net, params, images, idx, target_fn=fn, kind=kind)
 

@@ -161,7 +161,7 @@ def integrated_gradients(
       >>> attr, delta = integrated_gradients(net, params, images, 207, steps=64, return_delta=True)
     """
     _common.check_net(net, "integrated_gradients")
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     _checks.one_of(method, "method", RULES)
     steps = _checks.positive_int(steps, "steps")
     alphas, weights = quadrature(method, steps)

@@ -106,7 +106,7 @@ def _curve_core(net, params, images, attributions, baseline, target_idx, *, targ
 
 def _curve(insert, net, params, images, target, attributions, steps, baseline, batch_size, probabilities):
     _common.check_net(net, "insertion" if insert else "deletion")
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     steps = _checks.positive_int(steps, "steps")
     batch_size = _common.check_batch_size(batch_size)
     n, h, w, _ = images.shape
@@ -217,7 +217,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
       >>> metrics.infidelity(net, params, images, 3, attr, key=jax.random.key(0))
     """
     _common.check_net(net, "infidelity")
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     if jnp.shape(attributions) != images.shape:
         raise InputError(f"attributions: expected the images' shape {tuple(images.shape)}, got {jnp.shape(attributions)}")
     samples = _checks.positive_int(samples, "samples")
@@ -304,7 +304,7 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     Example:
       >>> metrics.max_sensitivity(net, params, images, 3, method="saliency", radius=0.02)
     """
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     base = _common.resolve_method(method)
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
@@ -423,7 +423,7 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
       >>> r = metrics.model_randomization(net, params, images, 3, method="guided_backprop")
       >>> dict(zip(r.layers, r.spearman.mean(1)))
     """
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     fn = _common.resolve_method(method)
     options = dict(options or {})
     key = jax.random.key(0) if key is None else key

@@ -254,7 +254,7 @@ def occlusion(
       >>> attr = occlusion(net, params, images, 207, window=32, stride=16, baseline=0.5)
     """
     _common.check_net(net, "occlusion")
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     window, stride = _check_geometry(images, window, stride)
     batch_size = _common.check_batch_size(batch_size)
     _checks.one_of(method, "method", OCCLUSION_METHODS)

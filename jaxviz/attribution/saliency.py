@@ -67,7 +67,7 @@ def saliency(net: Any, params: Any, images: jax.Array, target: Any, *, abs: bool
       >>> heat = viz.reduce_channels(attr, "max_abs")  # (N, H, W) for display
     """
     _common.check_net(net, "saliency")
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _core(net, params, images, idx, target_fn=fn, mode="abs" if abs else "raw")
 
@@ -88,6 +88,6 @@ def input_x_gradient(net: Any, params: Any, images: jax.Array, target: Any) -> j
       >>> attr = input_x_gradient(net, params, images, target=207)
     """
     _common.check_net(net, "input_x_gradient")
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _core(net, params, images, idx, target_fn=fn, mode="input_x_gradient")

@@ -144,7 +144,7 @@ def smoothgrad(
       >>> attr = smoothgrad(net, params, images, 207, samples=32, noise_level=0.15,
       ...                   key=jax.random.key(1), options={"abs": False})
     """
-    images = _common.check_images(images)
+    images = _common.check_images(images, net)
     base = _common.resolve_method(method, exclude=("smoothgrad",))
     _checks.one_of(variant, "variant", VARIANTS)
     samples = _checks.positive_int(samples, "samples")

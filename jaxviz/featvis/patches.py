@@ -206,7 +206,7 @@ def top_patches_update(net: VGG, params, state: TopState, images, *, layer: str,
     """
     name = net.resolve(layer, "layer")
     rf = receptive_field(net, name)
-    x = _checks.images(images, "images", min_size=net.min_size)
+    x = _checks.images(images, "images", min_size=net.min_size, unit_range=net.normalize)
     ch = jnp.asarray(channels, jnp.int32)
     if ch.shape != (state.values.shape[0],):
         raise InputError(f"channels: expected {state.values.shape[0]} indices (as the state), got shape {ch.shape}")
@@ -277,7 +277,7 @@ def top_patches(
     try:
         for batch_names, imgs in stream:
             x = np.asarray(imgs, np.float32) if not isinstance(imgs, jax.Array) else imgs
-            _checks.images(x, "images", min_size=net.min_size)
+            _checks.images(x, "images", min_size=net.min_size, unit_range=net.normalize)
             batch_names = list(batch_names)
             if len(batch_names) != x.shape[0]:
                 raise InputError(f"batches: got {len(batch_names)} names for {x.shape[0]} images")

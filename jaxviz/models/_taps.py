@@ -31,7 +31,7 @@ def resolve(layers: Sequence[str], aliases: Mapping[str, str], name: Any, arg: s
 def prepare_images(x: Any, *, min_size: int, normalize: bool, mean: Sequence[float], std: Sequence[float],
                    dtype: Any = jnp.float32) -> jax.Array:
     """Checks (N, H, W, 3) float images, applies mean/std when ``normalize``, casts to ``dtype``."""
-    _checks.images(x, "images", min_size=min_size)
+    _checks.images(x, "images", min_size=min_size, unit_range=normalize)
     x = jnp.asarray(x, jnp.float32)
     if normalize:
         x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -1,0 +1,50 @@
+"""Mistakes users make with the Python API get a typed error naming the argument (found by an API walk-through)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxviz import attribution as A
+from jaxviz import dream, models, style, weights
+from jaxviz.errors import InputError
+
+NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return weights.random(NET, seed=0)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+
+
+def test_pictures_outside_0_1_are_refused_where_the_model_normalises(params, x):
+    with pytest.raises(InputError, match=r"^images: expected values in \[0, 1\], got values in \[.*, 25[0-9.]+\] "
+                                         r"\(a 0-255 picture\? divide by 255\)$"):
+        A.saliency(NET, params, x * 255, 1)
+    mean, std = np.asarray(NET.mean, np.float32), np.asarray(NET.std, np.float32)
+    normalised = (x - mean) / std
+    with pytest.raises(InputError, match=r"already normalised\? the model applies the ImageNet mean/std itself"):
+        A.integrated_gradients(NET, params, normalised, 1, steps=2)
+    with pytest.raises(InputError, match="^images: expected values in"):
+        NET.apply(params, x * 255)  # eager model calls too
+    with pytest.raises(InputError, match="^images: expected values in"):
+        dream.dream(NET, params, x * 255, layers="relu2_1", key=jax.random.key(0), steps=1, octaves=1)
+    with pytest.raises(InputError, match="^content: expected values in"):
+        style.init(NET, params, x[:1] * 255, x[:1], preset="course", content_layers=("relu2_1",),
+                   style_layers=("relu1_1",))
+    # small overshoots (resampling, noise) pass; so does anything for a model that does not normalise
+    ok = np.clip(x, 0, 1) * 1.2 - 0.1
+    assert A.saliency(NET, params, ok, 1).shape == x.shape
+    raw = NET.clone(normalize=False)
+    # (the same network: the gradient w.r.t. the normalised input is std times the one w.r.t. the picture)
+    want = np.asarray(A.saliency(NET, params, x, 1)) * std
+    np.testing.assert_allclose(A.saliency(raw, params, normalised, 1), want, rtol=1e-4, atol=1e-5 * want.max())
+    # under jit the values are unknown: no check, no error (the model's own call is traced)
+    assert jax.jit(lambda p, v: NET.apply(p, v))(params, x * 255).shape == (2, 10)
