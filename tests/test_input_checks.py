@@ -48,3 +48,27 @@ def test_pictures_outside_0_1_are_refused_where_the_model_normalises(params, x):
     np.testing.assert_allclose(A.saliency(raw, params, normalised, 1), want, rtol=1e-4, atol=1e-5 * want.max())
     # under jit the values are unknown: no check, no error (the model's own call is traced)
     assert jax.jit(lambda p, v: NET.apply(p, v))(params, x * 255).shape == (2, 10)
+
+
+def test_params_that_do_not_fit_the_model_say_what_to_do(params, x):
+    from jaxviz.errors import ArchitectureError
+    from jaxviz.models.small_cnn import small_cnn
+
+    with pytest.raises(ArchitectureError, match=r"^params: expected flax variables \{'params': \{\.\.\.\}\} .* got a "
+                                                r"mapping with keys conv1_1, conv2_1, fc6, fc7, \.\.\.; pass "):
+        A.saliency(NET, params["params"], x, 1)
+    features = weights.features_only(params)
+    with pytest.raises(ArchitectureError, match="^params: no parameters for fc6 of this VGG; features-only weights"):
+        NET.apply(features, x)
+    assert NET.apply(features, x, taps=("relu2_1",))["relu2_1"].shape == (2, 16, 16, 16)  # not needed: fine
+    other = weights.random(models.VGG(stages=((4,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2)))
+    with pytest.raises(ArchitectureError, match=r"^params: conv1_1 has shape \(3, 3, 3, 4\) where this VGG expects "
+                                                r"\(3, 3, 3, 8\): weights of another"):
+        jax.jit(NET.apply)(other, x)  # under jit too: shapes are known when tracing
+    with pytest.raises(ArchitectureError, match="^params: the 'params' collection holds nothing for conv1_1 of"):
+        NET.apply({"params": {}}, x)
+    bn = small_cnn(4, batch_norm=True)
+    v = bn.init(jax.random.key(0), x)
+    with pytest.raises(ArchitectureError, match="^params: no 'batch_stats' collection for bn1 of this SmallCNN; "
+                                                "got collections params$"):
+        bn.apply({"params": v["params"]}, x)

@@ -8,13 +8,59 @@ stops after the deepest tap asked for, and can enter after a named tap.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
+import flax
+
 from .. import _checks
-from ..errors import InputError
+from ..errors import ArchitectureError, InputError
+
+
+_PARAMS_ERRORS = (flax.errors.ScopeParamNotFoundError, flax.errors.ScopeParamShapeError,
+                  flax.errors.ScopeCollectionNotFound)
+
+
+def apply_checked(module: Any, apply: Callable, variables: Any, *args, **kwargs) -> Any:
+    """``apply(variables, ...)`` (flax's ``Module.apply``), with flax's errors about variables that do not
+    fit the model turned into an :class:`~jaxviz.errors.ArchitectureError` that says what to do."""
+    try:
+        return apply(variables, *args, **kwargs)
+    except _PARAMS_ERRORS as e:
+        raise params_error(module, variables, e) from None
+
+
+def params_error(module: Any, variables: Any, e: Exception) -> ArchitectureError:
+    text = str(e)
+    m = re.search(r'"/([\w/]+)"', text)
+    layer = m.group(1).split("/")[0] if m else "?"
+    name = type(module).__name__
+    keys = list(variables) if isinstance(variables, Mapping) else []
+    if isinstance(e, flax.errors.ScopeCollectionNotFound):
+        if keys and "params" not in keys:
+            shown = ", ".join(map(str, keys[:4])) + (", ..." if len(keys) > 4 else "")
+            return ArchitectureError(f"params: expected flax variables {{'params': {{...}}}} (as weights.random, "
+                                     f"weights.load and net.init return them), got a mapping with keys {shown}; "
+                                     f"pass {{'params': params}}")
+        found = re.search(r'collection "(\w+)"', text)
+        coll = found.group(1) if found else "?"
+        if coll in keys:
+            return ArchitectureError(f"params: the {coll!r} collection holds nothing for {layer} of this {name}")
+        return ArchitectureError(f"params: no {coll!r} collection for {layer} of this {name}; got collections "
+                                 f"{', '.join(map(str, keys)) or 'none'}")
+    if isinstance(e, flax.errors.ScopeParamShapeError):
+        shapes = re.findall(r"shape (\([\d, ]*\))", text)
+        want, got = (shapes + ["?", "?"])[:2]
+        return ArchitectureError(f"params: {layer} has shape {got} where this {name} expects {want}: "
+                                 "weights of another architecture or configuration")
+    hint = ""
+    if layer in getattr(module, "layers", ()) and layer.startswith("fc"):
+        hint = ("; features-only weights? Load them with classifier=True, or build the network with "
+                "classifier=False")
+    return ArchitectureError(f"params: no parameters for {layer} of this {name}{hint}")
 
 
 def resolve(layers: Sequence[str], aliases: Mapping[str, str], name: Any, arg: str = "taps") -> str:

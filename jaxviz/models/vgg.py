@@ -160,6 +160,11 @@ class VGG(nn.Module):
         """Smallest input height/width the network accepts (one pixel left after the last pool)."""
         return 2 ** len(self.stages)
 
+    def apply(self, variables, *args, **kwargs):
+        """:meth:`flax.linen.Module.apply`; variables that do not fit this network raise
+        :class:`~jaxviz.errors.ArchitectureError` saying which layer and what to do."""
+        return _taps.apply_checked(self, super().apply, variables, *args, **kwargs)
+
     def resolve(self, name: str, arg: str = "taps") -> str:
         """Canonical layer name for ``name`` (aliases resolved); raises InputError if unknown."""
         return _taps.resolve(self.layers, ALIASES, name, arg)
