@@ -46,6 +46,23 @@ def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool 
     return x
 
 
+def prng_key(key: Any, name: str = "key") -> Any:
+    """A PRNG key from ``key``: a ``jax.random.key``/``PRNGKey`` array as it is, a non-negative int seed as
+    ``jax.random.key(seed)``; None as ``jax.random.key(0)``."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if key < 0:
+            raise InputError(f"{name}: expected a PRNG key or a non-negative int seed, got {key}")
+        return jax.random.key(int(key))
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key)
+                              or (dtype == np.uint32 and tuple(np.shape(key))[-1:] == (2,))):
+        return key
+    raise InputError(f"{name}: expected a PRNG key (jax.random.key(seed)) or an int seed, got "
+                     f"{type(key).__name__}{' of dtype ' + str(dtype) if dtype is not None else ''}")
+
+
 def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise InputError(f"{name}: expected a positive int, got {value!r}")

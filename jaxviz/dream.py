@@ -465,7 +465,7 @@ def dream(
       params: its parameters (``weights.load(..., classifier=False)`` is enough).
       images: (N, H, W, 3) RGB in [0, 1]; every image is dreamed on its own
         (steps are normalised per image).
-      key: PRNG key; the rolls of octave ``o``, step ``s`` use
+      key: PRNG key (or an int seed); the rolls of octave ``o``, step ``s`` use
         ``fold_in(fold_in(key, o), s)``.
       layers: a tap name, a sequence of names or a mapping name -> weight.
       octaves: number of scales (1 for a single scale).
@@ -500,6 +500,7 @@ def dream(
     """
     spec = _layer_spec(net, layers)
     x = _check_images(images, "images", net)
+    key = _checks.prng_key(key)
     octaves = _checks.positive_int(octaves, "octaves")
     steps = _checks.positive_int(steps, "steps")
     jitter = _check_jitter(jitter)

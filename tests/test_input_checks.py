@@ -72,3 +72,23 @@ def test_params_that_do_not_fit_the_model_say_what_to_do(params, x):
     with pytest.raises(ArchitectureError, match="^params: no 'batch_stats' collection for bn1 of this SmallCNN; "
                                                 "got collections params$"):
         bn.apply({"params": v["params"]}, x)
+
+
+def test_an_int_seed_is_a_key_and_other_keys_are_refused(params, x):
+    from jaxviz.featvis import render as R
+
+    np.testing.assert_array_equal(A.smoothgrad(NET, params, x, 1, samples=2, key=7),
+                                  A.smoothgrad(NET, params, x, 1, samples=2, key=jax.random.key(7)))
+    np.testing.assert_array_equal(A.smoothgrad(NET, params, x, 1, samples=2, key=jax.random.PRNGKey(7)),
+                                  A.smoothgrad(NET, params, x, 1, samples=2, key=jax.random.key(7)))
+    kw = dict(layers="relu2_1", steps=2, octaves=1)
+    np.testing.assert_array_equal(dream.dream(NET, params, x, key=3, **kw),
+                                  dream.dream(NET, params, x, key=jax.random.key(3), **kw))
+    kw = dict(size=32, steps=2)
+    np.testing.assert_array_equal(R.render(NET, params, R.channel("relu2_1", 1), key=5, **kw),
+                                  R.render(NET, params, R.channel("relu2_1", 1), key=jax.random.key(5), **kw))
+    for bad, shown in (("0", "str"), (-1, "-1"), (1.5, "float"), (np.zeros(3, np.float32), "ndarray of dtype float32")):
+        with pytest.raises(InputError, match=f"^key: expected a PRNG key .*or .*int seed, got {shown}"):
+            A.smoothgrad(NET, params, x, 1, samples=2, key=bad)
+    with pytest.raises(InputError, match="^key: "):
+        A.metrics.infidelity(NET, params, x, 1, np.zeros_like(x), key="k")

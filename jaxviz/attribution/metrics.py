@@ -203,7 +203,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
       images: (N, H, W, 3) float RGB in [0, 1].
       target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
       attributions: (N, H, W, 3) maps to judge.
-      key: PRNG key (None: ``jax.random.key(0)``); perturbation s of image i is
+      key: PRNG key or int seed (None: ``jax.random.key(0)``); perturbation s of image i is
         ``stdev * normal(fold_in(key, i * samples + s))``.
       samples: perturbations per image.
       stdev: perturbation standard deviation.
@@ -222,7 +222,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
         raise InputError(f"attributions: expected the images' shape {tuple(images.shape)}, got {jnp.shape(attributions)}")
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
-    key = jax.random.key(0) if key is None else key
+    key = _checks.prng_key(key)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _infidelity_core(net, params, images, jnp.asarray(attributions, jnp.float32), jnp.float32(stdev), key, idx,
                             target_fn=fn, samples=samples, batch_size=batch_size, normalize=bool(normalize))
@@ -293,7 +293,7 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
       net, params, images, target: as for the method.
       method: a name from ``METHODS`` or a callable with the method signature.
       options: keyword options for the method.
-      key: PRNG key (None: ``jax.random.key(0)``); noise s of image i uses ``fold_in(key, i * samples + s)``.
+      key: PRNG key or int seed (None: ``jax.random.key(0)``); noise s of image i uses ``fold_in(key, i * samples + s)``.
       samples: perturbations per image.
       radius: half-width of the uniform noise.
       batch_size: perturbed images per method call.
@@ -308,7 +308,7 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     base = _common.resolve_method(method)
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
-    key = jax.random.key(0) if key is None else key
+    key = _checks.prng_key(key)
     options = dict(options or {})
     if "batch_size" in options:
         raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
@@ -409,7 +409,7 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
       options: keyword options for the method.
       layers: parameter groups (keys of ``params["params"]``) to randomise, in
         order; None: every one, from the output down.
-      key: PRNG key (None: ``jax.random.key(0)``); layer j uses ``fold_in(key, j)``.
+      key: PRNG key or int seed (None: ``jax.random.key(0)``); layer j uses ``fold_in(key, j)``.
       absolute: correlate absolute values (Adebayo et al.'s main figure).
       return_maps: keep every recomputed map.
 
@@ -426,7 +426,7 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
     images = _common.check_images(images, net)
     fn = _common.resolve_method(method)
     options = dict(options or {})
-    key = jax.random.key(0) if key is None else key
+    key = _checks.prng_key(key)
     nested = "params" in params
     inner = dict(params["params"] if nested else params)
     order = _layer_order(net, params) if layers is None else list(layers)

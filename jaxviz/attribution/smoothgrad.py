@@ -126,7 +126,7 @@ def smoothgrad(
       stdev: absolute standard deviation of the Gaussian noise (Captum's ``stdevs``).
       noise_level: used when ``stdev`` is None: sigma = noise_level * (max - min)
         of each image (Smilkov et al. suggest 0.1 - 0.2).
-      key: a JAX PRNG key; None means ``jax.random.key(0)``.
+      key: a JAX PRNG key or an int seed; None means ``jax.random.key(0)``.
       batch_size: noisy images per call of the base method (passed on to the
         base method's own ``batch_size`` when it has one); the result does not
         depend on it.
@@ -162,8 +162,7 @@ def smoothgrad(
             raise InputError(f"noise_level: expected a non-negative number, got {noise_level!r}")
         flat = jnp.reshape(images, (n, -1))
         sigma = float(noise_level) * (jnp.max(flat, axis=1) - jnp.min(flat, axis=1))
-    if key is None:
-        key = jax.random.key(0)
+    key = _checks.prng_key(key)
     fn, idx = _common.prepare_target(target, n, net if _common.is_model(net) or callable(net) else None, params, images)
     static_opts, dyn_opts = _common.split_options(options)
     pass_batch = _common.accepts(base, "batch_size")

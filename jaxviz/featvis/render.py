@@ -830,7 +830,7 @@ def render_init(key: jax.Array, *, size=128, batch: int = 1, param: ImageParam |
     Arguments as in :func:`render`.
     """
     param, opt = _check_param(param), _optimizer(optimizer, learning_rate)
-    return _init_state(key, param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=_hw(size))
+    return _init_state(_checks.prng_key(key), param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=_hw(size))
 
 
 def render_update(net: VGG, params, objective: Objective, state: RenderState, key: jax.Array, *, steps: int,
@@ -852,6 +852,7 @@ def render_update(net: VGG, params, objective: Objective, state: RenderState, ke
               optimizer=_optimizer(optimizer, learning_rate), hw=_hw(size), redirect=bool(redirect_relu))
     objective = _check_objective(objective)
     steps = _checks.positive_int(steps, "steps")
+    key = _checks.prng_key(key)
     if not host_loop(loop):
         return _update(net, params, objective, state, key, steps=steps, **kw)
     history = []
@@ -911,7 +912,7 @@ def render(
       net: a jaxviz VGG (it runs only up to the deepest tap the objective reads).
       params: its parameters.
       objective: what to maximise, e.g. ``channel("relu4_1", 7)``.
-      key: PRNG key (variables from ``split(key)[0]``, transforms from
+      key: PRNG key or int seed (variables from ``split(key)[0]``, transforms from
         ``split(key)[1]``).
       size: image size, an int or (height, width).
       batch: number of images optimised together (use with :func:`diversity`
@@ -946,6 +947,7 @@ def render(
     _check_objective(objective)
     for name in objective.taps:
         net.resolve(name, "objective")
+    key = _checks.prng_key(key)
     transforms = standard_transforms() if isinstance(transforms, str) and transforms == "standard" else transforms
     param, opt, hw = _check_param(param), _optimizer(optimizer, learning_rate), _hw(size)
     transforms = _check_transforms(transforms)
@@ -1003,6 +1005,7 @@ def render_each(
     k = leaves[0].shape[0] if np.ndim(leaves[0]) else None
     if k is None or k == 0 or any(np.shape(leaf)[:1] != (k,) for leaf in leaves):
         raise InputError(f"values: expected arrays with the same leading axis K >= 1, got {[np.shape(x) for x in leaves]}")
+    key = _checks.prng_key(key)
     probe = make_objective(jax.tree_util.tree_map(lambda x: x[0], values))
     _check_objective(probe)
     for name in probe.taps:
