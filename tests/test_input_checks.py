@@ -92,3 +92,26 @@ def test_an_int_seed_is_a_key_and_other_keys_are_refused(params, x):
             A.smoothgrad(NET, params, x, 1, samples=2, key=bad)
     with pytest.raises(InputError, match="^key: "):
         A.metrics.infidelity(NET, params, x, 1, np.zeros_like(x), key="k")
+
+
+def test_render_objectives_out_of_range_are_refused_not_rendered_grey(params):
+    from jaxviz.featvis import render as R
+
+    kw = dict(key=0, size=32, steps=1)
+    with pytest.raises(InputError, match=r"^objective: channel\(relu2_1, 99\): relu2_1 has 16 channels, got channel 99"):
+        R.render(NET, params, R.channel("relu2_1", 99), **kw)
+    with pytest.raises(InputError, match=r"^objective: class_logit\(10\): logits has 10 channels, got channel 10"):
+        R.render(NET, params, R.class_logit(10), **kw)
+    with pytest.raises(InputError, match=r"^objective: .*relu1_1 has 8 channels, got channel 8"):
+        R.render(NET, params, R.channel("relu2_1", 3) + 0.5 * R.neuron("relu1_1", 8), **kw)  # inside a sum
+    with pytest.raises(InputError, match=r"^objective: channel\(relu2_1, 16\): relu2_1 has 16 channels"):
+        R.render_each(NET, params, lambda c: R.channel("relu2_1", c), jnp.asarray([3, 16]), **kw)
+    with pytest.raises(InputError, match=r"^y, x: relu2_1 is (\d+)x\1 for this image size, got \(100, 100\)"):
+        R.render(NET, params, R.neuron("relu2_1", 3, y=100, x=100), **kw)
+    with pytest.raises(InputError, match="^batch: the objective scores image 5 of the batch, but 1 image is rendered"):
+        R.render(NET, params, R.channel("relu2_1", 3, batch=5), **kw)
+    with pytest.raises(InputError, match=r"^vector: expected shape \(16,\) for relu2_1, got \(5,\)"):
+        R.render(NET, params, R.direction("relu2_1", jnp.ones(5)), **kw)
+    # the last valid ones render, and their objective rises
+    img, hist = R.render(NET, params, R.channel("relu2_1", 15), return_history=True, key=0, size=32, steps=8)
+    assert np.isfinite(np.asarray(hist)).all() and hist[-1] > hist[0]

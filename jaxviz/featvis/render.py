@@ -192,6 +192,9 @@ def _act(acts, layer):
 
 
 def _per_image(values: jax.Array, batch: int | None) -> jax.Array:
+    if batch is not None and batch >= values.shape[0]:  # shapes are static: checked while tracing
+        raise InputError(f"batch: the objective scores image {batch} of the batch, but {values.shape[0]} "
+                         f"image{'s are' if values.shape[0] > 1 else ' is'} rendered")
     return jnp.sum(values) if batch is None else values[batch]
 
 
@@ -208,6 +211,8 @@ def _neuron_fn(acts, data, static):
     if a.ndim == 4:
         yy = a.shape[1] // 2 if y is None else y
         xx = a.shape[2] // 2 if x is None else x
+        if yy >= a.shape[1] or xx >= a.shape[2]:
+            raise InputError(f"y, x: {layer} is {a.shape[1]}x{a.shape[2]} for this image size, got ({yy}, {xx})")
         a = a[:, yy, xx, :]
     return _per_image(jnp.take(a, c, axis=-1), batch)
 
@@ -216,6 +221,8 @@ def _direction_fn(acts, data, static):
     (v,), (layer, batch) = data, static
     a = _act(acts, layer)
     v = jnp.asarray(v, jnp.float32)
+    if v.shape != (a.shape[-1],):
+        raise InputError(f"vector: expected shape ({a.shape[-1]},) for {layer}, got {tuple(v.shape)}")
     v = v / (jnp.linalg.norm(v) + 1e-12)
     d = a @ v
     return _per_image(d.reshape(d.shape[0], -1).mean(axis=1), batch)
@@ -253,6 +260,33 @@ def _check_batch(batch):
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0):
         raise InputError(f"batch: expected None or a non-negative int (an index into the batch), got {batch!r}")
     return None if batch is None else int(batch)
+
+
+def _leaf_objectives(objective: "Objective"):
+    for d in objective.data:
+        if isinstance(d, Objective):
+            yield from _leaf_objectives(d)
+    yield objective
+
+
+def _check_indices(net, params, *objectives: "Objective") -> None:
+    """Channel indices known before tracing (ints, concrete arrays) must exist in their layer: past the end,
+    ``take`` under ``jit`` reads NaN and the render would silently stay grey."""
+    known = []
+    for o in (leaf for objective in objectives for leaf in _leaf_objectives(objective)):
+        if o.fn in (_channel_fn, _neuron_fn) and not isinstance(o.data[0], jax.core.Tracer):
+            c = np.asarray(o.data[0])
+            if c.ndim == 0:
+                known.append((o, int(c)))
+    if not known:
+        return
+    side = max(64, net.min_size)
+    taps = tuple(dict.fromkeys(o.static[0] for o, _ in known))
+    shapes = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, side, side, 3)), taps=taps), params)
+    for o, c in known:
+        width = shapes[o.static[0]].shape[-1]
+        if not 0 <= c < width:
+            raise InputError(f"objective: {o.name}: {o.static[0]} has {width} channels, got channel {c}")
 
 
 def _index(c, arg="channel"):
@@ -851,6 +885,7 @@ def render_update(net: VGG, params, objective: Objective, state: RenderState, ke
     kw = dict(param=_check_param(param), transforms=_check_transforms(transforms),
               optimizer=_optimizer(optimizer, learning_rate), hw=_hw(size), redirect=bool(redirect_relu))
     objective = _check_objective(objective)
+    _check_indices(net, params, objective)
     steps = _checks.positive_int(steps, "steps")
     key = _checks.prng_key(key)
     if not host_loop(loop):
@@ -947,6 +982,7 @@ def render(
     _check_objective(objective)
     for name in objective.taps:
         net.resolve(name, "objective")
+    _check_indices(net, params, objective)
     key = _checks.prng_key(key)
     transforms = standard_transforms() if isinstance(transforms, str) and transforms == "standard" else transforms
     param, opt, hw = _check_param(param), _optimizer(optimizer, learning_rate), _hw(size)
@@ -1010,6 +1046,8 @@ def render_each(
     _check_objective(probe)
     for name in probe.taps:
         net.resolve(name, "objective")
+    _check_indices(net, params, *(make_objective(jax.tree_util.tree_map(lambda x, i=i: x[i], values))
+                                  for i in range(k)))
     transforms = standard_transforms() if isinstance(transforms, str) and transforms == "standard" else transforms
     param, opt, hw = _check_param(param), _optimizer(optimizer, learning_rate), _hw(size)
     transforms = _check_transforms(transforms)
