@@ -102,14 +102,6 @@ def thumbnails(images, size: int = 48) -> np.ndarray:
                                        antialias=True))
 
 
-def _stream(batches, size, batch_size):
-    if isinstance(batches, (str, os.PathLike)):
-        from . import image
-
-        return image.load_folder(batches, size=size, batch_size=batch_size), len(image.list_images(batches))
-    return iter(batches), None
-
-
 def features(
     net: VGG,
     params,
@@ -127,7 +119,8 @@ def features(
     Args:
       net, params: the model (the network stops at ``layer``).
       batches: an iterable of ``(names, images)``, images (B, H, W, 3) in
-        [0, 1] (e.g. :func:`jaxviz.image.load_folder`), or a folder path
+        [0, 1] (e.g. :func:`jaxviz.image.load_folder`), an (N, H, W, 3)
+        array (names are the indices), or a folder path
         (centre crops of ``size`` in batches of ``batch_size``).
       layer: the tap; default ``relu7`` (the penultimate layer), or the last
         pool of a features-only network.
@@ -150,7 +143,9 @@ def features(
     name = net.resolve(layer, "layer")
     _checks.one_of(pool, "pool", POOLS)
     thumb = None if thumbnail_size is None else _checks.positive_int(thumbnail_size, "thumbnail_size")
-    stream, total = _stream(batches, size, batch_size)
+    from . import image
+
+    stream, total = image._batch_source(batches, size, batch_size)
     names: list = []
     vecs, thumbs = [], []
     width = None

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -528,7 +528,7 @@ def list_images(directory: PathLike, *, recursive: bool = False) -> list[Path]:
       paths (``directory`` joined with the relative name), sorted.
 
     Raises:
-      FileNotFoundError: ``directory`` does not exist.
+      ImageNotFoundError: ``directory`` does not exist (a ``FileNotFoundError``).
       NotADirectoryError: ``directory`` is a file.
 
     Example:
@@ -537,7 +537,7 @@ def list_images(directory: PathLike, *, recursive: bool = False) -> list[Path]:
     """
     root = Path(directory)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise ImageNotFoundError(f"{root}: no such directory")
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
 
@@ -625,3 +625,31 @@ def _iter_folder(
             done, arrays = [], []
     if done:
         yield done, np.stack(arrays)
+
+
+def _batch_source(batches: Any, size: int, batch_size: int, name: str = "batches") -> tuple[Iterator, int | None]:
+    """(iterator of ``(names, images)``, number of images or None) from what the folder-streaming functions
+    take: a folder path (:func:`load_folder`), an (N, H, W, 3) array (names are the indices), or an iterable of
+    ``(names, images)`` pairs as it is."""
+    if isinstance(batches, (str, os.PathLike)):
+        return load_folder(batches, size=size, batch_size=batch_size), len(list_images(batches))
+    shape = getattr(batches, "shape", None)
+    if shape is not None:
+        if len(shape) != 4:
+            raise InputError(f"{name}: expected a folder, an (N, H, W, 3) array or (names, images) pairs; got an "
+                             f"array of shape {tuple(shape)}")
+        n = shape[0]
+        return ((list(range(s, min(s + batch_size, n))), batches[s:s + batch_size])
+                for s in range(0, n, batch_size)), n
+    if not isinstance(batches, Iterable):
+        raise InputError(f"{name}: expected a folder, an (N, H, W, 3) array or (names, images) pairs; got "
+                         f"{type(batches).__name__}")
+    return _pairs(iter(batches), name), None
+
+
+def _pairs(it: Iterator, name: str) -> Iterator:
+    for item in it:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise InputError(f"{name}: expected (names, images) pairs, got an item of type {type(item).__name__}"
+                             f"{' and shape ' + str(tuple(item.shape)) if hasattr(item, 'shape') else ''}")
+        yield item

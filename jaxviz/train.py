@@ -111,7 +111,7 @@ class Run:
     seconds: float
 
 
-def _check_data(images: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
+def _check_data(images: Any, labels: Any, num_classes: int | None = None) -> tuple[jax.Array, jax.Array]:
     _checks.images(images, "images")
     labels = np.asarray(labels)
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
@@ -119,6 +119,9 @@ def _check_data(images: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
             f"labels: expected {images.shape[0]} integer class indices of shape ({images.shape[0]},), "
             f"got shape {labels.shape} and dtype {labels.dtype}"
         )
+    if num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"labels: expected class indices in [0, {num_classes}) for this network, got values in "
+                         f"[{labels.min()}, {labels.max()}]")
     return jnp.asarray(images, jnp.float32), jnp.asarray(labels, jnp.int32)
 
 
@@ -177,7 +180,7 @@ def fit(
       >>> net = small_cnn(num_classes=4)
       >>> params, losses = fit(net, data.images, data.labels)
     """
-    images, labels = _check_data(images, labels)
+    images, labels = _check_data(images, labels, getattr(net, "num_classes", None))
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     if not 0 <= warmup < 1:
@@ -241,7 +244,7 @@ def predict(net: Any, params: Any, images: Any, *, batch_size: int = 256) -> np.
 
 def accuracy(net: Any, params: Any, images: Any, labels: Any, *, batch_size: int = 256) -> float:
     """Fraction of ``images`` whose top-1 class equals ``labels``."""
-    _, labels = _check_data(images, labels)
+    _, labels = _check_data(images, labels, getattr(net, "num_classes", None))
     return float(np.mean(predict(net, params, images, batch_size=batch_size).argmax(-1) == np.asarray(labels)))
 
 

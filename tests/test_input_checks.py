@@ -115,3 +115,62 @@ def test_render_objectives_out_of_range_are_refused_not_rendered_grey(params):
     # the last valid ones render, and their objective rises
     img, hist = R.render(NET, params, R.channel("relu2_1", 15), return_history=True, key=0, size=32, steps=8)
     assert np.isfinite(np.asarray(hist)).all() and hist[-1] > hist[0]
+
+
+def test_an_image_array_streams_like_a_folder(params, x):
+    from jaxviz import embed
+    from jaxviz.featvis import patches as P
+
+    pairs = [([0, 1], x)]
+    got, want = embed.features(NET, params, x, layer="relu2_1", batch_size=1), embed.features(NET, params, pairs,
+                                                                                              layer="relu2_1")
+    assert got.names == [0, 1] and want.names == [0, 1]
+    np.testing.assert_allclose(got.vectors, want.vectors, rtol=1e-6, atol=1e-7)
+    a = P.top_patches(NET, params, x, layer="relu2_1", channels=[1, 3], k=2)
+    b = P.top_patches(NET, params, pairs, layer="relu2_1", channels=[1, 3], k=2)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.names == b.names
+    with pytest.raises(InputError, match=r"^batches: expected a folder, an \(N, H, W, 3\) array or \(names, images\) "
+                                         r"pairs; got an array of shape \(32, 32, 3\)"):
+        embed.features(NET, params, x[0], layer="relu2_1")
+    with pytest.raises(InputError, match=r"^batches: expected \(names, images\) pairs, got an item of type ndarray"):
+        P.top_patches(NET, params, [x], layer="relu2_1", channels=[1])
+    from jaxviz.image import ImageNotFoundError
+
+    with pytest.raises(ImageNotFoundError, match="no such directory"):
+        embed.features(NET, params, "/no/such/folder", layer="relu2_1")
+
+
+def test_training_labels_must_be_classes_of_the_network():
+    from jaxviz import datasets, train
+    from jaxviz.models.small_cnn import small_cnn
+
+    d = datasets.shapes(8, size=16, seed=0)
+    net = small_cnn(num_classes=4, widths=(4, 4))
+    with pytest.raises(InputError, match=r"^labels: expected class indices in \[0, 4\) for this network, got values "
+                                         r"in \[1[0-3], 1[0-3]\]"):
+        train.fit(net, d.images, d.labels + 10, epochs=1, batch_size=4)
+    params = net.init(jax.random.key(0), d.images[:1])
+    with pytest.raises(InputError, match=r"^labels: expected class indices in \[0, 4\)"):
+        train.accuracy(net, params, d.images, d.labels - 5)
+
+
+def test_metric_arguments_are_checked(params, x):
+    from jaxviz.attribution import metrics
+
+    attr = np.asarray(A.saliency(NET, params, x, 1, abs=False))
+    with pytest.raises(InputError, match=r"^stdev: expected a positive number, got -1\.0$"):
+        metrics.infidelity(NET, params, x, 1, attr, stdev=-1.0)
+    assert np.isfinite(metrics.infidelity(NET, params, x, 1, attr, stdev=jnp.float32(0.05), samples=2)).all()
+    with pytest.raises(InputError, match=r"^radius: expected a positive number, got -1\.0$"):
+        metrics.max_sensitivity(NET, params, x, 1, method="saliency", radius=-1.0, samples=2)
+    with pytest.raises(InputError, match=r"^options: integrated_gradients has no option 'stepz'; expected some of "
+                                         r"baselines, steps, .*batch_size"):
+        metrics.max_sensitivity(NET, params, x, 1, method="integrated_gradients", options={"stepz": 3}, samples=2)
+    with pytest.raises(InputError, match=r"^options: integrated_gradients has no option 'step'"):
+        A.smoothgrad(NET, params, x, 1, method="integrated_gradients", options={"step": 4}, samples=2)
+    # one layer by name, not its letters
+    one = metrics.model_randomization(NET, params, x, 1, method="saliency", layers="fc8")
+    two = metrics.model_randomization(NET, params, x, 1, method="saliency", layers=["fc8"])
+    assert one.layers == two.layers == ("fc8",)
+    np.testing.assert_array_equal(one.spearman, two.spearman)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Mapping
 
 import flax.linen as nn
 import jax
@@ -329,6 +329,29 @@ def resolve_method(method: Any, exclude: Sequence[str] = ()) -> Callable:
         names = [m for m in METHODS if m not in exclude]
         raise InputError(f"method: expected one of {', '.join(map(repr, names))} or a callable, got {method!r}")
     return METHODS[method]
+
+
+def check_options(method: Callable, options: Any) -> dict:
+    """``options`` for ``method``: a mapping whose keys are keyword-only parameters of it (the options every
+    method takes after ``(net, params, images, target)``); else an InputError naming ``options``."""
+    import inspect
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InputError(f"options: expected a dict of the method's options, got {type(options).__name__}")
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return dict(options)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    accepted = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        name = getattr(method, "__name__", "the method")
+        raise InputError(f"options: {name} has no option {unknown[0]!r}; expected some of {', '.join(accepted)}")
+    return dict(options)
 
 
 def split_options(options: Any) -> tuple[tuple, dict]:

@@ -222,6 +222,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
         raise InputError(f"attributions: expected the images' shape {tuple(images.shape)}, got {jnp.shape(attributions)}")
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
+    _positive_number(stdev, "stdev")
     key = _checks.prng_key(key)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _infidelity_core(net, params, images, jnp.asarray(attributions, jnp.float32), jnp.float32(stdev), key, idx,
@@ -309,7 +310,8 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
     key = _checks.prng_key(key)
-    options = dict(options or {})
+    options = _common.check_options(base, options)
+    _positive_number(radius, "radius")
     if "batch_size" in options:
         raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
     static_opts, dyn_opts = _common.split_options(options)
@@ -330,6 +332,18 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
 
 # --------------------------------------------------------------------------------------------
 # model randomisation
+
+
+def _positive_number(value: Any, name: str) -> None:
+    """A positive scalar (a traced one passes unchecked)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        ok = not isinstance(value, bool) and np.ndim(value) == 0 and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name}: expected a positive number, got {value!r}")
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -425,11 +439,11 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
     """
     images = _common.check_images(images, net)
     fn = _common.resolve_method(method)
-    options = dict(options or {})
+    options = _common.check_options(fn, options)
     key = _checks.prng_key(key)
     nested = "params" in params
     inner = dict(params["params"] if nested else params)
-    order = _layer_order(net, params) if layers is None else list(layers)
+    order = _layer_order(net, params) if layers is None else [layers] if isinstance(layers, str) else list(layers)
     for name in order:
         if name not in inner:
             raise InputError(f"layers: unknown parameter group {name!r}; expected some of {', '.join(inner)}")

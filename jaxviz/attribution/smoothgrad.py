@@ -149,7 +149,7 @@ def smoothgrad(
     _checks.one_of(variant, "variant", VARIANTS)
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
-    options = dict(options or {})
+    options = _common.check_options(base, options)
     if "batch_size" in options:
         raise InputError("options: pass batch_size to smoothgrad itself (it is handed on to the base method)")
     n = images.shape[0]

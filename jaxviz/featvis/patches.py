@@ -214,16 +214,6 @@ def top_patches_update(net: VGG, params, state: TopState, images, *, layer: str,
     return _update(net, params, state, jnp.asarray(x, jnp.float32), valid, ch, layer=name, rf=rf)
 
 
-def _batches_from(batches, size, batch_size):
-    import os
-
-    if isinstance(batches, (str, os.PathLike)):
-        from .. import image
-
-        return image.load_folder(batches, size=size, batch_size=batch_size), len(image.list_images(batches))
-    return iter(batches), None
-
-
 def top_patches(
     net: VGG,
     params,
@@ -249,7 +239,8 @@ def top_patches(
     Args:
       net, params: the model.
       batches: an iterable of ``(names, images)`` with images (B, H, W, 3) in
-        [0, 1] (e.g. :func:`jaxviz.image.load_folder`), or a folder path
+        [0, 1] (e.g. :func:`jaxviz.image.load_folder`), an (N, H, W, 3)
+        array (names are the indices), or a folder path
         (loaded with ``size`` and ``batch_size``).
       layer: a convolutional tap.
       channels: channel indices (default: all channels of the layer).
@@ -269,7 +260,9 @@ def top_patches(
     name = net.resolve(layer, "layer")
     rf = receptive_field(net, name)
     k = _checks.positive_int(k, "k")
-    stream, total = _batches_from(batches, size, batch_size)
+    from .. import image
+
+    stream, total = image._batch_source(batches, size, batch_size)
     bar = tqdm(total=total, desc=f"top patches {name}", unit="img", disable=not progress, leave=False)
     state = chans = None
     names: dict[int, Any] = {}
