@@ -137,6 +137,8 @@ def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True)
     classifier = classifier and net.classifier
     # NumPy's generator: drawing VGG19's 140M normals with jax.random on a CPU takes
     # ~20 s (threefry plus one compile per shape); NumPy takes well under a second.
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed: expected a non-negative int, got {seed!r}")
     rng = np.random.default_rng(seed)
     params: dict[str, dict[str, jax.Array]] = {}
     cin = 3
@@ -159,10 +161,17 @@ def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True)
     return {"params": params}
 
 
+def _inner(params: Any, name: str = "params") -> Mapping:
+    """The layer mapping of ``{"params": {...}}`` or of that inner mapping itself."""
+    if not isinstance(params, Mapping):
+        raise InputError(f"{name}: expected flax params ({{'params': {{layer: {{...}}}}}}), got {type(params).__name__}")
+    return params["params"] if "params" in params else params
+
+
 def features_only(params: Mapping) -> dict:
-    """Drops ``fc6``..``fc8`` (about 120M of VGG's 140M parameters)."""
-    inner = params["params"]
-    return {"params": {k: v for k, v in inner.items() if k.startswith("conv")}}
+    """Drops ``fc6``..``fc8`` (about 120M of VGG's 140M parameters); takes ``{"params": ...}`` or its inner
+    mapping and returns ``{"params": ...}``."""
+    return {"params": {k: v for k, v in _inner(params).items() if k.startswith("conv")}}
 
 
 # --------------------------------------------------------------------------- torchvision layout
@@ -296,7 +305,11 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
 def to_torchvision(params: Mapping, arch: str | VGG = "vgg19") -> dict[str, np.ndarray]:
     """The inverse of :func:`convert`: Flax params -> torchvision state dict (numpy)."""
     net = _net_for(arch)
-    inner = params["params"]
+    inner = _inner(params)
+    missing = [c for c in _torch_indices(net) if c not in inner]
+    if missing:
+        raise ArchitectureError(f"params: no {missing[0]} for {_arch_name(arch)}; pass arch= the network these "
+                                f"params belong to (e.g. the models.VGG(...) they were made for)")
     state: dict[str, np.ndarray] = {}
     for conv, i in _torch_indices(net).items():
         state[f"features.{i}.weight"] = np.asarray(inner[conv]["kernel"]).transpose(3, 2, 0, 1)
@@ -394,7 +407,7 @@ def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | 
 
 def _flatten(params: Mapping) -> dict[str, np.ndarray]:
     flat = {}
-    for layer, leaves in params["params"].items():
+    for layer, leaves in _inner(params).items():
         for leaf, value in leaves.items():
             flat[f"{layer}.{leaf}"] = np.ascontiguousarray(np.asarray(value, np.float32))
     return flat
@@ -410,10 +423,15 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
 
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+      InputError: ``path`` does not end in ``.safetensors``.
     """
     from safetensors.numpy import save as save_bytes
 
     path = Path(path)
+    if path.suffix != ".safetensors":  # a .pth name would promise a PyTorch file
+        raise InputError(f"path: expected a file name ending in .safetensors (the format written), got {str(path)!r}")
     meta = {"format": "jaxviz", "layout": "flax-nhwc"}
     if arch:
         meta["arch"] = arch

@@ -174,3 +174,22 @@ def test_metric_arguments_are_checked(params, x):
     two = metrics.model_randomization(NET, params, x, 1, method="saliency", layers=["fc8"])
     assert one.layers == two.layers == ("fc8",)
     np.testing.assert_array_equal(one.spearman, two.spearman)
+
+
+def test_weights_helpers_take_either_params_form_and_refuse_the_wrong_file_name(params, tmp_path):
+    from jaxviz.errors import ArchitectureError
+
+    a = weights.save(params, tmp_path / "a.safetensors")
+    b = weights.save(params["params"], tmp_path / "b.safetensors")  # the inner mapping, as documented
+    assert a.with_name("a.safetensors.sha256").read_text().split()[0] == \
+        b.with_name("b.safetensors.sha256").read_text().split()[0]
+    assert weights.features_only(params["params"]) == weights.features_only(params)
+    with pytest.raises(InputError, match=r"^path: expected a file name ending in \.safetensors .*got '.*y\.pth'"):
+        weights.save(params, tmp_path / "y.pth")
+    assert not (tmp_path / "y.pth").exists()
+    with pytest.raises(ArchitectureError, match="^params: no conv1_2 for vgg19; pass arch= the network"):
+        weights.to_torchvision(params)
+    assert set(weights.to_torchvision(params, NET)) >= {"features.0.weight", "classifier.6.bias"}
+    for bad in ("0", -1, 1.0, jax.random.key(0)):
+        with pytest.raises(InputError, match="^seed: expected a non-negative int, got "):
+            weights.random(NET, seed=bad)

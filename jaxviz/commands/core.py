@@ -73,7 +73,10 @@ def _small_cnn_state(root: Path) -> str:
 
 def convert(args: argparse.Namespace) -> int:
     from .. import weights
+    from ..errors import InputError
 
+    if args.out is not None and args.out.suffix != ".safetensors":
+        raise InputError(f"--out: expected a file name ending in .safetensors, got {str(args.out)!r}")
     params = weights.from_torchvision(args.file, args.arch)
     arch = args.arch or ("vgg16" if "conv5_4" not in params["params"] else "vgg19")
     out = args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
