@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import _checks
 from .errors import InputError
 
 __all__ = [
@@ -43,6 +44,9 @@ def reduce_channels(attr, how: str = "abs_sum") -> np.ndarray:
         Simonyan et al.'s saliency), ``"l2"`` (Euclidean norm).
     """
     a = np.asarray(attr, np.float32)
+    if a.ndim < 3:
+        raise InputError(f"attr: expected (..., H, W, C) with a channel axis, got shape {a.shape} "
+                         "(a map without channels needs no reduction)")
     if how == "abs_sum":
         return np.abs(a).sum(-1)
     if how == "sum":
@@ -143,8 +147,15 @@ def overlay(img, attr, *, alpha: float = 0.5, cmap: str = "jet", percentile: flo
     if img.ndim != 3 or img.shape[-1] != 3:
         raise InputError(f"img: expected shape (H, W, 3), got {img.shape}")
     a = np.asarray(attr, np.float32)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[1:] == img.shape[:2] and a.shape[:2] != img.shape[:2]:
+        raise InputError(f"attr: expected (H, W, C) or (H, W), got {a.shape}, which looks channels-first "
+                         "(move the channel axis last)")
     if a.ndim == 3:
         a = reduce_channels(a, how)
+    if a.ndim != 2:
+        raise InputError(f"attr: expected (H, W, C) or (H, W) for one image, got shape {np.shape(attr)}")
     if a.shape != img.shape[:2]:
         a = upsample_nearest(a, img.shape[:2])
     v = normalize(a, percentile=percentile)
@@ -171,6 +182,11 @@ def grid(images: Sequence[np.ndarray] | np.ndarray, *, ncols: int | None = None,
     Raises:
       InputError: no tiles, or a tile of another shape.
     """
+    if np.ndim(images) == 3 and np.shape(images)[-1] == 3:
+        raise InputError(f"images: expected a sequence of tiles or an (N, H, W, 3) array, got one picture of shape "
+                         f"{np.shape(images)} (wrap it in a list)")
+    if ncols is not None:
+        ncols = _checks.positive_int(ncols, "ncols")
     tiles = [np.asarray(t, np.float32) for t in images]
     if not tiles:
         raise InputError("images: expected at least one image, got none")

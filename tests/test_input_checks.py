@@ -181,8 +181,8 @@ def test_weights_helpers_take_either_params_form_and_refuse_the_wrong_file_name(
 
     a = weights.save(params, tmp_path / "a.safetensors")
     b = weights.save(params["params"], tmp_path / "b.safetensors")  # the inner mapping, as documented
-    assert a.with_name("a.safetensors.sha256").read_text().split()[0] == \
-        b.with_name("b.safetensors.sha256").read_text().split()[0]
+    la, lb = weights.load_file(a), weights.load_file(b)
+    assert jax.tree.all(jax.tree.map(np.array_equal, la, lb)) and set(la["params"]) == set(params["params"])
     assert weights.features_only(params["params"]) == weights.features_only(params)
     with pytest.raises(InputError, match=r"^path: expected a file name ending in \.safetensors .*got '.*y\.pth'"):
         weights.save(params, tmp_path / "y.pth")
@@ -193,3 +193,22 @@ def test_weights_helpers_take_either_params_form_and_refuse_the_wrong_file_name(
     for bad in ("0", -1, 1.0, jax.random.key(0)):
         with pytest.raises(InputError, match="^seed: expected a non-negative int, got "):
             weights.random(NET, seed=bad)
+
+
+def test_viz_refuses_shapes_it_would_misread(params, x):
+    from jaxviz import viz
+
+    attr = np.asarray(A.saliency(NET, params, x, 1))
+    with pytest.raises(InputError, match=r"^attr: expected \(\.\.\., H, W, C\) with a channel axis, got shape \(32, 32\)"):
+        viz.reduce_channels(attr[0, ..., 0])
+    with pytest.raises(InputError, match=r"^attr: expected \(H, W, C\) or \(H, W\), got \(3, 32, 32\), which looks "
+                                         r"channels-first"):
+        viz.overlay(x[0], attr[0].transpose(2, 0, 1))
+    # a batch of one is taken for the image and the map alike
+    np.testing.assert_array_equal(viz.overlay(x[:1], attr[:1]), viz.overlay(x[0], attr[0]))
+    with pytest.raises(InputError, match=r"^images: expected a sequence of tiles .* got one picture of shape "
+                                         r"\(32, 32, 3\) \(wrap it in a list\)"):
+        viz.grid(x[0])
+    with pytest.raises(InputError, match="^ncols: expected a positive int, got 0"):
+        viz.grid(list(x), ncols=0)
+    assert viz.grid(list(x), ncols=1, pad=0).shape == (64, 32, 3)
