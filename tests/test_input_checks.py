@@ -212,3 +212,11 @@ def test_viz_refuses_shapes_it_would_misread(params, x):
     with pytest.raises(InputError, match="^ncols: expected a positive int, got 0"):
         viz.grid(list(x), ncols=0)
     assert viz.grid(list(x), ncols=1, pad=0).shape == (64, 32, 3)
+
+
+def test_saliency_abs_is_a_bool(params, x):
+    with pytest.raises(InputError, match="^abs: expected True or False, got 'no'$"):
+        A.saliency(NET, params, x, 1, abs="no")
+    raw = np.asarray(A.saliency(NET, params, x, 1, abs=np.bool_(False)))
+    assert (raw < 0).any()
+    np.testing.assert_array_equal(np.abs(raw), A.saliency(NET, params, x, 1))

@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from ..errors import InputError
 from . import _common
 
 __all__ = ["saliency", "input_x_gradient", "gradients"]
@@ -60,7 +62,7 @@ def saliency(net: Any, params: Any, images: jax.Array, target: Any, *, abs: bool
       (N, H, W, 3) float32 attributions.
 
     Raises:
-      InputError: bad ``images`` or ``target``.
+      InputError: bad ``images``, ``target`` or ``abs``.
 
     Example:
       >>> attr = saliency(net, params, images, target=207)
@@ -68,6 +70,8 @@ def saliency(net: Any, params: Any, images: jax.Array, target: Any, *, abs: bool
     """
     _common.check_net(net, "saliency")
     images = _common.check_images(images, net)
+    if not isinstance(abs, (bool, np.bool_)):  # abs="no" would read as True
+        raise InputError(f"abs: expected True or False, got {abs!r}")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _core(net, params, images, idx, target_fn=fn, mode="abs" if abs else "raw")
 
