@@ -220,3 +220,23 @@ def test_saliency_abs_is_a_bool(params, x):
     raw = np.asarray(A.saliency(NET, params, x, 1, abs=np.bool_(False)))
     assert (raw < 0).any()
     np.testing.assert_array_equal(np.abs(raw), A.saliency(NET, params, x, 1))
+
+
+def test_transforms_and_curves_check_their_arguments_up_front(params, x):
+    from jaxviz.attribution import metrics
+    from jaxviz.featvis import render as R
+
+    for make, message in ((lambda: R.Jitter(-3), r"^Jitter: d: expected a non-negative int of pixels, got -3"),
+                          (lambda: R.Pad(2.5), r"^Pad: width: expected a non-negative int of pixels, got 2\.5"),
+                          (lambda: R.RandomScale(()), r"^RandomScale: scales: expected a non-empty sequence of "
+                                                      r"positive numbers"),
+                          (lambda: R.RandomScale((1.0, -1.0)), r"^RandomScale: scales: "),
+                          (lambda: R.RandomRotate("ab"), r"^RandomRotate: angles: ")):
+        with pytest.raises(InputError, match=message):
+            make()
+    assert R.RandomScale(1.1).scales == (1.1,) and R.RandomRotate([5, -5]).angles == (5.0, -5.0)
+    assert R.RandomScale([1, 1.1]) == R.RandomScale((1.0, 1.1))  # equal (and hash equal): one compiled program
+    attr = np.asarray(A.saliency(NET, params, x, 1))
+    with pytest.raises(InputError, match="^attributions: expected finite values, got NaN or inf"):
+        metrics.insertion(NET, params, x, 1, attr * np.nan)
+    assert 0 <= float(metrics.deletion(NET, params, x, 1, attr, steps=4).auc.mean()) <= 1

@@ -111,6 +111,8 @@ def _curve(insert, net, params, images, target, attributions, steps, baseline, b
     batch_size = _common.check_batch_size(batch_size)
     n, h, w, _ = images.shape
     _pixel_scores(jnp.zeros(jnp.shape(attributions)), n, h, w)  # shape check at call time
+    if not isinstance(attributions, jax.core.Tracer) and not np.isfinite(np.asarray(attributions)).all():
+        raise InputError("attributions: expected finite values, got NaN or inf (the pixel order would be arbitrary)")
     base = _common.broadcast_baseline(baseline, images, "baseline")
     fn, idx = _common.prepare_target(target, n, net, params, images)
     curve, area = _curve_core(net, params, images, attributions, base, idx, target_fn=fn, steps=steps,

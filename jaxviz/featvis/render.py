@@ -507,6 +507,26 @@ class _Transform:
         raise NotImplementedError
 
 
+def _non_negative_int(v, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise InputError(f"{name}: expected a non-negative int of pixels, got {v!r}")
+
+
+def _number_tuple(values, name: str, positive: bool = False) -> tuple[float, ...]:
+    """A non-empty tuple of finite numbers (a single number is one choice)."""
+    if isinstance(values, (int, float, np.number)) and not isinstance(values, bool):
+        values = (values,)
+    try:
+        out = tuple(float(v) for v in values if not isinstance(v, bool))
+        ok = len(out) == len(tuple(values)) > 0 and all(np.isfinite(out)) and (not positive or min(out) > 0)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{name}: expected a non-empty sequence of {'positive ' if positive else ''}numbers, "
+                         f"got {values!r}")
+    return out
+
+
 def _pick(values, u):
     """values[floor(u * len)]: a uniform choice from a static tuple given u in [0, 1)."""
     table = jnp.asarray(values, jnp.float32)
@@ -520,6 +540,9 @@ class Pad(_Transform):
     width: int
     value: float = 0.5
 
+    def __post_init__(self):
+        _non_negative_int(self.width, "Pad: width")
+
     def apply(self, u, x):
         w = self.width
         return jnp.pad(x, ((0, 0), (w, w), (w, w), (0, 0)), constant_values=self.value)
@@ -530,6 +553,9 @@ class Jitter(_Transform):
     """Random crop losing ``d`` pixels in height and width (a random shift of 0..d pixels per axis)."""
 
     d: int
+
+    def __post_init__(self):
+        _non_negative_int(self.d, "Jitter: d")
 
     def apply(self, u, x):
         if self.d == 0:
@@ -568,6 +594,9 @@ class RandomScale(_Transform):
 
     scales: tuple[float, ...]
 
+    def __post_init__(self):
+        object.__setattr__(self, "scales", _number_tuple(self.scales, "RandomScale: scales", positive=True))
+
     def sample(self, u) -> tuple[jax.Array, jax.Array]:
         """(scale, angle in radians) for uniforms ``u``."""
         return _pick(self.scales, u[0]), jnp.float32(0.0)
@@ -581,6 +610,9 @@ class RandomRotate(_Transform):
     """Rotates about the centre by an angle (degrees) chosen uniformly from ``angles``."""
 
     angles: tuple[float, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "angles", _number_tuple(self.angles, "RandomRotate: angles"))
 
     def sample(self, u) -> tuple[jax.Array, jax.Array]:
         """(scale, angle in radians) for uniforms ``u``."""
