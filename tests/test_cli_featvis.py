@@ -134,6 +134,40 @@ def test_render_channels_grid(tiny, params, tmp_path, capsys):
     assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
 
 
+def test_render_resumes_after_finished_groups(tiny, params, tmp_path, capsys, monkeypatch):
+    from jaxviz.featvis import render as R
+
+    args = ["render", "--layer", "relu2_1", "--channels", "0-2", "--size", "32", "--steps", "3", "--batch-size", "1",
+            "--no-transforms", "--weights", "random", "--no-progress"]
+    code, _, _ = run(capsys, *args, "--out", tmp_path / "whole.png")
+    assert code == 0
+    real, calls, stop = R.render_each, [], [2]
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) in stop:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "render_each", interrupted)
+    out = tmp_path / "parts.png"
+    code, _, err = run(capsys, *args, "--out", out)
+    assert code == 130 and err.endswith("jaxviz: interrupted; run the same command again to resume\n")
+    assert np.load(tmp_path / "parts.png.render.npz")["images"].shape == (1, 32, 32, 3)
+    calls.clear()
+    stop.clear()
+    code, _, err = run(capsys, *args, "--out", out)  # groups 1 and 2 only
+    assert code == 0 and "resuming after 1 of 3 renders" in err and len(calls) == 2
+    np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
+    assert not (tmp_path / "parts.png.render.npz").exists()
+    # other settings do not reuse it
+    monkeypatch.setattr(R, "render_each", real)
+    np.savez(tmp_path / "other.png.render.npz", signature=np.array("x"), images=np.zeros((1, 32, 32, 3)))
+    code, _, err = run(capsys, *args, "--out", tmp_path / "other.png")
+    assert code == 0 and "ignoring" in err
+    np.testing.assert_array_equal(image.load(tmp_path / "other.png"), image.load(tmp_path / "whole.png"))
+
+
 def test_render_classifier_taps(tiny, params, tmp_path, capsys):
     """--layer logits (or fc6 .. fc8) renders classifier units: the network is built with its classifier."""
     from jaxviz.featvis import render as R

@@ -1,12 +1,28 @@
-"""``jaxviz render --layer L --channels 0-15 --out OUT.png``: activation maximisation of channels or classes."""
+"""``jaxviz render --layer L --channels 0-15 --out OUT.png``: activation maximisation of channels or classes.
+
+Channels are rendered ``--batch-size`` at a time; finished groups are kept in
+``OUT.render.npz``, so running the same command again after an interruption
+resumes after them (with the same pictures as an uninterrupted run).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from ..models.vgg import CLASSIFIER_LAYERS
 from ._common import add_model_args, classifier_tap, model_and_params
-from .featmaps import add_output_args, finished, parse_channels, random_weights_note, save
+from .featmaps import (
+    add_output_args,
+    checkpoint_path,
+    finished,
+    parse_channels,
+    random_weights_note,
+    read_npz,
+    save,
+    write_npz,
+)
 
 __all__ = ["register", "run"]
 
@@ -34,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="channels rendered together (default %(default)s)")
     add_output_args(p)
     add_model_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)
 
 
 def _labelled(tiles, labels, scale: int = 1):
@@ -91,17 +107,36 @@ def run(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
     images = []
     groups = [chans[i:i + bs] for i in range(0, len(chans), bs)]
-    with tqdm(total=len(chans), desc=f"render {layer}", unit="channel", disable=args.no_progress) as bar:
+    # finished groups are kept next to OUT, so an interrupted run resumes after them (group g is keyed
+    # fold_in(key, g): the result does not depend on where a run stopped)
+    ckpt = checkpoint_path(args.out, "render")
+    signature = json.dumps([layer, chans, args.neuron, args.size, args.steps, args.lr, args.param,
+                            args.no_decorrelate, args.no_transforms, args.tv, bs, args.arch, str(args.weights),
+                            args.seed])
+    if ckpt.exists() and not args.overwrite:
+        saved = read_npz(ckpt)
+        if str(saved["signature"]) == signature:
+            images = list(saved["images"])
+            print(f"resuming after {len(images)} of {len(chans)} renders ({ckpt})", file=sys.stderr)
+        else:
+            print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
+    with tqdm(total=len(chans), initial=len(images), desc=f"render {layer}", unit="channel",
+              disable=args.no_progress) as bar:
         for g, group in enumerate(groups):
+            if g * bs < len(images):
+                continue
             padded = group + [group[-1]] * (bs - len(group))  # equal groups share one compiled program
             imgs = R.render_each(net, params, maker, jnp.asarray(padded, jnp.int32), key=jax.random.fold_in(key, g),
                                  size=args.size, steps=args.steps, param=param, transforms=transforms,
                                  learning_rate=args.lr, progress=not args.no_progress)
             images.extend(np.asarray(imgs)[: len(group), 0])
+            if g + 1 < len(groups):
+                write_npz(ckpt, signature=np.array(signature), images=np.stack(images))
             bar.update(len(group))
     names = [f"{'class ' if classes else ''}{c}" for c in chans]
     ncols = min(len(chans), max(1, int(np.ceil(np.sqrt(len(chans))))))
     save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out)
+    ckpt.unlink(missing_ok=True)
     random_weights_note(args)
     return 0
 
