@@ -48,8 +48,11 @@ Neural Networks", Google Research blog, 2015; the deepdream notebook
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import functools
 import math
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import jax
@@ -110,6 +113,39 @@ def _layer_spec(net: VGG, layers: Layers) -> tuple[tuple[str, float], ...]:
             raise InputError(f"layers: expected a finite weight for {name!r}, got {w!r}")
         spec[canonical] = spec.get(canonical, 0.0) + float(w)
     return tuple(sorted(spec.items(), key=lambda kv: net.layers.index(kv[0])))
+
+
+def _fingerprint(net, params, images, key, guide, settings) -> str:
+    """sha256 of everything a dream's result depends on (the network, its params, the inputs, the settings)."""
+    h = hashlib.sha256()
+    arch = (net.stages, net.pooling, net.normalize, tuple(net.mean), tuple(net.std), np.dtype(net.dtype).name,
+            getattr(net.relu, "__qualname__", type(net.relu).__name__))
+    h.update(repr((arch, settings)).encode())
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    guides = jax.tree.leaves(guide) if guide is not None else []
+    for a in [images, data, *guides, *jax.tree.leaves(params)]:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _write_checkpoint(path: Path, **arrays) -> None:
+    import io
+
+    from ._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _read_checkpoint(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"checkpoint: {path} is not a readable jaxviz dream checkpoint ({e}); delete it") from e
 
 
 def _check_images(images, name="images", net: VGG | None = None):
@@ -457,6 +493,8 @@ def dream(
     loop: str = "auto",
     progress: bool = False,
     return_objectives: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
 ):
     """DeepDream with octaves, carried detail, roll jitter, normalised steps and tiles.
 
@@ -485,6 +523,11 @@ def dream(
       progress: show a tqdm bar.
       return_objectives: also return the objective before and after each
         octave.
+      checkpoint: an ``.npz`` file written (atomically) after every octave;
+        with ``resume``, a call with the same inputs and settings continues
+        after the octaves it holds, with the same result as an uninterrupted
+        call. It is left in place at the end (a rerun then returns at once).
+      resume: continue from a matching ``checkpoint``; False starts afresh.
 
     Returns:
       the dreamed images (N, H, W, 3) in [0, 1]; with ``return_objectives``
@@ -492,8 +535,9 @@ def dream(
       array of [before, after] values per octave (at that octave's size).
 
     Raises:
-      InputError: bad images, layers or hyper-parameters, or a smallest
-        octave below the network's minimum size.
+      InputError: bad images, layers or hyper-parameters, a smallest
+        octave below the network's minimum size, or (with ``resume``) a
+        checkpoint written by a call with other inputs or settings.
 
     Example:
       >>> out = dream(net, params, x, key=jax.random.key(0), layers="relu4_2")  # doctest: +SKIP
@@ -521,9 +565,25 @@ def dream(
     host = host_loop(loop)
     detail = None
     record = []
-    bar = tqdm(total=octaves * steps, desc="dream", unit="step", disable=not progress, leave=False)
+    done = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        fingerprint = _fingerprint(net, params, x, key, guide, (spec, octaves, octave_scale, steps, step_size, jitter,
+                                                                 tile_size, bool(return_objectives)))
+        if resume and path.exists():
+            saved = _read_checkpoint(path)
+            if str(saved.get("fingerprint")) != fingerprint:
+                raise InputError(f"checkpoint: {path} was written by a dream of other inputs or settings; delete it "
+                                 "or pass resume=False")
+            done = int(saved["octaves_done"])
+            detail, z = jnp.asarray(saved["detail"]), jnp.asarray(saved["images"])
+            record = [tuple(r) for r in saved["objectives"]]
+    bar = tqdm(total=octaves * steps, initial=done * steps, desc="dream", unit="step", disable=not progress,
+               leave=False)
     try:
         for o, hw in enumerate(shapes):
+            if o < done:
+                continue
             base = _resize(x, hw)
             detail = jnp.zeros_like(base) if detail is None else _resize(detail, hw)
             z = jnp.clip(base + detail, 0.0, 1.0)
@@ -548,6 +608,10 @@ def dream(
                     z = res
                 bar.update(steps)
             detail = z - base
+            if path is not None:
+                _write_checkpoint(path, fingerprint=np.array(fingerprint), octaves_done=np.array(o + 1),
+                                  detail=np.asarray(detail), images=np.asarray(z),
+                                  objectives=np.array(record, np.float32).reshape(-1, 2))
     finally:
         bar.close()
     return (z, np.array(record, np.float32)) if return_objectives else z

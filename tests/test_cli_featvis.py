@@ -108,6 +108,38 @@ def test_dream_reports_a_rising_objective_per_octave(tiny, params, tmp_path, cap
         assert after > before
 
 
+def test_dream_resumes_after_finished_octaves(tiny, params, tmp_path, capsys, monkeypatch):
+    from jaxviz import dream
+
+    src = _picture(tmp_path / "in.png", 44, 52)
+    args = ["dream", src, "--layers", "relu2_1", "--size", "0", "--octaves", "2", "--steps", "2", "--jitter", "4",
+            "--tile", "0", "--weights", "random", "--no-progress"]
+    assert run(capsys, *args, "--out", tmp_path / "whole.png")[0] == 0
+    real, sizes = dream._run_octave, set()
+
+    def interrupted(*a, **k):  # dies in the second octave
+        sizes.add(a[2].shape)
+        if len(sizes) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dream, "_run_octave", interrupted)
+    out = tmp_path / "parts.png"
+    code, _, err = run(capsys, *args, "--out", out)
+    assert code == 130 and err.endswith("jaxviz: interrupted; run the same command again to resume\n")
+    assert int(np.load(tmp_path / "parts.png.dream.npz")["octaves_done"]) == 1
+    monkeypatch.setattr(dream, "_run_octave", real)
+    code, text, err = run(capsys, *args, "--out", out)
+    assert code == 0 and f"resuming from {tmp_path / 'parts.png.dream.npz'}" in err and text.count("octave ") == 2
+    np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
+    assert not (tmp_path / "parts.png.dream.npz").exists()
+    # a checkpoint of other settings is ignored
+    np.savez(tmp_path / "other.png.dream.npz", fingerprint=np.array("x"), octaves_done=np.array(1))
+    code, _, err = run(capsys, *args, "--out", tmp_path / "other.png")
+    assert code == 0 and "ignoring" in err
+    np.testing.assert_array_equal(image.load(tmp_path / "other.png"), image.load(tmp_path / "whole.png"))
+
+
 def test_render_channels_grid(tiny, params, tmp_path, capsys):
     out = tmp_path / "r.png"
     code, _, _ = run(capsys, "render", "--layer", "relu2_1", "--channels", "0-2", "--size", "32", "--steps", "4",

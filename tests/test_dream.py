@@ -184,3 +184,39 @@ def test_bad_arguments_raise_input_errors(params, kwargs, match):
 def test_bad_images_raise():
     with pytest.raises(InputError, match=r"^images: expected shape \(N, H, W, 3\), got \(16, 16, 3\)"):
         dream.dream(NET, {}, jnp.zeros((16, 16, 3)), key=jax.random.key(0), layers="relu1_1")
+
+
+@pytest.mark.parametrize("loop", ["host", "scan"])
+def test_checkpoint_resumes_after_finished_octaves(params, tmp_path, monkeypatch, loop):
+    x = _uniform(3, 1, 40, 48, 3)
+    kw = dict(key=jax.random.key(1), layers={"relu2_1": 1.0}, octaves=3, octave_scale=1.25, steps=2, jitter=3,
+              loop=loop, return_objectives=True)
+    whole, whole_obj = dream.dream(NET, params, x, **kw)
+    ckpt = tmp_path / "d.npz"
+    real, calls = dream._run_octave, []
+
+    def interrupted(*a, **k):  # dies in the third octave
+        calls.append(a[2].shape)
+        if len({s for s in calls}) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dream, "_run_octave", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dream.dream(NET, params, x, checkpoint=ckpt, **kw)
+    saved = np.load(ckpt)
+    assert int(saved["octaves_done"]) == 2 and saved["objectives"].shape == (2, 2)
+    monkeypatch.setattr(dream, "_run_octave", real)
+    got, got_obj = dream.dream(NET, params, x, checkpoint=ckpt, **kw)
+    np.testing.assert_array_equal(got, whole)  # the same numbers as one uninterrupted call
+    np.testing.assert_array_equal(got_obj, whole_obj)
+    # finished: a rerun returns the stored result without computing
+    monkeypatch.setattr(dream, "_run_octave", lambda *a, **k: pytest.fail("recomputed"))
+    np.testing.assert_array_equal(dream.dream(NET, params, x, checkpoint=ckpt, **kw)[0], whole)
+    # other settings: refused, or ignored with resume=False
+    monkeypatch.setattr(dream, "_run_octave", real)
+    other = dict(kw, step_size=0.02)
+    with pytest.raises(InputError, match=r"^checkpoint: .* was written by a dream of other inputs or settings"):
+        dream.dream(NET, params, x, checkpoint=ckpt, **other)
+    np.testing.assert_array_equal(dream.dream(NET, params, x, checkpoint=ckpt, resume=False, **other)[0],
+                                  dream.dream(NET, params, x, **other)[0])

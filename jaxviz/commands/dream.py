@@ -1,12 +1,18 @@
-"""``jaxviz dream IMAGE --out OUT.png``: DeepDream with octaves, jitter and tiles."""
+"""``jaxviz dream IMAGE --out OUT.png``: DeepDream with octaves, jitter and tiles.
+
+Progress is kept in ``OUT.dream.npz`` after every octave; running the same
+command again after an interruption resumes after the finished octaves (same
+picture as an uninterrupted run).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ._common import add_model_args, model_and_params
-from .featmaps import add_output_args, finished, random_weights_note, save
+from .featmaps import add_output_args, checkpoint_path, finished, random_weights_note, save
 
 __all__ = ["register", "run", "parse_layers"]
 
@@ -48,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guide", type=Path, default=None, help="guide image: dream towards its features")
     add_output_args(p)
     add_model_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,12 +72,24 @@ def run(args: argparse.Namespace) -> int:
     net, params = model_and_params(args, classifier=False)
     x = image.load(args.image, args.size or None)
     guide = image.load(args.guide, 224) if args.guide else None
-    out, objectives = dream.dream(
-        net, params, x, key=jax.random.key(args.seed), layers=args.layers, octaves=args.octaves,
-        octave_scale=args.octave_scale, steps=args.steps, step_size=args.step_size, jitter=args.jitter,
-        tile_size=args.tile or None, guide=guide, progress=not args.no_progress, return_objectives=True,
-    )
+    ckpt = checkpoint_path(args.out, "dream")  # written after every octave; a rerun resumes after them
+    if args.overwrite:
+        ckpt.unlink(missing_ok=True)
+    kw = dict(key=jax.random.key(args.seed), layers=args.layers, octaves=args.octaves,
+              octave_scale=args.octave_scale, steps=args.steps, step_size=args.step_size, jitter=args.jitter,
+              tile_size=args.tile or None, guide=guide, progress=not args.no_progress, return_objectives=True,
+              checkpoint=ckpt)
+    if ckpt.exists():
+        print(f"resuming from {ckpt}", file=sys.stderr)
+    try:
+        out, objectives = dream.dream(net, params, x, **kw)
+    except InputError as e:
+        if not str(e).startswith("checkpoint:"):
+            raise
+        print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
+        out, objectives = dream.dream(net, params, x, **kw, resume=False)
     save(jax.device_get(out)[0], args.out)
+    ckpt.unlink(missing_ok=True)
     for o, (before, after) in enumerate(objectives):
         print(f"octave {o + 1}/{len(objectives)}: objective {before:.4g} -> {after:.4g}")
     random_weights_note(args)
