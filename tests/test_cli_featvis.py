@@ -432,12 +432,12 @@ def test_out_is_checked_before_any_work(tiny, tmp_path, capsys, monkeypatch):
 
 
 def test_an_interrupt_promises_a_resume_only_where_one_happens(tiny, tmp_path, capsys, monkeypatch):
-    from jaxviz import dream
+    from jaxviz.featvis import maps
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dream, "dream", interrupted)  # dream keeps no checkpoint: a rerun starts over
-    code, _, err = run(capsys, "dream", _picture(tmp_path / "in.png"), "--out", tmp_path / "d.png", "--weights",
+    monkeypatch.setattr(maps, "feature_maps", interrupted)  # featmaps keeps nothing: a rerun starts over
+    code, _, err = run(capsys, "featmaps", _picture(tmp_path / "in.png"), "--out", tmp_path / "d.png", "--weights",
                        "random", "--no-progress")
     assert code == 130 and err == "jaxviz: interrupted\n"
