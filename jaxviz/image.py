@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -597,26 +597,34 @@ def load_folder(
     size = _check_size(size, allow_none=False)
     batch_size = _checks.positive_int(batch_size, "batch_size")
     paths = list_images(directory, recursive=recursive)
-    return _iter_folder(paths, size, batch_size, skip_errors)
+    return _iter_folder(paths, size, batch_size, _warn_skipped if skip_errors else None)
+
+
+def _warn_skipped(path: Path, error: Exception) -> None:
+    # stacklevel 3: the frame iterating the generator, past this function and _iter_folder
+    warnings.warn(f"{path}: skipped, not a readable image ({error})", UserWarning, stacklevel=3)
 
 
 def _iter_folder(
-    paths: Sequence[Path], size: Size, batch_size: int, skip_errors: bool
+    paths: Sequence[Path], size: Size, batch_size: int, skipped: Callable[[Path, Exception], None] | None = None
 ) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """``(paths, images)`` batches of ``batch_size`` decoded images (an int ``size``: shortest side to it, centre
+    crop; else :func:`load`'s sizing). An unreadable file raises ImageError, or with ``skipped`` is reported to
+    it and left out (every batch but the last stays full)."""
     done: list[Path] = []
     arrays: list[np.ndarray] = []
     for p in paths:
         try:
             if isinstance(size, int):
-                img = center_crop(_load_hw3(p, size, "shortest", DEFAULT_MAX_PIXELS), size)
+                img = center_crop(load(p, size, resize="shortest"), size)[0]
             else:
-                img = _load_hw3(p, size, "longest", DEFAULT_MAX_PIXELS)
+                img = load(p, size)[0]
         except (ImageError, OSError) as e:
-            if not skip_errors:
+            if skipped is None:
                 if isinstance(e, ImageError):
                     raise
                 raise ImageError(f"{p}: cannot read ({type(e).__name__}: {e})") from e
-            warnings.warn(f"{p}: skipped, not a readable image ({e})", UserWarning, stacklevel=2)
+            skipped(p, e)
             continue
         done.append(p)
         arrays.append(img)

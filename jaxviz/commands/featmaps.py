@@ -128,27 +128,9 @@ def iter_batches(paths, size: int, batch_size: int, skipped=None):
     With ``skipped`` (a callable ``(path, error)``), unreadable files are reported to it and left out, and each
     batch but the last is still full; without it they raise :class:`~jaxviz.errors.ImageError`.
     """
-    import numpy as np
-
     from .. import image
-    from ..errors import ImageError
 
-    done: list = []
-    arrays: list = []
-    for p in paths:
-        try:
-            arrays.append(image.center_crop(image.load(p, size, resize="shortest"), size)[0])
-        except (ImageError, OSError) as e:
-            if skipped is None:
-                raise
-            skipped(p, e)
-            continue
-        done.append(p)
-        if len(done) == batch_size:
-            yield done, np.stack(arrays)
-            done, arrays = [], []
-    if done:
-        yield done, np.stack(arrays)
+    return image._iter_folder(paths, size, batch_size, skipped)
 
 
 class Skips:
