@@ -52,16 +52,22 @@ def seed(text: str) -> int:
 def writable_dir(path: Path, flag: str) -> None:
     """Creates the output folder ``path`` (and its parents) and checks a file can be written in it, before any
     work: a file in its place, or a place that cannot be written, is an InputError naming ``flag``."""
-    import tempfile
-
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag}: expected a folder, got the file {str(path)!r}")
+    check_writable(path, flag)
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Creates ``folder`` (and its parents) and writes a file in it, before any work; an InputError naming
+    ``flag`` when either fails."""
+    import tempfile
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".jaxviz-write-check-"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".jaxviz-write-check-"):
             pass
     except OSError as e:
-        raise InputError(f"{flag}: cannot write in {str(path)!r} ({e.strerror or e})") from None
+        raise InputError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror or e})") from None
 
 
 def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -> None:

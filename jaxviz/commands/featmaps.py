@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import add_model_args, model_and_params
+from ._common import add_model_args, check_writable, model_and_params
 
 __all__ = [
     "register",
@@ -64,8 +64,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 def check_out(out: Path, flag: str = "--out") -> None:
     """Refuses, before any work, an OUT the picture could not be written to: a folder, a suffix Pillow is not
     asked to write, or a folder that cannot be created or written."""
-    import tempfile
-
     from ..errors import InputError
     from ..image import _SAVE_FORMATS
 
@@ -73,13 +71,7 @@ def check_out(out: Path, flag: str = "--out") -> None:
         raise InputError(f"{flag}: expected a picture file, got the folder {str(out)!r}")
     if out.suffix.lower() not in _SAVE_FORMATS:
         raise InputError(f"{flag}: expected a file ending in {', '.join(_SAVE_FORMATS)}; got {str(out)!r}")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".jaxviz-write-check-"):
-            pass
-    except OSError as e:
-        raise InputError(f"{flag}: cannot write in {str(parent)!r} ({e.strerror or e})") from None
+    check_writable(out.parent if str(out.parent) else Path("."), flag)
 
 
 def finished(args: argparse.Namespace) -> bool:
