@@ -13,7 +13,8 @@ import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "fingerprint",
+           "model_key"]
 
 
 @contextlib.contextmanager
@@ -50,3 +51,43 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_open(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """``np.savez`` to ``path``, atomically (checkpoints: an interrupt never leaves a torn file)."""
+    import numpy as np
+
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Every array of an ``.npz`` file (no pickles)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def model_key(net) -> tuple:
+    """What of a jaxviz VGG, besides its params, decides its activations (for :func:`fingerprint`)."""
+    import numpy as np
+
+    relu = getattr(net.relu, "__qualname__", type(net.relu).__name__)
+    return (net.stages, net.pooling, net.normalize, net.mean, net.std, np.dtype(net.dtype).name, relu)
+
+
+def fingerprint(head, arrays) -> str:
+    """sha256 of ``repr(head)`` and of each array's shape, dtype and bytes: what a checkpoint was made from."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(repr(head).encode())
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

@@ -48,7 +48,6 @@ Neural Networks", Google Research blog, 2015; the deepdream notebook
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import functools
 import math
@@ -61,7 +60,7 @@ import numpy as np
 from jax import lax
 from tqdm.auto import tqdm
 
-from . import _checks
+from . import _checks, _io
 from .errors import InputError
 from .featvis.patches import receptive_field
 from .featvis.render import host_loop
@@ -117,33 +116,14 @@ def _layer_spec(net: VGG, layers: Layers) -> tuple[tuple[str, float], ...]:
 
 def _fingerprint(net, params, images, key, guide, settings) -> str:
     """sha256 of everything a dream's result depends on (the network, its params, the inputs, the settings)."""
-    h = hashlib.sha256()
-    arch = (net.stages, net.pooling, net.normalize, tuple(net.mean), tuple(net.std), np.dtype(net.dtype).name,
-            getattr(net.relu, "__qualname__", type(net.relu).__name__))
-    h.update(repr((arch, settings)).encode())
     data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     guides = jax.tree.leaves(guide) if guide is not None else []
-    for a in [images, data, *guides, *jax.tree.leaves(params)]:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(str((a.shape, a.dtype)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _write_checkpoint(path: Path, **arrays) -> None:
-    import io
-
-    from ._io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    return _io.fingerprint((_io.model_key(net), settings), [images, data, *guides, *jax.tree.leaves(params)])
 
 
 def _read_checkpoint(path: Path) -> dict:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        return _io.read_npz(path)
     except (OSError, ValueError) as e:
         raise InputError(f"checkpoint: {path} is not a readable jaxviz dream checkpoint ({e}); delete it") from e
 
@@ -609,7 +589,7 @@ def dream(
                 bar.update(steps)
             detail = z - base
             if path is not None:
-                _write_checkpoint(path, fingerprint=np.array(fingerprint), octaves_done=np.array(o + 1),
+                _io.write_npz(path, fingerprint=np.array(fingerprint), octaves_done=np.array(o + 1),
                                   detail=np.asarray(detail), images=np.asarray(z),
                                   objectives=np.array(record, np.float32).reshape(-1, 2))
     finally:

@@ -76,9 +76,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -89,7 +87,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from . import _checks, losses
+from . import _checks, _io, losses
 from .errors import InputError
 from .models.vgg import IMAGENET_MEAN, VGG
 
@@ -852,37 +850,20 @@ def _fit(h: int, w: int, longest: int) -> tuple[int, int]:
 
 
 def _fingerprint(net, params, cfg, content, styles, extra) -> str:
-    h = hashlib.sha256()
     stable = cfg.replace(remat=False, batch_size=None, steps=0)
-    relu = getattr(net.relu, "__qualname__", type(net.relu).__name__)
-    arch = (net.stages, net.pooling, net.normalize, net.mean, net.std, np.dtype(net.dtype).name, relu)
-    h.update(repr((arch, stable, extra)).encode())
-    for a in [content, *styles, *jax.tree.leaves(params)]:
-        a = np.ascontiguousarray(np.asarray(a))
-        h.update(str((a.shape, a.dtype)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    return _io.fingerprint((_io.model_key(net), stable, extra), [content, *styles, *jax.tree.leaves(params)])
 
 
 def _save_checkpoint(path: Path, state: State, scale: int, fingerprint: str) -> None:
     leaves = jax.tree.leaves((state.image, state.opt_state))
     arrays = {f"leaf_{i}": np.asarray(v) for i, v in enumerate(leaves)}
     arrays.update(step=np.asarray(state.step), scale=np.asarray(scale), fingerprint=np.asarray(fingerprint))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _io.write_npz(path, **arrays)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        return _io.read_npz(path)
     except (OSError, ValueError) as e:
         raise InputError(f"checkpoint: {path} is not a readable jaxviz style checkpoint ({e}); delete it") from e
 

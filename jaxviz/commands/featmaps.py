@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .._io import read_npz, write_npz
 from ._common import add_model_args, check_writable, model_and_params
 
 __all__ = [
@@ -151,26 +152,6 @@ class Skips:
 
 def checkpoint_path(out: Path, what: str) -> Path:
     return out.with_name(out.name + f".{what}.npz")
-
-
-def write_npz(path: Path, **arrays) -> None:
-    """np.savez, atomically."""
-    import io
-
-    import numpy as np
-
-    from .._io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def read_npz(path: Path) -> dict:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
 
 
 def random_weights_note(args: argparse.Namespace) -> None:
