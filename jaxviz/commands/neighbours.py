@@ -40,15 +40,16 @@ def add_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thumb", type=int, default=64, help="thumbnail size in px (default %(default)s)")
 
 
-def folder_features(args: argparse.Namespace):
-    """Features of the folder's images, with a resumable cache next to OUT; returns (Features, layer)."""
+def folder_features(args: argparse.Namespace, paths=None):
+    """Features of the folder's images (``paths``: its listing, when the caller has it already), with a resumable
+    cache next to OUT; returns (Features, layer)."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from .. import embed
     from ..errors import InputError
 
-    paths = folder_paths(args)
+    paths = folder_paths(args) if paths is None else paths
     if args.thumb < 1:
         raise InputError(f"--thumb: expected a positive size in px, got {args.thumb}")
     conv = not args.layer.startswith(("fc", "relu6", "relu7", "logits", "avgpool"))
@@ -122,10 +123,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.k < 1 or args.queries < 1:
         raise InputError(f"--k, --queries: expected positive numbers, got {args.k}, {args.queries}")
-    listed = len(folder_paths(args))
-    if args.k > listed - 1:  # before any feature is computed (checked again below, after unreadable files)
-        raise InputError(f"--k: the folder has {listed} images, so at most {listed - 1} neighbours; got {args.k}")
-    feats, layer = folder_features(args)
+    paths = folder_paths(args)
+    if args.k > len(paths) - 1:  # before any feature is computed (checked again below, after unreadable files)
+        raise InputError(f"--k: the folder has {len(paths)} images, so at most {len(paths) - 1} neighbours; "
+                         f"got {args.k}")
+    feats, layer = folder_features(args, paths)
     n = len(feats.names)
     if args.k > n - 1:
         raise InputError(f"--k: the folder has {n} images, so at most {n - 1} neighbours; got {args.k}")
