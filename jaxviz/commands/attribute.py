@@ -252,10 +252,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"IMAGES_DIR: expected a folder of images, got {str(args.images)!r} (no such folder)")
     options = parse_options(args.option)
     method_fn = attribution.METHODS[args.method]
-    accepted = [n for n, p in inspect.signature(method_fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    for key in options:
-        if key not in accepted:
-            raise InputError(f"--option: {args.method} has no option {key!r}; expected some of {', '.join(accepted)}")
+    try:
+        attribution._common.check_options(method_fn, options)
+    except InputError as e:  # "options: saliency has no option 'bogus'; ..." in the command line's words
+        raise InputError("--option" + str(e).removeprefix("options")) from None
     if args.method in attribution.LAYER_METHODS:
         options.setdefault("upsample", True)
         if not options["upsample"]:
