@@ -405,11 +405,25 @@ def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | 
     return convert(state, arch, name=str(path))
 
 
-def _flatten(params: Mapping) -> dict[str, np.ndarray]:
+def _flatten(variables: Mapping) -> dict[str, np.ndarray]:
+    """``{"params": {layer: {leaf: array}}, "batch_stats": ...}`` (or the params' inner mapping) -> flat arrays.
+
+    Params are keyed ``layer.leaf`` (the layout of every file written so far);
+    another collection's arrays ``collection/layer.leaf``, so a BatchNorm
+    network's running statistics travel with its weights.
+    """
+    collections = variables if isinstance(variables, Mapping) and "params" in variables else {"params": _inner(variables)}
     flat = {}
-    for layer, leaves in _inner(params).items():
-        for leaf, value in leaves.items():
-            flat[f"{layer}.{leaf}"] = np.ascontiguousarray(np.asarray(value, np.float32))
+    for collection, tree in collections.items():
+        prefix = "" if collection == "params" else f"{collection}/"
+        if not isinstance(tree, Mapping):
+            raise InputError(f"params: expected a mapping of layers under {collection!r}, got {type(tree).__name__}")
+        for layer, leaves in tree.items():
+            if not isinstance(leaves, Mapping):
+                raise InputError(f"params: expected {collection}[{layer!r}] to map leaf names to arrays, "
+                                 f"got {type(leaves).__name__}")
+            for leaf, value in leaves.items():
+                flat[f"{prefix}{layer}.{leaf}"] = np.ascontiguousarray(np.asarray(value, np.float32))
     return flat
 
 
@@ -417,7 +431,9 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
     """Saves params as safetensors (atomically) with a ``.sha256`` sidecar.
 
     Args:
-      params: a flax params tree (``{"params": {...}}``) or its inner mapping.
+      params: a flax variables tree (``{"params": {...}}``, with any other
+        collections such as a BatchNorm network's ``"batch_stats"``, all of
+        which are saved) or the params' inner mapping.
       path: the file to write (its sidecar is ``path + ".sha256"``).
       arch: recorded in the file's metadata (e.g. "vgg19").
 
@@ -450,7 +466,8 @@ def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
         file must have.
 
     Returns:
-      The params tree ``{"params": {...}}`` for ``Module.apply``.
+      The variables tree for ``Module.apply``: ``{"params": {...}}``, plus
+      any other collection the file holds (``"batch_stats"``).
 
     Raises:
       ChecksumError: the file does not match its sidecar.
@@ -468,14 +485,16 @@ def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
                 "corrupt: delete it and convert again"
             )
     flat = _read_state(path)
-    if not flat or not all(re.fullmatch(r"\w+\.(kernel|bias)", k) for k in flat):
+    keys = [re.fullmatch(r"(?:(\w+)/)?(\w+)\.(\w+)", k) for k in flat]
+    if not flat or not all(keys) or not any(m.group(1) is None for m in keys):
         if any(k.startswith("features.") for k in flat):
             return from_torchvision(path, arch)
         raise WeightsError(f"{path}: not a jaxviz params file (keys like 'conv1_1.kernel' expected)")
-    params: dict[str, dict[str, jax.Array]] = {}
-    for key, value in flat.items():
-        layer, leaf = key.split(".")
-        params.setdefault(layer, {})[leaf] = jnp.asarray(value)
+    variables: dict[str, dict[str, dict[str, jax.Array]]] = {"params": {}}
+    for m, value in zip(keys, flat.values()):
+        collection, layer, leaf = m.group(1) or "params", m.group(2), m.group(3)
+        variables.setdefault(collection, {}).setdefault(layer, {})[leaf] = jnp.asarray(value)
+    params = variables["params"]
     if arch is not None:
         expected = jax.eval_shape(lambda: random(arch))["params"]
         for layer, leaves in expected.items():
@@ -490,7 +509,7 @@ def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
                         f"{path}: wrong architecture: {layer}.{leaf} has shape {got}, "
                         f"expected {spec.shape} for {_arch_name(arch)}"
                     )
-    return {"params": params}
+    return variables
 
 
 # --------------------------------------------------------------------------- cache + download

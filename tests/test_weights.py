@@ -184,6 +184,28 @@ def test_save_load_round_trip_and_corruption(tmp_path, tiny_ref):
         weights.load_file(other, net)
 
 
+
+def test_save_load_keeps_batch_norm_statistics(tmp_path):
+    """A BatchNorm network's variables (BN ``scale`` params and ``batch_stats``) survive the round trip."""
+    import jax
+    import jax.numpy as jnp
+
+    net = models.small_cnn(widths=(4, 8), batch_norm=True)
+    v = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(0)
+    v = jax.tree_util.tree_map(lambda a: np.asarray(a) + rng.uniform(0.5, 1.5, a.shape).astype(np.float32), v)
+    back = weights.load_file(weights.save(v, tmp_path / "bn.safetensors"))
+    assert sorted(back) == ["batch_stats", "params"]
+    assert sorted(back["batch_stats"]["bn1"]) == ["mean", "var"]
+    for got, want in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(v)):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    x = rng.random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(net.apply(back, x)), np.asarray(net.apply(v, x)))
+    # the params alone (the inner mapping) still save as the plain layout every earlier file has
+    plain = weights.save(v["params"], tmp_path / "p.safetensors")
+    assert sorted(weights.load_file(plain)) == ["params"]
+
+
 # ---------------------------------------------------------------------- cache + loopback download
 
 
