@@ -384,6 +384,8 @@ def tsne(
       (N, n_components) float32 NumPy array.
 
     Raises:
+      InputError: fewer than 4 vectors, a perplexity <= 0, or a non-positive
+        ``n_components``/``pca_dims``.
       MissingDependencyError: scikit-learn is not installed.
     """
     try:
@@ -393,6 +395,12 @@ def tsne(
     x = _check_matrix(vectors, "vectors")
     if x.shape[0] < 4:
         raise InputError(f"vectors: t-SNE needs at least 4 vectors, got {x.shape[0]}")
+    n_components = _checks.positive_int(n_components, "n_components")
+    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float, np.integer, np.floating)) \
+            or not perplexity > 0:
+        raise InputError(f"perplexity: expected a number > 0, got {perplexity!r}")
+    if pca_dims is not None:
+        pca_dims = _checks.positive_int(pca_dims, "pca_dims")
     if pca_dims is not None and x.shape[1] > pca_dims:
         x = pca(x, min(pca_dims, x.shape[0])).points
     perplexity = float(min(perplexity, (x.shape[0] - 1) / 3.0))
@@ -423,6 +431,9 @@ def neighbour_grid(thumbs, indices, queries: Sequence[int] | None = None, *, pad
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
+
+    Raises:
+      InputError: wrong shapes, or an index outside the thumbnails.
     """
     from . import viz
 
@@ -432,7 +443,15 @@ def neighbour_grid(thumbs, indices, queries: Sequence[int] | None = None, *, pad
         raise InputError(f"thumbs: expected shape (N, t, t, 3), got {t.shape}")
     if idx.ndim != 2:
         raise InputError(f"indices: expected shape (Q, k), got {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer) or (idx.size and (idx.min() < 0 or idx.max() >= len(t))):
+        raise InputError(f"indices: expected integer indices into the {len(t)} thumbnails, got "
+                         + (f"values {idx.min()}..{idx.max()}" if np.issubdtype(idx.dtype, np.number) and idx.size
+                            else f"dtype {idx.dtype}"))
     queries = np.arange(idx.shape[0]) if queries is None else np.asarray(queries)
+    if queries.shape != (idx.shape[0],) or not np.issubdtype(queries.dtype, np.integer) \
+            or (queries.size and (queries.min() < 0 or queries.max() >= len(t))):
+        raise InputError(f"queries: expected {idx.shape[0]} integer indices into the {len(t)} thumbnails "
+                         f"(one per row of indices), got {queries.tolist()}")
     width = max(2, t.shape[1] // 24)
     tiles = []
     for q, row in zip(queries, idx):

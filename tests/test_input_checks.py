@@ -240,3 +240,27 @@ def test_transforms_and_curves_check_their_arguments_up_front(params, x):
     with pytest.raises(InputError, match="^attributions: expected finite values, got NaN or inf"):
         metrics.insertion(NET, params, x, 1, attr * np.nan)
     assert 0 <= float(metrics.deletion(NET, params, x, 1, attr, steps=4).auc.mean()) <= 1
+
+
+def test_embedding_pictures_and_tsne_check_indices_and_numbers():
+    from jaxviz import embed
+
+    thumbs = np.random.default_rng(0).random((5, 16, 16, 3), dtype=np.float32)
+    with pytest.raises(InputError, match=r"^indices: expected integer indices into the 5 thumbnails, got values 1..7$"):
+        embed.neighbour_grid(thumbs, [[1, 7]])  # was an IndexError
+    with pytest.raises(InputError, match=r"^indices: .* got values 1.0..2.0$"):
+        embed.neighbour_grid(thumbs, [[1.0, 2.0]])
+    with pytest.raises(InputError, match=r"^queries: expected 1 integer indices .* got \[9\]$"):
+        embed.neighbour_grid(thumbs, [[1, 2]], queries=[9])
+    with pytest.raises(InputError, match=r"^queries: .* got \[0, 1\]$"):
+        embed.neighbour_grid(thumbs, [[1, 2]], queries=[0, 1])
+    grid = embed.neighbour_grid(thumbs, [[1, 2]], queries=[4], pad=0)
+    np.testing.assert_array_equal(grid[4:12, 4:12], thumbs[4, 4:12, 4:12])  # the query tile's inside, unframed
+    np.testing.assert_array_equal(grid[:, 16:32], thumbs[1])
+    vectors = np.random.default_rng(1).random((10, 5))
+    for kwargs, message in [({"perplexity": -1}, r"^perplexity: expected a number > 0, got -1$"),
+                            ({"perplexity": "5"}, r"^perplexity: expected a number > 0, got '5'$"),
+                            ({"n_components": 0}, r"^n_components: expected a positive int, got 0$"),
+                            ({"pca_dims": 0}, r"^pca_dims: expected a positive int, got 0$")]:
+        with pytest.raises(InputError, match=message):
+            embed.tsne(vectors, **kwargs)
