@@ -107,6 +107,17 @@ def test_captum_infidelity_and_sensitivity_with_identical_perturbations(lin):
         ours = metrics.infidelity(linear, params, x, [0, 2], attr, samples=samples, stdev=stdev, key=key,
                                   normalize=normalize)
         np.testing.assert_allclose(ours, cap.numpy(), rtol=2e-3, atol=1e-7)
+    # one value per pixel (an upsampled Grad-CAM's shape) counts for all three channels: Captum, which wants the
+    # inputs' shape, gets the map repeated over the channels
+    pixel = np.asarray(attr, np.float64).sum(-1)
+    cap = cm.infidelity(torch_linear, perturb, xt, torch.from_numpy(np.repeat(pixel[..., None], 3, -1)), target=[0, 2],
+                        n_perturb_samples=samples)
+    ours = metrics.infidelity(linear, params, x, [0, 2], pixel.astype(np.float32), samples=samples, stdev=stdev, key=key)
+    np.testing.assert_allclose(ours, cap.numpy(), rtol=2e-3, atol=1e-7)
+    assert not np.allclose(ours, metrics.infidelity(linear, params, x, [0, 2], attr, samples=samples, stdev=stdev,
+                                                    key=key), rtol=1e-2)
+    with pytest.raises(InputError, match=r"^attributions: expected shape \(2, 4, 5, 3\) or \(2, 4, 5\), got \(2, 4, 5, 2\)$"):
+        metrics.infidelity(linear, params, x, 0, np.zeros((2, H, W, 2), np.float32))
 
     radius = 0.05
     unif = radius * np.asarray(_common.uniform_noise(key, jnp.arange(2 * samples), (H, W, 3), 1.0), np.float64)
@@ -182,8 +193,8 @@ def test_metric_errors(lin):
     params, x = lin
     with pytest.raises(InputError, match=r"^attributions: expected shape \(2, 4, 5, 3\) or \(2, 4, 5\), got \(2, 4, 4\)"):
         metrics.deletion(linear, params, x, 0, jnp.zeros((2, 4, 4)))
-    with pytest.raises(InputError, match=r"^attributions: expected the images' shape"):
-        metrics.infidelity(linear, params, x, 0, jnp.zeros((2, 4, 5)))
+    with pytest.raises(InputError, match=r"^attributions: expected shape \(2, 4, 5, 3\) or \(2, 4, 5\), got \(2, 4, 4\)$"):
+        metrics.infidelity(linear, params, x, 0, jnp.zeros((2, 4, 4)))
     with pytest.raises(InputError, match=r"^method: expected one of"):
         metrics.max_sensitivity(linear, params, x, 0, method="lime")
 

@@ -204,7 +204,11 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
       params: the model's parameters.
       images: (N, H, W, 3) float RGB in [0, 1].
       target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
-      attributions: (N, H, W, 3) maps to judge.
+      attributions: (N, H, W, 3) maps to judge, or (N, H, W) / (N, H, W, 1)
+        maps with one value per pixel (an upsampled Grad-CAM), which count for
+        all three channels: ``attr . I_s`` sums ``attr[h, w] * I_s[h, w, c]``,
+        the same as the map repeated over the channels (which is what Captum,
+        wanting the inputs' shape, must be given).
       key: PRNG key or int seed (None: ``jax.random.key(0)``); perturbation s of image i is
         ``stdev * normal(fold_in(key, i * samples + s))``.
       samples: perturbations per image.
@@ -220,8 +224,11 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
     """
     _common.check_net(net, "infidelity")
     images = _common.check_images(images, net)
-    if jnp.shape(attributions) != images.shape:
-        raise InputError(f"attributions: expected the images' shape {tuple(images.shape)}, got {jnp.shape(attributions)}")
+    shape = jnp.shape(attributions)
+    if shape == images.shape[:3]:  # a pixel map (an upsampled Grad-CAM): the same for every channel
+        attributions, shape = jnp.asarray(attributions)[..., None], shape + (1,)
+    if shape not in (images.shape, images.shape[:3] + (1,)):
+        raise InputError(f"attributions: expected shape {tuple(images.shape)} or {tuple(images.shape[:3])}, got {shape}")
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
     _positive_number(stdev, "stdev")
