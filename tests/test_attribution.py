@@ -276,6 +276,19 @@ def test_conformance(gap, name):
     assert sum(_common.TRACES.values()) == before
 
 
+@pytest.mark.parametrize("name", sorted(A.METHODS))
+def test_traced_out_of_range_target_gives_nan_not_a_plausible_map(gap, name):
+    """Under the caller's jit the target cannot be checked: the bad image's map is all NaN, the good one unchanged."""
+    net, params, x = gap
+    k = params["params"]["fc"]["kernel"].shape[1]
+    for bad in (k, -1):
+        out = np.asarray(jax.jit(lambda t: _call(name, net, params, x, t))(jnp.array([1, bad])))
+        assert np.isnan(out[1]).all()
+        np.testing.assert_allclose(out[0], _call(name, net, params, x, [1, 1])[0], rtol=1e-5, atol=1e-7)
+    with pytest.raises(InputError, match=rf"^target: expected class indices in \[0, {k}\), got {k}$"):
+        _call(name, net, params, x, [1, k])  # concrete: refused outright
+
+
 @pytest.mark.parametrize("name", sorted(A.SAMPLING_METHODS))
 def test_batch_size_independence(gap, name):
     net, params, x = gap

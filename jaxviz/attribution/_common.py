@@ -163,7 +163,21 @@ def scores(logits: jax.Array, fn: Callable | None, idx: jax.Array | None) -> jax
                 f"({logits.shape[0]},), got shape {jnp.shape(out)}"
             )
         return out
-    return jnp.take_along_axis(logits, idx[:, None], axis=1)[:, 0]
+    idx, poison = in_range(idx, logits.shape[1])
+    return jnp.take_along_axis(logits, idx[:, None], axis=1)[:, 0] * poison.astype(logits.dtype)
+
+
+def in_range(idx: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Class indices clipped into [0, k), and a factor per index: 1 where it was in range, NaN where not.
+
+    Concrete targets are checked by :func:`prepare_target`; a target traced
+    under ``jit`` cannot raise, so a method multiplies its score (or class
+    weights) by the factor: an out-of-range class gives a NaN map, as JAX's
+    own out-of-bounds gathers give NaN, instead of an all-zero map (or, by
+    clamping, another class's map). The clipped index keeps the NaN on a
+    path the gradient takes back to the pixels.
+    """
+    return jnp.clip(idx, 0, k - 1), jnp.where((idx >= 0) & (idx < k), 1.0, jnp.nan)
 
 
 def gather_target(idx: jax.Array | None, rows: jax.Array) -> jax.Array | None:

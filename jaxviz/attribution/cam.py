@@ -126,7 +126,8 @@ def _cam_core(net, params, images, target_idx, *, layer, dense, relu, size, inte
             f"net: cam needs a dense layer {dense!r} fed by the global average of {layer!r} "
             f"({acts.shape[-1]} channels), got a kernel of shape {kernel.shape}"
         )
-    w = kernel[:, target_idx].T  # (N, C)
+    idx, poison = _common.in_range(target_idx, kernel.shape[1])
+    w = kernel[:, idx].T * poison[:, None].astype(kernel.dtype)  # (N, C); NaN rows for a traced out-of-range class
     maps = jnp.einsum("nhwc,nc->nhw", acts, w, precision=jax.lax.Precision.HIGHEST)
     if relu:
         maps = jnp.maximum(maps, 0)

@@ -39,7 +39,7 @@ def _guided_fwd(x):
 
 
 def _guided_bwd(x, g):
-    return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+    return (jnp.where(x > 0, jnp.maximum(g, 0), jnp.zeros_like(g)),)  # maximum keeps a NaN (out-of-range target)
 
 
 guided_relu.defvjp(_guided_fwd, _guided_bwd)
