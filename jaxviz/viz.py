@@ -86,7 +86,7 @@ def colormap(values, cmap: str = "inferno") -> np.ndarray:
         cm = colormaps[cmap]
     except KeyError:
         raise InputError(f"cmap: unknown colormap {cmap!r} (try 'inferno', 'viridis', 'jet', 'RdBu_r')") from None
-    return cm(np.clip(np.asarray(values, np.float32), 0, 1))[..., :3].astype(np.float32)
+    return np.asarray(cm(np.clip(np.asarray(values, np.float32), 0, 1)))[..., :3].astype(np.float32)  # () -> (3,) too
 
 
 def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: float = 99.5,

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz import attribution, cli, datasets, image
+from jaxviz import attribution, cli, datasets, image, viz
 from jaxviz.commands import attribute as attribute_cmd
+from jaxviz.commands import demo
 from jaxviz.models.small_cnn import small_cnn
 
 N = 7
@@ -71,10 +72,34 @@ def test_outputs_equal_library_and_csv(folder, model, tmp_path):
         assert r["target"] == r["predicted"] and r["target_prob"] == r["predicted_prob"]
         png = image.load(out / f"img{i}.png.png")
         assert png.shape == (1, 128, 128, 3)  # 32 px inputs are shown enlarged
+        # the picture is this image's own map (demo.heat/overlays, pinned by the next test) over this image
+        drawn = demo.overlays(x[i:i + 1], demo.heat("saliency", want[i:i + 1]), size=128)[0]
+        np.testing.assert_allclose(png[0], drawn, atol=1 / 255 + 1e-6)
     settings = json.loads((out / "attribute.json").read_text())
     assert settings["method"] == "saliency" and settings["model"] == "small-cnn" and settings["size"] == 32
     assert not list(out.glob(".*.tmp"))
 
+
+
+def test_heatmap_pictures_show_the_map_in_jet_over_the_image():
+    """demo.heat (method output -> display map) and demo.overlays (what attribute and demo draw), by value."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(demo.heat("saliency", a), np.abs(a).max(-1))  # Simonyan et al.: max |grad| over RGB
+    np.testing.assert_array_equal(demo.heat("guided_backprop", a), np.abs(a).sum(-1))
+    np.testing.assert_array_equal(demo.heat("occlusion", a), np.maximum(a.mean(-1), 0))
+    np.testing.assert_array_equal(demo.heat("grad_cam", a[..., 0]), np.maximum(a[..., 0], 0))
+    img = rng.random((1, 8, 8, 3), dtype=np.float32)
+    big = np.repeat(np.repeat(img[0], 4, 0), 4, 1)  # the image is enlarged without smoothing
+    m = np.zeros((1, 8, 8), np.float32)
+    m[0, :4, :4] = 1.0  # a hot top-left quadrant
+    out = demo.overlays(img, m, size=32)[0]
+    np.testing.assert_allclose(out[20:, 20:], big[20:, 20:], atol=1e-6)  # where the map is 0: the image itself
+    red = viz.colormap(np.ones(()), "jet")
+    np.testing.assert_allclose(red, [0.5, 0, 0], atol=1e-6)  # jet's top colour, dark red
+    np.testing.assert_allclose(out[:12, :12], 0.4 * big[:12, :12] + 0.6 * red, atol=1e-5)  # 60% heat where it is 1
+    edge = out[:, 16]  # the bilinear edge of the quadrant: part heat, part image
+    assert 0 < np.abs(edge[:12] - big[:12, 16]).min() and np.abs(edge[:12] - big[:12, 16]).max() < 0.6
 
 def test_layer_method_target_by_name_and_options(folder, model, tmp_path, monkeypatch):
     net, params = model
