@@ -72,11 +72,13 @@ def test_classify_prints_top5_with_imagenet_names(capsys, tmp_path):
     net = models.vgg16()
     logits = np.asarray(net.apply(weights.random(net, seed=0), image.imagenet_eval(path)))[0]
     top = np.argsort(-logits)[:3]
-    names = (tmp_path / "x").parent  # noqa: F841
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     from jaxviz.commands._common import imagenet_classes
 
     for line, k in zip(lines[1:], top):
         assert line.split()[1] == str(k) and line.endswith(imagenet_classes()[k])
+        shown = next(w for w in line.split() if w.endswith("%"))
+        assert float(shown[:-1]) == pytest.approx(100 * probs[k], abs=0.006)  # printed to 2 decimals
     assert "random weights" in err
 
 

@@ -413,7 +413,7 @@ def test_sha256_file_and_verify(tmp_path):
     assert str(path) in str(info.value)
     assert wrong in str(info.value) and DIGEST in str(info.value)
     assert isinstance(info.value, ValueError)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"No such file or directory: '.*nope'"):
         dl.verify(tmp_path / "nope", DIGEST)
 
 

@@ -42,6 +42,8 @@ def test_features_pool_a_tap_and_compile_once():
     np.testing.assert_array_equal(g.vectors, f.vectors)
     m = embed.features(NET, params, _batches(imgs, 5), layer="relu2_1", pool="max")
     np.testing.assert_allclose(m.vectors, acts["relu2_1"].max((1, 2)), rtol=1e-5, atol=1e-6)
+    flat = embed.features(NET, params, _batches(imgs, 5), layer="relu2_1", pool="flatten")
+    np.testing.assert_allclose(flat.vectors, acts["relu2_1"].reshape(5, -1), rtol=1e-5, atol=1e-6)  # h * w * C, NHWC order
     d = embed.features(NET, params, _batches(imgs, 5))  # default: relu7
     np.testing.assert_allclose(d.vectors, acts["relu7"], rtol=1e-4, atol=1e-6)
     assert d.thumbnails is None
@@ -75,7 +77,10 @@ def test_distances_and_neighbours_match_numpy(metric):
     # explicit queries (no self-exclusion)
     refq = _reference_distances(q.astype(np.float64), x.astype(np.float64), metric)
     idx, dist = embed.nearest_neighbours(x, q, k=3, metric=metric)
-    np.testing.assert_array_equal(idx, np.argsort(refq, axis=1, kind="stable")[:, :3])
+    wantq = np.argsort(refq, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(idx, wantq)
+    np.testing.assert_allclose(dist, np.take_along_axis(refq, wantq, 1), atol=3e-3 if metric == "l2" else 2e-5,
+                               rtol=1e-5)
 
 
 def test_neighbours_ties_go_to_the_lower_index_and_self_is_excluded():
