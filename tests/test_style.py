@@ -266,17 +266,48 @@ def test_size_sets_the_longest_side_and_style_scale_resizes_styles(params, monke
     assert seen == [(1, 32, 29, 3)]  # 40x36 style, longest side 2 * 16
 
 
-def test_preserve_colors_keeps_the_content_chroma(params):
+def test_luminance_only_greys_the_content_and_matches_the_styles_luminance_statistics():
+    # Gatys et al. 2016 (luminance-only transfer): the content becomes its luma Y on all three channels; each style's
+    # luma is shifted and scaled to the content's mean and std (then clipped to [0, 1]) and repeated the same way
+    content = jnp.asarray([[[[1, 0, 0], [0, 1, 0]], [[0, 0, 1], [1, 1, 1]]]], jnp.float32)  # Y .299 .587 .114 1
+    grey_style = jnp.asarray([[[[0.0] * 3, [0.1] * 3], [[0.2] * 3, [0.3] * 3]]], jnp.float32)  # Y 0 .1 .2 .3
+    colour_style = jnp.asarray([[[[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]]]], jnp.float32)  # (1, 1, 4, 3)
+    c, (s1, s2) = style._luminance_only(content, [grey_style, colour_style])
+    y = np.array([0.299, 0.587, 0.114, 1.0])
+    np.testing.assert_allclose(c, np.repeat(y.reshape(1, 2, 2, 1), 3, axis=-1), atol=1e-6)
+    mu, sd = 0.5, np.std(y)  # 0.33423
+    z = (np.array([0.0, 0.1, 0.2, 0.3]) - 0.15) / np.std([0.0, 0.1, 0.2, 0.3])  # no clipping: 0.5 +- 0.449
+    np.testing.assert_allclose(s1, np.repeat((mu + sd * z).reshape(1, 2, 2, 1), 3, axis=-1), atol=1e-5)
+    assert s2.shape == (1, 1, 4, 3)
+    np.testing.assert_allclose(s2, s2[..., :1].repeat(3, axis=-1), atol=0)  # grey
+    y2 = np.array([0.299, 0.587, 0.114, 0.0])
+    np.testing.assert_allclose(s2[0, 0, :, 0], [0.573814, 1.0, 0.295129, 0.123399], atol=1e-5)  # green clipped
+    np.testing.assert_allclose(s2[0, 0, :, 0], np.clip(mu + sd * (y2 - y2.mean()) / y2.std(), 0, 1), atol=1e-5)
+    np.testing.assert_allclose([np.mean(s1[..., 0]), np.std(s1[..., 0])], [mu, sd], atol=1e-5)
+
+
+def test_preserve_colors_is_a_luminance_only_run_on_the_content_colours(params):
     out = style.run(NET, params, CONTENT, STYLE, steps=2, preserve_colors=True, progress=False, **ADAM)
     yiq = np.asarray(style._YIQ)
     got, want = np.asarray(out) @ yiq[1:].T, np.asarray(CONTENT) @ yiq[1:].T
     inside = np.all((np.asarray(out) > 0.01) & (np.asarray(out) < 0.99), axis=-1)
+    assert inside.mean() > 0.5
     np.testing.assert_allclose(got[inside], want[inside], atol=1e-4)
+    # its luminance is that of the same run on the grey inputs (built here by the documented recipe, not by
+    # style._luminance_only): grey content = Y, grey style = Y matched to the content's mean/std
+    yc, ys = np.asarray(style.luminance(CONTENT)), np.asarray(style.luminance(STYLE))
+    ys = np.clip((ys - ys.mean()) * yc.std() / ys.std() + yc.mean(), 0, 1)
+    grey = style.run(NET, params, np.repeat(yc, 3, axis=-1), np.repeat(ys, 3, axis=-1), steps=2, progress=False, **ADAM)
+    lum = np.asarray(style.luminance(out))[..., 0]
+    np.testing.assert_allclose(lum[inside], np.asarray(style.luminance(grey))[..., 0][inside], atol=1e-4)
+    np.testing.assert_allclose(out, style.original_colors(CONTENT, grey), atol=1e-5)  # the whole composition
+    assert np.abs(lum - np.asarray(style.luminance(CONTENT))[..., 0]).mean() > 0.05  # stylised, not the content's
     # original_colors on its own: luminance from the stylised image, chroma from the content
     s = img((1, 8, 8, 3), 6) * 0.5 + 0.25
     c = img((1, 8, 8, 3), 7) * 0.5 + 0.25
     oc = style.original_colors(c, s)
     np.testing.assert_allclose(style.luminance(oc), style.luminance(s), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(oc) @ yiq[1:].T, np.asarray(c) @ yiq[1:].T, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -292,7 +323,17 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
             "--preset", "course", "--steps", "2", "--size", "40", "--content-layers", "relu1_2",
             "--style-layers", "relu1_1,relu1_2", "--checkpoint-every", "1", "--no-progress"]
     assert cli.main(["stylize", *args]) == 0
-    assert image.load(out).shape == (1, 40, 32, 3)
+    got = image.load(out)
+    # the picture is the library's run with the same settings (the CLI's vgg19, --weights random --seed 0,
+    # --init-seed 0), saved as 8 bits
+    net = models.get("vgg19", classifier=False, pooling="max")
+    content = image.load(tmp_path / "c.png")
+    want = np.asarray(style.run(net, weights.random(net, seed=0), content, [image.load(tmp_path / "s.png")],
+                                preset="course", steps=2, size=40, content_layers="relu1_2",
+                                style_layers="relu1_1,relu1_2", seed=0, checkpoint_every=1, progress=False))
+    assert got.shape == want.shape == (1, 40, 32, 3)
+    np.testing.assert_allclose(got, want, atol=0.6 / 255)
+    assert np.abs(got - content).mean() > 0.01  # and not the content
     assert not out.with_name("out.ckpt.npz").exists()  # removed once the result is written
     assert cli.main(["stylize", *args]) == 0
     assert "already exists" in capsys.readouterr().err
@@ -314,7 +355,8 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     assert cli.main(["stylize", *o5]) == 2
     err = capsys.readouterr().err.strip()
     assert "was written by a run with other inputs" in err and err.endswith("delete it or run with --fresh")
-    assert cli.main(["stylize", *o5, "--fresh"]) == 0 and image.load(tmp_path / "o5.png").shape == (1, 40, 32, 3)
+    assert cli.main(["stylize", *o5, "--fresh"]) == 0
+    np.testing.assert_allclose(image.load(tmp_path / "o5.png"), want, atol=0.6 / 255)  # the same run, afresh
 
 
 def test_api_surface():
