@@ -61,7 +61,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(tiny, tmp_path, capsys):
+def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(tiny, params, tmp_path, capsys):
     src = _picture(tmp_path / "in.png")
     out = tmp_path / "maps.png"
     code, text, err = run(capsys, "featmaps", src, "--layer", "relu2_1", "--size", "48", "--limit", "5",
@@ -70,6 +70,14 @@ def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(ti
     pic = image.load(out)[0]
     assert pic.shape == (2 * 80 + 3 * 2, 3 * 96 + 4 * 2, 3)  # input + 5 maps of 20x24, enlarged x4, 3 per row
     np.testing.assert_allclose(pic[2, 2], (1.0, 0.55, 0.0), atol=0.01)  # the input tile's orange frame
+    # every tile is the library's: the input (longest side 48) and relu2_1's 5 strongest maps, viridis, >= 96 px
+    from jaxviz.featvis import maps
+
+    x = image.load(src, 48)
+    fm = np.asarray(maps.feature_maps(NET, params, x, "relu2_1"))[0]
+    want = maps.feature_map_grid(fm, order="mean", limit=5, cmap="viridis", image=x, min_tile=96)
+    np.testing.assert_allclose(pic, want, atol=1 / 255)  # PNG stores 8 bits
+    assert fm[..., np.argsort(-fm.mean((0, 1)))[:5]].std((0, 1)).min() > 0  # the tiles are maps, not flat colour
     mtime = os.path.getmtime(out)
     code, _, err = run(capsys, "featmaps", src, "--layer", "relu2_1", "--out", out, "--weights", "random")
     assert code == 0 and "already exists; nothing to do" in err and os.path.getmtime(out) == mtime
@@ -140,39 +148,75 @@ def test_dream_resumes_after_finished_octaves(tiny, params, tmp_path, capsys, mo
     np.testing.assert_array_equal(image.load(tmp_path / "other.png"), image.load(tmp_path / "whole.png"))
 
 
-def test_render_channels_grid(tiny, params, tmp_path, capsys):
+RENDER = ["render", "--layer", "relu2_1", "--size", "32", "--steps", "4", "--batch-size", "2", "--no-transforms",
+          "--weights", "random", "--no-progress"]
+
+
+def _public_renders(params, objective, channels):
+    """What ``render`` is documented to draw, built with the public objectives: channels in groups of
+    --batch-size (the last padded with its last channel), group g keyed fold_in(key(--seed), g), Fourier
+    parameterisation with decorrelated colour, Adam at --lr."""
+    from jaxviz.featvis import render as R
+
+    want = []
+    for g in range(0, len(channels), 2):
+        group = channels[g:g + 2]
+        imgs = R.render_each(NET, params, objective, jnp.asarray(group + group[-1:] * (2 - len(group)), jnp.int32),
+                             key=jax.random.fold_in(jax.random.key(0), g // 2), size=32, steps=4,
+                             param=R.fourier(decorrelate=True), transforms=None, learning_rate=0.05)
+        want.extend(np.asarray(imgs)[:len(group), 0])
+    return want
+
+
+@pytest.fixture(scope="module")
+def channel_renders(params):
+    """relu2_1 channels 0-2 rendered with the public ``channel`` objective (computed once for the module)."""
+    from jaxviz.featvis import render as R
+
+    return _public_renders(params, lambda c: R.channel("relu2_1", c), [0, 1, 2])
+
+
+def _assert_tiles(pic, want, ncols=2):
+    for i, w in enumerate(want):
+        r, c = 4 + 36 * (i // ncols), 4 + 36 * (i % ncols)
+        # below the label box (rows 0-12 of a tile); PNG stores 8 bits
+        np.testing.assert_allclose(pic[r + 13:r + 32, c:c + 32], np.clip(w[13:], 0, 1), atol=0.6 / 255)
+
+
+def test_render_channels_grid(tiny, params, channel_renders, tmp_path, capsys):
     out = tmp_path / "r.png"
-    code, _, _ = run(capsys, "render", "--layer", "relu2_1", "--channels", "0-2", "--size", "32", "--steps", "4",
-                     "--batch-size", "2", "--no-transforms", "--out", out, "--weights", "random", "--no-progress")
+    code, _, _ = run(capsys, *RENDER, "--channels", "0-2", "--out", out)
     assert code == 0
     pic = image.load(out)[0]
     assert pic.shape == (2 * 32 + 3 * 4, 2 * 32 + 3 * 4, 3)  # 3 tiles, 2 per row
-    # the tiles are the library's renders: channels in groups of --batch-size, group g keyed fold_in(key(seed), g)
-    from jaxviz.featvis import render as R
-
-    maker = render._maker("relu2_1", False, 0.0)
-    want = []
-    for g, group in enumerate(([0, 1], [2, 2])):
-        imgs = R.render_each(NET, params, maker, jnp.asarray(group, jnp.int32),
-                             key=jax.random.fold_in(jax.random.key(0), g), size=32, steps=4, param=R.fourier(decorrelate=True), transforms=None, learning_rate=0.05)
-        want.extend(np.asarray(imgs)[:, 0])
-    for i in range(3):
-        r, c = 4 + 36 * (i // 2), 4 + 36 * (i % 2)
-        # below the label box (rows 0-12 of a tile); PNG stores 8 bits
-        np.testing.assert_allclose(pic[r + 13:r + 32, c:c + 32], np.clip(want[i][13:], 0, 1), atol=0.6 / 255)
-    assert np.abs(want[0] - want[1]).mean() > 0.01  # different channels, different pictures
+    # the tiles are renders of the public channel objective (mean of relu2_1's channel c)
+    _assert_tiles(pic, channel_renders)
+    assert np.abs(channel_renders[0] - channel_renders[1]).mean() > 0.01  # different channels, different pictures
     code, _, err = run(capsys, "render", "--layer", "relu2_1", "--channels", "3,16", "--out", tmp_path / "x.png",
                        "--weights", "random")
     assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
 
 
-def test_render_resumes_after_finished_groups(tiny, params, tmp_path, capsys, monkeypatch):
+def test_render_neuron_maximises_the_centre_position(tiny, params, channel_renders, tmp_path, capsys):
     from jaxviz.featvis import render as R
 
-    args = ["render", "--layer", "relu2_1", "--channels", "0-2", "--size", "32", "--steps", "3", "--batch-size", "1",
-            "--no-transforms", "--weights", "random", "--no-progress"]
+    out = tmp_path / "n.png"
+    code, _, _ = run(capsys, *RENDER, "--channels", "0-1", "--neuron", "--out", out)
+    assert code == 0
+    pic = image.load(out)[0]
+    assert pic.shape == (32 + 2 * 4, 2 * 32 + 3 * 4, 3)
+    want = _public_renders(params, lambda c: R.neuron("relu2_1", c), [0, 1])  # the centre of the map by default
+    _assert_tiles(pic, want)
+    assert np.abs(want[0] - channel_renders[0]).mean() > 0.01  # a neuron is not its channel's mean
+
+
+def test_render_resumes_after_finished_groups(tiny, params, channel_renders, tmp_path, capsys, monkeypatch):
+    from jaxviz.featvis import render as R
+
+    args = [*RENDER, "--channels", "0-2"]
     code, _, _ = run(capsys, *args, "--out", tmp_path / "whole.png")
     assert code == 0
+    _assert_tiles(image.load(tmp_path / "whole.png")[0], channel_renders)
     real, calls, stop = R.render_each, [], [2]
 
     def interrupted(*a, **k):
@@ -185,16 +229,18 @@ def test_render_resumes_after_finished_groups(tiny, params, tmp_path, capsys, mo
     out = tmp_path / "parts.png"
     code, _, err = run(capsys, *args, "--out", out)
     assert code == 130 and err.endswith("jaxviz: interrupted; run the same command again to resume\n")
-    assert np.load(tmp_path / "parts.png.render.npz")["images"].shape == (1, 32, 32, 3)
+    saved = np.load(tmp_path / "parts.png.render.npz")["images"]
+    assert saved.shape == (2, 32, 32, 3)  # the first group: channels 0 and 1
+    np.testing.assert_allclose(saved, np.stack(channel_renders[:2]), atol=1e-5)
     calls.clear()
     stop.clear()
-    code, _, err = run(capsys, *args, "--out", out)  # groups 1 and 2 only
-    assert code == 0 and "resuming after 1 of 3 renders" in err and len(calls) == 2
+    code, _, err = run(capsys, *args, "--out", out)  # group 1 only
+    assert code == 0 and "resuming after 2 of 3 renders" in err and len(calls) == 1
     np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
     assert not (tmp_path / "parts.png.render.npz").exists()
     # other settings do not reuse it
     monkeypatch.setattr(R, "render_each", real)
-    np.savez(tmp_path / "other.png.render.npz", signature=np.array("x"), images=np.zeros((1, 32, 32, 3)))
+    np.savez(tmp_path / "other.png.render.npz", signature=np.array("x"), images=np.zeros((2, 32, 32, 3)))
     code, _, err = run(capsys, *args, "--out", tmp_path / "other.png")
     assert code == 0 and "ignoring" in err
     np.testing.assert_array_equal(image.load(tmp_path / "other.png"), image.load(tmp_path / "whole.png"))
@@ -208,7 +254,7 @@ def test_render_classifier_taps(tiny, params, tmp_path, capsys):
     code, _, _ = run(capsys, "render", "--layer", "logits", "--channels", "3,7", "--size", "32", "--steps", "4",
                      "--no-transforms", "--out", out, "--weights", "random", "--no-progress")
     assert code == 0 and tiny[-1] is True
-    imgs = R.render_each(NET, params, render._maker("fc8", False, 0.0), jnp.asarray([3, 7], jnp.int32),
+    imgs = R.render_each(NET, params, lambda c: R.channel("fc8", c), jnp.asarray([3, 7], jnp.int32),
                          key=jax.random.fold_in(jax.random.key(0), 0), size=32, steps=4,
                          param=R.fourier(decorrelate=True), transforms=None, learning_rate=0.05)
     pic = image.load(out)[0]
@@ -304,9 +350,14 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
         want, wd = expected(q, 2, "cosine")
         assert query == names[q] and got == want
         np.testing.assert_allclose(dist, wd, rtol=2e-3, atol=1e-6)  # printed with 3 significant digits
-    # a rerun with other display options reuses the cached features: the network never runs
+    # the picture: one row per query, the query then its neighbours nearest first (the cached thumbnails)
     from jaxviz import embed
 
+    thumbs = saved["thumbnails"]
+    order = [[names.index(n) for n in expected(q, 2, "cosine")[0]] for q in range(3)]
+    np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array(order), [0, 1, 2]),
+                               atol=0.6 / 255)
+    # a rerun with other display options reuses the cached features: the network never runs
     monkeypatch.setattr(embed, "features", lambda *a, **k: pytest.fail("features recomputed"))
     code, text, _ = run(capsys, "neighbours", folder, *common, "--k", "4", "--metric", "l1", "--out", out,
                         "--overwrite", "--query", folder / "b" / "1.png")
@@ -315,9 +366,17 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     want, wd = expected(4, 4, "l1")
     assert got == want
     np.testing.assert_allclose(dist, wd, rtol=2e-3)
+    np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array([[names.index(n) for n in want]]),
+                                                                        [4]), atol=0.6 / 255)
     code, _, _ = run(capsys, "embed", folder, *common, "--method", "pca", "--plot-size", "3",
                      "--out", tmp_path / "nn.png", "--overwrite")
     assert code == 0 and image.load(out).shape == (1, 300, 300, 3)
+    # the map: the cached vectors' PCA, thumbnails coloured by sub-folder, titled with the explained variance
+    res = embed.pca(saved["vectors"], 2)
+    ratio = np.asarray(res.explained_variance_ratio)
+    title = f"PCA of relu2_1 (6 images; {ratio[0]:.0%} + {ratio[1]:.0%} of the variance)"
+    want = embed.scatter_thumbnails(np.asarray(res.points), thumbs, labels=list("aaabbb"), title=title, size=3)
+    np.testing.assert_allclose(image.load(out)[0], want, atol=0.6 / 255)
 
 
 def test_folder_commands_skip_unreadable_files(tiny, params, folder, tmp_path, capsys, monkeypatch):

@@ -53,6 +53,25 @@ def test_overlay_shows_the_image_where_the_map_is_zero():
         viz.overlay(np.zeros((4, 4)), attr)
 
 
+def test_overlay_blends_by_alpha_times_the_normalised_map():
+    """out = (1 - w) * img + w * cmap(v), w = alpha * v, v = (map - min) / (percentile - min), map upsampled
+    (nearest) to the image."""
+    from matplotlib import colormaps
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.1, 0.9, (4, 6, 3)).astype(np.float32)
+    attr = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0]])  # min 1, max 9: v = 0, 1/8, 1/4, 3/8, 1/2, 1
+    out = viz.overlay(img, attr, alpha=0.5, cmap="viridis", percentile=100)
+    v = np.repeat(np.repeat((attr - 1) / 8, 2, 0), 2, 1)
+    w = 0.5 * v[..., None]
+    want = (1 - w) * img + w * colormaps["viridis"](v)[..., :3]
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    np.testing.assert_allclose(out[:2, :2], img[:2, :2], atol=1e-6)  # v = 0: the image
+    # at the map's peak the picture is half image, half colour (alpha = 0.5), not all colour
+    np.testing.assert_allclose(out[2:, 4:], 0.5 * img[2:, 4:] + 0.5 * np.array(colormaps["viridis"](1.0)[:3]),
+                               atol=1e-6)
+
+
 def test_grid_layout():
     tiles = [np.full((2, 3, 3), i / 4, np.float32) for i in range(5)]
     g = viz.grid(tiles, ncols=3, pad=1, pad_value=1.0)
