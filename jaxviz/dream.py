@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from . import _checks, _io
 from .errors import InputError
+from .models.vgg import reverse_mode
 from .featvis.patches import receptive_field
 from .featvis.render import host_loop
 from .models.vgg import VGG
@@ -212,7 +213,7 @@ def _position_terms(act: jax.Array, guide: jax.Array | None) -> jax.Array:
 def _masked_objective(net, params, x, guides, origin, core, *, spec, plan: _Plan, batch: int):
     """Objective of the positions whose pixel coordinate lies in ``core``, computed on crop ``x`` at ``origin``."""
     names = tuple(n for n, _ in spec)
-    acts = net.apply(params, x, taps=names)
+    acts = reverse_mode(net).apply(params, x, taps=names)  # differentiated in reverse mode only
     oy, ox = origin
     y0, y1, x0, x1 = core
     total = jnp.float32(0.0)

@@ -89,7 +89,7 @@ from flax import struct
 
 from . import _checks, _io, losses
 from .errors import InputError
-from .models.vgg import IMAGENET_MEAN, VGG
+from .models.vgg import IMAGENET_MEAN, VGG, reverse_mode
 
 __all__ = [
     "Config",
@@ -522,8 +522,9 @@ def _update_impl(net: VGG, params: Any, state: State) -> tuple[State, Losses]:
     _TRACES["update"] += 1
     cfg = state.config
     # only reverse mode is needed here: the flipped-kernel input gradient keeps XLA:CPU's fast convolution inside
-    # loop bodies (the L-BFGS line search is a while loop; several steps run in a scan off the CPU)
-    net = net.clone(conv_grad="flipped")
+    # loop bodies (the L-BFGS line search is a while loop; several steps run in a scan off the CPU), and "auto"
+    # takes small maps' input gradients as one matrix product on the CPU (models.layers.conv_auto_grad)
+    net = reverse_mode(net)
     opt = _optimizer(cfg)
     st = state.style_targets
 

@@ -640,7 +640,7 @@ def test_approximate_incremental_occlusion():
 
 
 def test_vgg_gradients_use_flipped_convolutions_and_match_the_plain_callable():
-    # the methods differentiate a jaxviz VGG with conv_grad="flipped" (fast inside lax.scan on XLA:CPU); a plain
+    # the methods differentiate a jaxviz VGG with conv_grad="auto" (fast inside lax.scan on XLA:CPU); a plain
     # callable keeps JAX's transpose: same numbers, eagerly and under jit with more chunks than are unrolled
     from jaxviz import models, weights
 

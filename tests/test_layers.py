@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,3 +52,55 @@ def test_conv_flipped_grad_falls_back_where_the_identity_does_not_apply():
         return lambda x: jnp.sum(jnp.cos(conv(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NCHW", "OIHW", "NCHW"))))
 
     np.testing.assert_array_equal(jax.grad(loss(conv_flipped_grad))(x), jax.grad(loss(jax.lax.conv_general_dilated))(x))
+
+
+def _convolutions(jaxpr) -> int:
+    """conv_general_dilated equations in a jaxpr, sub-jaxprs included."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == "conv_general_dilated"
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            n += _convolutions(sub)
+    return n
+
+
+@pytest.mark.parametrize("shape,kernel,padding,patches", [
+    ((1, 14, 14, 16), 3, ((1, 1), (1, 1)), True),      # 196 positions: the matrix-product input gradient
+    ((2, 9, 11, 8), 3, ((3, 0), (0, 2)), True),        # asymmetric padding
+    ((1, 12, 12, 6), 5, ((2, 2), (2, 2)), True),
+    ((1, 10, 10, 6), 1, ((0, 0), (0, 0)), True),
+    ((1, 40, 40, 3), 3, ((1, 1), (1, 1)), True),       # 1600 positions but RGB input
+    ((1, 40, 40, 8), 3, ((1, 1), (1, 1)), False),      # 1600 positions, 8 channels: the flipped convolution
+])
+def test_conv_auto_grad_equals_jax_transpose_and_picks_the_form_by_shape(shape, kernel, padding, patches):
+    from jaxviz.models import layers
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], 5)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+
+    np.testing.assert_array_equal(loss(layers.conv_auto_grad)(x, w), loss(jax.lax.conv_general_dilated)(x, w))
+    got = jax.grad(loss(layers.conv_auto_grad), (0, 1))(x, w)
+    want = jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    assert (np.linalg.norm(got[0] - want[0]) / np.linalg.norm(want[0])) < 1e-6
+    # forward, the kernel gradient's linearisation (forward + transpose; XLA drops what is unused), and the
+    # flipped convolution unless the input gradient is a matrix product
+    jaxpr = jax.make_jaxpr(jax.grad(loss(layers.conv_auto_grad)))(x, w).jaxpr
+    assert _convolutions(jaxpr) == (3 if patches else 4)
+    assert _convolutions(jax.make_jaxpr(jax.grad(loss(conv_flipped_grad)))(x, w).jaxpr) == 4
+
+
+def test_conv_auto_grad_is_the_flipped_form_off_the_cpu(monkeypatch):
+    from jaxviz.models import layers
+
+    assert layers._patches_pay((1, 14, 14, 512), (1, 14, 14, 512))
+    assert not layers._patches_pay((1, 56, 56, 256), (1, 56, 56, 256))  # 3136 positions
+    assert layers._patches_pay((8, 224, 224, 3), (8, 224, 224, 64))  # the RGB layer, any size
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # cuDNN's convolutions need no help
+    assert not layers._patches_pay((1, 14, 14, 512), (1, 14, 14, 512))
+    assert not layers._patches_pay((8, 224, 224, 3), (8, 224, 224, 64))

@@ -220,6 +220,14 @@ def test_flipped_conv_grad_gives_the_same_gradients_inside_loops_too(tiny):
         return jax.jit(lambda v: jax.lax.fori_loop(0, 3, step, v))(x)
 
     np.testing.assert_allclose(descend(flipped), descend(net), rtol=1e-6, atol=1e-7)
+    # "auto": small maps' input gradients as matrix products on the CPU (this net's maps are all small), equal
+    # to round-off (another summation order), weight gradients included, which flow through those
+    auto = net.clone(conv_grad="auto")
+    g_auto = jax.grad(score, argnums=(1, 2))(auto, params, x)
+    for a, b in zip(jax.tree.leaves(g_jax), jax.tree.leaves(g_auto)):
+        assert np.linalg.norm(a - b) <= 1e-6 * np.linalg.norm(a)
+    assert not np.array_equal(g_auto[1], g_jax[1])  # the other form did run
+    np.testing.assert_allclose(descend(auto), descend(net), rtol=1e-5, atol=1e-6)
     with pytest.raises(TypeError, match="custom_vjp"):  # the documented cost: no forward mode
         jax.jvp(lambda v: score(flipped, params, v), (x,), (x,))
     jax.jvp(lambda v: score(net, params, v), (x,), (x,))  # the default keeps it
@@ -227,5 +235,5 @@ def test_flipped_conv_grad_gives_the_same_gradients_inside_loops_too(tiny):
 
 def test_bad_conv_grad_is_refused(tiny):
     net, params = tiny
-    with pytest.raises(InputError, match=r"conv_grad: expected 'jax' or 'flipped', got 'fast'"):
+    with pytest.raises(InputError, match=r"conv_grad: expected one of 'jax', 'flipped', 'auto', got 'fast'"):
         net.clone(conv_grad="fast").apply(params, jnp.zeros((1, 32, 32, 3)))

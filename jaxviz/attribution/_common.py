@@ -51,12 +51,13 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
 
     Max pools are evaluated by :func:`._fastpool.fast_pools` (same values and gradients, faster on CPU).
     """
+    from ..models.vgg import reverse_mode
     from ._fastpool import fast_pools
 
-    if isinstance(net, nn.Module) and getattr(net, "conv_grad", None) == "jax":
-        # the methods only differentiate in reverse mode: convolution input gradients as flipped-kernel
-        # convolutions keep XLA:CPU at full speed inside lax.scan / lax.map (bit-identical gradients)
-        net = net.clone(conv_grad="flipped")
+    # the methods only differentiate in reverse mode: convolution input gradients as flipped-kernel
+    # convolutions keep XLA:CPU at full speed inside lax.scan / lax.map, and small maps' as one matrix
+    # product (models.layers.conv_auto_grad; equal to float32 round-off)
+    net = reverse_mode(net)
     if isinstance(net, nn.Module):
         if relu is None:
             return fast_pools(lambda params, x: net.apply(params, x))

@@ -8,7 +8,7 @@ Every (image, step) pair is one evaluation; evaluations run in chunks of
 Called eagerly, one compiled chunk function runs in a host loop; under an
 outer ``jit``/``vmap`` the chunks are traced (unrolled up to 8, else a
 ``lax.scan``). XLA:CPU runs JAX's own convolution transpose inside a loop
-4-5x slower; jaxviz VGGs are differentiated with ``conv_grad="flipped"``
+4-5x slower; jaxviz VGGs are differentiated with ``conv_grad="auto"``
 (see :func:`._common.forward`), which keeps full speed in the scan.
 
 Reference: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic Attribution for Deep

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import InputError
-from ..models.vgg import VGG
+from ..models.vgg import VGG, reverse_mode
 
 __all__ = [
     "Objective",
@@ -783,7 +783,7 @@ def _loss(variables, key, net, params, objective, param, transforms, hw, relu):
     img = param.image(variables, hw)
     x = transforms(key, img)
     taps = objective.taps
-    acts = dict(net.apply(params, x, taps=taps, relu=relu)) if taps else {}
+    acts = dict(reverse_mode(net).apply(params, x, taps=taps, relu=relu)) if taps else {}  # reverse mode only
     acts["input"] = x
     return -objective(acts)
 
@@ -874,7 +874,7 @@ def _run_each(net, params, values, states, keys, *, maker, param, transforms, op
         x = jax.vmap(transforms)(step_keys, imgs)
         acts = {}
         if taps:
-            flat = net.apply(params, x.reshape((k * batch,) + x.shape[2:]), taps=taps, relu=relu)
+            flat = reverse_mode(net).apply(params, x.reshape((k * batch,) + x.shape[2:]), taps=taps, relu=relu)
             acts = {name: a.reshape((k, batch) + a.shape[1:]) for name, a in flat.items()}
         acts["input"] = x
         per = jax.vmap(lambda v, a: maker(v)(a))(values, acts)  # (K,)

@@ -11,6 +11,7 @@ from .vgg import (
     VGG19_STAGES,
     adaptive_avg_pool,
     layer_names,
+    reverse_mode,
     vgg16,
     vgg19,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "adaptive_avg_pool",
     "get",
     "layer_names",
+    "reverse_mode",
     "max_pool",
     "SmallCNN",
     "small_cnn",
