@@ -6,7 +6,10 @@
 Where the VGG-level ratios (benchmarks/vgg.py, benchmarks/attribution.py) come
 from: prints GFLOP/s per layer shape for both frameworks (input gradient:
 2 x forward FLOPs, forward + backward-data, PyTorch weights frozen) and the
-float32 matmul rate of each measured in the same run.
+float32 matmul rate of each measured in the same run. ``--conv-grad`` picks
+jaxviz's input-gradient form (``VGG(conv_grad=...)``): "auto" (what the
+attribution methods, style transfer and feature visualisation use), "flipped",
+or "jax" (JAX's own transpose).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224, help="network input side (the layers' sides scale with it)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--conv-grad", choices=("auto", "flipped", "jax"), default="auto",
+                    help="the input-gradient form timed on the XLA side (default: auto)")
     args = ap.parse_args()
 
     import jax
@@ -33,15 +38,18 @@ def main() -> None:
     import torch
 
     import jaxviz  # noqa: F401  (its XLA:CPU settings, as every jaxviz user gets them)
+    from jaxviz.models.vgg import CONV_GRADS
 
-    print(f"# {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"jaxviz input gradient: conv_grad={args.conv_grad!r}")
     a = torch.randn(2048, 2048)
     print(f"float32 matmul rate (2048^3): jax {matmul_rate() / 1e9:.0f} GFLOP/s, "
           f"torch {2 * 2048**3 / timeit(lambda: a @ a, repeats=5) / 1e9:.0f} GFLOP/s")
 
+    impl = CONV_GRADS[args.conv_grad] or jax.lax.conv_general_dilated
+
     def conv(x, w):
-        return jax.nn.relu(jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                                        dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        return jax.nn.relu(impl(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
 
     fwd = jax.jit(conv)
     grad = jax.jit(lambda x, w: jax.grad(lambda x: jnp.sum(conv(x, w) ** 2))(x))

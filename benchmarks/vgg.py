@@ -4,6 +4,8 @@
     python benchmarks/vgg.py --batches 1 --repeats 3
 
 PyTorch's weights are frozen, so both sides compute the input gradient only.
+jaxviz's input gradient is that of ``models.reverse_mode(net)``
+(``conv_grad="auto"``), the form its attribution methods use.
 Prints seconds per call for both, the speed ratio (PyTorch time / jaxviz
 time, >1 means jaxviz is faster), and jaxviz's achieved GFLOP/s on the forward
 pass against the float32 matmul rate measured in the same run.
@@ -58,8 +60,10 @@ def main() -> None:
 
     forward = jax.jit(lambda p, x: net.apply(p, x))
 
+    rnet = models.reverse_mode(net)  # conv_grad="auto": what jaxviz's gradient methods differentiate
+
     def score(p, x, target):
-        return jnp.take_along_axis(net.apply(p, x), target[:, None], 1).sum()
+        return jnp.take_along_axis(rnet.apply(p, x), target[:, None], 1).sum()
 
     grad = jax.jit(jax.grad(score, argnums=1))
     print(f"{'what':<22}{'batch':>6}{'jaxviz s':>11}{'torch s':>11}{'ratio':>8}{'GFLOP/s':>10}{'% matmul':>10}")
