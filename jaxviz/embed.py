@@ -396,9 +396,7 @@ def tsne(
     if x.shape[0] < 4:
         raise InputError(f"vectors: t-SNE needs at least 4 vectors, got {x.shape[0]}")
     n_components = _checks.positive_int(n_components, "n_components")
-    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float, np.integer, np.floating)) \
-            or not perplexity > 0:
-        raise InputError(f"perplexity: expected a number > 0, got {perplexity!r}")
+    _checks.positive_number(perplexity, "perplexity")
     if pca_dims is not None:
         pca_dims = _checks.positive_int(pca_dims, "pca_dims")
     if pca_dims is not None and x.shape[1] > pca_dims:

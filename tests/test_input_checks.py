@@ -258,8 +258,8 @@ def test_embedding_pictures_and_tsne_check_indices_and_numbers():
     np.testing.assert_array_equal(grid[4:12, 4:12], thumbs[4, 4:12, 4:12])  # the query tile's inside, unframed
     np.testing.assert_array_equal(grid[:, 16:32], thumbs[1])
     vectors = np.random.default_rng(1).random((10, 5))
-    for kwargs, message in [({"perplexity": -1}, r"^perplexity: expected a number > 0, got -1$"),
-                            ({"perplexity": "5"}, r"^perplexity: expected a number > 0, got '5'$"),
+    for kwargs, message in [({"perplexity": -1}, r"^perplexity: expected a positive number, got -1$"),
+                            ({"perplexity": "5"}, r"^perplexity: expected a positive number, got '5'$"),
                             ({"n_components": 0}, r"^n_components: expected a positive int, got 0$"),
                             ({"pca_dims": 0}, r"^pca_dims: expected a positive int, got 0$")]:
         with pytest.raises(InputError, match=message):

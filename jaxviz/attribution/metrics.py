@@ -231,7 +231,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
         raise InputError(f"attributions: expected shape {tuple(images.shape)} or {tuple(images.shape[:3])}, got {shape}")
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
-    _positive_number(stdev, "stdev")
+    _checks.positive_number(stdev, "stdev")
     key = _checks.prng_key(key)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _infidelity_core(net, params, images, jnp.asarray(attributions, jnp.float32), jnp.float32(stdev), key, idx,
@@ -320,7 +320,7 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     batch_size = _common.check_batch_size(batch_size)
     key = _checks.prng_key(key)
     options = _common.check_options(base, options)
-    _positive_number(radius, "radius")
+    _checks.positive_number(radius, "radius")
     if "batch_size" in options:
         raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
     static_opts, dyn_opts = _common.split_options(options)
@@ -341,18 +341,6 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
 
 # --------------------------------------------------------------------------------------------
 # model randomisation
-
-
-def _positive_number(value: Any, name: str) -> None:
-    """A positive scalar (a traced one passes unchecked)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    try:
-        ok = not isinstance(value, bool) and np.ndim(value) == 0 and float(value) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise InputError(f"{name}: expected a positive number, got {value!r}")
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
