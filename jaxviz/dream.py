@@ -62,10 +62,9 @@ from tqdm.auto import tqdm
 
 from . import _checks, _io
 from .errors import InputError
-from .models.vgg import reverse_mode
 from .featvis.patches import receptive_field
 from .featvis.render import host_loop
-from .models.vgg import VGG
+from .models.vgg import VGG, reverse_mode
 
 __all__ = [
     "dream",

@@ -179,11 +179,14 @@ def _conv_bwd(cfg, patches, res, g):
     lhs, rhs = res
     _, rhs_vjp = jax.vjp(lambda w: _conv(cfg, lhs, w), rhs)
     (g_rhs,) = rhs_vjp(g)
-    if patches and _flippable(cfg, lhs) and _patches_pay(lhs.shape, g.shape):
+    if not _flippable(cfg, lhs):
+        _, lhs_vjp = jax.vjp(lambda x: _conv(cfg, x, rhs), lhs)
+        (g_lhs,) = lhs_vjp(g)
+    elif patches and _patches_pay(lhs.shape, g.shape):
         w = rhs.astype(g.dtype)
         _, lhs_vjp = jax.vjp(lambda x: _patches(x, w, cfg[1], g.shape[1:3]), lhs.astype(g.dtype))
         g_lhs = lhs_vjp(g)[0].astype(lhs.dtype)
-    elif _flippable(cfg, lhs):
+    else:
         kh, kw = rhs.shape[:2]
         (plh, phh), (plw, phw) = cfg[1]
         flipped = jnp.swapaxes(rhs[::-1, ::-1], 2, 3).astype(g.dtype)
@@ -191,9 +194,6 @@ def _conv_bwd(cfg, patches, res, g):
             g, flipped, (1, 1), ((kh - 1 - plh, kh - 1 - phh), (kw - 1 - plw, kw - 1 - phw)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=cfg[7],
             preferred_element_type=cfg[8]).astype(lhs.dtype)  # (H + pl + ph - k + 1) + (k - 1 - pl) + ... = H
-    else:
-        _, lhs_vjp = jax.vjp(lambda x: _conv(cfg, x, rhs), lhs)
-        (g_lhs,) = lhs_vjp(g)
     return g_lhs, g_rhs
 
 
