@@ -51,6 +51,7 @@ import dataclasses
 import os
 import functools
 import math
+import numbers
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -528,10 +529,11 @@ def dream(
     octaves = _checks.positive_int(octaves, "octaves")
     steps = _checks.positive_int(steps, "steps")
     jitter = _check_jitter(jitter)
-    if not isinstance(octave_scale, (int, float)) or not octave_scale > 1.0:
+    if not isinstance(octave_scale, numbers.Real) or isinstance(octave_scale, bool) or not octave_scale > 1.0:
         raise InputError(f"octave_scale: expected a number > 1, got {octave_scale!r}")
-    if not isinstance(step_size, (int, float)) or not step_size > 0:
-        raise InputError(f"step_size: expected a positive number, got {step_size!r}")
+    octave_scale = float(octave_scale)
+    _checks.positive_number(step_size, "step_size")
+    step_size = float(step_size)
     if tile_size is not None:
         tile_size = _checks.positive_int(tile_size, "tile_size")
     shapes = octave_shapes(x.shape[1], x.shape[2], octaves=octaves, octave_scale=octave_scale)

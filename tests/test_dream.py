@@ -171,6 +171,9 @@ def test_octave_shapes_smallest_first():
         (dict(layers={"relu1_1": float("nan")}), r"^layers: expected a finite weight for 'relu1_1', got nan"),
         (dict(octaves=6), r"^octaves: the smallest of 6 octaves \(scale 1.4\) would be 3x3 px, below the network's minimum 4"),
         (dict(octave_scale=1.0), r"^octave_scale: expected a number > 1, got 1.0"),
+        (dict(octave_scale=True), r"^octave_scale: expected a number > 1, got True"),
+        (dict(step_size=0), r"^step_size: expected a positive number, got 0"),
+        (dict(step_size="0.01"), r"^step_size: expected a positive number, got '0.01'"),
         (dict(jitter=-1), r"^jitter: expected a non-negative int \(pixels\), got -1"),
         (dict(steps=0), r"^steps: expected a positive int, got 0"),
     ],
@@ -179,6 +182,14 @@ def test_bad_arguments_raise_input_errors(params, kwargs, match):
     x = jnp.zeros((1, 16, 16, 3))
     with pytest.raises(InputError, match=match):
         dream.dream(NET, params, x, key=jax.random.key(0), **{"layers": "relu1_1", **kwargs})
+
+
+def test_numpy_scalars_are_taken_for_step_size_and_octave_scale(params):
+    x = _uniform(3, 1, 32, 32, 3)
+    kw = dict(key=jax.random.key(2), layers="relu2_1", octaves=2, steps=2, jitter=2)
+    got = dream.dream(NET, params, x, step_size=np.float32(0.5), octave_scale=np.float32(1.5), **kw)
+    np.testing.assert_array_equal(got, dream.dream(NET, params, x, step_size=0.5, octave_scale=1.5, **kw))
+    assert not np.array_equal(got, dream.dream(NET, params, x, step_size=0.01, octave_scale=1.5, **kw))
 
 
 def test_bad_images_raise():

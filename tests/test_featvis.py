@@ -296,3 +296,13 @@ def test_render_errors(params):
     with pytest.raises(InputError, match=r"^channels: relu2_1 has 16 channels, got \[16\]"):
         R.render_channels(NET, params, "relu2_1", [3, 16], key=jax.random.key(0))
     assert isinstance(R._optimizer(optax.sgd(0.1), 0.05), optax.GradientTransformation)
+    for bad in (0, -0.1, "0.1", True, float("nan")):
+        with pytest.raises(InputError, match=r"^learning_rate: expected a positive number, got "):
+            R.render(NET, params, R.channel("relu2_1", 0), key=jax.random.key(0), steps=1, learning_rate=bad)
+
+
+def test_render_takes_a_numpy_learning_rate(params):
+    kw = dict(key=jax.random.key(2), size=24, steps=3, transforms=None)
+    got = R.render(NET, params, R.channel("relu2_1", 1), learning_rate=np.float32(0.25), **kw)
+    np.testing.assert_array_equal(got, R.render(NET, params, R.channel("relu2_1", 1), learning_rate=0.25, **kw))
+    assert not np.array_equal(got, R.render(NET, params, R.channel("relu2_1", 1), learning_rate=0.05, **kw))

@@ -709,8 +709,7 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 
 def _optimizer(optimizer, learning_rate):
     if optimizer is None:
-        if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool) or learning_rate <= 0:
-            raise InputError(f"learning_rate: expected a positive number, got {learning_rate!r}")
+        _checks.positive_number(learning_rate, "learning_rate")
         return _adam(float(learning_rate))
     if not isinstance(optimizer, optax.GradientTransformation):
         raise InputError(f"optimizer: expected an optax.GradientTransformation, got {type(optimizer).__name__}")
