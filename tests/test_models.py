@@ -154,6 +154,25 @@ def test_normalize_switch(tiny):
     np.testing.assert_allclose(raw, net.apply(params, x), rtol=1e-5, atol=1e-6)
 
 
+def test_train_drops_classifier_units_only(tiny):
+    net, params = tiny
+    x = jax.random.uniform(jax.random.key(5), (4, 32, 32, 3))
+    taps = ("relu2_2", "relu6", "relu7")
+    ev = net.apply(params, x, taps=taps)
+    tr_ = net.apply(params, x, taps=taps, train=True, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_array_equal(tr_["relu2_2"], ev["relu2_2"])  # no dropout in the features
+    # relu6: each unit kept and scaled by 1 / (1 - 0.5), or zeroed (torchvision's p=0.5)
+    kept = np.asarray(tr_["relu6"]) != 0
+    np.testing.assert_allclose(np.asarray(tr_["relu6"])[kept], 2 * np.asarray(ev["relu6"])[kept], rtol=1e-6)
+    live = np.asarray(ev["relu6"]) > 0
+    assert 0.25 < kept[live].mean() < 0.75, kept[live].mean()
+    with pytest.raises(InputError, match=r"^train: dropout needs a PRNG key; call apply\(params, x, train=True, "
+                                         r"rngs=\{'dropout': key\}\)"):
+        net.apply(params, x, train=True)
+    no_drop = net.clone(dropout_rate=0.0)
+    np.testing.assert_allclose(no_drop.apply(params, x, train=True), net.apply(params, x), rtol=1e-6)
+
+
 def test_bfloat16_compute_keeps_float32_params(tiny):
     net, params = tiny
     x = jax.random.uniform(jax.random.key(5), (2, 32, 32, 3))

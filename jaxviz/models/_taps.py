@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 import flax
+import flax.linen as nn
 
 from .. import _checks
 from ..errors import ArchitectureError, InputError
@@ -117,3 +118,11 @@ def run(
         x = layer(name, x)
         outputs[name] = x if name in wanted.values() else None
     return x if single else {k: outputs[wanted[k]] for k in requested}
+
+
+def dropout(module: Any, rate: float, x: jax.Array) -> jax.Array:
+    """Training-mode ``nn.Dropout`` in ``module``'s compact context; InputError if ``apply`` was given no dropout key."""
+    if rate > 0 and not module.has_rng("dropout"):
+        raise InputError("train: dropout needs a PRNG key; call apply(params, x, train=True, "
+                         "rngs={'dropout': key})")
+    return nn.Dropout(rate, deterministic=False)(x)

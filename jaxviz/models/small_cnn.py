@@ -197,7 +197,7 @@ class SmallCNN(nn.Module):
             return x.mean(axis=(1, 2))
         # fc: dropout on the pooled features, then the linear head
         if train and self.dropout > 0:
-            x = nn.Dropout(self.dropout, deterministic=False)(x)
+            x = _taps.dropout(self, self.dropout, x)
         return nn.Dense(self.num_classes, kernel_init=lecun_normal, name="fc")(x)
 
 

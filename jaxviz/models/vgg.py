@@ -233,7 +233,7 @@ class VGG(nn.Module):
         if name.startswith("relu"):
             x = relu(x)
             if train and name in ("relu6", "relu7"):
-                x = nn.Dropout(self.dropout_rate, deterministic=False)(x)
+                x = _taps.dropout(self, self.dropout_rate, x)
             return x
         if name.startswith("pool"):
             if self.pooling == "max":
