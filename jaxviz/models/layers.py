@@ -92,9 +92,8 @@ def conv_flipped_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     other configuration falls back to JAX's own transpose. The kernel gradient
     is always JAX's own.
     """
-    cfg = (tuple(window_strides), _freeze(padding), _freeze(lhs_dilation), _freeze(rhs_dilation),
-           _freeze(dimension_numbers), feature_group_count, batch_group_count, _freeze(precision),
-           preferred_element_type)
+    cfg = _config(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                  batch_group_count, precision, preferred_element_type)
     return _conv_vjp(cfg, False, lhs, rhs)
 
 
@@ -122,10 +121,17 @@ def conv_auto_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     convolution. The numbers equal the flipped form's to float32 round-off
     (relative error ~5e-7), not bit for bit.
     """
-    cfg = (tuple(window_strides), _freeze(padding), _freeze(lhs_dilation), _freeze(rhs_dilation),
-           _freeze(dimension_numbers), feature_group_count, batch_group_count, _freeze(precision),
-           preferred_element_type)
+    cfg = _config(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                  batch_group_count, precision, preferred_element_type)
     return _conv_vjp(cfg, True, lhs, rhs)
+
+
+def _config(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+            batch_group_count, precision, preferred_element_type) -> tuple:
+    """The static arguments, in :data:`_CONV_STATIC`'s order, as a hashable tuple."""
+    return (tuple(window_strides), _freeze(padding), _freeze(lhs_dilation), _freeze(rhs_dilation),
+            _freeze(dimension_numbers), feature_group_count, batch_group_count, _freeze(precision),
+            preferred_element_type)
 
 
 def _freeze(v):
