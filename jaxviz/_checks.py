@@ -7,6 +7,7 @@ was expected and what was given.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import jax
@@ -21,7 +22,7 @@ def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool 
 
     With ``unit_range`` (inputs of a model that normalises them itself), concrete values (not traced under
     ``jit``) far outside [0, 1] are refused: a 0-255 picture, or one normalised twice, would otherwise give a
-    meaningless result without a word. Small overshoots (resampling, noise) pass.
+    meaningless result without a word; so are NaN and infinite pixels. Small overshoots (resampling, noise) pass.
     """
     shape = getattr(x, "shape", None)
     if shape is None:
@@ -39,6 +40,8 @@ def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool 
         raise InputError(f"{name}: expected height and width >= {min_size}, got {shape[1]}x{shape[2]}")
     if unit_range and not isinstance(x, jax.core.Tracer) and x.size:
         lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError(f"{name}: expected finite values in [0, 1], got NaN or infinite pixels")
         if hi > 1.5 or lo < -0.5:
             hint = (" (a 0-255 picture? divide by 255)" if hi > 2 and lo >= -0.5 else
                     " (already normalised? the model applies the ImageNet mean/std itself)")

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -94,7 +95,9 @@ def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: 
     """An attribution map as a colour picture.
 
     Args:
-      attr: (H, W) map, or (H, W, C) attribution reduced with ``how``.
+      attr: (H, W) map, or (H, W, C) attribution reduced with ``how``; a
+        leading batch axis of 1 is dropped, so ``grad_cam``'s (1, h, w) for
+        one image is an (h, w) map.
       cmap: colormap (default ``"inferno"``, or ``"RdBu_r"`` when ``signed``).
       signed: keep the sign (blue negative, red positive).
       percentile: clipping percentile (see :func:`normalize`).
@@ -102,7 +105,7 @@ def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: 
     Returns:
       (H, W, 3) float RGB in [0, 1].
     """
-    a = np.asarray(attr, np.float32)
+    a = _one_map(np.asarray(attr, np.float32))
     if a.ndim == 3:
         a = reduce_channels(a, "sum" if signed else how)
     if a.ndim != 2:
@@ -111,6 +114,11 @@ def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: 
     if signed:
         v = (v + 1) / 2
     return colormap(v, cmap or ("RdBu_r" if signed else "inferno"))
+
+
+def _one_map(a: np.ndarray) -> np.ndarray:
+    """Drops a leading batch axis of 1: (1, h, w) and (1, h, w, C) are one image's map (a map 1 px tall is not)."""
+    return a[0] if a.ndim in (3, 4) and a.shape[0] == 1 else a
 
 
 def upsample_nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -127,7 +135,8 @@ def overlay(img, attr, *, alpha: float = 0.5, cmap: str = "jet", percentile: flo
 
     Args:
       img: (H, W, 3) float RGB in [0, 1] (a leading batch axis of 1 is dropped).
-      attr: (h, w) or (h, w, C) map; resized to (H, W) if smaller.
+      attr: (h, w) or (h, w, C) map, resized to (H, W) if smaller; a leading
+        batch axis of 1 is dropped (``grad_cam``'s (1, h, w) for one image).
       alpha: heatmap opacity; the colour is weighted by the map's value too, so
         unimportant regions show the image.
       cmap: colormap name (see :func:`colormap`; jet is the heatmap people know).
@@ -139,17 +148,19 @@ def overlay(img, attr, *, alpha: float = 0.5, cmap: str = "jet", percentile: flo
       (H, W, 3) float RGB in [0, 1].
 
     Raises:
-      InputError: ``img`` not (H, W, 3), or an unknown ``cmap`` or ``how``.
+      InputError: ``img`` not (H, W, 3) RGB in [0, 1], ``alpha`` outside [0, 1],
+        or an unknown ``cmap`` or ``how``.
     """
     img = np.asarray(img, np.float32)
     if img.ndim == 4 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 3 or img.shape[-1] != 3:
         raise InputError(f"img: expected shape (H, W, 3), got {img.shape}")
-    a = np.asarray(attr, np.float32)
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[1:] == img.shape[:2] and a.shape[:2] != img.shape[:2]:
+    _checks.images(img[None], "img", unit_range=True)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+        raise InputError(f"alpha: expected a number in [0, 1], got {alpha!r}")
+    a = _one_map(np.asarray(attr, np.float32))
+    if a.ndim == 3 and a.shape[0] == 3 and a.shape[1:] == img.shape[:2] and a.shape[:2] != img.shape[:2]:
         raise InputError(f"attr: expected (H, W, C) or (H, W), got {a.shape}, which looks channels-first "
                          "(move the channel axis last)")
     if a.ndim == 3:

@@ -50,6 +50,19 @@ def test_pictures_outside_0_1_are_refused_where_the_model_normalises(params, x):
     assert jax.jit(lambda p, v: NET.apply(p, v))(params, x * 255).shape == (2, 10)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_infinite_pixels_are_refused_where_the_model_normalises(params, x, bad):
+    y = x.copy()
+    y[1, 5, 7, 2] = bad
+    msg = r"^{}: expected finite values in \[0, 1\], got NaN or infinite pixels$"
+    with pytest.raises(InputError, match=msg.format("images")):
+        A.saliency(NET, params, y, 1)
+    with pytest.raises(InputError, match=msg.format("images")):
+        dream.dream(NET, params, y, layers="relu2_1", key=jax.random.key(0), steps=1, octaves=1)
+    with pytest.raises(InputError, match=msg.format("content")):
+        style.init(NET, params, y[1:], x[:1], preset="course", content_layers=("relu2_1",), style_layers=("relu1_1",))
+
+
 def test_params_that_do_not_fit_the_model_say_what_to_do(params, x):
     from jaxviz.errors import ArchitectureError
     from jaxviz.models.small_cnn import small_cnn

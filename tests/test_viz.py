@@ -72,6 +72,37 @@ def test_overlay_blends_by_alpha_times_the_normalised_map():
                                atol=1e-6)
 
 
+def test_one_image_maps_with_a_batch_axis_of_one():
+    """grad_cam/cam return (N, h, w): for one image (1, h, w) is that image's map, not 1 px x h x w channels."""
+    rng = np.random.default_rng(1)
+    img = rng.uniform(0.1, 0.9, (8, 8, 3)).astype(np.float32)
+    for m in (rng.uniform(size=(4, 4)), rng.uniform(size=(8, 8))):  # a layer's map, one upsampled to the image
+        np.testing.assert_array_equal(viz.heatmap(m[None]), viz.heatmap(m))
+        np.testing.assert_array_equal(viz.overlay(img, m[None]), viz.overlay(img, m))
+        assert viz.heatmap(m[None]).shape == m.shape + (3,)
+    a = rng.normal(size=(8, 8, 3))
+    np.testing.assert_array_equal(viz.overlay(img[None], a[None]), viz.overlay(img, a))
+    with pytest.raises(InputError, match=r"^attr: expected \(H, W, C\) or \(H, W\), got \(3, 8, 8\), which looks "
+                                         r"channels-first"):
+        viz.overlay(img, np.moveaxis(a, -1, 0))
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_overlay_refuses_alpha_outside_0_1(alpha):
+    with pytest.raises(InputError, match=r"^alpha: expected a number in \[0, 1\], got "):
+        viz.overlay(np.zeros((4, 4, 3)), np.ones((4, 4)), alpha=alpha)
+
+
+def test_overlay_refuses_0_255_and_nan_images():
+    with pytest.raises(InputError, match=r"^img: expected values in \[0, 1\], got values in \[0, 255\] \(a 0-255"):
+        viz.overlay(np.linspace(0, 255, 48).reshape(4, 4, 3), np.ones((4, 4)))
+    nan = np.zeros((4, 4, 3))
+    nan[1, 2, 0] = np.nan
+    with pytest.raises(InputError, match=r"^img: expected finite values in \[0, 1\], got NaN or infinite pixels"):
+        viz.overlay(nan, np.ones((4, 4)))
+    assert viz.overlay(np.zeros((4, 4, 3)), np.ones((4, 4)), alpha=np.float32(0.3)).shape == (4, 4, 3)
+
+
 def test_grid_layout():
     tiles = [np.full((2, 3, 3), i / 4, np.float32) for i in range(5)]
     g = viz.grid(tiles, ncols=3, pad=1, pad_value=1.0)
