@@ -17,6 +17,11 @@ import numpy as np
 from .errors import InputError
 
 
+def is_floating(dtype: Any) -> bool:
+    """Whether ``dtype`` is a floating type, bfloat16 and the other ml_dtypes floats included (NumPy says no)."""
+    return bool(jnp.issubdtype(np.dtype(dtype), jnp.floating))
+
+
 def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool = False) -> Any:
     """Checks ``x`` is an (N, H, W, 3) floating array and returns it.
 

@@ -296,8 +296,8 @@ def to_float(array: Any) -> np.ndarray:
 
     Args:
       array: any shape. uint8 is divided by 255, uint16 by 65535, bool maps to
-        0 and 1; floating arrays are returned as float32 unchanged (no copy
-        when already float32 NumPy).
+        0 and 1; floating arrays (bfloat16 and float16 included) are returned
+        as float32 unchanged (no copy when already float32 NumPy).
 
     Returns:
       float32 NumPy array of the same shape.
@@ -314,7 +314,7 @@ def to_float(array: Any) -> np.ndarray:
         return a.astype(np.float32) / np.float32(255)
     if a.dtype == np.uint16:
         return a.astype(np.float32) / np.float32(65535)
-    if a.dtype == np.bool_ or np.issubdtype(a.dtype, np.floating):
+    if a.dtype == np.bool_ or _checks.is_floating(a.dtype):  # bfloat16 (ml_dtypes) included
         return a.astype(np.float32, copy=False)
     raise InputError(f"array: expected uint8, uint16, bool or a floating dtype, got {a.dtype}")
 

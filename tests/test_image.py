@@ -329,6 +329,19 @@ def test_to_float():
         jimage.to_float(np.zeros(2, np.int32))
 
 
+def test_bfloat16_pictures_are_floating(tmp_path):
+    import ml_dtypes  # installed with jax
+
+    x = np.linspace(0, 1, 48, dtype=np.float32).reshape(4, 4, 3).astype(ml_dtypes.bfloat16)
+    f = jimage.to_float(x)
+    assert f.dtype == np.float32
+    np.testing.assert_array_equal(f, x.astype(np.float32))
+    jimage.save(x, tmp_path / "b.png")
+    jimage.save(f, tmp_path / "f.png")
+    np.testing.assert_array_equal(jimage.load(tmp_path / "b.png"), jimage.load(tmp_path / "f.png"))
+    np.testing.assert_array_equal(jimage.resize(x[None], 2), jimage.resize(f[None], 2))
+
+
 # --------------------------------------------------------------------------
 # saving
 

@@ -277,3 +277,21 @@ def test_embedding_pictures_and_tsne_check_indices_and_numbers():
                             ({"pca_dims": 0}, r"^pca_dims: expected a positive int, got 0$")]:
         with pytest.raises(InputError, match=message):
             embed.tsne(vectors, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_pictures_give_float32_maps(params, x, dtype):
+    """The maps are float32 (as documented) and equal those of the same pixel values given as float32."""
+    xh = jnp.asarray(x, dtype)
+    same = np.asarray(xh.astype(jnp.float32))
+    for method in (A.saliency, A.input_x_gradient, A.guided_backprop, A.deconvnet, A.grad_cam):
+        got = method(NET, params, xh, 1)
+        assert got.dtype == jnp.float32, method.__name__
+        np.testing.assert_array_equal(got, method(NET, params, same, 1), err_msg=method.__name__)
+
+
+def test_bfloat16_model_gives_float32_grad_cam(params, x):
+    want = np.asarray(A.grad_cam(NET, params, x, 1))
+    got = A.grad_cam(NET.clone(dtype=jnp.bfloat16), params, x, 1)
+    assert got.dtype == jnp.float32
+    assert np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want) < 0.05

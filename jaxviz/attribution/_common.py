@@ -68,8 +68,9 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
 
 
 def check_images(images: Any, net: Any = None) -> jax.Array:
-    """(N, H, W, 3) float images; in [0, 1] when ``net`` is a jaxviz model that normalises its inputs."""
-    return _checks.images(images, "images", unit_range=getattr(net, "normalize", False) is True)
+    """(N, H, W, 3) float images, as float32 (the maps' dtype); in [0, 1] when ``net`` normalises its inputs."""
+    x = _checks.images(images, "images", unit_range=getattr(net, "normalize", False) is True)
+    return x if x.dtype == np.float32 else jnp.asarray(x, jnp.float32)
 
 
 def positive_int(value: Any, name: str) -> int:

@@ -60,8 +60,8 @@ def _grad_cam_core(net, params, images, target_idx, *, target_fn, layer, relu, s
         return jnp.sum(_common.scores(rest(params, a), target_fn, target_idx))
 
     g = jax.grad(total)(acts)
-    weights = jnp.mean(g, axis=(1, 2))
-    maps = jnp.einsum("nhwc,nc->nhw", acts, weights, precision=jax.lax.Precision.HIGHEST)
+    weights = jnp.mean(g.astype(jnp.float32), axis=(1, 2))  # float32 maps from a bfloat16/float16 model too
+    maps = jnp.einsum("nhwc,nc->nhw", acts.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
     if relu:
         maps = jnp.maximum(maps, 0)
     if size is not None:
@@ -128,7 +128,8 @@ def _cam_core(net, params, images, target_idx, *, layer, dense, relu, size, inte
         )
     idx, poison = _common.in_range(target_idx, kernel.shape[1])
     w = kernel[:, idx].T * poison[:, None].astype(kernel.dtype)  # (N, C); NaN rows for a traced out-of-range class
-    maps = jnp.einsum("nhwc,nc->nhw", acts, w, precision=jax.lax.Precision.HIGHEST)
+    maps = jnp.einsum("nhwc,nc->nhw", acts.astype(jnp.float32), w.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST)
     if relu:
         maps = jnp.maximum(maps, 0)
     if size is not None:
