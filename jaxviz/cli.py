@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
             module.register(sub)
     for command in sub.choices.values():
         # parameter name -> flag, so a library error about ``step_size`` reads as one about ``--step-size``
-        command.set_defaults(_flags={a.dest: max(a.option_strings, key=len) for a in command._actions
-                                     if a.option_strings and a.dest != "help"})
+        # (and a command's ``_aliases``, e.g. learning_rate -> --lr, where the flag's name is not the parameter's)
+        flags = {a.dest: max(a.option_strings, key=len) for a in command._actions
+                 if a.option_strings and a.dest != "help"}
+        command.set_defaults(_flags={**flags, **(command.get_default("_aliases") or {})})
     return parser
 
 

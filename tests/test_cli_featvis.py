@@ -272,6 +272,17 @@ def test_library_errors_name_the_flags(tiny, tmp_path, capsys):
     assert code == 2 and err.strip() == "jaxviz dream: error: --octave-scale: expected a number > 1, got 0.5"
     code, _, err = run(capsys, "featmaps", src, "--cmap", "nosuch", "--out", tmp_path / "f.png", "--weights", "random")
     assert code == 2 and err.startswith("jaxviz featmaps: error: --cmap: unknown colormap 'nosuch'")
+    # a flag named otherwise than the parameter (--lr for learning_rate), and flags the command checks itself
+    render = ("render", "--layer", "relu2_1", "--channels", "0", "--steps", "1", "--out", tmp_path / "r.png",
+              "--weights", "random", "--no-progress")
+    code, _, err = run(capsys, *render, "--lr", "nan")
+    assert code == 2 and err.strip() == "jaxviz render: error: --lr: expected a positive number, got nan"
+    code, _, err = run(capsys, *render, "--tv", "nan")
+    assert code == 2 and err.strip() == "jaxviz render: error: --tv: expected a finite number >= 0, got nan"
+    code, _, err = run(capsys, *render, "--size", "3")  # the tiny test network's minimum is 4 px (VGG's 32)
+    assert code == 2 and err.strip() == ("jaxviz render: error: --size: expected at least 4 px (the network's "
+                                         "minimum), got 3")
+    assert not (tmp_path / "r.png").exists()
 
 
 def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_path, capsys, monkeypatch):

@@ -8,6 +8,7 @@ resumes after them (with the same pictures as an uninterrupted run).
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="channels rendered together (default %(default)s)")
     add_output_args(p)
     add_model_args(p)
-    p.set_defaults(func=run, resumable=True)
+    p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr"})
 
 
 def _labelled(tiles, labels, scale: int = 1):
@@ -85,10 +86,14 @@ def run(args: argparse.Namespace) -> int:
     for flag, v in (("--size", args.size), ("--steps", args.steps), ("--batch-size", args.batch_size)):
         if v < 1:
             raise InputError(f"{flag}: expected a positive number, got {v}")
+    if not (math.isfinite(args.tv) and args.tv >= 0):
+        raise InputError(f"--tv: expected a finite number >= 0, got {args.tv}")
     classes = args.classes is not None
     if classes and args.neuron:
         raise InputError("--neuron: expected a convolutional --layer; class logits have no positions")
     net, params = model_and_params(args, classifier=classes or classifier_tap(args.layer))
+    if args.size < net.min_size:
+        raise InputError(f"--size: expected at least {net.min_size} px (the network's minimum), got {args.size}")
     layer = net.resolve("logits" if classes else args.layer, "--layer")
     if args.neuron and layer in CLASSIFIER_LAYERS:
         raise InputError(f"--neuron: expected a convolutional --layer; {layer} has no positions")
