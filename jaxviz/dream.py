@@ -123,6 +123,8 @@ def _fingerprint(net, params, images, key, guide, settings) -> str:
 
 
 def _read_checkpoint(path: Path) -> dict:
+    if path.is_dir():
+        raise InputError(f"checkpoint: expected a file path, got the directory {path}")
     try:
         return _io.read_npz(path)
     except (OSError, ValueError) as e:

@@ -716,6 +716,12 @@ def style_targets(
     return out
 
 
+def _seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed: expected an int, got {seed!r}")
+    return int(seed)
+
+
 def _initial_images(cfg: Config, content: jax.Array, seed: int) -> jax.Array:
     """(N, H, W, 3) in [0, 1]; the noise is the same for every image (a batch equals one-by-one)."""
     if cfg.init == "content":
@@ -785,7 +791,7 @@ def init(
             raise InputError(f"init_image: expected shape {tuple(content.shape)} like content, got {tuple(x0.shape)}")
         x0 = jnp.broadcast_to(jnp.clip(x0, 0.0, 1.0), content.shape)
     else:
-        x0 = _initial_images(cfg, content, seed)
+        x0 = _initial_images(cfg, content, _seed(seed))
     x0 = x0 * cfg.pixel_scale
     opt = _optimizer(cfg)
     opt_state = _batched(opt.init, x0.shape[0])(x0)
@@ -863,6 +869,8 @@ def _save_checkpoint(path: Path, state: State, scale: int, fingerprint: str) -> 
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise InputError(f"checkpoint: expected a file path, got the directory {path}")
     try:
         return _io.read_npz(path)
     except (OSError, ValueError) as e:
@@ -964,6 +972,7 @@ def run(
     _blend_weights(style_weights, len(style_list))
     n_scales = _checks.positive_int(scales, "scales")
     style_scale = _float(style_scale, "style_scale", positive=True)
+    seed = _seed(seed)
     every = None if checkpoint_every is None else _checks.positive_int(checkpoint_every, "checkpoint_every")
     _, H, W, _ = content.shape
     longest = max(H, W) if size is None else _checks.positive_int(size, "size")

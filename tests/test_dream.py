@@ -197,6 +197,12 @@ def test_bad_images_raise():
         dream.dream(NET, {}, jnp.zeros((16, 16, 3)), key=jax.random.key(0), layers="relu1_1")
 
 
+def test_a_directory_as_checkpoint_is_refused(params, tmp_path):
+    with pytest.raises(InputError, match=r"^checkpoint: expected a file path, got the directory "):
+        dream.dream(NET, params, _uniform(3, 1, 32, 32, 3), key=jax.random.key(0), layers="relu2_1", steps=1,
+                    octaves=1, checkpoint=tmp_path)
+
+
 @pytest.mark.parametrize("loop", ["host", "scan"])
 def test_checkpoint_resumes_after_finished_octaves(params, tmp_path, monkeypatch, loop):
     x = _uniform(3, 1, 40, 48, 3)

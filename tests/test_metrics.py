@@ -141,6 +141,26 @@ def test_spearman_matches_scipy_with_ties():
         assert abs(got[i] - spearmanr(a[i], b[i]).statistic) < 1e-12
 
 
+def test_spearman_of_two_rankings_and_bad_shapes():
+    from scipy.stats import spearmanr
+
+    a, b = np.array([3.0, 1.0, 4.0, 1.0, 5.0]), np.array([2.0, 7.0, 1.0, 8.0, 2.0])
+    got = metrics.spearman(a, b)  # two 1-D arrays: one correlation, not five one-element rows
+    assert np.ndim(got) == 0 and abs(got - spearmanr(a, b).statistic) < 1e-12
+    assert metrics.spearman(np.arange(5.0), np.arange(5.0)) == 1.0
+    for x, y in ((np.ones(3), np.ones(4)), (np.ones((2, 3)), np.ones((3, 2))), (1.0, 2.0)):
+        with pytest.raises(InputError, match=r"^a, b: expected two arrays of one shape"):
+            metrics.spearman(x, y)
+
+
+def test_auc_of_lists_and_too_short_curves():
+    np.testing.assert_allclose(metrics.auc([1.0, 0.5, 0.0]), 0.5)
+    np.testing.assert_allclose(metrics.auc(np.array([[0.0, 1.0], [1.0, 1.0]])), [0.5, 1.0])
+    for bad in ([1.0], 2.0):
+        with pytest.raises(InputError, match=r"^curve: expected at least 2 samples along the last axis"):
+            metrics.auc(bad)
+
+
 def test_model_randomization_cascade(lin):
     params, x = lin
     r = metrics.model_randomization(linear, params, x, 0, method="saliency", return_maps=True)

@@ -86,6 +86,20 @@ def test_bad_inputs_name_the_argument(params):
         style.style_targets(NET, params, [STYLE, STYLE], style_weights=[1.0], **LAYERS)
     with pytest.raises(InputError, match=r"^size: expected a smallest side of at least 4 px"):
         style.run(NET, params, CONTENT, STYLE, size=2, progress=False, **LBFGS)
+    for seed in (1.5, "a", True):
+        with pytest.raises(InputError, match=r"^seed: expected an int, got "):
+            style.run(NET, params, CONTENT, STYLE, steps=1, seed=seed, progress=False, **ADAM)
+        with pytest.raises(InputError, match=r"^seed: expected an int, got "):
+            style.init(NET, params, CONTENT, STYLE, seed=seed, **ADAM)
+    np.testing.assert_array_equal(style.init(NET, params, CONTENT, STYLE, seed=np.int64(3), **ADAM).image,
+                                  style.init(NET, params, CONTENT, STYLE, seed=3, **ADAM).image)
+
+
+def test_a_directory_as_checkpoint_is_refused_and_left_alone(params, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"^checkpoint: expected a file path, got the directory "):
+        style.run(NET, params, CONTENT, STYLE, steps=2, checkpoint=tmp_path, progress=False, **ADAM)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 # --------------------------------------------------------------------------- the objective

@@ -62,7 +62,10 @@ class Curve(NamedTuple):
 
 
 def auc(curve: jax.Array) -> jax.Array:
-    """Trapezoid area of curves sampled evenly on [0, 1]: (..., S + 1) -> (...)."""
+    """Trapezoid area of curves sampled evenly on [0, 1]: (..., S + 1) -> (...), S + 1 >= 2."""
+    curve = jnp.asarray(curve)
+    if curve.ndim == 0 or curve.shape[-1] < 2:
+        raise InputError(f"curve: expected at least 2 samples along the last axis, got shape {curve.shape}")
     steps = curve.shape[-1] - 1
     return (jnp.sum(curve, axis=-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
 
@@ -357,9 +360,16 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(a: Any, b: Any) -> np.ndarray:
-    """Row-wise Spearman rank correlation (average ranks for ties): (N, ...) x (N, ...) -> (N,)."""
-    a = np.asarray(a, np.float64).reshape(np.shape(a)[0], -1)
-    b = np.asarray(b, np.float64).reshape(np.shape(b)[0], -1)
+    """Row-wise Spearman rank correlation (average ranks for ties): (N, ...) x (N, ...) -> (N,).
+
+    Two 1-D arrays are one pair of rankings: (L,) x (L,) -> a scalar.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim == 0:
+        raise InputError(f"a, b: expected two arrays of one shape, (N, ...) or (L,), got {a.shape} and {b.shape}")
+    if a.ndim == 1:
+        return spearman(a[None], b[None])[0]
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     ra, rb = _average_ranks(a), _average_ranks(b)
     ra -= ra.mean(1, keepdims=True)
     rb -= rb.mean(1, keepdims=True)
