@@ -367,7 +367,9 @@ def _read_state(path: Path) -> dict[str, Any]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # every weights_only failure mentions weights_only; only an unsupported GLOBAL means a pickled object
+        # (garbage bytes read as a pickle fail with "Unsupported operand" and are reported as corrupt)
+        if "Unsupported global" in str(e) or "unsupported GLOBAL" in str(e):
             raise WeightsError(
                 f"{path}: refused: the file holds pickled Python objects, not just tensors ({text})"
             ) from e

@@ -95,6 +95,14 @@ def test_pth_with_pickled_code_is_refused_and_nothing_runs(tmp_path, tiny_ref):
     assert not _Evil.marker.exists()
 
 
+@pytest.mark.parametrize("payload", [b"garbage", b"\x89PNG\r\n\x1a\n not weights"])
+def test_pth_of_garbage_is_called_corrupt_not_pickled_code(tmp_path, tiny_ref, payload):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(payload)
+    with pytest.raises(WeightsError, match=r"bad.pth: corrupt or truncated PyTorch file"):
+        weights.from_torchvision(path, tiny_ref[0])
+
+
 def test_truncated_and_garbage_files(tmp_path, tiny_ref):
     net, _, state = tiny_ref
     good = tmp_path / "good.pth"
