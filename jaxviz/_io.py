@@ -13,8 +13,8 @@ import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "fingerprint",
-           "model_key"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "read_checkpoint",
+           "fingerprint", "model_key"]
 
 
 @contextlib.contextmanager
@@ -68,6 +68,18 @@ def read_npz(path: str | os.PathLike) -> dict:
 
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def read_checkpoint(path: Path, what: str) -> dict:
+    """:func:`read_npz` of a ``checkpoint`` argument; InputError naming it for a directory or an unreadable file."""
+    from .errors import InputError
+
+    if path.is_dir():
+        raise InputError(f"checkpoint: expected a file path, got the directory {path}")
+    try:
+        return read_npz(path)
+    except (OSError, ValueError) as e:
+        raise InputError(f"checkpoint: {path} is not a readable jaxviz {what} checkpoint ({e}); delete it") from e
 
 
 def model_key(net) -> tuple:

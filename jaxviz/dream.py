@@ -122,15 +122,6 @@ def _fingerprint(net, params, images, key, guide, settings) -> str:
     return _io.fingerprint((_io.model_key(net), settings), [images, data, *guides, *jax.tree.leaves(params)])
 
 
-def _read_checkpoint(path: Path) -> dict:
-    if path.is_dir():
-        raise InputError(f"checkpoint: expected a file path, got the directory {path}")
-    try:
-        return _io.read_npz(path)
-    except (OSError, ValueError) as e:
-        raise InputError(f"checkpoint: {path} is not a readable jaxviz dream checkpoint ({e}); delete it") from e
-
-
 def _check_images(images, name="images", net: VGG | None = None):
     _checks.images(images, name, min_size=net.min_size if net is not None else 1,
                    unit_range=getattr(net, "normalize", False) is True)
@@ -555,7 +546,7 @@ def dream(
         fingerprint = _fingerprint(net, params, x, key, guide, (spec, octaves, octave_scale, steps, step_size, jitter,
                                                                  tile_size, bool(return_objectives)))
         if resume and path.exists():
-            saved = _read_checkpoint(path)
+            saved = _io.read_checkpoint(path, "dream")
             if str(saved.get("fingerprint")) != fingerprint:
                 raise InputError(f"checkpoint: {path} was written by a dream of other inputs or settings; delete it "
                                  "or pass resume=False")

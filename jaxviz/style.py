@@ -868,15 +868,6 @@ def _save_checkpoint(path: Path, state: State, scale: int, fingerprint: str) -> 
     _io.write_npz(path, **arrays)
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise InputError(f"checkpoint: expected a file path, got the directory {path}")
-    try:
-        return _io.read_npz(path)
-    except (OSError, ValueError) as e:
-        raise InputError(f"checkpoint: {path} is not a readable jaxviz style checkpoint ({e}); delete it") from e
-
-
 def _restore(state: State, saved: dict[str, Any], path: Path) -> State:
     leaves, treedef = jax.tree.flatten((state.image, state.opt_state))
     got = [saved.get(f"leaf_{i}") for i in range(len(leaves))]
@@ -996,7 +987,7 @@ def run(
         extra = (sizes, style_scale, preserve_colors, seed, None if style_weights is None else list(style_weights))
         fingerprint = _fingerprint(net, params, cfg, content, style_list + ([init_image] if init_image is not None else []), extra)
         if resume and path.exists():
-            saved = _load_checkpoint(path)
+            saved = _io.read_checkpoint(path, "style")
             if str(saved.get("fingerprint")) != fingerprint:
                 raise InputError(
                     f"checkpoint: {path} was written by a run with other inputs, weights or settings; "
