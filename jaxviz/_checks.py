@@ -36,7 +36,7 @@ def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool 
         hint = " (add a batch axis with x[None])" if len(shape) == 3 and shape[-1] == 3 else ""
         raise InputError(f"{name}: expected shape (N, H, W, 3), got {tuple(shape)}{hint}")
     dtype = np.dtype(x.dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if not is_floating(dtype):
         raise InputError(
             f"{name}: expected a floating dtype with values in [0, 1], got {dtype}"
             " (convert with jaxviz.image.to_float)"
