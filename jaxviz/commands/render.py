@@ -8,8 +8,8 @@ resumes after them (with the same pictures as an uninterrupted run).
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import sys
 
 from ..models.vgg import CLASSIFIER_LAYERS
