@@ -65,29 +65,41 @@ def normalize(values, *, signed: bool = False, percentile: float = 99.5) -> np.n
     Unsigned: (v - min) / (p - min) with p the ``percentile`` of v, clipped to
     [0, 1]. Signed: v / percentile(|v|), clipped to [-1, 1], so 0 stays 0.
     A constant map becomes all zeros.
+
+    The scale comes from the finite values only: +inf and -inf clip to the
+    ends of the range and NaN stays NaN (:func:`colormap` draws it grey), so a
+    few bad pixels do not blank the whole map.
     """
     v = np.asarray(values, np.float32)
     if not 0 < percentile <= 100:
         raise InputError(f"percentile: expected a value in (0, 100], got {percentile!r}")
-    if signed:
-        scale = np.percentile(np.abs(v), percentile)
-        return np.clip(v / scale, -1, 1) if scale > 0 else np.zeros_like(v)
-    lo = v.min() if v.size else 0.0
-    hi = np.percentile(v, percentile) if v.size else 0.0
-    if hi <= lo:
-        hi = v.max() if v.size else lo
-    return np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
+    finite = v[np.isfinite(v)]
+    with np.errstate(invalid="ignore"):
+        if signed:
+            scale = np.percentile(np.abs(finite), percentile) if finite.size else 0.0
+            if scale > 0:
+                return np.clip(v / scale, -1, 1)
+            return np.where(np.isnan(v), np.nan, np.sign(v)).astype(np.float32)
+        lo = finite.min() if finite.size else 0.0
+        hi = np.percentile(finite, percentile) if finite.size else 0.0
+        if hi <= lo:
+            hi = finite.max() if finite.size else lo
+        if hi > lo:
+            return np.clip((v - lo) / (hi - lo), 0, 1)
+        return np.where(np.isnan(v), np.nan, v == np.inf).astype(np.float32)
 
 
 def colormap(values, cmap: str = "inferno") -> np.ndarray:
-    """Maps values in [0, 1] through a Matplotlib colormap: (...) -> (..., 3) float RGB."""
+    """Maps values in [0, 1] through a Matplotlib colormap: (...) -> (..., 3) float RGB; NaN is mid grey."""
     from matplotlib import colormaps
 
     try:
         cm = colormaps[cmap]
     except KeyError:
         raise InputError(f"cmap: unknown colormap {cmap!r} (try 'inferno', 'viridis', 'jet', 'RdBu_r')") from None
-    return np.asarray(cm(np.clip(np.asarray(values, np.float32), 0, 1)))[..., :3].astype(np.float32)  # () -> (3,) too
+    v = np.asarray(values, np.float32)
+    rgb = np.asarray(cm(np.clip(v, 0, 1)))[..., :3].astype(np.float32)  # () -> (3,) too
+    return np.where(np.isnan(v)[..., None], np.float32(0.5), rgb)
 
 
 def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: float = 99.5,
@@ -110,6 +122,7 @@ def heatmap(attr, *, cmap: str | None = None, signed: bool = False, percentile: 
         a = reduce_channels(a, "sum" if signed else how)
     if a.ndim != 2:
         raise InputError(f"attr: expected shape (H, W) or (H, W, C), got {a.shape}")
+    _non_empty(a, "attr")
     v = normalize(a, signed=signed, percentile=percentile)
     if signed:
         v = (v + 1) / 2
@@ -121,9 +134,25 @@ def _one_map(a: np.ndarray) -> np.ndarray:
     return a[0] if a.ndim in (3, 4) and a.shape[0] == 1 else a
 
 
+def _non_empty(a: np.ndarray, name: str) -> None:
+    if 0 in a.shape[:2]:
+        raise InputError(f"{name}: expected a map of at least 1 x 1 pixels, got shape {a.shape}")
+
+
 def upsample_nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w, ...) array to ``shape`` (H, W)."""
+    """Nearest-neighbour resize of an (h, w, ...) array to ``shape`` (H, W).
+
+    Raises:
+      InputError: ``a`` has fewer than 2 axes or no pixels, or ``shape`` is
+        not two positive ints.
+    """
     a = np.asarray(a)
+    if a.ndim < 2:
+        raise InputError(f"a: expected an (h, w, ...) array, got shape {a.shape}")
+    _non_empty(a, "a")
+    if (isinstance(shape, (str, bytes)) or np.ndim(shape) != 1 or len(shape) != 2
+            or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in shape)):
+        raise InputError(f"shape: expected (height, width) as two positive ints, got {shape!r}")
     rows = (np.arange(shape[0]) * a.shape[0] // shape[0]).clip(0, a.shape[0] - 1)
     cols = (np.arange(shape[1]) * a.shape[1] // shape[1]).clip(0, a.shape[1] - 1)
     return a[rows][:, cols]
@@ -167,11 +196,12 @@ def overlay(img, attr, *, alpha: float = 0.5, cmap: str = "jet", percentile: flo
         a = reduce_channels(a, how)
     if a.ndim != 2:
         raise InputError(f"attr: expected (H, W, C) or (H, W) for one image, got shape {np.shape(attr)}")
+    _non_empty(a, "attr")
     if a.shape != img.shape[:2]:
         a = upsample_nearest(a, img.shape[:2])
     v = normalize(a, percentile=percentile)
     colour = colormap(v, cmap)
-    w = alpha * v[..., None]
+    w = alpha * np.nan_to_num(v)[..., None]  # a NaN pixel of the map shows the image
     return np.clip((1 - w) * img + w * colour, 0, 1)
 
 
@@ -191,13 +221,20 @@ def grid(images: Sequence[np.ndarray] | np.ndarray, *, ncols: int | None = None,
       (rows * h + (rows + 1) * pad, ncols * w + (ncols + 1) * pad, 3) float32.
 
     Raises:
-      InputError: no tiles, or a tile of another shape.
+      InputError: no tiles, a tile that is not (H, W, 3) or (H, W), or a
+        ``pad`` that is not a non-negative int.
     """
-    if np.ndim(images) == 3 and np.shape(images)[-1] == 3:
+    try:
+        shape = np.shape(images)
+    except ValueError:  # tiles of different shapes: fine, each is checked below
+        shape = None
+    if shape is not None and len(shape) == 3 and shape[-1] == 3:
         raise InputError(f"images: expected a sequence of tiles or an (N, H, W, 3) array, got one picture of shape "
-                         f"{np.shape(images)} (wrap it in a list)")
+                         f"{shape} (wrap it in a list)")
     if ncols is not None:
         ncols = _checks.positive_int(ncols, "ncols")
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise InputError(f"pad: expected a non-negative int of pixels, got {pad!r}")
     tiles = [np.asarray(t, np.float32) for t in images]
     if not tiles:
         raise InputError("images: expected at least one image, got none")

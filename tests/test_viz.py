@@ -116,6 +116,50 @@ def test_grid_layout():
         viz.grid([])
 
 
+def test_grid_takes_tiles_of_different_sizes_and_refuses_a_bad_pad():
+    g = viz.grid([np.zeros((2, 2, 3)), np.full((3, 1), 0.5)], ncols=2, pad=1)
+    assert g.shape == (3 + 2, 2 * 2 + 3, 3)  # cells of the largest height and width
+    np.testing.assert_allclose(g[1:4, 4], 0.5)  # the greyscale 3 x 1 tile, top-left in its cell
+    np.testing.assert_allclose(g[3, 1:3], 1.0)  # below the 2 x 2 tile: its cell's unused row
+    with pytest.raises(InputError, match=r"images: expected tiles of shape \(H, W, 3\) or \(H, W\), got \(6, 5, 4\)"):
+        viz.grid([np.zeros((4, 4, 3)), np.zeros((6, 5, 4))])
+    for pad in (-1, 1.5, True):
+        with pytest.raises(InputError, match=r"pad: expected a non-negative int of pixels"):
+            viz.grid([np.zeros((2, 2, 3))], pad=pad)
+
+
+def test_upsample_nearest_and_maps_refuse_empty_shapes():
+    np.testing.assert_array_equal(viz.upsample_nearest(np.array([[1, 2]]), (2, 4)), [[1, 1, 2, 2], [1, 1, 2, 2]])
+    for shape in ((0, 5), (3,), (2.0, 2), "ab"):
+        with pytest.raises(InputError, match=r"shape: expected \(height, width\) as two positive ints"):
+            viz.upsample_nearest(np.ones((3, 3)), shape)
+    with pytest.raises(InputError, match=r"a: expected a map of at least 1 x 1 pixels, got shape \(0, 3\)"):
+        viz.upsample_nearest(np.ones((0, 3)), (4, 5))
+    with pytest.raises(InputError, match=r"attr: expected a map of at least 1 x 1 pixels, got shape \(0, 3\)"):
+        viz.heatmap(np.zeros((0, 3)))
+    with pytest.raises(InputError, match=r"attr: expected a map of at least 1 x 1 pixels"):
+        viz.overlay(np.zeros((4, 4, 3)), np.zeros((4, 0)))
+
+
+def test_a_few_non_finite_pixels_do_not_blank_the_map():
+    v = np.array([0.0, np.nan, 4.0, np.inf, -np.inf, 2.0], np.float32)
+    n = viz.normalize(v, percentile=100)
+    np.testing.assert_allclose(n, [0, np.nan, 1, 1, 0, 0.5])  # scale from the finite values; NaN stays NaN
+    s = viz.normalize(np.array([np.nan, -2.0, 1.0, np.inf]), signed=True, percentile=100)
+    np.testing.assert_allclose(s, [np.nan, -1, 0.5, 1])
+    np.testing.assert_allclose(viz.normalize(np.array([np.nan, np.inf, -np.inf])), [np.nan, 1, 0])
+    m = np.arange(16, dtype=np.float32).reshape(4, 4)
+    m[0, 0] = np.nan
+    h = viz.heatmap(m, cmap="gray", percentile=100)
+    np.testing.assert_allclose(h[0, 0], 0.5)  # NaN drawn mid grey
+    np.testing.assert_allclose(h[3, 3], 1.0, atol=1e-6)  # the rest keeps its contrast
+    np.testing.assert_allclose(h[0, 1], 0.0, atol=1e-6)
+    img = np.full((4, 4, 3), 0.25, np.float32)
+    o = viz.overlay(img, m, cmap="gray", alpha=1.0, percentile=100)
+    np.testing.assert_allclose(o[0, 0], 0.25)  # the image shows through a NaN pixel
+    np.testing.assert_allclose(o[3, 3], 1.0, atol=1e-6)
+
+
 def test_channel_grid_orders_by_mean_activation():
     maps = np.zeros((1, 4, 4, 3), np.float32)
     maps[..., 1] = 5.0
