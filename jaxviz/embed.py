@@ -178,6 +178,11 @@ def _check_matrix(x, name) -> jax.Array:
     a = jnp.asarray(x)
     if a.ndim != 2 or a.shape[0] == 0 or not jnp.issubdtype(a.dtype, jnp.floating):
         raise InputError(f"{name}: expected a float array of shape (N, D), got {getattr(x, 'dtype', type(x))} {np.shape(x)}")
+    if not isinstance(a, jax.core.Tracer):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(a)).all(axis=1))
+        if bad.size:
+            raise InputError(f"{name}: expected finite values, got NaN or infinite entries in {bad.size} of "
+                             f"{a.shape[0]} rows (first: row {bad[0]})")
     return a.astype(jnp.float32)
 
 

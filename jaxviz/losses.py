@@ -53,6 +53,7 @@ References:
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -330,12 +331,19 @@ def total_cost(J_content: Any, J_style: Any, alpha: Any = 10, beta: Any = 40) ->
     Returns:
       ``alpha * J_content + beta * J_style``.
 
+    Raises:
+      InputError: an argument that is not a number or an array (a string, a
+        bool, None).
+
     Example:
       >>> import numpy as np
       >>> np.random.seed(3)
       >>> total_cost(np.random.randn(), np.random.randn())
       35.34667875478276
     """
+    for name, v in (("J_content", J_content), ("J_style", J_style), ("alpha", alpha), ("beta", beta)):
+        if isinstance(v, bool) or not (isinstance(v, numbers.Number) or hasattr(v, "dtype")):
+            raise InputError(f"{name}: expected a number or an array, got {type(v).__name__} {v!r}")
     return alpha * J_content + beta * J_style
 
 

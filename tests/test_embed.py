@@ -179,3 +179,13 @@ def test_errors():
         embed.pca(x, 4)
     with pytest.raises(InputError, match=r"^pool: expected one of 'mean', 'max', 'flatten'; got 'sum'"):
         embed.features(NET, {}, [], layer="relu2_1", pool="sum")
+    bad = np.ones((6, 3), np.float32)
+    bad[2, 1] = np.nan
+    bad[4, 0] = np.inf
+    msg = r"^{}: expected finite values, got NaN or infinite entries in 2 of 6 rows \(first: row 2\)"
+    for call, name in ((lambda: embed.tsne(bad), "vectors"), (lambda: embed.pca(bad), "vectors"),
+                       (lambda: embed.nearest_neighbours(bad), "vectors"),
+                       (lambda: embed.nearest_neighbours(np.ones((6, 3), np.float32), bad), "queries"),
+                       (lambda: embed.pairwise_distances(np.ones((2, 3), np.float32), bad), "b")):
+        with pytest.raises(InputError, match=msg.format(name)):
+            call()

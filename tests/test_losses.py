@@ -31,6 +31,15 @@ def test_total_cost_inside_jit_and_grad():
     assert g == (10.0, 40.0)
 
 
+def test_total_cost_refuses_what_is_not_a_number():
+    np.testing.assert_allclose(losses.total_cost(jnp.array([1.0, 2.0]), np.float32(1), alpha=np.int64(2)), [42, 44])
+    for kw, name in (({"alpha": "a"}, "alpha"), ({"beta": None}, "beta"), ({"alpha": True}, "alpha")):
+        with pytest.raises(InputError, match=rf"^{name}: expected a number or an array, got "):
+            losses.total_cost(1.0, 2.0, **kw)
+    with pytest.raises(InputError, match=r"^J_style: expected a number or an array, got str '3'"):
+        losses.total_cost(1.0, "3")
+
+
 # --------------------------------------------------------------------------- Gram matrix
 
 
