@@ -249,6 +249,12 @@ def test_render_each_equals_a_loop_of_renders_and_compiles_once(params):
     for i, c in enumerate([1, 4, 9]):
         single = R.render(NET, params, R.channel("relu2_1", c), key=keys[i], **kw)
         np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
+    # with lucid's random transforms too: instance i draws render's transforms from keys[i]
+    std = dict(kw, transforms=R.standard_transforms())
+    batch_std = R.render_channels(NET, params, "relu2_1", [1, 4], key=key, **std)
+    keys2 = jax.random.split(key, 2)
+    single = R.render(NET, params, R.channel("relu2_1", 4), key=keys2[1], **std)
+    np.testing.assert_allclose(batch_std[1], single[0], atol=1e-5)
     size = R._run_each._cache_size()
     R.render_channels(NET, params, "relu2_1", [0, 2, 3], key=jax.random.key(8), **kw)
     assert R._run_each._cache_size() == size  # other channels, other key: no re-trace
@@ -282,6 +288,22 @@ def test_host_loop_and_scan_give_the_same_render():
     assert R.host_loop("auto") == (jax.default_backend() == "cpu")
     with pytest.raises(InputError, match=r"^loop: expected one of 'auto', 'scan', 'host'; got 'fast'"):
         R.host_loop("fast")
+
+
+def test_render_inside_jit_and_vmap_equals_eager():
+    net, p = _linear_net()
+    obj = R.channel("conv1_1", 0)
+    kw = dict(size=12, steps=4, param=R.fourier(), transforms=R.Jitter(2))
+    keys = jax.random.split(jax.random.key(11), 2)
+    eager = jnp.stack([R.render(net, p, obj, key=k, **kw) for k in keys])
+    by_key = jax.jit(lambda k: R.render(net, p, obj, key=k, **kw))
+    np.testing.assert_allclose(by_key(keys[1]), eager[1], atol=1e-5)  # the initial draw is the key's, traced or not
+    by_params = jax.jit(lambda q: R.render(net, q, obj, key=keys[0], **kw))
+    np.testing.assert_allclose(by_params(p), eager[0], atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(lambda k: R.render(net, p, obj, key=k, **kw))(keys), eager, atol=1e-5)
+    # traced, "auto" runs the steps in one scan instead of unrolling a host loop into the program
+    assert "scan[" in str(jax.make_jaxpr(lambda k: R.render(net, p, obj, key=k, **kw))(keys[0]))
+    assert "scan[" not in str(jax.make_jaxpr(lambda k: R.render(net, p, obj, key=k, loop="host", **kw))(keys[0]))
 
 
 def test_render_errors(params):

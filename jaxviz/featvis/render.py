@@ -444,11 +444,19 @@ class ImageParam:
 
         The normal draws come from NumPy's PCG64 seeded with the key's data (on
         the host, so no random-number program has to be compiled), which makes
-        them a deterministic function of the key; ``key`` must be concrete.
+        them a deterministic function of the key. A traced key (inside
+        ``jit``/``vmap``) gets the same numbers through ``jax.pure_callback``.
         """
         data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-        rng = np.random.default_rng(np.asarray(data, np.uint32).ravel())
-        return jnp.asarray(self.sd * rng.standard_normal(self.shape(batch, hw), dtype=np.float32))
+        shape = self.shape(batch, hw)
+
+        def draw(d):
+            rng = np.random.default_rng(np.asarray(d, np.uint32).ravel())
+            return (np.float32(self.sd) * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+
+        if isinstance(data, jax.core.Tracer):
+            return jax.pure_callback(draw, jax.ShapeDtypeStruct(shape, jnp.float32), data, vmap_method="sequential")
+        return jnp.asarray(draw(data))
 
     def image(self, p: jax.Array, hw: tuple[int, int]) -> jax.Array:
         """Variables -> (batch, h, w, 3) RGB in (0, 1)."""
@@ -919,7 +927,7 @@ def render_update(net: VGG, params, objective: Objective, state: RenderState, ke
     _check_indices(net, params, objective)
     steps = _checks.positive_int(steps, "steps")
     key = _checks.prng_key(key)
-    if not host_loop(loop):
+    if not _host_loop(loop, key, params, state):
         return _update(net, params, objective, state, key, steps=steps, **kw)
     history = []
     for _ in range(steps):
@@ -936,11 +944,21 @@ def host_loop(loop: str = "auto") -> bool:
     YNNPACK fusion it uses outside loops, which makes each VGG step 3-4x
     slower (measured: 0.34 s per step host-driven vs 1.3 s in a scan, VGG19
     relu4_1 at 128 px); a host loop costs ~0.1 ms of dispatch per step.
-    Elsewhere (GPU, TPU) the steps run in one ``lax.scan``. Both give the
-    same numbers: step ``i`` is the same function of the same key.
+    Elsewhere (GPU, TPU), and when ``render`` is itself traced (called
+    inside ``jax.jit``), the steps run in one ``lax.scan``. Both give the same
+    numbers: step ``i`` is the same function of the same key.
     """
     _checks.one_of(loop, "loop", ("auto", "scan", "host"))
     return loop == "host" or (loop == "auto" and jax.default_backend() == "cpu")
+
+
+def _host_loop(loop: str, *trees) -> bool:
+    """:func:`host_loop`, except that ``"auto"`` under a trace (``render`` inside ``jit``) picks the scan.
+
+    Traced, a host loop would be unrolled into one program of ``steps`` steps.
+    """
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+    return host_loop(loop) and not (loop == "auto" and traced)
 
 
 def _schedule(steps: int, progress: bool, host: bool) -> list[int]:
@@ -1022,7 +1040,7 @@ def render(
     batch = _checks.positive_int(batch, "batch")
     state, history = _init_state(key, param=param, optimizer=opt, batch=batch, hw=hw), []
     with tqdm(total=steps, desc="render", unit="step", disable=not progress, leave=False) as bar:
-        host = host_loop(loop)
+        host = _host_loop(loop, key, params)
         for n in _schedule(steps, progress, host):
             state, h, images = _run(net, params, objective, state, key, param=param, transforms=transforms,
                                     optimizer=opt, hw=hw, steps=n, redirect=bool(redirect_relu), batch=batch,
@@ -1087,7 +1105,7 @@ def render_each(
     batch = _checks.positive_int(batch, "batch")
     states, history = _init_states(keys, param=param, optimizer=opt, batch=batch, hw=hw), []
     with tqdm(total=steps, desc=f"render x{k}", unit="step", disable=not progress, leave=False) as bar:
-        host = host_loop(loop)
+        host = _host_loop(loop, key, params, values)
         for n in _schedule(steps, progress, host):
             states, h, images = _run_each(net, params, values, states, keys, maker=make_objective, param=param,
                                           transforms=transforms, optimizer=opt, hw=hw, steps=n,
