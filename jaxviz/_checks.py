@@ -94,3 +94,18 @@ def one_of(value: Any, name: str, choices: Iterable[Any]) -> Any:
     if value not in choices:
         raise InputError(f"{name}: expected one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def index_ranges(values: Iterable[int], limit: int = 8) -> str:
+    """Integers as short ranges for a message, in the CLI's channel syntax: [64, 65, ..., 999, 1200] -> "64-999,1200".
+
+    Sorted and deduplicated; after ``limit`` ranges the rest is counted, not listed.
+    """
+    runs: list[list[int]] = []
+    for v in sorted(set(int(v) for v in values)):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:limit])
+    return text + (f",... ({len(runs) - limit} more ranges)" if len(runs) > limit else "")

@@ -194,7 +194,11 @@ def test_render_channels_grid(tiny, params, channel_renders, tmp_path, capsys):
     assert np.abs(channel_renders[0] - channel_renders[1]).mean() > 0.01  # different channels, different pictures
     code, _, err = run(capsys, "render", "--layer", "relu2_1", "--channels", "3,16", "--out", tmp_path / "x.png",
                        "--weights", "random")
-    assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels, got [16]"
+    assert code == 2 and err.strip() == "jaxviz render: error: --channels: relu2_1 has 16 channels (0-15), got 16"
+    code, _, err = run(capsys, "render", "--layer", "relu2_1", "--channels", "3,16-999,1200,1202", "--out",
+                       tmp_path / "x.png", "--weights", "random")  # out-of-range indices as ranges, not 986 numbers
+    assert code == 2 and err.strip() == ("jaxviz render: error: --channels: relu2_1 has 16 channels (0-15), "
+                                         "got 16-999,1200,1202")
 
 
 def test_render_neuron_maximises_the_centre_position(tiny, params, channel_renders, tmp_path, capsys):
@@ -260,7 +264,7 @@ def test_render_classifier_taps(tiny, params, tmp_path, capsys):
                                          "fc7 has no positions")
     code, _, err = run(capsys, "render", "--layer", "fc7", "--channels", "40", "--out", tmp_path / "n.png",
                        "--weights", "random")
-    assert code == 2 and err.strip() == "jaxviz render: error: --channels: fc7 has 32 channels, got [40]"
+    assert code == 2 and err.strip() == "jaxviz render: error: --channels: fc7 has 32 channels (0-31), got 40"
 
 
 def test_library_errors_name_the_flags(tiny, tmp_path, capsys):
@@ -283,6 +287,22 @@ def test_library_errors_name_the_flags(tiny, tmp_path, capsys):
     assert code == 2 and err.strip() == ("jaxviz render: error: --size: expected at least 4 px (the network's "
                                          "minimum), got 3")
     assert not (tmp_path / "r.png").exists()
+
+
+def test_an_unknown_layer_lists_every_tap_the_command_takes(tiny, folder, tmp_path, capsys):
+    """embed, neighbours and render take classifier taps too; the list of names says so (it stopped at pool5)."""
+    tail = "pool5, avgpool, fc6, relu6, fc7, relu7, fc8, logits"
+    for argv in (("embed", folder, "--recursive", "--layer", "relu9", "--out", tmp_path / "e.png"),
+                 ("neighbours", folder, "--recursive", "--k", "2", "--layer", "relu9", "--out", tmp_path / "n.png"),
+                 ("render", "--layer", "relu9", "--out", tmp_path / "r.png")):
+        code, _, err = run(capsys, *argv, "--weights", "random")
+        assert code == 2 and err.startswith(f"jaxviz {argv[0]}: error: --layer: unknown layer 'relu9'; this network "
+                                            "has conv1_1, relu1_1,") and err.strip().endswith(tail), err
+        assert not tiny  # refused before any network or weights were made
+    code, _, err = run(capsys, "top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "3,16-999", "--out",
+                       tmp_path / "t.png", "--weights", "random")
+    assert code == 2 and err.strip() == ("jaxviz top-patches: error: --channels: relu2_1 has 16 channels (0-15), "
+                                         "got 16-999")
 
 
 def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_path, capsys, monkeypatch):

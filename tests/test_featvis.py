@@ -315,7 +315,7 @@ def test_render_errors(params):
         R.render(NET, params, R.channel("relu2_1", 0), key=jax.random.key(0), size="big")
     with pytest.raises(InputError, match=r"^optimizer: expected an optax.GradientTransformation, got str"):
         R.render(NET, params, R.channel("relu2_1", 0), key=jax.random.key(0), optimizer="adam")
-    with pytest.raises(InputError, match=r"^channels: relu2_1 has 16 channels, got \[16\]"):
+    with pytest.raises(InputError, match=r"^channels: relu2_1 has 16 channels \(0-15\), got 16$"):
         R.render_channels(NET, params, "relu2_1", [3, 16], key=jax.random.key(0))
     assert isinstance(R._optimizer(optax.sgd(0.1), 0.05), optax.GradientTransformation)
     for bad in (0, -0.1, "0.1", True, float("nan")):

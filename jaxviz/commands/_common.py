@@ -89,6 +89,12 @@ def classifier_tap(layer: str) -> bool:
     return ALIASES.get(layer, layer) in CLASSIFIER_LAYERS
 
 
+def resolve_layer(args: argparse.Namespace, name: str) -> str:
+    """``name``'s canonical tap, checked against the whole --arch network (classifier taps included), so an
+    unknown --layer is reported with every name the command takes, before any weights are loaded."""
+    return models.get(args.arch).resolve(name, "--layer")
+
+
 def model_and_params(args: argparse.Namespace, *, classifier: bool = True, download: bool = True, **model_kwargs):
     """The network and params the --arch/--weights/--seed arguments ask for (``download``: pretrained weights
     missing from the cache may be downloaded)."""

@@ -13,7 +13,7 @@ import itertools
 import json
 import sys
 
-from ._common import add_model_args, model_and_params
+from ._common import add_model_args, classifier_tap, model_and_params, resolve_layer
 from .featmaps import (
     add_folder_args,
     add_output_args,
@@ -52,9 +52,8 @@ def folder_features(args: argparse.Namespace, paths=None):
     paths = folder_paths(args) if paths is None else paths
     if args.thumb < 1:
         raise InputError(f"--thumb: expected a positive size in px, got {args.thumb}")
-    conv = not args.layer.startswith(("fc", "relu6", "relu7", "logits", "avgpool"))
-    net, params = model_and_params(args, classifier=not conv)
-    layer = net.resolve(args.layer, "--layer")
+    layer = resolve_layer(args, args.layer)
+    net, params = model_and_params(args, classifier=classifier_tap(layer))
     signature = json.dumps([str(args.folder), args.recursive, layer, args.pool, args.size, args.thumb, args.arch,
                             str(args.weights), args.seed, [str(p) for p in paths]])
     cache = checkpoint_path(args.out, "features")

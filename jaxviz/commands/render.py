@@ -12,8 +12,9 @@ import json
 import math
 import sys
 
+from .._checks import index_ranges
 from ..models.vgg import CLASSIFIER_LAYERS
-from ._common import add_model_args, classifier_tap, model_and_params
+from ._common import add_model_args, classifier_tap, model_and_params, resolve_layer
 from .featmaps import (
     add_output_args,
     checkpoint_path,
@@ -91,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
     classes = args.classes is not None
     if classes and args.neuron:
         raise InputError("--neuron: expected a convolutional --layer; class logits have no positions")
-    net, params = model_and_params(args, classifier=classes or classifier_tap(args.layer))
+    layer = resolve_layer(args, "logits" if classes else args.layer)
+    net, params = model_and_params(args, classifier=classifier_tap(layer))
     if args.size < net.min_size:
         raise InputError(f"--size: expected at least {net.min_size} px (the network's minimum), got {args.size}")
-    layer = net.resolve("logits" if classes else args.layer, "--layer")
     if args.neuron and layer in CLASSIFIER_LAYERS:
         raise InputError(f"--neuron: expected a convolutional --layer; {layer} has no positions")
     classes = classes or layer == "fc8"  # --layer logits/fc8: its channels are the ImageNet classes
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [c for c in chans if c >= width]
     if bad:
         raise InputError(f"--{'classes' if args.classes is not None else 'channels'}: {layer} has {width} "
-                         f"channels, got {bad}")
+                         f"channels (0-{width - 1}), got {index_ranges(bad)}")
     param = R.fourier(decorrelate=not args.no_decorrelate) if args.param == "fourier" else R.pixel(
         decorrelate=not args.no_decorrelate)
     transforms = None if args.no_transforms else R.standard_transforms(args.size / 128)

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from .._checks import index_ranges
 from ._common import add_model_args, model_and_params
 from .featmaps import (
     add_folder_args,
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                            params).shape[-1]
     bad = [c for c in args.channels if c >= width]
     if bad:
-        raise InputError(f"--channels: {layer} has {width} channels, got {bad}")
+        raise InputError(f"--channels: {layer} has {width} channels (0-{width - 1}), got {index_ranges(bad)}")
     signature = json.dumps([str(args.folder), args.recursive, layer, args.channels, args.k, args.size, args.arch,
                             str(args.weights), args.seed, len(paths)])
     ckpt = checkpoint_path(args.out, "topk")

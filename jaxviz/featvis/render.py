@@ -1146,7 +1146,7 @@ def render_channels(net: VGG, params, layer: str, channels: Sequence[int], *, ke
     width = shape[-1]
     bad = [int(c) for c in idx if not 0 <= c < width]
     if bad:
-        raise InputError(f"channels: {name} has {width} channels, got {bad}")
+        raise InputError(f"channels: {name} has {width} channels (0-{width - 1}), got {_checks.index_ranges(bad)}")
     if kwargs.get("batch", 1) != 1:
         raise InputError(f"batch: render_channels renders one image per channel, got batch={kwargs['batch']}")
     kwargs.pop("batch", None)
