@@ -77,16 +77,18 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def positive_number(value: Any, name: str) -> None:
-    """A positive real scalar (a Python or NumPy number, or a 0-d array); a traced one passes unchecked."""
+def positive_number(value: Any, name: str, *, finite: bool = False) -> None:
+    """A positive real scalar (a Python or NumPy number, or a 0-d array), and not inf when ``finite``; a traced
+    one passes unchecked."""
     if isinstance(value, jax.core.Tracer):
         return
     try:
-        ok = (not isinstance(value, (bool, str, bytes)) and np.ndim(value) == 0 and float(value) > 0)
+        ok = (not isinstance(value, (bool, str, bytes)) and np.ndim(value) == 0 and float(value) > 0
+              and not (finite and float(value) == float("inf")))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise InputError(f"{name}: expected a positive number, got {value!r}")
+        raise InputError(f"{name}: expected a positive{' finite' if finite else ''} number, got {value!r}")
 
 
 def one_of(value: Any, name: str, choices: Iterable[Any]) -> Any:

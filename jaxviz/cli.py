@@ -17,11 +17,18 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like the commands' own (argparse prints its usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxviz`` argument parser, one subparser per command (each sets ``func``)."""
     from . import __version__, commands
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxviz", description="CNN visualisation in JAX: attribution, style transfer, feature visualisation."
     )
     parser.add_argument("--version", action="version", version=f"jaxviz {__version__}")

@@ -491,12 +491,22 @@ def scatter_thumbnails(
 
     Returns:
       (H, W, 3) float RGB in [0, 1] (H = W = size * dpi).
+
+    Raises:
+      InputError: bad shapes, a non-positive or infinite ``size``/``dpi``/
+        ``zoom``, or a picture under 1 px.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
     from matplotlib import colormaps
 
+    _checks.positive_number(size, "size", finite=True)
+    _checks.positive_number(dpi, "dpi", finite=True)
+    if zoom is not None:
+        _checks.positive_number(zoom, "zoom", finite=True)
+    if size * dpi < 1:
+        raise InputError(f"size: expected a picture of at least 1 px, got {size} inches at {dpi} dpi")
     p = np.asarray(points, np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or p.shape[0] == 0:
         raise InputError(f"points: expected shape (N, 2), got {p.shape}")

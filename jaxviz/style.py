@@ -975,6 +975,15 @@ def run(
             f"{'size' if size is not None else 'content'}: expected a smallest side of at least {net.min_size} px "
             f"at the coarsest scale ({what} gives {hws[0][0]}x{hws[0][1]})"
         )
+    s_long = max(1, int(round(style_scale * max(hws[0]))))
+    for i, s in enumerate(style_list):
+        hw = _fit(s.shape[1], s.shape[2], s_long)
+        if min(hw) < net.min_size:  # the same resize as the loop below, checked before any step runs
+            raise InputError(
+                f"styles: image {i + 1} of {len(style_list)} ({s.shape[1]}x{s.shape[2]} px) would be {hw[0]}x{hw[1]} "
+                f"px at the coarsest scale, below the network's minimum of {net.min_size} px; use a larger size or "
+                "style_scale"
+            )
     if preserve_colors:
         work_content, work_styles = _luminance_only(content, style_list)
     else:

@@ -193,9 +193,15 @@ def test_errors(folder, tmp_path, capsys):
     for argv, message in cases:
         assert cli.main(argv) == 2, message
         assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:  # argparse's own refusal: usage and one line, exit 2
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal: one line too (no usage block), exit 2
         cli.main(_args(folder, tmp_path / "i") + ["--seed", "-1"])
-    assert e.value.code == 2 and "argument --seed: expected a non-negative int, got '-1'" in capsys.readouterr().err
+    assert e.value.code == 2 and capsys.readouterr().err == (
+        "jaxviz attribute: error: argument --seed: expected a non-negative int, got '-1' (see jaxviz attribute "
+        "--help)\n")
+    one = next(p for p in sorted(folder.rglob("*")) if p.is_file())
+    assert cli.main(_args(one, tmp_path / "j")) == 2
+    assert capsys.readouterr().err.strip() == (f"jaxviz attribute: error: IMAGES_DIR: expected a folder of images, "
+                                               f"got {str(one)!r}, a file (give its folder)")
 
 
 def test_a_size_the_device_cannot_hold_is_refused_before_decoding(folder, model, tmp_path, capsys, monkeypatch):

@@ -305,6 +305,43 @@ def test_an_unknown_layer_lists_every_tap_the_command_takes(tiny, folder, tmp_pa
                                          "got 16-999")
 
 
+def test_sizes_are_refused_by_flag_before_the_work(tiny, params, folder, tmp_path, capsys, monkeypatch):
+    """Sizes the network cannot take name --size (the library would say "images"), and embed's plot flags are
+    checked before the features are extracted."""
+    from jaxviz.commands import stylize
+
+    src = _picture(tmp_path / "p.png")  # 40 x 48
+    code, _, err = run(capsys, "featmaps", src, "--size", "0", "--out", tmp_path / "f.png", "--weights", "random")
+    assert code == 2 and err.strip() == "jaxviz featmaps: error: --size: expected a positive number of px, got 0"
+    code, _, err = run(capsys, "featmaps", src, "--size", "4", "--out", tmp_path / "f.png", "--weights", "random")
+    assert code == 2 and err.strip() == ("jaxviz featmaps: error: --size: the image is 3x4 px at --size 4, below the "
+                                         "network's minimum of 4 px; use a larger --size")
+    code, _, err = run(capsys, "dream", src, "--size", "4", "--out", tmp_path / "d.png", "--weights", "random")
+    assert code == 2 and err.startswith("jaxviz dream: error: --size: the image is 3x4 px at --size 4, below")
+    made = len(tiny)  # featmaps and dream need the network's minimum; the rest below is refused before any is made
+    for cmd in ("top-patches", "neighbours", "embed"):  # centre-cropped squares: checked against VGG's 32 px
+        code, _, err = run(capsys, cmd, folder, "--recursive", "--size", "8", "--out", tmp_path / "x.png",
+                           "--weights", "random")
+        assert code == 2 and err.strip() == (f"jaxviz {cmd}: error: --size: expected at least 32 px (the network's "
+                                             "minimum), got 8")
+    embed = ("embed", folder, "--recursive", "--size", "32", "--out", tmp_path / "e.png", "--weights", "random")
+    code, _, err = run(capsys, *embed, "--plot-size", "0")
+    assert code == 2 and err.strip() == ("jaxviz embed: error: --plot-size: expected a finite size of at least "
+                                         "0.01 inches (1 px), got 0.0")
+    code, _, err = run(capsys, *embed, "--perplexity", "nan")
+    assert code == 2 and err.strip() == "jaxviz embed: error: --perplexity: expected a positive finite number, got nan"
+    assert len(tiny) == made  # no network was made, no feature extracted
+    monkeypatch.setattr(stylize, "model_and_params", lambda args, **kw: (NET, params))
+    thin = _picture(tmp_path / "thin.png", h=2, w=40)
+    code, _, err = run(capsys, "stylize", src, src, thin, "--size", "32", "--steps", "1", "--content-layers", "relu2_1",
+                       "--style-layers", "relu1_1,relu2_1", "--out", tmp_path / "s.png",
+                       "--no-progress")
+    assert code == 2 and err.strip() == ("jaxviz stylize: error: style: image 2 of 2 (2x40 px) would be 2x32 px at "
+                                         "the coarsest scale, below the network's minimum of 4 px; use a larger size "
+                                         "or style_scale")
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_path, capsys, monkeypatch):
     args = ["top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "0,5", "--k", "3", "--size",
             "32", "--batch-size", "2", "--checkpoint-every", "1", "--tile", "24", "--weights", "random", "--no-progress"]

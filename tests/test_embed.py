@@ -163,6 +163,13 @@ def test_pictures():
         assert np.ptp(cols) <= 12 and np.ptp(rows) <= 12
     with pytest.raises(InputError, match=r"^thumbs: expected shape \(6, t, t, 3\), got \(5, 16, 16, 3\)"):
         embed.scatter_thumbnails(pts, thumbs[:5])
+    for kw, msg in (({"size": 0}, r"^size: expected a positive finite number, got 0"),
+                    ({"size": float("inf")}, r"^size: expected a positive finite number, got inf"),
+                    ({"size": 0.001}, r"^size: expected a picture of at least 1 px, got 0.001 inches at 100 dpi"),
+                    ({"dpi": -5}, r"^dpi: expected a positive finite number, got -5"),
+                    ({"zoom": float("nan")}, r"^zoom: expected a positive finite number, got nan")):
+        with pytest.raises(InputError, match=msg):
+            embed.scatter_thumbnails(pts, thumbs, **kw)
 
 
 def test_errors():

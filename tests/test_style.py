@@ -86,6 +86,10 @@ def test_bad_inputs_name_the_argument(params):
         style.style_targets(NET, params, [STYLE, STYLE], style_weights=[1.0], **LAYERS)
     with pytest.raises(InputError, match=r"^size: expected a smallest side of at least 4 px"):
         style.run(NET, params, CONTENT, STYLE, size=2, progress=False, **LBFGS)
+    thin = np.full((1, 2, 40, 3), 0.5, np.float32)  # refused before any step, not as "images" inside init
+    with pytest.raises(InputError, match=r"^styles: image 2 of 2 \(2x40 px\) would be 2x32 px at the coarsest scale, "
+                       r"below the network's minimum of 4 px; use a larger size or style_scale$"):
+        style.run(NET, params, CONTENT, [STYLE, thin], steps=1, progress=False, **ADAM)
     for seed in (1.5, "a", True):
         with pytest.raises(InputError, match=r"^seed: expected an int, got "):
             style.run(NET, params, CONTENT, STYLE, steps=1, seed=seed, progress=False, **ADAM)

@@ -95,6 +95,18 @@ def resolve_layer(args: argparse.Namespace, name: str) -> str:
     return models.get(args.arch).resolve(name, "--layer")
 
 
+def check_image_size(args: argparse.Namespace, x, min_size: int) -> None:
+    """Refuses, by --size, a loaded (1, H, W, 3) image too small for the network (the library would name
+    ``images``)."""
+    from ..errors import InputError
+
+    h, w = x.shape[1:3]
+    if min(h, w) < min_size:
+        at = f" at --size {args.size}" if args.size else ""
+        raise InputError(f"--size: the image is {h}x{w} px{at}, below the network's minimum of {min_size} px; "
+                         "use a larger --size")
+
+
 def model_and_params(args: argparse.Namespace, *, classifier: bool = True, download: bool = True, **model_kwargs):
     """The network and params the --arch/--weights/--seed arguments ask for (``download``: pretrained weights
     missing from the cache may be downloaded)."""

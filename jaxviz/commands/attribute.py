@@ -249,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive int, got {args.batch_size}")
     if not args.images.is_dir():
-        raise InputError(f"IMAGES_DIR: expected a folder of images, got {str(args.images)!r} (no such folder)")
+        why = ", a file (give its folder)" if args.images.exists() else " (no such folder)"
+        raise InputError(f"IMAGES_DIR: expected a folder of images, got {str(args.images)!r}{why}")
     options = parse_options(args.option)
     method_fn = attribution.METHODS[args.method]
     try:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import add_model_args, model_and_params
+from ._common import add_model_args, check_image_size, model_and_params
 from .featmaps import add_output_args, checkpoint_path, finished, random_weights_note, save
 
 __all__ = ["register", "run", "parse_layers"]
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tile: expected a tile size in px (0 for none), got {args.tile}")
     net, params = model_and_params(args, classifier=False)
     x = image.load(args.image, args.size or None)
+    check_image_size(args, x, net.min_size)
     guide = image.load(args.guide, 224) if args.guide else None
     ckpt = checkpoint_path(args.out, "dream")  # written after every octave; a rerun resumes after them
     if args.overwrite:

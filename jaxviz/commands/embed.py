@@ -7,6 +7,7 @@ Feature vectors are cached in ``OUT.features.npz`` (resumable, as for
 from __future__ import annotations
 
 import argparse
+import math
 
 from .featmaps import add_output_args, finished, random_weights_note, save
 from ._common import add_model_args
@@ -39,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     if finished(args):
         return 0
+    # checked before the features are extracted (minutes on a big folder), and by flag: the library's
+    # scatter_thumbnails calls --plot-size "size", which is --size here
+    if not (math.isfinite(args.plot_size) and args.plot_size * 100 >= 1):
+        raise InputError(f"--plot-size: expected a finite size of at least 0.01 inches (1 px), got {args.plot_size}")
+    if args.method == "tsne" and not (math.isfinite(args.perplexity) and args.perplexity > 0):
+        raise InputError(f"--perplexity: expected a positive finite number, got {args.perplexity}")
     feats, layer = folder_features(args)
     if len(feats.names) < (4 if args.method == "tsne" else 2):
         raise InputError(f"folder: a {args.method} map needs more images, got {len(feats.names)}")

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from .._io import read_npz, write_npz
-from ._common import add_model_args, check_writable, model_and_params
+from .. import models
+from ._common import add_model_args, check_image_size, check_writable, model_and_params
 
 __all__ = [
     "register",
@@ -109,6 +110,9 @@ def folder_paths(args: argparse.Namespace) -> list[Path]:
     for flag, v in (("--size", args.size), ("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every)):
         if v < 1:
             raise InputError(f"{flag}: expected a positive number, got {v}")
+    smallest = models.get(args.arch).min_size
+    if args.size < smallest:
+        raise InputError(f"--size: expected at least {smallest} px (the network's minimum), got {args.size}")
     paths = image.list_images(args.folder, recursive=args.recursive)
     if not paths:
         raise InputError(f"folder: no images in {args.folder}")
@@ -189,9 +193,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.limit < 1:
         raise InputError(f"--limit: expected a positive number of channels, got {args.limit}")
+    if args.size < 1:
+        raise InputError(f"--size: expected a positive number of px, got {args.size}")
     net, params = model_and_params(args, classifier=False)
     layer = net.resolve(args.layer, "--layer")
     x = image.load(args.image, args.size)
+    check_image_size(args, x, net.min_size)
     fm = np.asarray(maps.feature_maps(net, params, x, layer))[0]
     if fm.ndim != 3:
         raise InputError(f"--layer: expected a convolutional tap, got {layer!r}")

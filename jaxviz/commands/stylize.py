@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-download", action="store_true", help="never download pretrained weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(p)
-    p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr"})
+    p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr", "styles": "style"})
 
 
 def run(args: argparse.Namespace) -> int:
