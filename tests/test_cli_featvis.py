@@ -376,6 +376,35 @@ def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_pat
     np.testing.assert_array_equal(image.load(out), whole)
     assert not (tmp_path / "parts.png.topk.npz").exists()
 
+    # Ctrl-C while a batch's result is still being computed (JAX returns before it is): the interrupt lands on the
+    # first read of the new state. The checkpoint must hold the state before that batch, with its count.
+    real_update = P.top_patches_update
+    calls = []
+
+    class Pending:  # the interrupt comes once; later reads (a checkpoint of this state) get the value
+        def __init__(self, value):
+            self.value, self.interrupted = value, False
+
+        def __array__(self, dtype=None, copy=None):
+            if not self.interrupted:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return np.asarray(self.value)
+
+    def update(*a, **kw):
+        new = real_update(*a, **kw)
+        calls.append(1)
+        return new._replace(index=Pending(new.index)) if len(calls) == 2 else new
+
+    monkeypatch.setattr(P, "top_patches_update", update)
+    out = tmp_path / "pending.png"
+    code, _, _ = run(capsys, *args, "--out", out)
+    assert code == 130 and np.load(tmp_path / "pending.png.topk.npz")["count"] == 2  # batch 2 not counted
+    monkeypatch.setattr(P, "top_patches_update", real_update)
+    code, text, err = run(capsys, *args, "--out", out)
+    assert code == 0 and "resuming after 2 of 6 images" in err and "6 images" in text  # not 8: no batch twice
+    np.testing.assert_array_equal(image.load(out), whole)
+
 
 def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, folder, tmp_path, capsys, monkeypatch):
     common = ["--recursive", "--layer", "relu2_1", "--size", "32", "--batch-size", "2", "--checkpoint-every", "1",

@@ -89,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     start = consumed
     place = {p: start + i + 1 for i, p in enumerate(paths[start:])}
 
+    # (state, names, consumed) of the batches fully processed, replaced in one assignment once a batch's result
+    # is computed: JAX returns before it is, so an interrupt can land while the next state is still pending, and
+    # must then save the previous one with its own count (saving the new state with the old count fed that
+    # batch in twice on resume)
+    done = (state, names, consumed)
+
     def checkpoint():
+        state, names, consumed = done
         keep = sorted(names)
         write_npz(ckpt, signature=np.array(signature), names=np.array([names[i] for i in keep], dtype=str),
                   name_index=np.array(keep, np.int64), consumed=np.array(consumed, np.int64),
@@ -104,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
             valid = np.arange(args.batch_size) < n
             if n < args.batch_size:
                 x = np.concatenate([x, np.zeros((args.batch_size - n,) + x.shape[1:], np.float32)])
+            state, names, _ = done
             base = int(state.count)
-            names.update({base + i: str(p) for i, p in enumerate(chunk)})
             state = P.top_patches_update(net, params, state, x, layer=layer, channels=args.channels, valid=valid)
-            kept = set(np.asarray(state.index).ravel().tolist())
-            names = {i: v for i, v in names.items() if i in kept}
-            consumed = place[chunk[-1]]
+            kept = set(np.asarray(state.index).ravel().tolist())  # waits for the batch's result
+            names = {i: v for i, v in {**names, **{base + i: str(p) for i, p in enumerate(chunk)}}.items() if i in kept}
+            done = (state, names, place[chunk[-1]])
             bar.update(n)
             if (b + 1) % args.checkpoint_every == 0:
                 checkpoint()
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
+    state, names, consumed = done
     if int(state.count) == 0:
         raise InputError(f"folder: none of the {len(paths)} files in {args.folder} could be read as an image")
     index = np.asarray(state.index)
