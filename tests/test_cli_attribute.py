@@ -181,6 +181,17 @@ def test_errors(folder, tmp_path, capsys):
     assert cli.main(_args(folder, out, "--method", "guided_backprop")) == 2
     err = capsys.readouterr().err
     assert "--out: " in err and "holds results of different settings: method='saliency' (now 'guided_backprop')" in err
+    # an option at its default is the same setting; another value is named by option
+    assert cli.main(_args(folder, out, "--method", "saliency", "--option", "abs=True")) == 0
+    assert "already done" in capsys.readouterr().out
+    assert cli.main(_args(folder, out, "--method", "saliency", "--option", "abs=False")) == 2
+    assert capsys.readouterr().err.strip().endswith("holds results of different settings: option abs='True' (now "
+                                                    "'False'); use another --out or delete it")
+    ig = ("--method", "integrated_gradients", "--option", "steps=4")  # its results do not depend on batch_size
+    assert cli.main(_args(folder, tmp_path / "ig", *ig, "--option", "batch_size=2")) == 0
+    capsys.readouterr()
+    assert cli.main(_args(folder, tmp_path / "ig", *ig, "--option", "batch_size=4")) == 0
+    assert "already done" in capsys.readouterr().out
     cases = [
         (_args(folder, tmp_path / "a", "--target", "7"), "--target: expected a class index in [0, 4), got 7"),
         (_args(folder, tmp_path / "b", "--target", "dog"), "--target: expected 'top1', a class index in [0, 4) or a class name, got 'dog'"),

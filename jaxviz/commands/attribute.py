@@ -141,10 +141,29 @@ def _target(text: str, classes: list[str]) -> int:
     return t
 
 
+# options that do not change the maps (the methods' results do not depend on their batch size)
+_NOT_SETTINGS = ("batch_size",)
+
+
 def _settings(args: argparse.Namespace, options: dict, size: int) -> dict:
-    return {"method": args.method, "options": {k: repr(v) for k, v in sorted(options.items())}, "target": args.target,
-            "model": args.model, "weights": args.weights, "seed": args.seed if args.weights == "random" else None,
-            "size": size, "recursive": args.recursive}
+    return {"method": args.method,
+            "options": {k: repr(v) for k, v in sorted(options.items()) if k not in _NOT_SETTINGS},
+            "target": args.target, "model": args.model, "weights": args.weights,
+            "seed": args.seed if args.weights == "random" else None, "size": size, "recursive": args.recursive}
+
+
+def _effective(settings: dict) -> dict:
+    """``settings`` with the method's defaults filled into its options, so ``--option abs=True`` (saliency's
+    default) matches a run without it."""
+    from .. import attribution
+
+    fn = attribution.METHODS.get(settings.get("method"))
+    options = dict(settings.get("options") or {})
+    if fn is not None:
+        defaults = {k: repr(p.default) for k, p in inspect.signature(fn).parameters.items()
+                    if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and k not in _NOT_SETTINGS}
+        options = {**defaults, **{k: v for k, v in options.items() if k not in _NOT_SETTINGS}}
+    return {**settings, "options": options}
 
 
 # ----------------------------------------------------------------------------- files
@@ -274,9 +293,13 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args, options, size)
     settings_path = out / "attribute.json"
     if settings_path.exists():
-        previous = json.loads(settings_path.read_text())
-        if previous != settings:
-            diff = ", ".join(f"{k}={previous.get(k)!r} (now {v!r})" for k, v in settings.items() if previous.get(k) != v)
+        previous, now = _effective(json.loads(settings_path.read_text())), _effective(settings)
+        if previous != now:
+            flat = [(k, previous.get(k), v) for k, v in now.items() if k != "options" and previous.get(k) != v]
+            if previous["method"] == now["method"]:  # options by name: only those that differ
+                was, new = previous["options"], now["options"]
+                flat += [(f"option {k}", was.get(k), new.get(k)) for k in sorted({*was, *new}) if was.get(k) != new.get(k)]
+            diff = ", ".join(f"{k}={a!r} (now {b!r})" for k, a, b in flat)
             raise InputError(f"--out: {out} holds results of different settings: {diff}; use another --out or delete it")
 
     root = args.images
