@@ -448,6 +448,7 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array(order), [0, 1, 2]),
                                atol=0.6 / 255)
     # a rerun with other display options reuses the cached features: the network never runs
+    real_features = embed.features
     monkeypatch.setattr(embed, "features", lambda *a, **k: pytest.fail("features recomputed"))
     code, text, _ = run(capsys, "neighbours", folder, *common, "--k", "4", "--metric", "l1", "--out", out,
                         "--overwrite", "--query", folder / "b" / "1.png")
@@ -467,6 +468,16 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     title = f"PCA of relu2_1 (6 images; {ratio[0]:.0%} + {ratio[1]:.0%} of the variance)"
     want = embed.scatter_thumbnails(np.asarray(res.points), thumbs, labels=list("aaabbb"), title=title, size=3)
     np.testing.assert_allclose(image.load(out)[0], want, atol=0.6 / 255)
+    # an image edited since (same name): the cache is stale and every vector is recomputed
+    _picture(folder / "b" / "1.png", seed=99)
+    monkeypatch.setattr(embed, "features", real_features)
+    code, _, err = run(capsys, "neighbours", folder, *common, "--k", "2", "--queries", "3", "--out", out, "--overwrite")
+    assert code == 0 and f"ignoring {tmp_path / 'nn.png.features.npz'}: it was made with other settings" in err
+    fresh = np.load(tmp_path / "nn.png.features.npz")["vectors"]
+    x = image.center_crop(image.load(folder / "b" / "1.png", 32, resize="shortest"), 32)
+    np.testing.assert_allclose(fresh[4], np.asarray(NET.apply(params, x, taps=("relu2_1",))["relu2_1"]).mean((0, 1, 2)),
+                               rtol=1e-5, atol=1e-7)
+    assert np.abs(fresh[4] - vec[4]).max() > 1e-3 and np.allclose(fresh[:4], vec[:4], rtol=1e-5, atol=1e-7)
 
 
 def test_folder_commands_skip_unreadable_files(tiny, params, folder, tmp_path, capsys, monkeypatch):

@@ -134,6 +134,25 @@ def model_and_params(args: argparse.Namespace, *, classifier: bool = True, downl
     return net, params
 
 
+def weights_key(args: argparse.Namespace) -> list:
+    """What of --weights/--seed decides the network's outputs, for a resume key: the seed only for random
+    weights, and a weights FILE by path, size and modification time (replacing the file is noticed)."""
+    if args.weights == "random":
+        return ["random", args.seed]
+    if args.weights == "pretrained":
+        return ["pretrained"]
+    return ["file", *file_stamps([Path(args.weights)])[0]]
+
+
+def file_stamps(paths) -> list[list]:
+    """[path, size, mtime_ns] per file, for a resume key: an image edited or replaced since is noticed."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
 def imagenet_classes() -> list[str]:
     """The 1000 ImageNet class names, in torchvision's order."""
     from importlib import resources

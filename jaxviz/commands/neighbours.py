@@ -13,7 +13,14 @@ import itertools
 import json
 import sys
 
-from ._common import add_model_args, classifier_tap, model_and_params, resolve_layer
+from ._common import (
+    add_model_args,
+    classifier_tap,
+    file_stamps,
+    model_and_params,
+    resolve_layer,
+    weights_key,
+)
 from .featmaps import (
     add_folder_args,
     add_output_args,
@@ -55,7 +62,7 @@ def folder_features(args: argparse.Namespace, paths=None):
     layer = resolve_layer(args, args.layer)
     net, params = model_and_params(args, classifier=classifier_tap(layer))
     signature = json.dumps([str(args.folder), args.recursive, layer, args.pool, args.size, args.thumb, args.arch,
-                            str(args.weights), args.seed, [str(p) for p in paths]])
+                            weights_key(args), file_stamps(paths)])
     cache = checkpoint_path(args.out, "features")
     names, vecs, thumbs = [], [], []
     consumed = 0  # files of the listing read so far (unreadable ones are skipped and count here too)

@@ -14,7 +14,7 @@ import sys
 
 from .._checks import index_ranges
 from ..models.vgg import CLASSIFIER_LAYERS
-from ._common import add_model_args, classifier_tap, model_and_params, resolve_layer
+from ._common import add_model_args, classifier_tap, model_and_params, resolve_layer, weights_key
 from .featmaps import (
     add_output_args,
     checkpoint_path,
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     # fold_in(key, g): the result does not depend on where a run stopped)
     ckpt = checkpoint_path(args.out, "render")
     signature = json.dumps([layer, chans, args.neuron, args.size, args.steps, args.lr, args.param,
-                            args.no_decorrelate, args.no_transforms, args.tv, bs, args.arch, str(args.weights),
+                            args.no_decorrelate, args.no_transforms, args.tv, bs, args.arch, weights_key(args),
                             args.seed])
     if ckpt.exists() and not args.overwrite:
         saved = read_npz(ckpt)

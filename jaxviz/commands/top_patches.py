@@ -13,7 +13,7 @@ import json
 import sys
 
 from .._checks import index_ranges
-from ._common import add_model_args, model_and_params
+from ._common import add_model_args, file_stamps, model_and_params, weights_key
 from .featmaps import (
     add_folder_args,
     add_output_args,
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise InputError(f"--channels: {layer} has {width} channels (0-{width - 1}), got {index_ranges(bad)}")
     signature = json.dumps([str(args.folder), args.recursive, layer, args.channels, args.k, args.size, args.arch,
-                            str(args.weights), args.seed, len(paths)])
+                            weights_key(args), file_stamps(paths)])
     ckpt = checkpoint_path(args.out, "topk")
     state = P.top_patches_init(net, layer, len(args.channels), k=args.k)
     names: dict[int, str] = {}
