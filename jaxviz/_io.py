@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import zipfile
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -62,6 +63,11 @@ def write_npz(path: str | os.PathLike, **arrays) -> Path:
     return Path(path)
 
 
+# what reading a damaged .npz raises: a truncated zip (BadZipFile), an entry cut short (EOFError), an object
+# array (ValueError: pickles are refused), a file that vanished or cannot be read (OSError)
+UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
 def read_npz(path: str | os.PathLike) -> dict:
     """Every array of an ``.npz`` file (no pickles)."""
     import numpy as np
@@ -78,7 +84,7 @@ def read_checkpoint(path: Path, what: str) -> dict:
         raise InputError(f"checkpoint: expected a file path, got the directory {path}")
     try:
         return read_npz(path)
-    except (OSError, ValueError) as e:
+    except UNREADABLE as e:
         raise InputError(f"checkpoint: {path} is not a readable jaxviz {what} checkpoint ({e}); delete it") from e
 
 

@@ -138,14 +138,25 @@ def test_dream_resumes_after_finished_octaves(tiny, params, tmp_path, capsys, mo
     assert int(np.load(tmp_path / "parts.png.dream.npz")["octaves_done"]) == 1
     monkeypatch.setattr(dream, "_run_octave", real)
     code, text, err = run(capsys, *args, "--out", out)
-    assert code == 0 and f"resuming from {tmp_path / 'parts.png.dream.npz'}" in err and text.count("octave ") == 2
+    assert code == 0 and f"resumed from {tmp_path / 'parts.png.dream.npz'}" in err and text.count("octave ") == 2
     np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
     assert not (tmp_path / "parts.png.dream.npz").exists()
-    # a checkpoint of other settings is ignored
+    # --overwrite of a finished picture, interrupted: the command it is told to run again resumes (the rerun
+    # deleted the checkpoint and started over)
+    monkeypatch.setattr(dream, "_run_octave", interrupted)
+    sizes.clear()
+    assert run(capsys, *args, "--out", out, "--overwrite")[0] == 130
+    monkeypatch.setattr(dream, "_run_octave", real)
+    code, _, err = run(capsys, *args, "--out", out, "--overwrite")
+    assert code == 0 and f"resumed from {tmp_path / 'parts.png.dream.npz'}" in err
+    np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
+    # a checkpoint of other settings, or a damaged one, is ignored with the reason, and the run starts over
     np.savez(tmp_path / "other.png.dream.npz", fingerprint=np.array("x"), octaves_done=np.array(1))
-    code, _, err = run(capsys, *args, "--out", tmp_path / "other.png")
-    assert code == 0 and "ignoring" in err
-    np.testing.assert_array_equal(image.load(tmp_path / "other.png"), image.load(tmp_path / "whole.png"))
+    (tmp_path / "torn.png.dream.npz").write_bytes(b"PK\x03\x04 torn")
+    for name, why in (("other", "it was made with other settings"), ("torn", "unreadable")):
+        code, _, err = run(capsys, *args, "--out", tmp_path / f"{name}.png")
+        assert code == 0 and f"ignoring {tmp_path / f'{name}.png.dream.npz'}: {why}\n" in err and "resumed" not in err
+        np.testing.assert_array_equal(image.load(tmp_path / f"{name}.png"), image.load(tmp_path / "whole.png"))
 
 
 RENDER = ["render", "--layer", "relu2_1", "--size", "32", "--steps", "4", "--batch-size", "2", "--no-transforms",
@@ -242,12 +253,23 @@ def test_render_resumes_after_finished_groups(tiny, params, channel_renders, tmp
     assert code == 0 and "resuming after 2 of 3 renders" in err and len(calls) == 1
     np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
     assert not (tmp_path / "parts.png.render.npz").exists()
-    # other settings do not reuse it
+    # --overwrite of the finished picture, interrupted, then the same command again: it resumes
+    calls.clear()
+    stop.append(2)
+    assert run(capsys, *args, "--out", out, "--overwrite")[0] == 130
+    calls.clear()
+    stop.clear()
+    code, _, err = run(capsys, *args, "--out", out, "--overwrite")
+    assert code == 0 and "resuming after 2 of 3 renders" in err and len(calls) == 1
+    np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
+    # other settings do not reuse it, and a damaged checkpoint is one line, not a traceback
     monkeypatch.setattr(R, "render_each", real)
     np.savez(tmp_path / "other.png.render.npz", signature=np.array("x"), images=np.zeros((2, 32, 32, 3)))
-    code, _, err = run(capsys, *args, "--out", tmp_path / "other.png")
-    assert code == 0 and "ignoring" in err
-    np.testing.assert_array_equal(image.load(tmp_path / "other.png"), image.load(tmp_path / "whole.png"))
+    (tmp_path / "torn.png.render.npz").write_bytes(b"PK\x03\x04 torn")
+    for name, why in (("other", "it was made with other settings"), ("torn", "unreadable (")):
+        code, _, err = run(capsys, *args, "--out", tmp_path / f"{name}.png")
+        assert code == 0 and f"ignoring {tmp_path / f'{name}.png.render.npz'}: {why}" in err
+        np.testing.assert_array_equal(image.load(tmp_path / f"{name}.png"), image.load(tmp_path / "whole.png"))
 
 
 def test_render_classifier_taps(tiny, params, tmp_path, capsys):

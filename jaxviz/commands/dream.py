@@ -73,24 +73,26 @@ def run(args: argparse.Namespace) -> int:
     x = image.load(args.image, args.size or None)
     check_image_size(args, x, net.min_size)
     guide = image.load(args.guide, 224) if args.guide else None
-    ckpt = checkpoint_path(args.out, "dream")  # written after every octave; a rerun resumes after them
-    if args.overwrite:
-        ckpt.unlink(missing_ok=True)
+    # written after every octave; a rerun resumes after them, with --overwrite too (see render)
+    ckpt = checkpoint_path(args.out, "dream")
     kw = dict(key=jax.random.key(args.seed), layers=args.layers, octaves=args.octaves,
               octave_scale=args.octave_scale, steps=args.steps, step_size=args.step_size, jitter=args.jitter,
               tile_size=args.tile or None, guide=guide, progress=not args.no_progress, return_objectives=True,
               checkpoint=ckpt)
-    if ckpt.exists():
-        print(f"resuming from {ckpt}", file=sys.stderr)
+    resumed = ckpt.exists()
     try:
         out, objectives = dream.dream(net, params, x, **kw)
     except InputError as e:
         if not str(e).startswith("checkpoint:"):
             raise
-        print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
+        why = "it was made with other settings" if "other inputs or settings" in str(e) else "unreadable"
+        print(f"ignoring {ckpt}: {why}", file=sys.stderr)
+        resumed = False
         out, objectives = dream.dream(net, params, x, **kw, resume=False)
     save(jax.device_get(out)[0], args.out)
     ckpt.unlink(missing_ok=True)
+    if resumed:
+        print(f"resumed from {ckpt}", file=sys.stderr)
     for o, (before, after) in enumerate(objectives):
         print(f"octave {o + 1}/{len(objectives)}: objective {before:.4g} -> {after:.4g}")
     random_weights_note(args)

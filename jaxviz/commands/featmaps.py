@@ -28,6 +28,7 @@ __all__ = [
     "checkpoint_path",
     "write_npz",
     "read_npz",
+    "load_progress",
 ]
 
 
@@ -156,6 +157,25 @@ class Skips:
 
 def checkpoint_path(out: Path, what: str) -> Path:
     return out.with_name(out.name + f".{what}.npz")
+
+
+def load_progress(path: Path, signature: str) -> dict | None:
+    """The arrays of a checkpoint or feature cache ``path`` written with ``signature``; None (saying why on
+    stderr) when there is none, when it is unreadable, or when other settings or inputs made it. Either way
+    the run goes on: from the saved progress, or from the start."""
+    from .._io import UNREADABLE
+
+    if not path.exists():
+        return None
+    try:
+        saved = read_npz(path)
+    except UNREADABLE as e:
+        print(f"ignoring {path}: unreadable ({e})", file=sys.stderr)
+        return None
+    if str(saved.get("signature")) != signature:
+        print(f"ignoring {path}: it was made with other settings", file=sys.stderr)
+        return None
+    return saved
 
 
 def random_weights_note(args: argparse.Namespace) -> None:

@@ -27,11 +27,11 @@ from .featmaps import (
     checkpoint_path,
     finished,
     folder_paths,
-    Skips,
     iter_batches,
+    load_progress,
     random_weights_note,
-    read_npz,
     save,
+    Skips,
     write_npz,
 )
 
@@ -66,15 +66,12 @@ def folder_features(args: argparse.Namespace, paths=None):
     cache = checkpoint_path(args.out, "features")
     names, vecs, thumbs = [], [], []
     consumed = 0  # files of the listing read so far (unreadable ones are skipped and count here too)
-    if cache.exists():
-        saved = read_npz(cache)
-        if str(saved["signature"]) == signature:
-            names, vecs, thumbs = list(saved["names"]), [saved["vectors"]], [saved["thumbnails"]]
-            consumed = int(saved["consumed"]) if "consumed" in saved else len(names)
-            if consumed < len(paths):
-                print(f"resuming after {consumed} of {len(paths)} images ({cache})", file=sys.stderr)
-        else:
-            print(f"ignoring {cache}: it was made with other settings", file=sys.stderr)
+    saved = load_progress(cache, signature)
+    if saved is not None:
+        names, vecs, thumbs = list(saved["names"]), [saved["vectors"]], [saved["thumbnails"]]
+        consumed = int(saved["consumed"]) if "consumed" in saved else len(names)
+        if consumed < len(paths):
+            print(f"resuming after {consumed} of {len(paths)} images ({cache})", file=sys.stderr)
     todo = paths[consumed:]
     step = args.batch_size * args.checkpoint_every
     skips = Skips(args.command)

@@ -19,9 +19,9 @@ from .featmaps import (
     add_output_args,
     checkpoint_path,
     finished,
+    load_progress,
     parse_channels,
     random_weights_note,
-    read_npz,
     save,
     write_npz,
 )
@@ -119,13 +119,12 @@ def run(args: argparse.Namespace) -> int:
     signature = json.dumps([layer, chans, args.neuron, args.size, args.steps, args.lr, args.param,
                             args.no_decorrelate, args.no_transforms, args.tv, bs, args.arch, weights_key(args),
                             args.seed])
-    if ckpt.exists() and not args.overwrite:
-        saved = read_npz(ckpt)
-        if str(saved["signature"]) == signature:
-            images = list(saved["images"])
-            print(f"resuming after {len(images)} of {len(chans)} renders ({ckpt})", file=sys.stderr)
-        else:
-            print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
+    # resumed with --overwrite too: a checkpoint is the unfinished progress of a run of these very settings (it
+    # is deleted when the run completes), such as an interrupted --overwrite run that was told to rerun
+    saved = load_progress(ckpt, signature)
+    if saved is not None:
+        images = list(saved["images"])
+        print(f"resuming after {len(images)} of {len(chans)} renders ({ckpt})", file=sys.stderr)
     with tqdm(total=len(chans), initial=len(images), desc=f"render {layer}", unit="channel",
               disable=args.no_progress) as bar:
         for g, group in enumerate(groups):

@@ -20,12 +20,12 @@ from .featmaps import (
     checkpoint_path,
     finished,
     folder_paths,
-    Skips,
     iter_batches,
+    load_progress,
     parse_channels,
     random_weights_note,
-    read_npz,
     save,
+    Skips,
     write_npz,
 )
 
@@ -77,15 +77,12 @@ def run(args: argparse.Namespace) -> int:
     state = P.top_patches_init(net, layer, len(args.channels), k=args.k)
     names: dict[int, str] = {}
     consumed = 0  # files of the listing read so far (images fed to the state, plus unreadable ones skipped)
-    if ckpt.exists() and not args.overwrite:
-        saved = read_npz(ckpt)
-        if str(saved["signature"]) == signature:
-            state = P.TopState(*(jnp.asarray(saved[f]) for f in P.TopState._fields))
-            names = {int(i): str(n) for i, n in zip(saved["name_index"], saved["names"])}
-            consumed = int(saved["consumed"]) if "consumed" in saved else int(state.count)
-            print(f"resuming after {consumed} of {len(paths)} images ({ckpt})", file=sys.stderr)
-        else:
-            print(f"ignoring {ckpt}: it was made with other settings", file=sys.stderr)
+    saved = load_progress(ckpt, signature)  # with --overwrite too (see render)
+    if saved is not None:
+        state = P.TopState(*(jnp.asarray(saved[f]) for f in P.TopState._fields))
+        names = {int(i): str(n) for i, n in zip(saved["name_index"], saved["names"])}
+        consumed = int(saved["consumed"]) if "consumed" in saved else int(state.count)
+        print(f"resuming after {consumed} of {len(paths)} images ({ckpt})", file=sys.stderr)
     start = consumed
     place = {p: start + i + 1 for i, p in enumerate(paths[start:])}
 
