@@ -14,24 +14,45 @@ from . import _xla_flags  # noqa: E402
 
 _xla_flags.apply()  # before any submodule runs JAX: XLA reads XLA_FLAGS when its CPU backend starts
 
-from . import (  # noqa: E402
-    attribution,
-    datasets,
-    download,
-    dream,
-    embed,
-    errors,
-    featvis,
-    image,
-    losses,
-    models,
-    parallel,
-    style,
-    train,
-    viz,
-    weights,
-)
+import importlib
+from typing import TYPE_CHECKING
+
 from .errors import JaxvizError  # noqa: E402
+
+# Submodules load on first use (PEP 562): ``import jaxviz`` and the ``jaxviz`` command's start do not import
+# JAX until something needs it, so a Ctrl-C in the first second is the command's one line, not a traceback
+_SUBMODULES = ("attribution", "datasets", "download", "dream", "embed", "errors", "featvis", "image", "losses",
+               "models", "parallel", "style", "train", "viz", "weights")
+
+if TYPE_CHECKING:  # what IDEs and type checkers see
+    from . import (  # noqa: F401
+        attribution,
+        datasets,
+        download,
+        dream,
+        embed,
+        errors,
+        featvis,
+        image,
+        losses,
+        models,
+        parallel,
+        style,
+        train,
+        viz,
+        weights,
+    )
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "JaxvizError",

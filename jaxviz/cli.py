@@ -3,15 +3,18 @@
 Subcommands live in :mod:`jaxviz.commands`: each module there has a
 ``register(subparsers)`` that adds its parser and sets ``func``. Errors the
 user can fix print one line and exit non-zero (2 for bad input, 1 otherwise);
-Ctrl-C exits 130 and says that a rerun resumes.
+Ctrl-C exits 130 and says that a rerun resumes; SIGTERM is handled the same way
+(temporary files removed, progress saved) and exits 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import re
+import signal
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -55,27 +58,60 @@ def _in_flags(message: str, flags: dict[str, str]) -> str:
     return message
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, a batch scheduler), raised like Ctrl-C's KeyboardInterrupt so
+    the same clean-up runs: temporary files removed, progress checkpointed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (main() called from a thread): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxviz`` console script; returns the exit code."""
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _stopped(e: KeyboardInterrupt, again: str = "") -> int:
+    """One line for Ctrl-C (exit 130) or SIGTERM (exit 143, 128 + the signal's number)."""
+    if isinstance(e, Terminated):
+        print(f"jaxviz: terminated{again}", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
+    print(f"jaxviz: interrupted{again}", file=sys.stderr)
+    return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from .errors import InputError, JaxvizError
 
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-    except KeyboardInterrupt:  # while importing the commands: nothing started yet
-        print("jaxviz: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # while importing the commands: nothing started yet
+        return _stopped(e)
     try:
         if getattr(args, "compiles", True):
             from .commands._common import enable_compile_cache
 
             enable_compile_cache()  # a rerun (resuming, or the same command again) then skips compilation
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # only the commands that keep their progress (checkpoints, finished files) promise a resume
-        again = "; run the same command again to resume" if getattr(args, "resumable", False) else ""
-        print(f"jaxviz: interrupted{again}", file=sys.stderr)
-        return 130
+        return _stopped(e, "; run the same command again to resume" if getattr(args, "resumable", False) else "")
     except MemoryError as e:  # e.g. numpy refusing a picture of --tile 100000
         print(f"jaxviz {args.command}: error: out of memory ({e or 'an allocation failed'}); "
               "try smaller sizes or batches", file=sys.stderr)

@@ -132,3 +132,28 @@ def test_out_of_memory_and_early_interrupts_are_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     code, _, err = run(capsys, "info")
     assert code == 130 and err == "jaxviz: interrupted\n"
+
+
+def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(capsys, monkeypatch, tmp_path):
+    """kill / timeout / docker stop send SIGTERM: the same clean-up as Ctrl-C runs (a half-written output's
+    temporary file is removed), one line is printed, and the exit code is 128 + 15."""
+    import signal
+    import time
+
+    from jaxviz._io import atomic_open
+    from jaxviz.commands import core
+
+    def killed_while_writing(args):
+        with atomic_open(tmp_path / "out.bin", "wb") as f:
+            f.write(b"half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, at once
+        return 0
+
+    monkeypatch.setattr(core, "info", killed_while_writing)
+    before = signal.getsignal(signal.SIGTERM)
+    t0 = time.monotonic()
+    code, _, err = run(capsys, "info")
+    assert code == 143 and err == "jaxviz: terminated\n" and time.monotonic() - t0 < 4
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
+    assert signal.getsignal(signal.SIGTERM) is before  # main() leaves the process's handler as it found it
