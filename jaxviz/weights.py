@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -453,9 +454,13 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
     meta = {"format": "jaxviz", "layout": "flax-nhwc"}
     if arch:
         meta["arch"] = arch
-    atomic_write_bytes(path, save_bytes(_flatten(params), metadata=meta))
-    digest = sha256_file(path)
-    atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
+    data = save_bytes(_flatten(params), metadata=meta)
+    sidecar = path.with_name(path.name + ".sha256")
+    # Replacing a file: its old sidecar goes first, so an interrupt between the two writes leaves a whole file
+    # without a sidecar (loaded unverified), never a new file beside the old checksum (refused as corrupt)
+    sidecar.unlink(missing_ok=True)
+    atomic_write_bytes(path, data)
+    atomic_write_text(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
     return path
 
 

@@ -50,6 +50,12 @@ def test_convert_into_the_cache_then_load_finds_it(capsys, monkeypatch, tmp_path
     np.testing.assert_array_equal(params["params"]["conv1_1"]["kernel"], state["features.0.weight"].numpy().transpose(2, 3, 1, 0))
     code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16")
     assert code == 0 and "exists; kept it (use --overwrite to replace it)" in out
+    # known before converting: the file is not even read
+    monkeypatch.setattr(weights, "from_torchvision", lambda *a, **k: pytest.fail("converted a file it keeps"))
+    code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16")
+    assert code == 0 and "exists; kept it" in out
+    monkeypatch.undo()
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "cache"))
     state["features.0.bias"] += 1
     torch.save(state, src)
     code, out, _ = run(capsys, "convert", str(src), "--arch", "vgg16", "--overwrite")

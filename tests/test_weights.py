@@ -5,6 +5,7 @@ import http.server
 import os
 import threading
 
+import jax
 import numpy as np
 import pytest
 
@@ -191,6 +192,27 @@ def test_save_load_round_trip_and_corruption(tmp_path, tiny_ref):
     with pytest.raises(ArchitectureError, match=r"o.safetensors: wrong architecture: conv1_1.(bias|kernel) has shape \((3, 3, 3, )?4,?\), expected \((3, 3, 3, )?8,?\)"):
         weights.load_file(other, net)
 
+
+
+def test_replacing_a_saved_file_never_pairs_it_with_the_old_checksum(tmp_path, tiny_ref, monkeypatch):
+    """An interrupt between writing the new file and its sidecar leaves the new file unverified, not refused as
+    corrupt beside the old file's sha256 (convert --overwrite stopped there left the cache unusable)."""
+    net, _, state = tiny_ref
+    old = weights.from_torchvision(state, net)
+    path = weights.save(old, tmp_path / "p.jaxviz.safetensors")
+    new = jax.tree_util.tree_map(lambda a: a + 1, old)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "atomic_write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        weights.save(new, path)
+    assert not (tmp_path / "p.jaxviz.safetensors.sha256").exists()
+    assert_same_params(weights.load_file(path, net), new)  # the whole new file, loaded unverified
+    monkeypatch.undo()
+    weights.save(new, path)
+    assert (tmp_path / "p.jaxviz.safetensors.sha256").read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_save_load_keeps_batch_norm_statistics(tmp_path):

@@ -77,11 +77,18 @@ def convert(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.suffix != ".safetensors":
         raise InputError(f"--out: expected a file name ending in .safetensors, got {str(args.out)!r}")
+    def kept(out: Path) -> bool:
+        if out.exists() and not args.overwrite:
+            print(f"{out} exists; kept it (use --overwrite to replace it)")
+            return True
+        return False
+
+    if (args.out or args.arch) and kept(args.out or weights.cache_dir() / weights.SOURCES[args.arch].converted_name):
+        return 0  # known before converting (seconds for a 550 MB file)
     params = weights.from_torchvision(args.file, args.arch)
     arch = args.arch or ("vgg16" if "conv5_4" not in params["params"] else "vgg19")
     out = args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
-    if out.exists() and not args.overwrite:
-        print(f"{out} exists; kept it (use --overwrite to replace it)")
+    if kept(out):
         return 0
     weights.save(params, out, arch=arch)
     n = sum(v.size for layer in params["params"].values() for v in layer.values())
