@@ -163,3 +163,11 @@ def test_sigterm_cleans_up_like_ctrl_c_and_exits_143(capsys, monkeypatch, tmp_pa
     assert code == 143 and err == "jaxviz: terminated\n" and time.monotonic() - t0 < 4
     assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
     assert signal.getsignal(signal.SIGTERM) is before  # main() leaves the process's handler as it found it
+
+
+def test_commands_that_keep_progress_say_a_rerun_resumes():
+    """The Ctrl-C line promises a resume only for commands that keep their progress (checkpoints, finished
+    files, a cached model); the demo trains and caches its model and keeps finished pictures."""
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    keeps = {name for name, p in sub.choices.items() if p.get_default("resumable")}
+    assert keeps == {"attribute", "demo", "dream", "embed", "neighbours", "render", "stylize", "top-patches"}

@@ -352,9 +352,31 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     assert got.shape == want.shape == (1, 40, 32, 3)
     np.testing.assert_allclose(got, want, atol=0.6 / 255)
     assert np.abs(got - content).mean() > 0.01  # and not the content
-    assert not out.with_name("out.ckpt.npz").exists()  # removed once the result is written
+    assert not out.with_name("out.png.ckpt.npz").exists()  # removed once the result is written
     assert cli.main(["stylize", *args]) == 0
     assert "already exists" in capsys.readouterr().err
+    # interrupted after its first checkpoint (step 1 of 2), then the same command again: it resumes, says so,
+    # and ends where the uninterrupted run ended
+    real_save, previews = image.save, []
+
+    def save(pic, path, *a, **k):
+        if str(path).endswith(".ckpt.png"):
+            previews.append(path)
+            if len(previews) == 1:
+                real_save(pic, path, *a, **k)
+                raise KeyboardInterrupt
+        return real_save(pic, path, *a, **k)
+
+    monkeypatch.setattr(image, "save", save)
+    parts = [*args[:2], "--out", str(tmp_path / "parts.png"), *args[4:]]
+    assert cli.main(["stylize", *parts]) == 130
+    assert (tmp_path / "parts.png.ckpt.npz").exists() and (tmp_path / "parts.png.ckpt.png").exists()
+    capsys.readouterr()
+    monkeypatch.setattr(image, "save", real_save)
+    assert cli.main(["stylize", *parts]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'parts.png'} (resumed from {tmp_path / 'parts.png.ckpt.npz'})"
+    np.testing.assert_allclose(image.load(tmp_path / "parts.png"), want, atol=0.6 / 255)
+    assert not (tmp_path / "parts.png.ckpt.npz").exists() and not (tmp_path / "parts.png.ckpt.png").exists()
     monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "empty"))
     code = cli.main(["stylize", *args[:2], "--out", str(tmp_path / "o2.png"), "--no-download", "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -368,7 +390,10 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
                      "--steps", "0"]) == 2
     assert capsys.readouterr().err.strip() == "jaxviz stylize: error: --steps: expected a positive number of steps, got 0"
     # a checkpoint of another run: the advice is the flag that ignores it
-    np.savez(tmp_path / "o5.ckpt.npz", fingerprint=np.array("another run"))
+    np.savez(tmp_path / "o5.jpg.ckpt.npz", fingerprint=np.array("another run"))  # not o5.png's checkpoint
+    assert cli.main(["stylize", *args[:2], "--out", str(tmp_path / "o5.png"), *args[4:]]) == 0
+    capsys.readouterr()
+    np.savez(tmp_path / "o5.png.ckpt.npz", fingerprint=np.array("another run"))
     o5 = [*args[:2], "--out", str(tmp_path / "o5.png"), *args[4:]]
     assert cli.main(["stylize", *o5]) == 2
     err = capsys.readouterr().err.strip()

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recompute every picture even if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=seed, default=0, help="training seed (default %(default)s)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resumable=True)  # the trained model is cached and finished pictures are kept
 
 
 def _pick(run_: Any, per_class: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """``jaxviz stylize CONTENT STYLE [STYLE ...] --out OUT.png``: neural style transfer.
 
-Writes OUT atomically when done. While running, a checkpoint (``OUT`` with
-suffix ``.ckpt.npz``: image and optimiser state) and a preview image
-(``.ckpt.png``) are written every ``--checkpoint-every`` steps; running the
+Writes OUT atomically when done. While running, a checkpoint (``OUT.ckpt.npz``,
+e.g. ``out.png.ckpt.npz``: image and optimiser state) and a preview image
+(``OUT.ckpt.png``) are written every ``--checkpoint-every`` steps; running the
 same command again resumes from it (``--resume`` insists on one, ``--fresh``
 ignores it). A finished OUT is not redone unless ``--overwrite``.
 """
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     check_out(out)
-    ckpt = out.with_suffix(".ckpt.npz")
-    preview = out.with_suffix(".ckpt.png")
+    ckpt = out.with_name(out.name + ".ckpt.npz")  # the whole name: out.png and out.jpg are two runs
+    preview = out.with_name(out.name + ".ckpt.png")
     if out.exists() and not args.overwrite and not ckpt.exists():
         print(f"jaxviz stylize: {out} already exists; nothing to do (--overwrite to redo)", file=sys.stderr)
         return 0
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fresh:
         for f in (ckpt, preview):
             f.unlink(missing_ok=True)
+    resumed = ckpt.exists()  # (a checkpoint of another run is refused below, with advice)
 
     overrides = {
         k: v
@@ -143,6 +144,6 @@ def run(args: argparse.Namespace) -> int:
     image.save(result[0], out)
     for f in (ckpt, preview):
         f.unlink(missing_ok=True)
-    print(f"wrote {out}")
+    print(f"wrote {out}{f' (resumed from {ckpt})' if resumed else ''}")
     return 0
 
