@@ -123,6 +123,11 @@ def test_layer_method_target_by_name_and_options(folder, model, tmp_path, monkey
     assert [(k["images"], k["window"], k["stride"]) for k in asked] == [(len(x), 8, 4)]  # every image
     want = np.asarray(attribution.occlusion(net, params, x, 1, window=8, stride=4, baseline=0.5))
     np.testing.assert_allclose(np.load(out2 / "img4.png.npy"), want[4], rtol=1e-5, atol=1e-6)
+    # without options, small-cnn's occlusion uses the demo's (a 6 px window at stride 2 on its 32 px pictures,
+    # not the library's 16 px window for 224 px inputs)
+    assert cli.main(_args(folder, tmp_path / "occ_default", "--method", "occlusion", "--target", "1")) == 0
+    want = np.asarray(attribution.occlusion(net, params, x[:1], 1, window=6, stride=2, baseline=0.5))
+    np.testing.assert_allclose(np.load(tmp_path / "occ_default" / "img0.png.npy"), want[0], rtol=1e-5, atol=1e-6)
     assert attribute_cmd.parse_options(["a=1", "b=(2, 3)", "c=riemann_left", "d=0.5"]) == {
         "a": 1, "b": (2, 3), "c": "riemann_left", "d": 0.5}
 
@@ -272,6 +277,8 @@ def test_outputs_inside_the_folder_skipped_files_and_empty_folders(folder, tmp_p
         assert cli.main(_args(root, out, "--method", "saliency", "--batch-size", "4", *extra)) == 0
         text = capsys.readouterr()
         assert f"wrote {N} attributions" in text.out and "skipped 1 unreadable file" in text.out
+        assert "(per image NAME.npy, the map, and NAME.png, the overlay: e.g. " in text.out
+        assert "random weights" in text.err
         assert f"skipped {root / 'broken.png'}: " in text.err and "Warning" not in text.err
         # a rerun finds nothing new: its own heatmaps are not images to attribute
         assert cli.main(_args(root, out, "--method", "saliency", "--batch-size", "4", *extra)) == 0

@@ -92,6 +92,9 @@ def test_filters(tiny, tmp_path, capsys):
     assert pic.shape == (3 * 12 + 4 * 2, 3 * 12 + 4 * 2, 3)  # 8 tiles, 3 per row
     want = 0.5 + 0.5 * k[..., 0] / np.abs(k).max()  # kernel 0, enlarged x4
     np.testing.assert_allclose(pic[2:14:4, 2:14:4], want, atol=1 / 255)
+    code, text, _ = run(capsys, "filters", "--layer", "conv2_1", "--limit", "5", "--out", tmp_path / "g.png",
+                        "--weights", "random")
+    assert code == 0 and "\nconv2_1: 5 of 16 kernels of 3x3x8\n" in text  # what is shown, of how many
 
 
 def test_dream_reports_a_rising_objective_per_octave(tiny, params, tmp_path, capsys):
@@ -196,8 +199,8 @@ def _assert_tiles(pic, want, ncols=2):
 
 def test_render_channels_grid(tiny, params, channel_renders, tmp_path, capsys):
     out = tmp_path / "r.png"
-    code, _, _ = run(capsys, *RENDER, "--channels", "0-2", "--out", out)
-    assert code == 0
+    code, text, _ = run(capsys, *RENDER, "--channels", "0-2", "--out", out)
+    assert code == 0 and "relu2_1: 3 channels (0-2), 4 steps at 32 px" in text
     pic = image.load(out)[0]
     assert pic.shape == (2 * 32 + 3 * 4, 2 * 32 + 3 * 4, 3)  # 3 tiles, 2 per row
     # the tiles are renders of the public channel objective (mean of relu2_1's channel c)
@@ -287,6 +290,18 @@ def test_render_classifier_taps(tiny, params, tmp_path, capsys):
     code, _, err = run(capsys, "render", "--layer", "fc7", "--channels", "40", "--out", tmp_path / "n.png",
                        "--weights", "random")
     assert code == 2 and err.strip() == "jaxviz render: error: --channels: fc7 has 32 channels (0-31), got 40"
+
+
+def test_render_labels_classes_by_name_and_fits_labels_to_the_tile():
+    assert render._tile_names([1, 130], True, 1000) == ["1 goldfish", "130 flamingo"]  # ImageNet's fc8
+    assert render._tile_names([3], True, 10) == ["class 3"] and render._tile_names([3], False, 64) == ["3"]
+    white = np.ones((32, 48, 3), np.float32)
+    short, long = render._labelled([white, white], ["3 tench", "2 great white shark"])
+    for t in (short, long):
+        assert t[12, 0].max() == 0 and t[12, 45].max() == 0  # a dark box 6 px per character (7) + 4 wide
+        assert (t[:13, 47] == 1).all() and (t[13:] == 1).all()  # the rest of the tile untouched
+    # the long label was cut to the tile's 7 characters ("2 gre.."), not run off its edge as a black band
+    assert not np.array_equal(short[:13], long[:13])
 
 
 def test_library_errors_name_the_flags(tiny, tmp_path, capsys):

@@ -374,7 +374,7 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     capsys.readouterr()
     monkeypatch.setattr(image, "save", real_save)
     assert cli.main(["stylize", *parts]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'parts.png'} (resumed from {tmp_path / 'parts.png.ckpt.npz'})"
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'parts.png'} (32x40), resumed from {tmp_path / 'parts.png.ckpt.npz'}"
     np.testing.assert_allclose(image.load(tmp_path / "parts.png"), want, atol=0.6 / 255)
     assert not (tmp_path / "parts.png.ckpt.npz").exists() and not (tmp_path / "parts.png.ckpt.png").exists()
     monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "empty"))

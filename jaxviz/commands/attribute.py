@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import seed
-from .featmaps import Skips, iter_batches
+from .featmaps import Skips, iter_batches, random_weights_note
 
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
 
@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="resize the shortest side to SIZE and crop the centre square (default 224; small-cnn 32)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, repeatable, e.g. --option window=32 --option stride=16")
+                   help="method option, repeatable, e.g. --option window=32 --option stride=16 (with --model "
+                   "small-cnn, the demo's options are the defaults: occlusion window=6 stride=2 baseline=0.5)")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, resumable=True)
@@ -276,6 +277,13 @@ def run(args: argparse.Namespace) -> int:
         attribution._common.check_options(method_fn, options)
     except InputError as e:  # "options: saliency has no option 'bogus'; ..." in the command line's words
         raise InputError("--option" + str(e).removeprefix("options")) from None
+    if args.model == "small-cnn":
+        # the demo's settings for the model it trained (occlusion: a 6 px window at stride 2 on its 32 px
+        # pictures, where the library's default 16 px window, made for 224 px, leaves a few coarse blocks)
+        from .demo import METHODS as DEMO
+
+        for k, v in next((o for name, _, o in DEMO if name == args.method), {}).items():
+            options.setdefault(k, v)
     if args.method in attribution.LAYER_METHODS:
         options.setdefault("upsample", True)
         if not options["upsample"]:
@@ -378,5 +386,8 @@ def run(args: argparse.Namespace) -> int:
             _append_rows(csv_path, rows)
             written += len(rows)
             bar.update(len(batch_paths))
-    print(f"wrote {written} attributions (.npy + .png) and {csv_path}{skips.note()}")
+    example = out / f"{todo[0].relative_to(root).as_posix()}.png" if todo else out
+    print(f"wrote {written} attributions to {out} (per image NAME.npy, the map, and NAME.png, the overlay: e.g. "
+          f"{example}) and {csv_path}{skips.note()}")
+    random_weights_note(args)
     return 0

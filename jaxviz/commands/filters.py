@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tile: expected a positive size in px, got {args.tile}")
     net, params = model_and_params(args, classifier=False)
     layer = net.resolve(args.layer, "--layer").replace("relu", "conv", 1)
+    total = params["params"][layer]["kernel"].shape[-1]
     if args.limit is not None:
         if args.limit < 1:
             raise InputError(f"--limit: expected a positive number of kernels, got {args.limit}")
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     k = maps.filters(params, layer)
     ncols = 8 if k.shape[0] == 64 else None
     save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols), args.out)
-    print(f"{layer}: {k.shape[0]} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]}")
+    shown = f"{k.shape[0]} of {total}" if k.shape[0] < total else f"{total}"
+    print(f"{layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]}")
     random_weights_note(args)
     return 0

@@ -14,7 +14,14 @@ import sys
 
 from .._checks import index_ranges
 from ..models.vgg import CLASSIFIER_LAYERS
-from ._common import add_model_args, classifier_tap, model_and_params, resolve_layer, weights_key
+from ._common import (
+    add_model_args,
+    classifier_tap,
+    imagenet_classes,
+    model_and_params,
+    resolve_layer,
+    weights_key,
+)
 from .featmaps import (
     add_output_args,
     checkpoint_path,
@@ -55,6 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr"})
 
 
+def _tile_names(chans, classes: bool, width: int) -> list[str]:
+    """Tile labels: channel numbers, or classes by index and ImageNet name ("1 goldfish") on a 1000-way fc8."""
+    if classes and width == 1000:
+        names = imagenet_classes()
+        return [f"{c} {names[c]}" for c in chans]
+    return [f"{'class ' if classes else ''}{c}" for c in chans]
+
+
 def _labelled(tiles, labels, scale: int = 1):
     """Writes each label in the tile's top-left corner on a dark box."""
     import numpy as np
@@ -64,6 +79,8 @@ def _labelled(tiles, labels, scale: int = 1):
     for t, text in zip(tiles, labels):
         im = Image.fromarray(np.round(np.clip(t, 0, 1) * 255).astype(np.uint8))
         d = ImageDraw.Draw(im)
+        fits = max(1, (im.width - 4) // 6)  # characters of the default font across the tile
+        text = text if len(text) <= fits else text[: max(1, fits - 2)] + ".."
         w = 6 * len(text) + 4
         d.rectangle((0, 0, w, 12), fill=(0, 0, 0))
         d.text((2, 0), text, fill=(255, 255, 255))
@@ -138,10 +155,12 @@ def run(args: argparse.Namespace) -> int:
             if g + 1 < len(groups):
                 write_npz(ckpt, signature=np.array(signature), images=np.stack(images))
             bar.update(len(group))
-    names = [f"{'class ' if classes else ''}{c}" for c in chans]
+    names = _tile_names(chans, classes, width)
     ncols = min(len(chans), max(1, int(np.ceil(np.sqrt(len(chans))))))
     save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out)
     ckpt.unlink(missing_ok=True)
+    what = "classes" if classes else ("neurons" if args.neuron else "channels")
+    print(f"{layer}: {len(chans)} {what} ({index_ranges(chans)}), {args.steps} steps at {args.size} px")
     random_weights_note(args)
     return 0
 

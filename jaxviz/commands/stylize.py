@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_model_args, model_and_params
-from .featmaps import check_out
+from .featmaps import check_out, random_weights_note
 
 __all__ = ["register", "run"]
 
@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     image.save(result[0], out)
     for f in (ckpt, preview):
         f.unlink(missing_ok=True)
-    print(f"wrote {out}{f' (resumed from {ckpt})' if resumed else ''}")
+    h, w = result.shape[1:3]
+    print(f"wrote {out} ({w}x{h}){f', resumed from {ckpt}' if resumed else ''}")
+    random_weights_note(args)
     return 0
 
