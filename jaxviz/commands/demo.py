@@ -27,7 +27,7 @@ import numpy as np
 
 from ._common import seed, writable_dir
 
-__all__ = ["register", "run", "METHODS", "render_overview"]
+__all__ = ["register", "run", "METHODS", "render_overview", "render_method"]
 
 #: (name, title, options) of the methods the demo shows, in column order.
 METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -122,34 +122,52 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _annotated(body: np.ndarray, heads: list[tuple[int, str]], labels: list[tuple[int, int, str]],
+               head: int = 28) -> np.ndarray:
+    """``body`` below a white band of ``head`` px with centred titles (x, text), and labels (x, y, text) on a
+    white box at tile corners (y in ``body``'s coordinates)."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (body.shape[1], body.shape[0] + head), "white")
+    canvas.paste(Image.fromarray(np.round(body * 255).astype(np.uint8)), (0, head))
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(15), _font(12)
+    for x, title in heads:
+        draw.text((x, head // 2), title, fill="black", font=font, anchor="mm")
+    for x, y, text in labels:
+        draw.rectangle((x, head + y, x + draw.textlength(text, font=small) + 6, head + y + 16), fill="white")
+        draw.text((x + 3, head + y + 1), text, fill="black", font=small)
+    return np.asarray(canvas, np.float32) / 255
+
+
 def render_overview(images: np.ndarray, maps: dict[str, np.ndarray], titles: dict[str, str],
                     labels: list[str], size: int = _TILE) -> np.ndarray:
     """One row per picture: the input, then each method's overlay; titled columns, labelled rows."""
-    from PIL import Image, ImageDraw
-
     from .. import viz
 
-    pad, head, side = 4, 28, 0
+    pad = 4
     cols = ["Input"] + [titles[k] for k in maps]
     rows = []
     for i, img in enumerate(images):
         row = [_upscale(img, size, smooth=False)] + [overlays(img[None], maps[k][i : i + 1], size)[0] for k in maps]
         rows.extend(row)
     body = viz.grid(rows, ncols=len(cols), pad=pad)
-    canvas = Image.new("RGB", (body.shape[1] + side, body.shape[0] + head), "white")
-    canvas.paste(Image.fromarray(np.round(body * 255).astype(np.uint8)), (side, head))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(15)
-    for j, title in enumerate(cols):
-        x = side + pad + j * (size + pad) + size // 2
-        draw.text((x, head // 2), title, fill="black", font=font, anchor="mm")
-    small = _font(12)
-    for i, text in enumerate(labels):
-        y = head + pad + i * (size + pad)
-        x = side + pad
-        draw.rectangle((x, y, x + draw.textlength(text, font=small) + 6, y + 16), fill="white")
-        draw.text((x + 3, y + 1), text, fill="black", font=small)
-    return np.asarray(canvas, np.float32) / 255
+    heads = [(pad + j * (size + pad) + size // 2, title) for j, title in enumerate(cols)]
+    return _annotated(body, heads, [(pad, pad + i * (size + pad), text) for i, text in enumerate(labels)])
+
+
+def render_method(images: np.ndarray, maps: np.ndarray, title: str, labels: list[str],
+                  size: int = _TILE) -> np.ndarray:
+    """One method's overlays in a grid (two rows for more than 4 pictures), titled, each tile labelled with the
+    model's prediction: a picture that says what it is when opened on its own."""
+    from .. import viz
+
+    pad = 4
+    ncols = len(images) // 2 if len(images) > 4 else len(images)
+    body = viz.grid(overlays(images, maps, size), ncols=ncols, pad=pad)
+    where = [(pad + (i % ncols) * (size + pad), pad + (i // ncols) * (size + pad)) for i in range(len(images))]
+    heading = f"{title} (red: most important for the predicted class)"
+    return _annotated(body, [(body.shape[1] // 2, heading)], [(x, y, t) for (x, y), t in zip(where, labels)])
 
 
 def _html(out: Path, info: dict) -> str:
@@ -175,7 +193,7 @@ prediction and probability; each column a method explaining the predicted class 
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from .. import attribution, image, train, viz
+    from .. import attribution, image, train
     from .._io import atomic_open, atomic_write_text
     from ..errors import InputError
 
@@ -229,8 +247,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_open(npy, "wb") as f:
             np.save(f, attr)
         maps[name] = heat(name, attr)
-        image.save(viz.grid(overlays(images, maps[name]), ncols=len(images) // 2 if len(images) > 4 else len(images),
-                            pad=4), png)
+        image.save(render_method(images, maps[name], title, labels), png)
         done.add(name)
         atomic_write_text(manifest_path, json.dumps({"key": key, "done": sorted(done)}, indent=2))
         print(f"  {title:16s} {time.time() - t:5.1f} s -> {png}")
