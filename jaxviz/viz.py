@@ -31,6 +31,7 @@ __all__ = [
     "grid",
     "channel_grid",
     "upsample_nearest",
+    "label",
 ]
 
 _REDUCTIONS = ("abs_sum", "sum", "max_abs", "l2")
@@ -291,3 +292,30 @@ def channel_grid(maps, *, order: str = "mean", limit: int | None = 64, cmap: str
         lo, hi = ch.min(), ch.max()
         tiles.append(colormap((ch - lo) / (hi - lo) if hi > lo else np.zeros_like(ch), cmap))
     return grid(tiles, ncols=ncols, pad=pad)
+
+
+def label(tile, text: str) -> np.ndarray:
+    """``text`` in white on a dark box in the tile's top-left corner (PIL's default font, 6 px a character).
+
+    Text wider than the tile is cut to fit and ends in "..".
+
+    Args:
+      tile: (H, W, 3) float RGB in [0, 1].
+      text: the label.
+
+    Returns:
+      A labelled copy, (H, W, 3) float32.
+    """
+    from PIL import Image, ImageDraw
+
+    t = np.asarray(tile, np.float32)
+    if t.ndim != 3 or t.shape[-1] != 3:
+        raise InputError(f"tile: expected shape (H, W, 3), got {t.shape}")
+    im = Image.fromarray(np.round(np.clip(t, 0, 1) * 255).astype(np.uint8))
+    fits = max(1, (im.width - 4) // 6)
+    text = str(text)
+    text = text if len(text) <= fits else text[: max(1, fits - 2)] + ".."
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((0, 0, 6 * len(text) + 4, 12), fill=(0, 0, 0))
+    draw.text((2, 0), text, fill=(255, 255, 255))
+    return np.asarray(im, np.float32) / 255.0

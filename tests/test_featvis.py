@@ -49,6 +49,12 @@ def test_feature_maps_are_the_tap_and_the_grid_puts_the_strongest_channel_first(
     explicit = maps.feature_map_grid(m, order=[1, 2], min_tile=1, pad=1)
     np.testing.assert_allclose(explicit[1:5, 7:12], ramp, atol=1e-6)
     assert maps.feature_map_grid(m, min_tile=20, pad=0, ncols=3).shape == (16, 60, 3)  # 4x5 maps enlarged x4
+    # labels: each tile's channel index in its corner ("input" on the image), in the order drawn
+    big = maps.feature_map_grid(m, order="mean", min_tile=40, pad=0, ncols=4, labels=True, image=np.ones((8, 10, 3)))
+    plain = maps.feature_map_grid(m, order="mean", min_tile=40, pad=0, ncols=4, image=np.ones((8, 10, 3)))
+    tiles = [plain[:, 40 * i:40 * (i + 1)] for i in range(4)]  # 4x5 maps enlarged x8
+    for i, text in enumerate(["input", "2", "0", "1"]):
+        np.testing.assert_array_equal(big[:, 40 * i:40 * (i + 1)], viz.label(tiles[i], text))
 
 
 def test_first_layer_filters_as_rgb_tiles_grey_at_zero(params):
@@ -69,6 +75,8 @@ def test_first_layer_filters_as_rgb_tiles_grey_at_zero(params):
         r, c = 2 + 8 * (i // 4), 2 + 8 * (i % 4)
         want = colormaps["RdBu_r"](0.5 + 0.5 * m[i] / np.abs(m).max())[..., :3]
         np.testing.assert_allclose(deeper[r:r + 6:2, c:c + 6:2], want, atol=1e-6)
+    # the gaps: white around RGB kernels (zero is grey there), dark grey around these (zero is white)
+    assert (pic[0] == 1).all() and (deeper[0] == 0.25).all() and (deeper[2:8, 8:10] == 0.25).all()
     with pytest.raises(InputError, match=r"^layer: expected a convolution in params \(conv1_1, conv2_1\), got 'conv7_1'"):
         maps.filters(params, "conv7_1")
 

@@ -175,3 +175,14 @@ def test_channel_grid_orders_by_mean_activation():
     # as given: channel 0 (constant, drawn at the colormap's low end) first, then channel 1 with its hot pixel
     np.testing.assert_array_equal(by_index[:, :4], 0.0)
     assert by_index[0, 4].tolist() == [1, 1, 1] and by_index[1, 5].tolist() == [0, 0, 0]
+
+
+def test_label_writes_in_the_corner_and_cuts_what_does_not_fit():
+    white = np.ones((32, 48, 3), np.float32)
+    short, long = viz.label(white, "3 tench"), viz.label(white, "2 great white shark")
+    for t in (short, long):
+        assert t[12, 0].max() == 0 and t[12, 45].max() == 0  # a dark box, 6 px per character (7) + 4 wide
+        assert (t[:13, 47] == 1).all() and (t[13:] == 1).all()  # the rest of the tile untouched
+    assert short[:12, :46].max() > 0.9 and not np.array_equal(short[:13], long[:13])  # light text; cut to "2 gre.."
+    with pytest.raises(InputError, match=r"^tile: expected shape \(H, W, 3\), got \(4, 4\)"):
+        viz.label(np.zeros((4, 4)), "x")

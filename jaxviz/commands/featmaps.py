@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     fm = np.asarray(maps.feature_maps(net, params, x, layer))[0]
     if fm.ndim != 3:
         raise InputError(f"--layer: expected a convolutional tap, got {layer!r}")
-    grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x, min_tile=96)
+    grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x, min_tile=96,
+                                 labels=True)
     save(grid, args.out)
     print(f"{layer}: {fm.shape[2]} channels of {fm.shape[0]}x{fm.shape[1]}"
           f"{f', showing {min(args.limit, fm.shape[2])}' if args.limit < fm.shape[2] else ''}")

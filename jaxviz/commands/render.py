@@ -70,22 +70,11 @@ def _tile_names(chans, classes: bool, width: int) -> list[str]:
     return [f"{'class ' if classes else ''}{c}" for c in chans]
 
 
-def _labelled(tiles, labels, scale: int = 1):
-    """Writes each label in the tile's top-left corner on a dark box."""
-    import numpy as np
-    from PIL import Image, ImageDraw
+def _labelled(tiles, labels):
+    """Each label in its tile's top-left corner (:func:`jaxviz.viz.label`)."""
+    from .. import viz
 
-    out = []
-    for t, text in zip(tiles, labels):
-        im = Image.fromarray(np.round(np.clip(t, 0, 1) * 255).astype(np.uint8))
-        d = ImageDraw.Draw(im)
-        fits = max(1, (im.width - 4) // 6)  # characters of the default font across the tile
-        text = text if len(text) <= fits else text[: max(1, fits - 2)] + ".."
-        w = 6 * len(text) + 4
-        d.rectangle((0, 0, w, 12), fill=(0, 0, 0))
-        d.text((2, 0), text, fill=(255, 255, 255))
-        out.append(np.asarray(im, np.float32) / 255.0)
-    return out
+    return [viz.label(t, text) for t, text in zip(tiles, labels)]
 
 
 def run(args: argparse.Namespace) -> int:

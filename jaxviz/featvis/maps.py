@@ -70,6 +70,7 @@ def feature_map_grid(
     min_tile: int = 48,
     pad: int = 2,
     image=None,
+    labels: bool = False,
 ) -> np.ndarray:
     """One image's feature maps (h, w, C) as a grid picture of per-channel maps.
 
@@ -87,6 +88,8 @@ def feature_map_grid(
       image: optionally the input image (H, W, 3) or (1, H, W, 3), shown
         as the first tile (resized to the tile size, framed in orange) so
         the maps can be read against it.
+      labels: write each tile's channel index in its corner ("input" on the
+        image's tile), so an ordering by mean still says which channel is which.
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -99,30 +102,39 @@ def feature_map_grid(
     if isinstance(order, str):
         if order not in ("mean", "index"):
             raise InputError(f"order: expected 'mean', 'index' or a list of channels, got {order!r}")
-        picked = m
+        picked, channels = m, np.arange(m.shape[-1])
     else:
         idx = [int(c) for c in order]
         bad = [c for c in idx if not 0 <= c < m.shape[-1]]
         if bad:
             raise InputError(f"order: channels must be in [0, {m.shape[-1]}), got {bad}")
-        picked, order = m[..., idx], "index"
+        picked, order, channels = m[..., idx], "index", np.asarray(idx)
     factor = max(1, -(-min_tile // max(m.shape[0], m.shape[1])))
     if factor > 1:
         picked = np.repeat(np.repeat(picked, factor, 0), factor, 1)
-    if image is None:
+    if order == "mean":  # channel_grid's order, applied here so that each tile's channel is known
+        rank = np.argsort(-picked.mean((0, 1)), kind="stable")
+        picked, order, channels = picked[..., rank], "index", channels[rank]
+    if limit is not None:
+        channels = channels[:limit]
+    if image is None and not labels:
         return viz.channel_grid(picked, order=order, limit=limit, cmap=cmap, ncols=ncols, pad=pad)
-    img = np.asarray(image, np.float32)
-    img = img[0] if img.ndim == 4 else img
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise InputError(f"image: expected shape (H, W, 3), got {img.shape}")
     th, tw = picked.shape[:2]
-    small = np.array(jax.image.resize(jnp.asarray(img), (th, tw, 3), "linear", antialias=True))
-    edge = max(1, min(th, tw) // 40)
-    small[:edge], small[-edge:], small[:, :edge], small[:, -edge:] = (1.0, 0.55, 0.0), (1.0, 0.55, 0.0), (
-        1.0, 0.55, 0.0), (1.0, 0.55, 0.0)
     whole = viz.channel_grid(picked, order=order, limit=limit, cmap=cmap, ncols=1, pad=0)
-    n = whole.shape[0] // th
-    tiles = [np.clip(small, 0, 1)] + [whole[i * th:(i + 1) * th] for i in range(n)]
+    tiles = [whole[i * th:(i + 1) * th] for i in range(whole.shape[0] // th)]
+    if labels:
+        tiles = [viz.label(t, str(c)) for t, c in zip(tiles, channels)]
+    if image is not None:
+        img = np.asarray(image, np.float32)
+        img = img[0] if img.ndim == 4 else img
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise InputError(f"image: expected shape (H, W, 3), got {img.shape}")
+        small = np.array(jax.image.resize(jnp.asarray(img), (th, tw, 3), "linear", antialias=True))
+        edge = max(1, min(th, tw) // 40)
+        small[:edge], small[-edge:], small[:, :edge], small[:, -edge:] = (1.0, 0.55, 0.0), (1.0, 0.55, 0.0), (
+            1.0, 0.55, 0.0), (1.0, 0.55, 0.0)
+        small = np.clip(small, 0, 1)
+        tiles = [viz.label(small, "input") if labels else small] + tiles
     return viz.grid(tiles, ncols=ncols, pad=pad)
 
 
@@ -160,7 +172,9 @@ def filter_grid(params, layer: str = "conv1_1", *, tile: int = 48, ncols: int | 
       layer: the convolution.
       tile: tile size in pixels (kernels are enlarged, nearest neighbour).
       ncols: grid columns (default 8 for 64 kernels, about square otherwise).
-      pad: white gap between tiles.
+      pad: gap between tiles: white around RGB kernels (whose zero is grey),
+        dark grey around the diverging-colour ones (whose zero is white, so
+        a white gap would merge neighbouring tiles).
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -174,4 +188,4 @@ def filter_grid(params, layer: str = "conv1_1", *, tile: int = 48, ncols: int | 
         tiles = viz.colormap(0.5 + 0.5 * k.mean(-1) / np.abs(k.mean(-1)).max(), "RdBu_r")
     factor = max(1, tile // max(k.shape[1], k.shape[2]))
     tiles = np.repeat(np.repeat(tiles, factor, 1), factor, 2)
-    return viz.grid(list(tiles), ncols=ncols, pad=pad)
+    return viz.grid(list(tiles), ncols=ncols, pad=pad, pad_value=1.0 if k.shape[-1] == 3 else 0.25)
