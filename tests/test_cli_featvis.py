@@ -96,6 +96,10 @@ def test_filters(tiny, tmp_path, capsys):
     code, text, _ = run(capsys, "filters", "--layer", "conv2_1", "--limit", "5", "--out", tmp_path / "g.png",
                         "--weights", "random")
     assert code == 0 and "\nconv2_1: 5 of 16 kernels of 3x3x8\n" in text  # what is shown, of how many
+    for extra in ((), ("--limit", "3")):  # not a convolution: one line, not a KeyError traceback
+        code, _, err = run(capsys, "filters", "--layer", "pool1", *extra, "--out", tmp_path / "p.png", "--weights",
+                           "random")
+        assert code == 2 and err.startswith("jaxviz filters: error: --layer: expected a convolution in params (")
 
 
 def test_dream_reports_a_rising_objective_per_octave(tiny, params, tmp_path, capsys):

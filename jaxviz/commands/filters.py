@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tile: expected a positive size in px, got {args.tile}")
     net, params = model_and_params(args, classifier=False)
     layer = net.resolve(args.layer, "--layer").replace("relu", "conv", 1)
-    total = params["params"][layer]["kernel"].shape[-1]
+    total = maps.filters(params, layer).shape[0]  # checks the layer is a convolution of params, too
     if args.limit is not None:
         if args.limit < 1:
             raise InputError(f"--limit: expected a positive number of kernels, got {args.limit}")
