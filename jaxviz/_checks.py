@@ -77,6 +77,13 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def non_negative_pixels(value: Any, name: str) -> int:
+    """A non-negative int count of pixels (a pad, a jitter); InputError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"{name}: expected a non-negative int of pixels, got {value!r}")
+    return int(value)
+
+
 def positive_number(value: Any, name: str, *, finite: bool = False) -> None:
     """A positive real scalar (a Python or NumPy number, or a 0-d array), and not inf when ``finite``; a traced
     one passes unchecked."""

@@ -234,8 +234,7 @@ def grid(images: Sequence[np.ndarray] | np.ndarray, *, ncols: int | None = None,
                          f"{shape} (wrap it in a list)")
     if ncols is not None:
         ncols = _checks.positive_int(ncols, "ncols")
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise InputError(f"pad: expected a non-negative int of pixels, got {pad!r}")
+    pad = _checks.non_negative_pixels(pad, "pad")
     tiles = [np.asarray(t, np.float32) for t in images]
     if not tiles:
         raise InputError("images: expected at least one image, got none")

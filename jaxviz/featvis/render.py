@@ -515,11 +515,6 @@ class _Transform:
         raise NotImplementedError
 
 
-def _non_negative_int(v, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise InputError(f"{name}: expected a non-negative int of pixels, got {v!r}")
-
-
 def _number_tuple(values, name: str, positive: bool = False) -> tuple[float, ...]:
     """A non-empty tuple of finite numbers (a single number is one choice)."""
     if isinstance(values, (int, float, np.number)) and not isinstance(values, bool):
@@ -549,7 +544,7 @@ class Pad(_Transform):
     value: float = 0.5
 
     def __post_init__(self):
-        _non_negative_int(self.width, "Pad: width")
+        _checks.non_negative_pixels(self.width, "Pad: width")
 
     def apply(self, u, x):
         w = self.width
@@ -563,7 +558,7 @@ class Jitter(_Transform):
     d: int
 
     def __post_init__(self):
-        _non_negative_int(self.d, "Jitter: d")
+        _checks.non_negative_pixels(self.d, "Jitter: d")
 
     def apply(self, u, x):
         if self.d == 0:
