@@ -19,11 +19,9 @@ from typing import TYPE_CHECKING
 
 from .errors import JaxvizError  # noqa: E402
 
-# Submodules load on first use (PEP 562): ``import jaxviz`` and the ``jaxviz`` command's start do not import
-# JAX until something needs it, so a Ctrl-C in the first second is the command's one line, not a traceback
-_SUBMODULES = ("attribution", "datasets", "download", "dream", "embed", "errors", "featvis", "image", "losses",
-               "models", "parallel", "style", "train", "viz", "weights")
-
+# Submodules (the names of __all__ not defined here) load on first use (PEP 562): ``import jaxviz`` and the
+# ``jaxviz`` command's start do not import JAX until something needs it, so a Ctrl-C in the first second is
+# the command's one line, not a traceback
 if TYPE_CHECKING:  # what IDEs and type checkers see
     from . import (  # noqa: F401
         attribution,
@@ -45,7 +43,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in __all__:  # reached only for what is not yet an attribute: a submodule
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

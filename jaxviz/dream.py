@@ -48,10 +48,10 @@ Neural Networks", Google Research blog, 2015; the deepdream notebook
 from __future__ import annotations
 
 import dataclasses
-import os
 import functools
 import math
 import numbers
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -585,8 +585,8 @@ def dream(
             detail = z - base
             if path is not None:
                 _io.write_npz(path, fingerprint=np.array(fingerprint), octaves_done=np.array(o + 1),
-                                  detail=np.asarray(detail), images=np.asarray(z),
-                                  objectives=np.array(record, np.float32).reshape(-1, 2))
+                              detail=np.asarray(detail), images=np.asarray(z),
+                              objectives=np.array(record, np.float32).reshape(-1, 2))
     finally:
         bar.close()
     return (z, np.array(record, np.float32)) if return_objectives else z

@@ -149,8 +149,8 @@ def test_dream_resumes_after_finished_octaves(tiny, params, tmp_path, capsys, mo
     assert code == 0 and f"resumed from {tmp_path / 'parts.png.dream.npz'}" in err and text.count("octave ") == 2
     np.testing.assert_array_equal(image.load(out), image.load(tmp_path / "whole.png"))
     assert not (tmp_path / "parts.png.dream.npz").exists()
-    # --overwrite of a finished picture, interrupted: the command it is told to run again resumes (the rerun
-    # deleted the checkpoint and started over)
+    # --overwrite of a finished picture, interrupted: the command it is told to run again (with --overwrite)
+    # resumes from the checkpoint instead of deleting it and starting over
     monkeypatch.setattr(dream, "_run_octave", interrupted)
     sizes.clear()
     assert run(capsys, *args, "--out", out, "--overwrite")[0] == 130

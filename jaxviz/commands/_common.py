@@ -98,8 +98,6 @@ def resolve_layer(args: argparse.Namespace, name: str) -> str:
 def check_image_size(args: argparse.Namespace, x, min_size: int) -> None:
     """Refuses, by --size, a loaded (1, H, W, 3) image too small for the network (the library would name
     ``images``)."""
-    from ..errors import InputError
-
     h, w = x.shape[1:3]
     if min(h, w) < min_size:
         at = f" at --size {args.size}" if args.size else ""

@@ -77,17 +77,21 @@ def convert(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.suffix != ".safetensors":
         raise InputError(f"--out: expected a file name ending in .safetensors, got {str(args.out)!r}")
+
+    def target(arch: str | None) -> Path:
+        return args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
+
     def kept(out: Path) -> bool:
         if out.exists() and not args.overwrite:
             print(f"{out} exists; kept it (use --overwrite to replace it)")
             return True
         return False
 
-    if (args.out or args.arch) and kept(args.out or weights.cache_dir() / weights.SOURCES[args.arch].converted_name):
+    if (args.out or args.arch) and kept(target(args.arch)):
         return 0  # known before converting (seconds for a 550 MB file)
     params = weights.from_torchvision(args.file, args.arch)
     arch = args.arch or ("vgg16" if "conv5_4" not in params["params"] else "vgg19")
-    out = args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
+    out = target(arch)
     if kept(out):
         return 0
     weights.save(params, out, arch=arch)
