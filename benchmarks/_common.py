@@ -37,14 +37,19 @@ def vgg_flops(net, height: int, width: int, *, classifier: bool = True) -> float
     return flops
 
 
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    """Float32 FLOP/s of an n x n matmul on the default JAX device, measured now."""
+def matmul_rate(n: int = 2048, repeats: int = 5, dtype=None) -> float:
+    """FLOP/s of an n x n matmul on the default JAX device, measured now.
+
+    ``dtype`` is that of the operands (float32 by default); the product is always accumulated and returned in
+    float32, as a network's layers in that dtype do (``preferred_element_type``).
+    """
     import jax
     import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.matmul)
+    dtype = jnp.float32 if dtype is None else dtype
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
     t = timeit(lambda: f(a, b).block_until_ready(), repeats=repeats)
     return 2 * n**3 / t
 

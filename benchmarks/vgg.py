@@ -2,6 +2,7 @@
 
     python benchmarks/vgg.py                 # batch 1 and 8 at 224 px
     python benchmarks/vgg.py --batches 1 --repeats 3
+    python benchmarks/vgg.py --dtype bfloat16   # both sides compute in bfloat16
 
 PyTorch's weights are frozen, so both sides compute the input gradient only.
 jaxviz's input gradient is that of ``models.reverse_mode(net)``
@@ -10,6 +11,12 @@ Prints seconds per call for both, the speed ratio (PyTorch time / jaxviz
 time, >1 means jaxviz is faster), and jaxviz's achieved GFLOP/s on the forward
 pass against the float32 matmul rate measured in the same run.
 Goals (issue 2): input gradient >= 2x PyTorch; forward >= 60% of the matmul rate.
+
+``--dtype bfloat16`` computes in bfloat16 on both sides (jaxviz's ``dtype=`` model
+option; PyTorch's model converted with ``.to(torch.bfloat16)``) and also prints
+both libraries' bfloat16 matmul rates. On CPUs with AMX (Sapphire Rapids and later) PyTorch's oneDNN
+runs bfloat16 convolutions on the AMX tiles, while XLA:CPU's convolutions do
+not use them; the percentages stay relative to the float32 matmul rate.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype, both sides")
     args = ap.parse_args()
 
     import jax
@@ -50,13 +58,23 @@ def main() -> None:
         print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads")
     else:
         params = weights.random(args.arch)
-    net = models.get(args.arch)
+    bf16 = args.dtype == "bfloat16"
+    net = models.get(args.arch, dtype=jnp.bfloat16) if bf16 else models.get(args.arch)
     rate = matmul_rate()
     print(f"float32 matmul rate (2048^3, jax): {rate / 1e9:.1f} GFLOP/s")
+    if bf16:
+        print(f"bfloat16 matmul rate (2048^3, jax, float32 result): {matmul_rate(dtype=jnp.bfloat16) / 1e9:.1f} GFLOP/s")
     if torch is not None:
-        a = torch.randn(2048, 2048)
-        t = timeit(lambda: a @ a, repeats=5)
-        print(f"float32 matmul rate (2048^3, torch): {2 * 2048**3 / t / 1e9:.1f} GFLOP/s")
+        for name, dt in [("float32", torch.float32)] + ([("bfloat16", torch.bfloat16)] if bf16 else []):
+            a = torch.randn(2048, 2048, dtype=dt)
+            t = timeit(lambda: a @ a, repeats=5)
+            print(f"{name} matmul rate (2048^3, torch): {2 * 2048**3 / t / 1e9:.1f} GFLOP/s")
+        if bf16:
+            # PyTorch at its best in bfloat16: weights converted once. torch.autocast converts them on every call
+            # and measured no faster than float32 here (0.184 vs 0.186 s batch-1 forward; converted: 0.079 s).
+            ref = ref.to(torch.bfloat16)
+            ref.mean, ref.std = ref.mean.to(torch.bfloat16), ref.std.to(torch.bfloat16)
+        tdtype = torch.bfloat16 if bf16 else torch.float32
 
     forward = jax.jit(lambda p, x: net.apply(p, x))
 
@@ -81,23 +99,24 @@ def main() -> None:
         if torch is not None:
             xt = tr.to_nchw(x_np)
             tt = torch.as_tensor(np.array(target))
+            xt = xt.to(tdtype)
             with torch.no_grad():
                 t_fwd_t = timeit(lambda: ref(xt), repeats=args.repeats)
 
             def torch_grad():
                 xg = xt.clone().requires_grad_(True)
-                ref(xg).gather(1, tt[:, None]).sum().backward()
-                return xg.grad
+                ref(xg).float().gather(1, tt[:, None]).sum().backward()
+                return xg.grad.float()
 
             t_grad_t = timeit(torch_grad, repeats=args.repeats)
             r_fwd, r_grad = t_fwd_t / t_fwd, t_grad_t / t_grad
             # same numbers?
             with torch.no_grad():
-                ref_logits = ref(xt).numpy()
-            ours = np.asarray(forward(params, x))
+                ref_logits = ref(xt).float().numpy()
+            ours = np.asarray(forward(params, x), np.float32)
             err = np.linalg.norm(ours - ref_logits) / np.linalg.norm(ref_logits)
             g_ref = tr.to_nhwc(torch_grad())
-            g = np.asarray(grad(params, x, target))
+            g = np.asarray(grad(params, x, target), np.float32)
             gerr = np.linalg.norm(g - g_ref) / np.linalg.norm(g_ref)
             print(f"# batch {n}: logits rel err {err:.1e}, input-gradient rel err {gerr:.1e}")
         gf = flops / t_fwd / 1e9
