@@ -179,6 +179,42 @@ def test_interrupted_run_resumes_without_redoing(folder, tmp_path, monkeypatch, 
     assert loaded == [] and "already done" in capsys.readouterr().out
 
 
+def test_an_image_modified_after_its_map_is_redone(folder, model, tmp_path, monkeypatch, capsys):
+    net, params = model
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"img{i}.png").write_bytes((folder / f"img{i}.png").read_bytes())
+    out = tmp_path / "out"
+    assert cli.main(_args(src, out, "--method", "saliency")) == 0
+    before = {i: np.load(out / f"img{i}.png.npy") for i in range(3)}
+    # img1 is replaced by another picture, its time stamp after that of its map
+    (src / "img1.png").write_bytes((folder / "img5.png").read_bytes())
+    later = (out / "img1.png.npy").stat().st_mtime_ns + 10**6
+    os.utime(src / "img1.png", ns=(later, later))
+    loaded = []
+    real_load = image.load
+    monkeypatch.setattr(image, "load", lambda path, *a, **k: (loaded.append(os.path.basename(path)), real_load(path, *a, **k))[1])
+    capsys.readouterr()
+    assert cli.main(_args(src, out, "--method", "saliency")) == 0
+    assert loaded == ["img1.png"]  # only the modified image
+    assert "(2 already done, 1 modified since their maps)" in capsys.readouterr().err
+    x = real_load(folder / "img5.png")
+    logits = np.asarray(net.apply(params, x))
+    want = np.asarray(attribution.saliency(net, params, x, logits.argmax(-1)))[0]
+    got = np.load(out / "img1.png.npy")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert np.abs(got - before[1]).max() > 1e-3  # a different map, not the old one
+    for i in (0, 2):
+        np.testing.assert_array_equal(np.load(out / f"img{i}.png.npy"), before[i])
+    rows = _rows(out)
+    assert [r["file"] for r in rows] == ["img0.png", "img2.png", "img1.png"]  # one row each, img1's the new one
+    assert int(rows[2]["predicted"]) == logits.argmax()
+    loaded.clear()
+    assert cli.main(_args(src, out, "--method", "saliency")) == 0
+    assert loaded == [] and "already done" in capsys.readouterr().out
+
+
 def test_errors(folder, tmp_path, capsys):
     out = tmp_path / "e"
     assert cli.main(_args(folder, out, "--method", "saliency")) == 0

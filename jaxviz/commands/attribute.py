@@ -13,7 +13,8 @@ index, name and probability, the target class and its probability.
 ``OUT_DIR/attribute.json`` records the settings. Rows are appended (and
 fsynced) after each batch's files are written, so an interruption loses at
 most the batch in flight; running the same command again skips every image
-already in the CSV, and finds its compiled programs in JAX's persistent
+already in the CSV, except one modified since its map was written (redone,
+its row replaced), and finds its compiled programs in JAX's persistent
 compilation cache (``<jaxviz cache>/xla``, at most 1 GiB, least recently used
 entries evicted; off with ``JAXVIZ_COMPILE_CACHE=0``, and left alone when
 JAX's own cache directory is configured).
@@ -185,6 +186,21 @@ def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
     return done
 
 
+def _changed_since(paths: Sequence[Path], root: Path, out: Path, done: dict[str, dict]) -> list[str]:
+    """Names in ``done`` whose image file was modified after its map (``NAME.npy``) was written, as ``make``
+    decides (an edited picture would otherwise keep the old map)."""
+    changed = []
+    for p in paths:
+        name = p.relative_to(root).as_posix()
+        if name in done:
+            try:
+                if p.stat().st_mtime_ns > (out / f"{name}.npy").stat().st_mtime_ns:
+                    changed.append(name)
+            except OSError:
+                pass  # gone or unreadable now: the batch reader reports it
+    return changed
+
+
 def _rewrite_csv(csv_path: Path, rows: Sequence[dict]) -> None:
     from .._io import atomic_write_text
 
@@ -329,6 +345,9 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "summary.csv"
     done = _read_done(csv_path, out)
+    changed = _changed_since(paths, root, out, done)
+    for name in changed:  # an image edited after its map was written: redone, its old row dropped
+        del done[name]
     _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
     todo = [p for p in paths if p.relative_to(root).as_posix() not in done]
     if paths and not todo:
@@ -363,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
     params = parallel.replicate(params, sharded.mesh)
     ndev = sharded.num_devices
     _check_memory(net, params, size, -(-args.batch_size // ndev))
-    print(f"{args.method} on {len(todo)} images ({len(done)} already done) with {args.model}, "
+    again = f", {len(changed)} modified since their maps" if changed else ""
+    print(f"{args.method} on {len(todo)} images ({len(done)} already done{again}) with {args.model}, "
           f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
     written = 0
     skips = Skips("attribute")
