@@ -3,19 +3,78 @@
 A reader (or a rerun after Ctrl-C) sees either the old file or the complete
 new one, never half a file: the data goes to a hidden temporary file in the
 same directory, is fsynced, then renamed over the target with ``os.replace``.
+
+A process killed outright (SIGKILL, the kernel's out-of-memory killer) cannot
+remove its temporary file. Each one's name therefore carries its writer's
+machine and process id (``.NAME.<host>-<pid>-<random>.tmp``), and the first
+write of a process into a directory removes the ones there whose writer is no
+longer running on this machine (POSIX only; files of other machines sharing
+the directory and of live processes are left alone).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import secrets
+import socket
+import threading
 import zipfile
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "read_checkpoint",
+__all__ = ["atomic_open", "sweep_stale_temps", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "read_checkpoint",
            "fingerprint", "model_key"]
+
+
+def _host() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+_HOST = _host()
+_TEMP = re.compile(r"^\..+\.([0-9a-f]{8})-(\d+)-[0-9a-f]{12}\.tmp$")
+_swept: set[str] = set()
+_swept_lock = threading.Lock()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def sweep_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files of :func:`atomic_open` in ``directory`` that a killed process left behind
+    (written on this machine by a process that is no longer running); returns their paths."""
+    removed: list[Path] = []
+    if os.name != "posix":  # os.kill(pid, 0) is no existence check elsewhere
+        return removed
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if m and m.group(1) == _HOST and int(m.group(2)) != os.getpid() and not _running(int(m.group(2))):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+    return removed
+
+
+def _sweep_once(directory: Path) -> None:
+    key = os.path.abspath(directory)
+    with _swept_lock:
+        if key in _swept:
+            return
+        _swept.add(key)
+    sweep_stale_temps(directory)
 
 
 @contextlib.contextmanager
@@ -28,7 +87,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    _sweep_once(path.parent)
+    tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode) as f:
