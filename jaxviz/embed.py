@@ -484,8 +484,9 @@ def scatter_thumbnails(
       title: plot title.
       size: figure size in inches (square).
       dpi: resolution.
-      zoom: thumbnail scale (default: thumbnails about 1/25 of the plot wide,
-        smaller for large N).
+      zoom: thumbnail scale in pixels: a t px thumbnail is drawn zoom * t px
+        wide at any ``dpi`` (default: about 1/25 of the plot wide, smaller for
+        large N).
       max_thumbnails: draw thumbnails for at most this many points (an even
         subsample); all points are drawn as dots.
 
@@ -534,7 +535,9 @@ def scatter_thumbnails(
             zoom = max(0.2, min(2.0, target / t))
         show = np.arange(n) if n <= max_thumbnails else np.linspace(0, n - 1, max_thumbnails).round().astype(int)
         for i in show:
-            box = OffsetImage(np.clip(thumbs[i], 0, 1), zoom=zoom)
+            # dpi_cor=False: zoom in pixels (matplotlib's default scales it by dpi / 72, drawing a 24 px target
+            # 33 px wide at 100 dpi)
+            box = OffsetImage(np.clip(thumbs[i], 0, 1), zoom=zoom, dpi_cor=False)
             frame = dict(edgecolor=colours[i], linewidth=1.5) if colours is not None else dict(edgecolor="0.7", linewidth=0.5)
             ax.add_artist(AnnotationBbox(box, p[i], frameon=True, pad=0.1, bboxprops=frame, zorder=2))
     if colours is not None:

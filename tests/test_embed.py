@@ -157,10 +157,18 @@ def test_pictures():
         side = 150
         fx = 0.06 + 0.9 * (pts[i, 0] + 0.6) / 11.2
         fy = 0.06 + 0.9 * (pts[i, 1] + 0.3) / 5.6
-        # one 16 px thumbnail at zoom 1: 16 points = 16 * 50 / 72 = 11.1 pixels at 50 dpi (edges antialiased)
-        assert 10 * 10 <= green.sum() <= 12 * 12
+        # one 16 px thumbnail at zoom 1: 16 px at any dpi (edges antialiased)
+        assert 15 * 15 <= green.sum() <= 17 * 17
         assert abs(cols.mean() + 0.5 - fx * side) < 1.5 and abs(rows.mean() + 0.5 - (1 - fy) * side) < 1.5
-        assert np.ptp(cols) <= 12 and np.ptp(rows) <= 12
+        assert 15 <= np.ptp(cols) + 1 <= 17 and 15 <= np.ptp(rows) + 1 <= 17
+    # the automatic zoom draws thumbnails 1/25 of the picture wide: 300 / 25 = 12 px at 100 dpi
+    one = np.where(np.arange(6)[:, None, None, None] == 4, tiles, 0.5)
+    for dpi in (100, 200):
+        pic = embed.scatter_thumbnails(pts, one, size=3, dpi=dpi)
+        green = (pic[..., 1] > 0.9) & (pic[..., 0] < 0.1) & (pic[..., 2] < 0.1)
+        rows, cols = np.nonzero(green)
+        want = 3 * dpi / 25
+        assert want - 1 <= np.ptp(cols) + 1 <= want + 1 and want - 1 <= np.ptp(rows) + 1 <= want + 1
     with pytest.raises(InputError, match=r"^thumbs: expected shape \(6, t, t, 3\), got \(5, 16, 16, 3\)"):
         embed.scatter_thumbnails(pts, thumbs[:5])
     for kw, msg in (({"size": 0}, r"^size: expected a positive finite number, got 0"),
