@@ -422,7 +422,8 @@ def _frame(tile: np.ndarray, colour, width: int) -> np.ndarray:
     return out
 
 
-def neighbour_grid(thumbs, indices, queries: Sequence[int] | None = None, *, pad: int = 3) -> np.ndarray:
+def neighbour_grid(thumbs, indices, queries: Sequence[int] | None = None, *, pad: int = 3,
+                   distances=None) -> np.ndarray:
     """Rows of ``query | its neighbours`` as one picture (the query framed in orange).
 
     Args:
@@ -431,6 +432,9 @@ def neighbour_grid(thumbs, indices, queries: Sequence[int] | None = None, *, pad
       queries: the index of each row's query (default 0..Q-1, as when
         ``nearest_neighbours`` queried every vector and you pass ``idx[:Q]``).
       pad: white gap between tiles.
+      distances: optional (Q, k) distances (from :func:`nearest_neighbours`),
+        written on each neighbour's tile (:func:`jaxviz.viz.label`, 3
+        significant digits).
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -455,11 +459,18 @@ def neighbour_grid(thumbs, indices, queries: Sequence[int] | None = None, *, pad
             or (queries.size and (queries.min() < 0 or queries.max() >= len(t))):
         raise InputError(f"queries: expected {idx.shape[0]} integer indices into the {len(t)} thumbnails "
                          f"(one per row of indices), got {queries.tolist()}")
+    if distances is not None:
+        distances = np.asarray(distances, np.float64)
+        if distances.shape != idx.shape:
+            raise InputError(f"distances: expected shape {idx.shape} (one per index), got {distances.shape}")
     width = max(2, t.shape[1] // 24)
     tiles = []
-    for q, row in zip(queries, idx):
+    for r, (q, row) in enumerate(zip(queries, idx)):
         tiles.append(_frame(t[q], (1.0, 0.55, 0.0), width))
-        tiles.extend(t[j] for j in row)
+        if distances is None:
+            tiles.extend(t[j] for j in row)
+        else:
+            tiles.extend(viz.label(t[j], f"{d:.3g}") for j, d in zip(row, distances[r]))
     return viz.grid(tiles, ncols=idx.shape[1] + 1, pad=pad)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 import jax
@@ -392,8 +393,18 @@ def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_pat
 
     paths = sorted(folder.rglob("*.png"))
     top = P.top_patches(NET, params, iter_batches(paths, 32, 2), layer="relu2_1", channels=[0, 5], k=3)
-    np.testing.assert_allclose(whole[0], P.patch_grid(top, tile=24), atol=0.6 / 255)
+    np.testing.assert_allclose(whole[0], P.patch_grid(top, tile=24, values=True), atol=0.6 / 255)
     assert "channel 5: best" in text and str(top.names[1][0]).endswith(text.split("channel 5: best ")[1].split()[-1])
+    # the listing beside the picture: every patch's activation, file and box, best first per channel
+    with open(tmp_path / "whole.csv", newline="") as f:
+        listing = list(csv.DictReader(f))
+    assert [(r["channel"], r["rank"]) for r in listing] == [(c, str(k)) for c in ("0", "5") for k in (1, 2, 3)]
+    for r in listing:
+        ci, k = (0, 5).index(int(r["channel"])), int(r["rank"]) - 1
+        assert float(r["activation"]) == pytest.approx(float(top.values[ci, k]), rel=1e-5)
+        assert r["file"] == str(top.names[ci][k])
+        assert [int(r[b]) for b in ("top", "left", "bottom", "right")] == top.boxes[ci, k].tolist()
+    assert "wrote " + str(tmp_path / "whole.csv") in text
 
     real = top_patches.iter_batches
 
@@ -483,8 +494,17 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
 
     thumbs = saved["thumbnails"]
     order = [[names.index(n) for n in expected(q, 2, "cosine")[0]] for q in range(3)]
-    np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array(order), [0, 1, 2]),
-                               atol=0.6 / 255)
+    with open(tmp_path / "nn.csv", newline="") as f:  # the listing beside the picture
+        listing = list(csv.DictReader(f))
+    assert [(r["query"], r["rank"]) for r in listing] == [(n, str(k)) for n in saved["names"][:3] for k in (1, 2)]
+    for q in range(3):
+        want, wd = expected(q, 2, "cosine")
+        mine = listing[2 * q: 2 * q + 2]
+        assert [r["neighbour"] for r in mine] == [str(saved["names"][names.index(n)]) for n in want]
+        np.testing.assert_allclose([float(r["distance"]) for r in mine], wd, rtol=1e-4, atol=1e-6)
+    dist = np.array([float(r["distance"]) for r in listing]).reshape(3, 2)
+    np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array(order), [0, 1, 2],
+                                                                        distances=dist), atol=0.6 / 255)
     # a rerun with other display options reuses the cached features: the network never runs
     real_features = embed.features
     monkeypatch.setattr(embed, "features", lambda *a, **k: pytest.fail("features recomputed"))
@@ -496,7 +516,7 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     assert got == want
     np.testing.assert_allclose(dist, wd, rtol=2e-3)
     np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array([[names.index(n) for n in want]]),
-                                                                        [4]), atol=0.6 / 255)
+                                                                        [4], distances=dist[None]), atol=0.6 / 255)
     code, _, _ = run(capsys, "embed", folder, *common, "--method", "pca", "--plot-size", "3",
                      "--out", tmp_path / "nn.png", "--overwrite")
     assert code == 0 and image.load(out).shape == (1, 300, 300, 3)
@@ -563,7 +583,8 @@ def test_folder_commands_skip_unreadable_files(tiny, params, folder, tmp_path, c
     code, text, err = run(capsys, "neighbours", folder, *common, "--out", tmp_path / "n.png")
     assert code == 0 and "resuming after 4 of 6 images" in err and "skipped" not in err
     code, text_clean, _ = run(capsys, "neighbours", clean, *common, "--out", tmp_path / "n_clean.png")
-    assert code == 0 and text.splitlines()[1:] == text_clean.splitlines()[1:] and len(text.splitlines()) == 5
+    # the same neighbours (lines 1-4; lines 0 and 5 name the output files)
+    assert code == 0 and text.splitlines()[1:5] == text_clean.splitlines()[1:5] and len(text.splitlines()) == 6
     np.testing.assert_array_equal(image.load(tmp_path / "n.png"), image.load(tmp_path / "n_clean.png"))
     saved = np.load(tmp_path / "n.png.features.npz")
     clean_saved = np.load(tmp_path / "n_clean.png.features.npz")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz import embed, models, weights
+from jaxviz import embed, models, weights, viz
 from jaxviz.errors import InputError
 
 NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
@@ -140,6 +140,18 @@ def test_pictures():
     assert grid.shape == (2 * 16 + 3 * 2, 3 * 16 + 4 * 2, 3)
     np.testing.assert_array_equal(grid[2:18, 20:36], thumbs[1])  # first neighbour of the first query
     np.testing.assert_allclose(grid[2, 2], (1.0, 0.55, 0.0))  # the query's frame
+    # with distances, each neighbour's tile carries its distance (3 significant digits); the query's does not
+    thumbs32 = rng.uniform(size=(6, 32, 32, 3)).astype(np.float32)
+    d = np.array([[0.123456, 0.5], [2.0, 31.25]])
+    grid = embed.neighbour_grid(thumbs32, np.array([[1, 2], [0, 5]]), queries=[3, 4], pad=2, distances=d)
+    np.testing.assert_allclose(grid[2:34, 36:68], viz.label(thumbs32[1], "0.123"), atol=1e-6)
+    np.testing.assert_allclose(grid[36:68, 70:102], viz.label(thumbs32[5], "31.2"), atol=1e-6)
+    assert np.abs(grid[2:34, 36:68] - thumbs32[1]).max() > 0.5  # the label is there
+    np.testing.assert_array_equal(grid[36:68, 36:68], viz.label(thumbs32[0], "2"))
+    bare = embed.neighbour_grid(thumbs32, np.array([[1, 2], [0, 5]]), queries=[3, 4], pad=2)
+    np.testing.assert_array_equal(grid[:, :34], bare[:, :34])  # query column unlabelled
+    with pytest.raises(InputError, match=r"^distances: expected shape \(2, 2\) \(one per index\), got \(2,\)"):
+        embed.neighbour_grid(thumbs32, np.array([[1, 2], [0, 5]]), distances=[1.0, 2.0])
     pts = rng.normal(size=(6, 2))
     pic = embed.scatter_thumbnails(pts, thumbs, labels=list("aabbcc"), title="t", size=3, dpi=50)
     assert pic.shape == (150, 150, 3) and pic.dtype == np.float32

@@ -138,6 +138,17 @@ def test_patch_grid_rows_are_channels():
     np.testing.assert_array_equal(pic[2:18:2, 2:18:2], top.patches[0, 0])
     labelled = P.patch_grid(top, tile=16, pad=2)
     assert labelled.shape[0] == pic.shape[0] and labelled.shape[1] > pic.shape[1]
+    # values=True writes each patch's activation on its tile
+    top32 = top._replace(values=np.array([[12.345, 2.0, 0.5], [7.0, 6.5, 0.001234]], np.float32))
+    valued = P.patch_grid(top32, tile=32, pad=2, labels=False, values=True)
+    big = lambda t: np.repeat(np.repeat(t, 4, 0), 4, 1)  # noqa: E731  8 px patches enlarged x4
+    from jaxviz import viz
+
+    np.testing.assert_allclose(valued[2:34, 2:34], viz.label(big(top.patches[0, 0]), "12.3"), atol=1e-6)
+    np.testing.assert_allclose(valued[36:68, 70:102], viz.label(big(top.patches[1, 2]), "0.00123"), atol=1e-6)
+    plain = P.patch_grid(top32, tile=32, pad=2, labels=False)
+    np.testing.assert_array_equal(plain[2:34, 2:34], big(top.patches[0, 0]))
+    assert np.abs(valued - plain).max() > 0.5
 
 
 def test_errors():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from .._io import read_npz, write_npz
 from .. import models
@@ -93,6 +94,21 @@ def save(picture, path: Path) -> None:
 
     image.save(picture, path)
     print(f"wrote {path} ({picture.shape[1]}x{picture.shape[0]})")
+
+
+def save_table(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    """Writes a CSV table atomically (the listing beside a picture: written first, so the picture's existence,
+    which makes a rerun do nothing, implies the table's)."""
+    import csv
+    import io
+
+    from .._io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def add_folder_args(p: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from .featmaps import (
     load_progress,
     random_weights_note,
     save,
+    save_table,
     Skips,
     write_npz,
 )
@@ -148,10 +149,15 @@ def run(args: argparse.Namespace) -> int:
         queries = list(range(min(args.queries, n)))
     idx, dist = embed.nearest_neighbours(feats.vectors, k=args.k, metric=args.metric)
     idx, dist = np.asarray(idx)[queries], np.asarray(dist)[queries]
-    save(embed.neighbour_grid(feats.thumbnails, idx, queries), args.out)
+    table = args.out.with_suffix(".csv")
+    save_table(table, ("query", "rank", "neighbour", "distance"),
+               [(feats.names[q], r + 1, feats.names[j], f"{v:.6g}")
+                for q, row, d in zip(queries, idx, dist) for r, (j, v) in enumerate(zip(row, d))])
+    save(embed.neighbour_grid(feats.thumbnails, idx, queries, distances=dist), args.out)
     for q, row, d in zip(queries, idx, dist):
         near = ", ".join(f"{_short(feats.names[j])} ({v:.3g})" for j, v in zip(row, d))
         print(f"{_short(feats.names[q])}: {near}")
+    print(f"wrote {table} (every neighbour with its distance; {args.metric} distances on the picture)")
     random_weights_note(args)
     return 0
 

@@ -25,6 +25,7 @@ from .featmaps import (
     parse_channels,
     random_weights_note,
     save,
+    save_table,
     Skips,
     write_npz,
 )
@@ -133,7 +134,12 @@ def run(args: argparse.Namespace) -> int:
         boxes=np.concatenate([rf.stride * pos + rf.offset] * 2, -1) + np.array([0, 0, rf.size, rf.size]),
         patches=np.asarray(state.patches), field=rf,
     )
-    save(P.patch_grid(top, tile=args.tile), args.out)
+    table = args.out.with_suffix(".csv")
+    save_table(table, ("channel", "rank", "activation", "file", "top", "left", "bottom", "right"),
+               [(int(c), r + 1, f"{float(top.values[ci, r]):.6g}", top.names[ci][r], *map(int, top.boxes[ci, r]))
+                for ci, c in enumerate(args.channels) for r in range(top.index.shape[1]) if top.index[ci, r] >= 0])
+    save(P.patch_grid(top, tile=args.tile, values=True), args.out)
+    print(f"wrote {table} (every patch: its activation, file and receptive-field box in the resized picture, which may reach past its edges)")
     ckpt.unlink(missing_ok=True)
     print(f"{layer}: receptive field {rf.size}x{rf.size} px at stride {rf.stride}; {int(state.count)} images"
           f"{skips.note()}")

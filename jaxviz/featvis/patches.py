@@ -320,7 +320,8 @@ def top_patches(
     )
 
 
-def patch_grid(top: TopPatches, *, tile: int = 64, pad: int = 2, labels: bool = True) -> np.ndarray:
+def patch_grid(top: TopPatches, *, tile: int = 64, pad: int = 2, labels: bool = True,
+               values: bool = False) -> np.ndarray:
     """Top patches as a picture: one row per channel, best patch first.
 
     Args:
@@ -329,6 +330,8 @@ def patch_grid(top: TopPatches, *, tile: int = 64, pad: int = 2, labels: bool = 
         about this size; larger ones are shown as they are.
       pad: white gap between tiles.
       labels: write the channel index at the start of each row.
+      values: write each patch's activation on its tile
+        (:func:`jaxviz.viz.label`, 3 significant digits).
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -341,7 +344,10 @@ def patch_grid(top: TopPatches, *, tile: int = 64, pad: int = 2, labels: bool = 
     for ci in range(c):
         for j in range(k):
             t = top.patches[ci, j] if top.index[ci, j] >= 0 else np.full((p, p, 3), 0.85, np.float32)
-            tiles.append(np.repeat(np.repeat(t, factor, 0), factor, 1))
+            t = np.repeat(np.repeat(t, factor, 0), factor, 1)
+            if values and top.index[ci, j] >= 0:
+                t = viz.label(t, f"{float(top.values[ci, j]):.3g}")
+            tiles.append(t)
     pic = viz.grid(tiles, ncols=k, pad=pad)
     if not labels:
         return pic
