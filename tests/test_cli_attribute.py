@@ -72,9 +72,16 @@ def test_outputs_equal_library_and_csv(folder, model, tmp_path):
         assert r["target"] == r["predicted"] and r["target_prob"] == r["predicted_prob"]
         png = image.load(out / f"img{i}.png.png")
         assert png.shape == (1, 128, 128, 3)  # 32 px inputs are shown enlarged
-        # the picture is this image's own map (demo.heat/overlays, pinned by the next test) over this image
+        # the picture is this image's own map (demo.heat/overlays, pinned by the next test) over this image,
+        # labelled with the target class and its probability
         drawn = demo.overlays(x[i:i + 1], demo.heat("saliency", want[i:i + 1]), size=128)[0]
-        np.testing.assert_allclose(png[0], drawn, atol=1 / 255 + 1e-6)
+        text = f"{datasets.CLASSES[top1[i]]} {100 * probs[i, top1[i]]:.0f}%"
+        np.testing.assert_allclose(png[0], viz.label(drawn, text), atol=1 / 255 + 1e-6)
+        assert np.abs(png[0] - drawn).max() > 0.5
+        if i == 0:  # --no-label: the bare overlay
+            bare = tmp_path / "bare"
+            assert cli.main(_args(folder, bare, "--method", "saliency", "--no-label")) == 0
+            np.testing.assert_allclose(image.load(bare / "img0.png.png")[0], drawn, atol=1 / 255 + 1e-6)
     settings = json.loads((out / "attribute.json").read_text())
     assert settings["method"] == "saliency" and settings["model"] == "small-cnn" and settings["size"] == 32
     assert not list(out.glob(".*.tmp"))

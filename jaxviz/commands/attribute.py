@@ -7,6 +7,7 @@ writes, per image ``name.ext``:
 * ``OUT_DIR/name.ext.npy``: the attribution, float32, (H, W, 3) for pixel
   methods, (H, W) for layer methods (upsampled to the input),
 * ``OUT_DIR/name.ext.png``: a jet heatmap of it overlaid on the (resized) image,
+  labelled with the target class and its probability (``--no-label``: bare),
 
 and ``OUT_DIR/summary.csv`` with one row per image: file, predicted class
 index, name and probability, the target class and its probability.
@@ -71,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="method option, repeatable, e.g. --option window=32 --option stride=16 (with --model "
                    "small-cnn, the demo's options are the defaults: occlusion window=6 stride=2 baseline=0.5)")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
+    p.add_argument("--no-label", action="store_true",
+                   help="bare overlays (by default each is labelled with the target class and its probability)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run, resumable=True)
 
@@ -220,9 +223,9 @@ def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str) -> None:
-    """The .npy and the overlay PNG of one image (each written atomically)."""
-    from .. import image
+def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str, label: str | None = None) -> None:
+    """The .npy and the overlay PNG of one image (each written atomically); ``label`` goes in its corner."""
+    from .. import image, viz
     from .._io import atomic_open
     from .demo import heat, overlays
 
@@ -230,7 +233,8 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     with atomic_open(npy, "wb") as f:
         np.save(f, attr.astype(np.float32))
     side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
-    image.save(overlays(img[None], heat(method, attr[None]), size=side)[0], out / f"{name}.png")
+    pic = overlays(img[None], heat(method, attr[None]), size=side)[0]
+    image.save(pic if label is None else viz.label(pic, label), out / f"{name}.png")
 
 
 # ----------------------------------------------------------------------------- main
@@ -397,9 +401,10 @@ def run(args: argparse.Namespace) -> int:
             rows = []
             for i, p in enumerate(batch_paths):
                 name = p.relative_to(root).as_posix()
-                _write_outputs(out, name, x[i], attr[i], args.method)
                 pred = int(probs[i].argmax())
                 ti = int(tgt[i])
+                label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"
+                _write_outputs(out, name, x[i], attr[i], args.method, label)
                 rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
                              "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
                              "target_prob": f"{probs[i, ti]:.6f}"})
