@@ -137,15 +137,17 @@ def read_npz(path: str | os.PathLike) -> dict:
 
 
 def read_checkpoint(path: Path, what: str) -> dict:
-    """:func:`read_npz` of a ``checkpoint`` argument; InputError naming it for a directory or an unreadable file."""
-    from .errors import InputError
+    """:func:`read_npz` of a ``checkpoint`` argument; CheckpointError (reason "unreadable") naming it for a
+    directory or an unreadable file."""
+    from .errors import CheckpointError
 
     if path.is_dir():
-        raise InputError(f"checkpoint: expected a file path, got the directory {path}")
+        raise CheckpointError(f"checkpoint: expected a file path, got the directory {path}", "unreadable")
     try:
         return read_npz(path)
     except UNREADABLE as e:
-        raise InputError(f"checkpoint: {path} is not a readable jaxviz {what} checkpoint ({e}); delete it") from e
+        raise CheckpointError(f"checkpoint: {path} is not a readable jaxviz {what} checkpoint ({e}); delete it",
+                              "unreadable") from e
 
 
 def model_key(net) -> tuple:

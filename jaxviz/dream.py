@@ -62,7 +62,7 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from . import _checks, _io
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .featvis.patches import receptive_field
 from .featvis.render import host_loop
 from .models.vgg import VGG, reverse_mode
@@ -548,8 +548,8 @@ def dream(
         if resume and path.exists():
             saved = _io.read_checkpoint(path, "dream")
             if str(saved.get("fingerprint")) != fingerprint:
-                raise InputError(f"checkpoint: {path} was written by a dream of other inputs or settings; delete it "
-                                 "or pass resume=False")
+                raise CheckpointError(f"checkpoint: {path} was written by a dream of other inputs or settings; "
+                                      "delete it or pass resume=False", "mismatch")
             done = int(saved["octaves_done"])
             detail, z = jnp.asarray(saved["detail"]), jnp.asarray(saved["images"])
             record = [tuple(r) for r in saved["objectives"]]

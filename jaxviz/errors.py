@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "JaxvizError",
     "InputError",
+    "CheckpointError",
     "ImageError",
     "WeightsError",
     "WeightsNotFoundError",
@@ -27,6 +28,15 @@ class JaxvizError(Exception):
 
 class InputError(JaxvizError, ValueError):
     """An argument has the wrong shape, type or value."""
+
+
+class CheckpointError(InputError):
+    """A ``checkpoint`` file cannot be resumed from. ``reason`` says why: ``"unreadable"`` (damaged, truncated,
+    not a checkpoint, or a directory) or ``"mismatch"`` (written by a run of other inputs or settings)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ImageError(JaxvizError, ValueError):

@@ -88,7 +88,7 @@ import optax
 from flax import struct
 
 from . import _checks, _io, losses
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .models.vgg import IMAGENET_MEAN, VGG, reverse_mode
 
 __all__ = [
@@ -998,9 +998,9 @@ def run(
         if resume and path.exists():
             saved = _io.read_checkpoint(path, "style")
             if str(saved.get("fingerprint")) != fingerprint:
-                raise InputError(
+                raise CheckpointError(
                     f"checkpoint: {path} was written by a run with other inputs, weights or settings; "
-                    "delete it or pass resume=False"
+                    "delete it or pass resume=False", "mismatch"
                 )
 
     from tqdm.auto import tqdm

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxviz import dream, models, weights
-from jaxviz.errors import InputError
+from jaxviz.errors import CheckpointError, InputError
 
 NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
 
@@ -233,7 +233,13 @@ def test_checkpoint_resumes_after_finished_octaves(params, tmp_path, monkeypatch
     # other settings: refused, or ignored with resume=False
     monkeypatch.setattr(dream, "_run_octave", real)
     other = dict(kw, step_size=0.02)
-    with pytest.raises(InputError, match=r"^checkpoint: .* was written by a dream of other inputs or settings"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint: .* was written by a dream of other inputs or settings") as e:
         dream.dream(NET, params, x, checkpoint=ckpt, **other)
+    assert e.value.reason == "mismatch" and isinstance(e.value, InputError)
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"^checkpoint: .* is not a readable jaxviz dream checkpoint") as e:
+        dream.dream(NET, params, x, checkpoint=damaged, **kw)
+    assert e.value.reason == "unreadable"
     np.testing.assert_array_equal(dream.dream(NET, params, x, checkpoint=ckpt, resume=False, **other)[0],
                                   dream.dream(NET, params, x, **other)[0])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxviz import losses, models, style, weights
-from jaxviz.errors import InputError
+from jaxviz.errors import CheckpointError, InputError
 
 NET = models.VGG(stages=((8,), (16,)), classifier=False)
 LAYERS = dict(content_layers=["relu2_1"], style_layers=[("relu1_1", 0.5), ("relu2_1", 0.5)])
@@ -261,8 +261,9 @@ def test_resume_after_interrupt_ends_where_an_uninterrupted_run_ends(params, tmp
     # a finished checkpoint returns at once; another run's checkpoint is refused
     again = style.run(NET, params, CONTENT, STYLE, steps=6, checkpoint=ckpt, callback=seen.append, progress=False, **LBFGS)
     np.testing.assert_array_equal(again, out)
-    with pytest.raises(InputError, match=r"^checkpoint: .* was written by a run with other inputs, weights or settings"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint: .* was written by a run with other inputs, weights or settings") as e:
         style.run(NET, params, CONTENT, STYLE, steps=6, checkpoint=ckpt, seed=1, progress=False, **LBFGS)
+    assert e.value.reason == "mismatch"
 
 
 def test_multiscale_starts_each_scale_from_the_upsampled_result(params):

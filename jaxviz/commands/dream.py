@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
 
     from .. import dream, image
-    from ..errors import InputError
+    from ..errors import CheckpointError, InputError
 
     if finished(args):
         return 0
@@ -82,10 +82,8 @@ def run(args: argparse.Namespace) -> int:
     resumed = ckpt.exists()
     try:
         out, objectives = dream.dream(net, params, x, **kw)
-    except InputError as e:
-        if not str(e).startswith("checkpoint:"):
-            raise
-        why = "it was made with other settings" if "other inputs or settings" in str(e) else "unreadable"
+    except CheckpointError as e:
+        why = "it was made with other settings" if e.reason == "mismatch" else "unreadable"
         print(f"ignoring {ckpt}: {why}", file=sys.stderr)
         resumed = False
         out, objectives = dream.dream(net, params, x, **kw, resume=False)
