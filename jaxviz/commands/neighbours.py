@@ -22,6 +22,7 @@ from ._common import (
     weights_key,
 )
 from .featmaps import (
+    Skips,
     add_folder_args,
     add_output_args,
     checkpoint_path,
@@ -32,7 +33,6 @@ from .featmaps import (
     random_weights_note,
     save,
     save_table,
-    Skips,
     write_npz,
 )
 

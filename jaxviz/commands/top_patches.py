@@ -15,6 +15,7 @@ import sys
 from .._checks import index_ranges
 from ._common import add_model_args, file_stamps, model_and_params, weights_key
 from .featmaps import (
+    Skips,
     add_folder_args,
     add_output_args,
     checkpoint_path,
@@ -26,7 +27,6 @@ from .featmaps import (
     random_weights_note,
     save,
     save_table,
-    Skips,
     write_npz,
 )
 
