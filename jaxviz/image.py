@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -58,6 +58,7 @@ __all__ = [
     "center_crop",
     "imagenet_eval",
     "save",
+    "read_text",
     "list_images",
     "load_folder",
 ]
@@ -441,7 +442,7 @@ def imagenet_eval(path_or_array: Any, crop: int = 224, resize_to: int = 256) -> 
     return np.ascontiguousarray(center_crop(x, crop))
 
 
-def save(x: Any, path: PathLike, *, quality: int = 95) -> Path:
+def save(x: Any, path: PathLike, *, quality: int = 95, text: Mapping[str, str] | None = None) -> Path:
     """Writes one image to a file, atomically.
 
     The format follows the suffix. Parent directories are created. The image
@@ -457,6 +458,8 @@ def save(x: Any, path: PathLike, *, quality: int = 95) -> Path:
       path: destination ending in .png, .jpg, .jpeg, .webp, .tif, .tiff or
         .bmp (any case).
       quality: JPEG/WebP quality, 1 to 100; ignored by lossless formats.
+      text: key/value text stored in a PNG's text chunks (:func:`read_text`
+        gives them back); ignored by other formats.
 
     Returns:
       the ``Path`` written.
@@ -506,10 +509,27 @@ def save(x: Any, path: PathLike, *, quality: int = 95) -> Path:
     options: dict[str, Any] = {}
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
+    if text and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for k, v in text.items():
+            info.add_itxt(str(k), str(v))  # iTXt: UTF-8 (file names in the settings need not be Latin-1)
+        options["pnginfo"] = info
 
     with atomic_open(path, "wb") as f:
         img.save(f, format=fmt, **options)
     return path
+
+
+def read_text(path: PathLike) -> dict[str, str]:
+    """The text chunks of a PNG file (what :func:`save` stored with ``text=``); ``{}`` for other formats and for
+    files that cannot be read as an image."""
+    try:
+        with Image.open(path) as im:
+            return {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return {}
 
 
 def list_images(directory: PathLike, *, recursive: bool = False) -> list[Path]:

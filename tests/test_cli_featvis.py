@@ -81,8 +81,30 @@ def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(ti
     np.testing.assert_allclose(pic, want, atol=1 / 255)  # PNG stores 8 bits, tiles labelled with their channel
     assert fm[..., np.argsort(-fm.mean((0, 1)))[:5]].std((0, 1)).min() > 0  # the tiles are maps, not flat colour
     mtime = os.path.getmtime(out)
-    code, _, err = run(capsys, "featmaps", src, "--layer", "relu2_1", "--out", out, "--weights", "random")
+    # the same settings (the image named another way, no progress bar): nothing to do
+    same = ("--layer", "relu2_1", "--size", "48", "--limit", "5", "--out", out, "--weights", "random")
+    code, _, err = run(capsys, "featmaps", os.path.relpath(src), *same)
     assert code == 0 and "already exists; nothing to do" in err and os.path.getmtime(out) == mtime
+    # other settings: the picture records what made it, so the rerun says what differs instead of "nothing to do"
+    code, _, err = run(capsys, "featmaps", src, "--layer", "relu1_1", "--size", "48", "--out", out, "--weights",
+                       "random")
+    assert code == 2 and err.strip() == (
+        f"jaxviz featmaps: error: --out: {out} exists and other settings: --layer 'relu2_1' (now 'relu1_1'), "
+        "--limit 5 (now 64); use another --out, or --overwrite to replace it")
+    assert os.path.getmtime(out) == mtime
+    code, _, err = run(capsys, "filters", "--out", out, "--weights", "random")
+    assert code == 2 and f"--out: {out} exists and it was made by jaxviz featmaps; use another --out" in err
+    code, text, _ = run(capsys, "featmaps", src, "--layer", "relu1_1", "--size", "48", "--out", out, "--weights",
+                        "random", "--overwrite", "--no-progress")
+    assert code == 0 and "relu1_1: 8 channels" in text
+    code, _, err = run(capsys, "featmaps", src, "--layer", "relu1_1", "--size", "48", "--out", out, "--weights",
+                       "random")
+    assert code == 0 and "nothing to do" in err
+    # a picture without the record (another program's, or a JPEG) is simply kept, as before
+    jpg = tmp_path / "maps.jpg"
+    image.save(pic, jpg)
+    code, _, err = run(capsys, "featmaps", src, "--layer", "relu1_1", "--out", jpg, "--weights", "random")
+    assert code == 0 and "nothing to do" in err
 
 
 def test_filters(tiny, tmp_path, capsys):

@@ -389,6 +389,17 @@ def test_save_greyscale_clips_and_rounds(tmp_path):
         np.testing.assert_array_equal(x[..., 0], x[..., 2])  # greyscale loads as equal channels
 
 
+def test_save_stores_png_text_and_read_text_returns_it(tmp_path):
+    x = np.full((4, 5, 3), 0.5, np.float32)
+    p = jimage.save(x, tmp_path / "a.png", text={"jaxviz": '{"layer": "relu2_1"}', "Ünïcode": "café ✓"})
+    assert jimage.read_text(p) == {"jaxviz": '{"layer": "relu2_1"}', "Ünïcode": "café ✓"}
+    np.testing.assert_allclose(jimage.load(p)[0], 128 / 255)  # the pixels are as without text
+    assert jimage.read_text(jimage.save(x, tmp_path / "b.png")) == {}
+    assert jimage.read_text(jimage.save(x, tmp_path / "c.jpg", text={"k": "v"})) == {}  # PNG only
+    (tmp_path / "d.png").write_bytes(b"not a png")
+    assert jimage.read_text(tmp_path / "d.png") == {} and jimage.read_text(tmp_path / "missing.png") == {}
+
+
 def test_save_rgba_png(tmp_path):
     a = np.zeros((4, 4, 4), np.float32)
     a[..., 0] = 1.0

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ignoring {ckpt}: {why}", file=sys.stderr)
         resumed = False
         out, objectives = dream.dream(net, params, x, **kw, resume=False)
-    save(jax.device_get(out)[0], args.out)
+    save(jax.device_get(out)[0], args.out, args)
     ckpt.unlink(missing_ok=True)
     if resumed:
         print(f"resumed from {ckpt}", file=sys.stderr)

@@ -62,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
         parents = [Path(n).parent.name for n in feats.names]
         labels = parents if len(set(parents)) > 1 else None
     pic = embed.scatter_thumbnails(xy, feats.thumbnails, labels=labels, title=title, size=args.plot_size)
-    save(pic, args.out)
+    save(pic, args.out, args)
     random_weights_note(args)
     return 0

@@ -78,21 +78,69 @@ def check_out(out: Path, flag: str = "--out") -> None:
     check_writable(out.parent if str(out.parent) else Path("."), flag)
 
 
+# arguments that do not change the picture (how it is computed, shown or where it goes)
+_NOT_SETTINGS = ("func", "command", "resumable", "out", "overwrite", "no_progress", "checkpoint_every", "batch_size")
+SETTINGS_KEY = "jaxviz"  # the PNG text chunk holding the command and settings that made the picture
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The command and the arguments of ``args`` that decide its picture, as JSON-ready values."""
+    import json
+
+    import os
+    from pathlib import PurePath
+
+    def plain(v):  # paths as absolute ones (cat.jpg and ./cat.jpg are the same input); the rest as text
+        return os.path.abspath(v) if isinstance(v, PurePath) else str(v)
+
+    keep = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k not in _NOT_SETTINGS}
+    return {"command": args.command, "settings": json.loads(json.dumps(keep, default=plain))}
+
+
+def _made_with(path: Path) -> dict | None:
+    """What :func:`save` recorded in the picture at ``path`` (None for other formats, older pictures, others')."""
+    import json
+
+    from .. import image
+
+    try:
+        made = json.loads(image.read_text(path).get(SETTINGS_KEY, "null"))
+    except ValueError:
+        return None
+    return made if isinstance(made, dict) and isinstance(made.get("settings"), dict) else None
+
+
 def finished(args: argparse.Namespace) -> bool:
     """Checks OUT (:func:`check_out`), then True (and says so) when it exists and --overwrite was not given:
-    a rerun does nothing."""
+    a rerun does nothing. A PNG made by this command with other settings is refused with the differences (they
+    are stored in it by :func:`save`)."""
+    from ..errors import InputError
+
     check_out(args.out)
     if args.out.exists() and not args.overwrite:
+        made, now = _made_with(args.out), settings_of(args)
+        if made is not None and made != now:
+            if made.get("command") != now["command"]:
+                diff = f"it was made by jaxviz {made.get('command')}"
+            else:
+                was, new = made["settings"], now["settings"]
+                diff = "other settings: " + ", ".join(f"--{k.replace('_', '-')} {was.get(k)!r} (now {new.get(k)!r})"
+                                                      for k in sorted({*was, *new}) if was.get(k) != new.get(k))
+            raise InputError(f"--out: {args.out} exists and {diff}; use another --out, or --overwrite to replace it")
         print(f"jaxviz {args.command}: {args.out} already exists; nothing to do (--overwrite to redo)", file=sys.stderr)
         return True
     return False
 
 
-def save(picture, path: Path) -> None:
-    """Writes a float RGB picture atomically and reports it."""
+def save(picture, path: Path, args: argparse.Namespace | None = None) -> None:
+    """Writes a float RGB picture atomically and reports it; with ``args``, a PNG records the command and
+    settings that made it (:func:`finished` compares them on a rerun)."""
+    import json
+
     from .. import image
 
-    image.save(picture, path)
+    text = None if args is None else {SETTINGS_KEY: json.dumps(settings_of(args))}
+    image.save(picture, path, text=text)
     print(f"wrote {path} ({picture.shape[1]}x{picture.shape[0]})")
 
 
@@ -240,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--layer: expected a convolutional tap, got {layer!r}")
     grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x, min_tile=96,
                                  labels=True)
-    save(grid, args.out)
+    save(grid, args.out, args)
     print(f"{layer}: {fm.shape[2]} channels of {fm.shape[0]}x{fm.shape[1]}"
           f"{f', showing {min(args.limit, fm.shape[2])}' if args.limit < fm.shape[2] else ''}")
     random_weights_note(args)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         params = {"params": inner}
     k = maps.filters(params, layer)
     ncols = 8 if k.shape[0] == 64 else None
-    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols), args.out)
+    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols), args.out, args)
     shown = f"{k.shape[0]} of {total}" if k.shape[0] < total else f"{total}"
     print(f"{layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]}")
     random_weights_note(args)

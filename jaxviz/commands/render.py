@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(group))
     names = _tile_names(chans, classes, width)
     ncols = min(len(chans), max(1, int(np.ceil(np.sqrt(len(chans))))))
-    save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out)
+    save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out, args)
     ckpt.unlink(missing_ok=True)
     what = "classes" if classes else ("neurons" if args.neuron else "channels")
     print(f"{layer}: {len(chans)} {what} ({index_ranges(chans)}), {args.steps} steps at {args.size} px")

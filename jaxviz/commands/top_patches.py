@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     save_table(table, ("channel", "rank", "activation", "file", "top", "left", "bottom", "right"),
                [(int(c), r + 1, f"{float(top.values[ci, r]):.6g}", top.names[ci][r], *map(int, top.boxes[ci, r]))
                 for ci, c in enumerate(args.channels) for r in range(top.index.shape[1]) if top.index[ci, r] >= 0])
-    save(P.patch_grid(top, tile=args.tile, values=True), args.out)
+    save(P.patch_grid(top, tile=args.tile, values=True), args.out, args)
     print(f"wrote {table} (every patch: its activation, file and receptive-field box in the resized picture, which may reach past its edges)")
     ckpt.unlink(missing_ok=True)
     print(f"{layer}: receptive field {rf.size}x{rf.size} px at stride {rf.stride}; {int(state.count)} images"
