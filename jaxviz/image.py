@@ -523,8 +523,15 @@ def save(x: Any, path: PathLike, *, quality: int = 95, text: Mapping[str, str] |
 
 
 def read_text(path: PathLike) -> dict[str, str]:
-    """The text chunks of a PNG file (what :func:`save` stored with ``text=``); ``{}`` for other formats and for
-    files that cannot be read as an image."""
+    """The text chunks of a PNG file (what :func:`save` stored with ``text=``).
+
+    Args:
+      path: an image file.
+
+    Returns:
+      key -> text; ``{}`` for other formats and for files that cannot be read
+      as an image.
+    """
     try:
         with Image.open(path) as im:
             return {str(k): str(v) for k, v in getattr(im, "text", {}).items()}

@@ -630,6 +630,7 @@ def test_public_api():
         "center_crop",
         "imagenet_eval",
         "save",
+        "read_text",
         "list_images",
         "load_folder",
     }
