@@ -531,6 +531,11 @@ def read_text(path: PathLike) -> dict[str, str]:
     Returns:
       key -> text; ``{}`` for other formats and for files that cannot be read
       as an image.
+
+    Example:
+      >>> p = save(np.zeros((2, 2, 3)), "out/a.png", text={"note": "hi"})   # doctest: +SKIP
+      >>> read_text(p)                                                     # doctest: +SKIP
+      {'note': 'hi'}
     """
     try:
         with Image.open(path) as im:
