@@ -65,10 +65,28 @@ def prng_key(key: Any, name: str = "key") -> Any:
         return jax.random.key(int(key))
     dtype = getattr(key, "dtype", None)
     if dtype is not None and (jnp.issubdtype(dtype, jax.dtypes.prng_key)
-                              or (dtype == np.uint32 and tuple(np.shape(key))[-1:] == (2,))):
+                              or (dtype == np.uint32 and tuple(np.shape(key))[-1:] == (_raw_key_size(),))):
         return key
     raise InputError(f"{name}: expected a PRNG key (jax.random.key(seed)) or an int seed, got "
                      f"{type(key).__name__}{' of dtype ' + str(dtype) if dtype is not None else ''}")
+
+
+def _raw_key_size() -> int:
+    """Words in a legacy raw uint32 key (``jax.random.PRNGKey``) of the default PRNG implementation: 2 for
+    threefry, 4 for rbg/unsafe_rbg (a common TPU setting)."""
+    return int(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape[-1])
+
+
+def prng_keys(key: Any, n: int, name: str = "key") -> Any:
+    """:func:`prng_key`, also taking one key per image: a typed key array of shape () or (n,) (legacy raw keys
+    are wrapped). InputError for any other shape."""
+    key = prng_key(key, name)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.shape not in ((), (n,)):
+        raise InputError(f"{name}: expected one PRNG key or one per image, shape () or ({n},), got shape "
+                         f"{tuple(key.shape)}")
+    return key
 
 
 def positive_int(value: Any, name: str) -> int:

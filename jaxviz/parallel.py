@@ -14,7 +14,9 @@ function ``fn(shared, *batched)`` so that:
   ``"batch"``,
 * ``fn`` runs under ``jax.jit(jax.shard_map(...))``: each device calls it on
   its own slice, with no communication, so the result for an image does not
-  depend on how many devices there are,
+  depend on how many devices there are (for a random method such as
+  SmoothGrad, pass one PRNG key per image as a batched argument: one shared
+  key would draw by position within each device's slice),
 * the outputs (any pytree of arrays with the batch axis first) are trimmed
   back to the true batch size.
 

@@ -168,13 +168,42 @@ def test_smoothgrad_input_x_gradient_uses_the_documented_noise(lin):
     w = wmap(params, 1)
     got = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples, stdev=stdev, key=key)
     items = jnp.arange(2 * samples)
-    eps = stdev * _common.normal_noise(key, items, x.shape[1:]).reshape(2, samples, H, W, 3)
+    eps = stdev * _common.normal_noise(key, items, x.shape[1:], samples).reshape(2, samples, H, W, 3)
     np.testing.assert_allclose(got, (x + eps.mean(1)) * w, rtol=1e-4, atol=1e-6)
     # noise_level is a fraction of each image's range
     rng = (x.reshape(2, -1).max(1) - x.reshape(2, -1).min(1))
     got = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples, noise_level=0.2, key=key)
-    eps = _common.normal_noise(key, items, x.shape[1:]).reshape(2, samples, H, W, 3).mean(1)
+    eps = _common.normal_noise(key, items, x.shape[1:], samples).reshape(2, samples, H, W, 3).mean(1)
     np.testing.assert_allclose(got, (x + 0.2 * rng[:, None, None, None] * eps) * w, rtol=1e-4, atol=1e-6)
+
+
+def test_smoothgrad_with_one_key_per_image_ignores_the_batch_position(lin):
+    params, x = lin
+    keys, samples, stdev = jax.random.split(jax.random.key(5), 2), 3, 0.2
+    w = wmap(params, 1)
+    got = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples, stdev=stdev, key=keys,
+                       batch_size=2)
+    # sample s of image i: normal(fold_in(keys[i], s)), drawn flat
+    eps = np.stack([np.mean([np.asarray(jax.random.normal(jax.random.fold_in(keys[i], s), (H * W * 3,)))
+                             for s in range(samples)], 0).reshape(H, W, 3) for i in range(2)])
+    np.testing.assert_allclose(got, (x + stdev * eps) * w, rtol=1e-4, atol=1e-6)
+    # each image alone, or the batch reversed, gives the same maps (a single key follows the position instead)
+    for i in range(2):
+        alone = A.smoothgrad(linear, params, x[i:i + 1], 1, method="input_x_gradient", samples=samples, stdev=stdev,
+                             key=keys[i:i + 1])
+        np.testing.assert_allclose(alone[0], got[i], rtol=1e-6, atol=1e-7)
+    rev = A.smoothgrad(linear, params, x[::-1], 1, method="input_x_gradient", samples=samples, stdev=stdev,
+                       key=keys[::-1])
+    np.testing.assert_allclose(rev[::-1], got, rtol=1e-6, atol=1e-7)
+    one = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples, stdev=stdev, key=keys[0])
+    assert np.abs(np.asarray(one[1]) - np.asarray(got[1])).max() > 1e-3
+    # legacy raw keys (jax.random.PRNGKey) work in both forms
+    raw = jax.random.key_data(keys)
+    np.testing.assert_array_equal(A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=samples,
+                                               stdev=stdev, key=raw, batch_size=2), got)
+    with pytest.raises(InputError, match=r"^key: expected one PRNG key or one per image, shape \(\) or \(2,\), got "
+                                         r"shape \(3,\)"):
+        A.smoothgrad(linear, params, x, 1, key=jax.random.split(jax.random.key(0), 3))
 
 
 def test_smoothgrad_over_integrated_gradients(lin):
@@ -182,7 +211,7 @@ def test_smoothgrad_over_integrated_gradients(lin):
     key = jax.random.key(1)
     got = A.smoothgrad(linear, params, x, 2, method="integrated_gradients", samples=3, stdev=0.1, key=key,
                        options={"steps": 4, "baselines": jnp.zeros_like(x)}, batch_size=2)
-    eps = 0.1 * _common.normal_noise(key, jnp.arange(6), x.shape[1:]).reshape(2, 3, H, W, 3).mean(1)
+    eps = 0.1 * _common.normal_noise(key, jnp.arange(6), x.shape[1:], 3).reshape(2, 3, H, W, 3).mean(1)
     np.testing.assert_allclose(got, (x + eps) * wmap(params, 2), rtol=1e-4, atol=1e-6)
 
 
@@ -658,3 +687,21 @@ def test_vgg_gradients_use_flipped_convolutions_and_match_the_plain_callable():
     assert float(jnp.abs(ref).max()) > 0
     np.testing.assert_allclose(eager, ref, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(traced, ref, rtol=1e-5, atol=1e-9)
+
+
+def test_legacy_raw_keys_of_the_rbg_implementation_are_accepted(lin):
+    """rbg (a common TPU setting) keys are 4 words, threefry's 2: a raw key is checked against the default one."""
+    params, x = lin
+    prev = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        raw = jax.random.PRNGKey(3)
+        assert raw.shape == (4,)
+        got = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=2, stdev=0.1, key=raw)
+        want = A.smoothgrad(linear, params, x, 1, method="input_x_gradient", samples=2, stdev=0.1,
+                            key=jax.random.wrap_key_data(raw))
+        np.testing.assert_array_equal(got, want)
+        with pytest.raises(InputError, match=r"^key: expected a PRNG key"):
+            A.smoothgrad(linear, params, x, 1, key=jnp.zeros((2,), jnp.uint32))  # threefry-sized: not rbg's
+    finally:
+        jax.config.update("jax_default_prng_impl", prev)

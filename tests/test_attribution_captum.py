@@ -94,7 +94,7 @@ class _InjectedNoiseTunnel(captum_attr.NoiseTunnel):
 def test_noise_tunnel_saliency(setup, variant):
     net, ref, params, x, xt = setup
     samples, stdev, key = 4, 0.2, jax.random.key(5)
-    noise = stdev * _common.normal_noise(key, jnp.arange(2 * samples), x.shape[1:])
+    noise = stdev * _common.normal_noise(key, jnp.arange(2 * samples), x.shape[1:], samples)
     nt = _InjectedNoiseTunnel(captum_attr.Saliency(ref), tr.to_nchw(noise))
     cap = nt.attribute(xt.clone().requires_grad_(), nt_type=variant, nt_samples=samples, stdevs=stdev, target=TARGET)
     ours = A.smoothgrad(net, params, x, TARGET, variant=variant, samples=samples, stdev=stdev, key=key, batch_size=3)
@@ -104,7 +104,7 @@ def test_noise_tunnel_saliency(setup, variant):
 def test_noise_tunnel_integrated_gradients(setup):
     net, ref, params, x, xt = setup
     samples, stdev, key = 3, 0.1, jax.random.key(6)
-    noise = stdev * _common.normal_noise(key, jnp.arange(2 * samples), x.shape[1:])
+    noise = stdev * _common.normal_noise(key, jnp.arange(2 * samples), x.shape[1:], samples)
     nt = _InjectedNoiseTunnel(captum_attr.IntegratedGradients(ref), tr.to_nchw(noise))
     cap = nt.attribute(xt.clone().requires_grad_(), nt_type="smoothgrad", nt_samples=samples, stdevs=stdev,
                        target=TARGET, n_steps=4)

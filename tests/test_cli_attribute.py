@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -344,9 +345,12 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_sharded_over_four_devices_equals_one(folder, tmp_path):
+@pytest.mark.parametrize("opts", [
+    ["--method", "occlusion", "--option", "window=8", "--option", "stride=4", "--batch-size", "5"],
+    ["--method", "smoothgrad", "--option", "samples=4", "--batch-size", "5"],  # random: one key per image
+], ids=["occlusion", "smoothgrad"])
+def test_sharded_over_four_devices_equals_one(folder, tmp_path, opts):
     one, four = tmp_path / "one", tmp_path / "four"
-    opts = ["--method", "occlusion", "--option", "window=8", "--option", "stride=4", "--batch-size", "5"]
     assert cli.main(_args(folder, one, *opts)) == 0
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SUBPROCESS, *_args(folder, four, *opts)], env=env,
@@ -360,6 +364,27 @@ def test_sharded_over_four_devices_equals_one(folder, tmp_path):
     for i in range(N):
         x, y = np.load(one / f"img{i}.png.npy"), np.load(four / f"img{i}.png.npy")
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
+
+
+def test_smoothgrad_maps_depend_on_neither_batch_size_nor_batch_position(folder, model, tmp_path):
+    net, params = model
+    opts = ["--method", "smoothgrad", "--option", "samples=4", "--option", "key=9"]
+    assert cli.main(_args(folder, tmp_path / "b2", *opts, "--batch-size", "2")) == 0
+    assert cli.main(_args(folder, tmp_path / "b7", *opts, "--batch-size", "7")) == 0
+    x = _load_all(folder)
+    names = [f"img{i}.png" for i in range(N)]
+    # image i's noise comes from fold_in(key(9), crc32("imgI.png")), wherever it sits
+    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(9), c))(
+        jnp.asarray([zlib.crc32(n.encode()) for n in names], jnp.uint32))
+    top1 = np.asarray(net.apply(params, x)).argmax(-1)
+    want = np.asarray(attribution.smoothgrad(net, params, x, top1, samples=4, key=keys))
+    for i in range(N):
+        a, b = np.load(tmp_path / "b2" / f"img{i}.png.npy"), np.load(tmp_path / "b7" / f"img{i}.png.npy")
+        np.testing.assert_allclose(a, want[i], rtol=1e-5, atol=1e-6 * np.abs(want[i]).max())
+        np.testing.assert_allclose(b, want[i], rtol=1e-5, atol=1e-6 * np.abs(want[i]).max())
+    # (one key for the whole batch gave images 1-6 other noise at --batch-size 7 than at 2)
+    assert np.abs(np.asarray(attribution.smoothgrad(net, params, x, top1, samples=4, key=9))[3] - want[3]).max() > \
+        1e-3 * np.abs(want[3]).max()
 
 
 def test_rerun_finds_its_programs_in_the_compile_cache(folder, model, tmp_path):

@@ -74,7 +74,7 @@ def test_max_sensitivity_linear_closed_form(lin):
     got = metrics.max_sensitivity(linear, params, x, 2, method="input_x_gradient", samples=samples, radius=radius,
                                   key=key, batch_size=3)
     w = np.asarray(params["w"])[:, 2].reshape(H, W, 3)
-    delta = radius * np.asarray(_common.uniform_noise(key, jnp.arange(2 * samples), (H, W, 3), 1.0))
+    delta = radius * np.asarray(_common.uniform_noise(key, jnp.arange(2 * samples), (H, W, 3), 1.0, samples))
     delta = delta.reshape(2, samples, H, W, 3)
     ratio = np.linalg.norm((delta * w).reshape(2, samples, -1), axis=2) / np.linalg.norm(
         (np.asarray(x) * w).reshape(2, 1, -1), axis=2)
@@ -95,7 +95,7 @@ def test_captum_infidelity_and_sensitivity_with_identical_perturbations(lin):
 
     xt = torch.from_numpy(np.asarray(x, np.float64))
     attr = A.input_x_gradient(linear, params, x, [0, 2])
-    noise = stdev * np.asarray(_common.normal_noise(key, jnp.arange(2 * samples), (H, W, 3)), np.float64)
+    noise = stdev * np.asarray(_common.normal_noise(key, jnp.arange(2 * samples), (H, W, 3), samples), np.float64)
     noise_t = torch.from_numpy(noise)
 
     def perturb(inputs):
@@ -120,7 +120,7 @@ def test_captum_infidelity_and_sensitivity_with_identical_perturbations(lin):
         metrics.infidelity(linear, params, x, 0, np.zeros((2, H, W, 2), np.float32))
 
     radius = 0.05
-    unif = radius * np.asarray(_common.uniform_noise(key, jnp.arange(2 * samples), (H, W, 3), 1.0), np.float64)
+    unif = radius * np.asarray(_common.uniform_noise(key, jnp.arange(2 * samples), (H, W, 3), 1.0, samples), np.float64)
     unif_t = torch.from_numpy(unif)
     cap = cm.sensitivity_max(captum_attr.InputXGradient(torch_linear).attribute, xt.clone().requires_grad_(),
                              perturb_func=lambda inputs, r: inputs + unif_t, perturb_radius=radius,

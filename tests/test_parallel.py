@@ -66,14 +66,17 @@ _SCRIPT = textwrap.dedent(
     t = np.array([0, 1, 2, 3, 0, 1], np.int32)
     params = jax.jit(net.init)(jax.random.key(0), x[:1])
 
-    def fn(p, x, t):
+    keys = jax.random.split(jax.random.key(3), 6)  # SmoothGrad: one key per image, sharded with the images
+
+    def fn(p, x, t, k):
         sal = attribution.saliency(net, p, x, t)
         occ = attribution.occlusion(net, p, x, t, window=4, stride=4, batch_size=8)
+        sg = attribution.smoothgrad(net, p, x, t, samples=3, key=k)
         dev = jnp.full((x.shape[0],), jax.lax.axis_index("batch"))
-        return {"saliency": sal, "occlusion": occ, "logits": net.apply(p, x), "device": dev}
+        return {"saliency": sal, "occlusion": occ, "smoothgrad": sg, "logits": net.apply(p, x), "device": dev}
 
-    four = parallel.data_parallel(fn)(params, x, t)           # 6 images padded to 8, 2 per device
-    one = parallel.data_parallel(fn, devices=jax.devices()[:1])(params, x, t)
+    four = parallel.data_parallel(fn)(params, x, t, keys)           # 6 images padded to 8, 2 per device
+    one = parallel.data_parallel(fn, devices=jax.devices()[:1])(params, x, t, keys)
     out = {k: np.asarray(v).tolist() for k, v in four.items()}
     out["one"] = {k: np.asarray(v).tolist() for k, v in one.items()}
     out["num_devices"] = parallel.data_parallel(fn).num_devices
@@ -92,7 +95,7 @@ def test_four_host_devices_match_one_device(tmp_path):
     # the 6 images really were split, 2 per device (padded to 8: device 3 got the two padding copies)
     assert out["device"] == [0, 0, 1, 1, 2, 2]
     assert out["one"]["device"] == [0] * 6
-    for k in ("saliency", "occlusion", "logits"):
+    for k in ("saliency", "occlusion", "smoothgrad", "logits"):
         four, one = np.asarray(out[k]), np.asarray(out["one"][k])
         assert four.shape == one.shape and four.shape[0] == 6
         # identical up to float32 round-off (each device runs a smaller batch, so XLA may block differently)

@@ -394,19 +394,33 @@ def accepts(fn: Callable, name: str) -> bool:
         return False
 
 
-def normal_noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def item_key(key: jax.Array, k: jax.Array, samples: int) -> jax.Array:
+    """The PRNG key of item ``k`` = sample ``k % samples`` of image ``k // samples``.
+
+    One key (shape ()): ``fold_in(key, k)``, so the noise follows the image's
+    position in the call. One key per image (shape (N,)): ``fold_in(key[k //
+    samples], k % samples)``, so an image's noise follows its own key wherever it
+    sits: in any batch, on any device (the form for ``parallel.data_parallel``,
+    which hands each device a slice of the images and of their keys).
+    """
+    if key.ndim == 0:
+        return jax.random.fold_in(key, k)
+    return jax.random.fold_in(key[k // samples], k % samples)
+
+
+def normal_noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...], samples: int) -> jax.Array:
     """Standard-normal noise per item number: (len(items),) + shape.
 
-    Item k is ``jax.random.normal(fold_in(key, k), (prod(shape),)).reshape(shape)``
+    Item k is ``jax.random.normal(item_key(key, k, samples), (prod(shape),)).reshape(shape)``
     (drawn flat: XLA:CPU compiles threefry over a 1-D shape several times faster).
     """
     size = math.prod(shape)
-    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k), (size,), jnp.float32).reshape(shape))(items)
+    return jax.vmap(lambda k: jax.random.normal(item_key(key, k, samples), (size,), jnp.float32).reshape(shape))(items)
 
 
-def uniform_noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...], radius: float) -> jax.Array:
-    """Uniform noise in [-radius, radius) per item number (drawn flat like :func:`normal_noise`)."""
+def uniform_noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...], radius: float, samples: int) -> jax.Array:
+    """Uniform noise in [-radius, radius) per item number (keys as :func:`normal_noise`)."""
     size = math.prod(shape)
     return jax.vmap(
-        lambda k: jax.random.uniform(jax.random.fold_in(key, k), (size,), jnp.float32, -radius, radius).reshape(shape)
+        lambda k: jax.random.uniform(item_key(key, k, samples), (size,), jnp.float32, -radius, radius).reshape(shape)
     )(items)

@@ -179,7 +179,7 @@ def _infidelity_core(net, params, images, attributions, stdev, key, target_idx, 
 
     def body(k):
         i = k // samples
-        pert = stdev * _common.normal_noise(key, k, images.shape[1:])
+        pert = stdev * _common.normal_noise(key, k, images.shape[1:], samples)
         out = _common.scores(f(params, images[i] - pert), target_fn, _common.gather_target(target_idx, i))
         a_dot = jnp.sum((attributions[i] * pert).reshape(k.shape[0], -1), axis=1)
         return a_dot, clean[i] - out
@@ -213,7 +213,9 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
         the same as the map repeated over the channels (which is what Captum,
         wanting the inputs' shape, must be given).
       key: PRNG key or int seed (None: ``jax.random.key(0)``); perturbation s of image i is
-        ``stdev * normal(fold_in(key, i * samples + s))``.
+        ``stdev * normal(fold_in(key, i * samples + s))``. Or one key per image,
+        shape (N,): ``fold_in(key[i], s)``, independent of the image's place in
+        the batch (the form for ``parallel.data_parallel``).
       samples: perturbations per image.
       stdev: perturbation standard deviation.
       normalize: Captum's ``normalize=True``.
@@ -235,7 +237,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
     _checks.positive_number(stdev, "stdev")
-    key = _checks.prng_key(key)
+    key = _checks.prng_keys(key, images.shape[0])
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _infidelity_core(net, params, images, jnp.asarray(attributions, jnp.float32), jnp.float32(stdev), key, idx,
                             target_fn=fn, samples=samples, batch_size=batch_size, normalize=bool(normalize))
@@ -268,7 +270,7 @@ def _sens_reference(net, params, images, target_idx, dyn_opts, *, target_fn, bas
 
 def _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn, base, samples):
     i = k // samples
-    x = images[i] + _common.uniform_noise(key, k, images.shape[1:], 1.0) * radius
+    x = images[i] + _common.uniform_noise(key, k, images.shape[1:], 1.0, samples) * radius
     t = target_fn if target_fn is not None else target_idx[i]
     a = base(net, params, x, t, **opts).reshape(k.shape[0], -1)
     return jnp.linalg.norm(a - ref_flat[i], axis=1) / ref_norm[i]
@@ -306,7 +308,8 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
       net, params, images, target: as for the method.
       method: a name from ``METHODS`` or a callable with the method signature.
       options: keyword options for the method.
-      key: PRNG key or int seed (None: ``jax.random.key(0)``); noise s of image i uses ``fold_in(key, i * samples + s)``.
+      key: PRNG key or int seed (None: ``jax.random.key(0)``); noise s of image i uses ``fold_in(key, i * samples + s)``,
+        or ``fold_in(key[i], s)`` for one key per image, shape (N,) (as in :func:`infidelity`).
       samples: perturbations per image.
       radius: half-width of the uniform noise.
       batch_size: perturbed images per method call.
@@ -321,7 +324,7 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     base = _common.resolve_method(method)
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
-    key = _checks.prng_key(key)
+    key = _checks.prng_keys(key, images.shape[0])
     options = _common.check_options(base, options)
     _checks.positive_number(radius, "radius")
     if "batch_size" in options:

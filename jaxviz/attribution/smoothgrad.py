@@ -8,7 +8,10 @@ E[a^2] - E[a]^2, as Captum computes it).
 Noise sample ``s`` of image ``i`` is drawn from ``jax.random.fold_in(key, i *
 samples + s)``, so it depends only on the key and the position, never on
 ``batch_size``; the order (image-major) is Captum's ``repeat_interleave``
-order.
+order. With one key per image (``key`` of shape (N,)) it is drawn from
+``fold_in(key[i], s)`` instead: an image's map then depends on its own key
+only, not on its position, so batches split any way, or sharded over devices
+with ``parallel.data_parallel``, give the same maps.
 
 References: D. Smilkov et al., "SmoothGrad: removing noise by adding noise",
 2017; J. Adebayo et al., "Local Explanation Methods for Deep Neural Networks
@@ -33,19 +36,20 @@ __all__ = ["smoothgrad", "noise", "VARIANTS"]
 VARIANTS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
 
-def noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def noise(key: jax.Array, items: jax.Array, shape: tuple[int, ...], samples: int) -> jax.Array:
     """Standard-normal noise for the given item numbers: (len(items),) + shape.
 
     Item ``i * samples + s`` is sample ``s`` of image ``i``; it is drawn from
-    ``jax.random.fold_in(key, i * samples + s)`` (see ``_common.normal_noise``).
+    ``jax.random.fold_in(key, i * samples + s)``, or from ``fold_in(key[i], s)``
+    for one key per image (see ``_common.item_key``).
     """
-    return _common.normal_noise(key, items, shape)
+    return _common.normal_noise(key, items, shape, samples)
 
 
 def _item_maps(net, params, images, sigma, key, target_idx, opts, k, target_fn, base, samples):
     """Base-method maps (a, a^2) of the noisy items k (item = image * samples + sample)."""
     i = k // samples
-    x = images[i] + sigma[i][:, None, None, None] * noise(key, k, images.shape[1:])
+    x = images[i] + sigma[i][:, None, None, None] * noise(key, k, images.shape[1:], samples)
     t = target_fn if target_fn is not None else target_idx[i]
     a = base(net, params, x, t, **opts)
     return a, a * a
@@ -127,6 +131,9 @@ def smoothgrad(
       noise_level: used when ``stdev`` is None: sigma = noise_level * (max - min)
         of each image (Smilkov et al. suggest 0.1 - 0.2).
       key: a JAX PRNG key or an int seed; None means ``jax.random.key(0)``.
+        Or one key per image, shape (N,) (e.g. ``jax.random.split(key, N)``):
+        each image's noise then depends on its key alone, not on its place in
+        the batch; use this form under ``parallel.data_parallel``.
       batch_size: noisy images per call of the base method (passed on to the
         base method's own ``batch_size`` when it has one); the result does not
         depend on it.
@@ -162,7 +169,7 @@ def smoothgrad(
             raise InputError(f"noise_level: expected a non-negative number, got {noise_level!r}")
         flat = jnp.reshape(images, (n, -1))
         sigma = float(noise_level) * (jnp.max(flat, axis=1) - jnp.min(flat, axis=1))
-    key = _checks.prng_key(key)
+    key = _checks.prng_keys(key, n)
     fn, idx = _common.prepare_target(target, n, net if _common.is_model(net) or callable(net) else None, params, images)
     static_opts, dyn_opts = _common.split_options(options)
     pass_batch = _common.accepts(base, "batch_size")

@@ -11,7 +11,10 @@ writes, per image ``name.ext``:
 
 and ``OUT_DIR/summary.csv`` with one row per image: file, predicted class
 index, name and probability, the target class and its probability.
-``OUT_DIR/attribute.json`` records the settings. Rows are appended (and
+``OUT_DIR/attribute.json`` records the settings. SmoothGrad's noise for an
+image comes from its own key, ``fold_in(key, crc32(name))`` (``name``
+relative to IMAGES_DIR; ``key`` from ``--option key=SEED``, default 0), so
+its maps do not depend on ``--batch-size`` or on the number of devices. Rows are appended (and
 fsynced) after each batch's files are written, so an interruption loses at
 most the batch in flight; running the same command again skips every image
 already in the CSV, except one modified since its map was written (redone,
@@ -189,6 +192,18 @@ def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
     return done
 
 
+def image_keys(key, names: Sequence[str]):
+    """One PRNG key per image: ``fold_in(key, crc32(name))`` of its name relative to IMAGES_DIR (so a map of a
+    random method does not depend on which batch or device the image lands in)."""
+    import zlib
+
+    import jax
+    import jax.numpy as jnp
+
+    crc = jnp.asarray([zlib.crc32(n.encode("utf-8")) for n in names], jnp.uint32)
+    return jax.vmap(lambda c: jax.random.fold_in(key, c))(crc)
+
+
 def _changed_since(paths: Sequence[Path], root: Path, out: Path, done: dict[str, dict]) -> list[str]:
     """Names in ``done`` whose image file was modified after its map (``NAME.npy``) was written, as ``make``
     decides (an edited picture would otherwise keep the old map)."""
@@ -282,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
     from tqdm.auto import tqdm
 
-    from .. import attribution, image, parallel
+    from .. import _checks, attribution, image, parallel
     from .._io import atomic_write_text
     from ..errors import InputError
 
@@ -369,15 +384,26 @@ def run(args: argparse.Namespace) -> int:
         except (InputError, TypeError, ValueError):
             pass  # malformed window/stride: occlusion() itself reports them
 
-    def fn(p, x, t):
+    # a random method (SmoothGrad) gets one key per image, drawn from its file name: its map then depends on
+    # neither --batch-size nor the number of devices (one key for the batch would follow each image's position
+    # in its batch, and on each device's slice)
+    random_keys = "key" in inspect.signature(method_fn).parameters
+    call_options = {k: v for k, v in options.items() if k != "key"}
+    if random_keys:
+        try:
+            base_key = _checks.prng_key(options.get("key"))
+        except InputError as e:
+            raise InputError(f"--option {e}") from None
+
+    def fn(p, x, t, k):
         logits = net.apply(p, x)
         tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
-        attr = method_fn(net, p, x, tgt, **options)
+        attr = method_fn(net, p, x, tgt, **call_options, **({"key": k} if random_keys else {}))
         return attr, jax.nn.softmax(logits, -1), tgt
 
     try:  # the method's own checks of its options, before any image is decoded (tracing only, no compute)
         jax.eval_shape(fn, params, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-                       jax.ShapeDtypeStruct((1,), jnp.int32))
+                       jax.ShapeDtypeStruct((1,), jnp.int32), image_keys(jax.random.key(0), ["x"]))
     except InputError as e:
         if str(e).split(":", 1)[0] in options:  # e.g. "steps: expected a positive int" from --option steps=0
             raise InputError(f"--option {e}") from None
@@ -395,7 +421,9 @@ def run(args: argparse.Namespace) -> int:
         skips.bar = bar
         for batch_paths, x in iter_batches(todo, size, args.batch_size, skips):
             t = np.full((len(x),), target, np.int32)
-            attr, probs, tgt = jax.device_get(sharded(params, x, t))
+            names = [p.relative_to(root).as_posix() for p in batch_paths]
+            k = image_keys(base_key, names) if random_keys else np.zeros((len(x),), np.uint32)
+            attr, probs, tgt = jax.device_get(sharded(params, x, t, k))
             if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
                 atomic_write_text(settings_path, json.dumps(settings, indent=2))
             rows = []
