@@ -464,6 +464,24 @@ def test_incremental_occlusion_with_average_pooling():
         np.testing.assert_allclose(inc, full, rtol=0, atol=1e-4 * scale, err_msg=f"groups={groups}")
 
 
+def test_incremental_occlusion_under_x64():
+    """jax_enable_x64 makes index arithmetic int64; the patch slices mixed int32 and int64 starts and failed."""
+    from jaxviz import models, weights
+
+    net = models.VGG(stages=((8,), (16,)), num_classes=10, fc_features=32)
+    params = weights.random(net, seed=0)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    want = A.occlusion(net, params, x, 3, window=8, stride=4, method="full")
+    prev = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        got = A.occlusion(net, params, x, 3, window=8, stride=4, method="incremental")
+    finally:
+        jax.config.update("jax_enable_x64", prev)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(jnp.abs(want).max()))
+
+
 def test_window_groups_plan():
     from jaxviz import models
     from jaxviz.attribution import _incremental as inc

@@ -91,6 +91,11 @@ class Plan:
         return max(self.groups, key=lambda g: g.windows).fallback
 
 
+def _slice(a, starts, sizes):
+    """``lax.dynamic_slice`` with every start as int32 (mixed int32/int64 starts fail under jax_enable_x64)."""
+    return jax.lax.dynamic_slice(a, tuple(jnp.asarray(v, jnp.int32) for v in starts), sizes)
+
+
 def applies(net: Any) -> bool:
     return isinstance(net, VGG)
 
@@ -260,7 +265,7 @@ def _overlay(base: jax.Array, patch: jax.Array, dh: jax.Array, dw: jax.Array) ->
     h, w = base.shape[:2]
     s, t = patch.shape[:2]
     canvas = jnp.pad(patch, ((h, h), (w, w), (0, 0)))
-    placed = jax.lax.dynamic_slice(canvas, (h - dh, w - dw, 0), (h, w, patch.shape[-1]))
+    placed = _slice(canvas, (h - dh, w - dw, 0), (h, w, patch.shape[-1]))
     inside = _inside(-dh, h, s)[:, None] & _inside(-dw, w, t)[None, :]
     return jnp.where(inside[:, :, None], placed, base)
 
@@ -292,7 +297,7 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
     kernels = {s.name: params["params"][s.name] for s in group.steps if s.kind == "conv"}
     relu = net.relu
     hh, ww = image_size
-    table_h, table_w = jnp.asarray(group.pos_h), jnp.asarray(group.pos_w)
+    table_h, table_w = jnp.asarray(group.pos_h, jnp.int32), jnp.asarray(group.pos_w, jnp.int32)  # int32 under x64 too
     tap = group.fallback
 
     def one(i, jh, jw):
@@ -300,7 +305,7 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
         # the window: the (normalised) baseline inside the image, the convolution's zero padding outside
         wh, wwid = group.window
         ah, aw = pos_h[0], pos_w[0]
-        v = jax.lax.dynamic_slice(base_p, (i, ah + 1, aw + 1, 0), (1, wh, wwid, 3))[0]
+        v = _slice(base_p, (i, ah + 1, aw + 1, 0), (1, wh, wwid, 3))[0]
         inside = _inside(ah, wh, hh)[:, None] & _inside(aw, wwid, ww)[None, :]
         v = jnp.where(inside[:, :, None], v, jnp.zeros((), v.dtype))
         for k, step in enumerate(group.steps, 1):
@@ -312,7 +317,7 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
             bh, bw = pos_h[k], pos_w[k]  # this step's patch start
             if step.kind == "conv":
                 # reads [b - 1, b + s + 1) of the source map (stored with a one-pixel zero margin)
-                piece = jax.lax.dynamic_slice(src, (i, bh, bw, 0), (1, rh, rw, src.shape[-1]))[0]
+                piece = _slice(src, (i, bh, bw, 0), (1, rh, rw, src.shape[-1]))[0]
                 piece = _overlay(piece, v, ah - (bh - 1), aw - (bw - 1))
                 p = kernels[step.name]
                 v = jax.lax.conv_general_dilated(
@@ -320,7 +325,7 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + jnp.asarray(p["bias"], net.dtype)
             else:
                 # reads [2b, 2b + 2s)
-                piece = jax.lax.dynamic_slice(src, (i, 2 * bh + 1, 2 * bw + 1, 0), (1, rh, rw, src.shape[-1]))[0]
+                piece = _slice(src, (i, 2 * bh + 1, 2 * bw + 1, 0), (1, rh, rw, src.shape[-1]))[0]
                 piece = _overlay(piece, v, ah - 2 * bh, aw - 2 * bw)
                 r = piece.reshape(rh // 2, 2, rw // 2, 2, piece.shape[-1])
                 v = jnp.max(r, axis=(1, 3)) if net.pooling == "max" else jnp.mean(r, axis=(1, 3))
@@ -328,7 +333,7 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
         # assemble the occluded map at the fallback tap and let the model finish
         src = padded[tap]
         lh, lw = src.shape[1] - 2, src.shape[2] - 2
-        clean = jax.lax.dynamic_slice(src, (i, 1, 1, 0), (1, lh, lw, src.shape[-1]))[0]
+        clean = _slice(src, (i, 1, 1, 0), (1, lh, lw, src.shape[-1]))[0]
         return _overlay(clean, v, ah, aw)
 
     maps = jax.vmap(one)(item_image, item_h, item_w)
