@@ -44,6 +44,18 @@ def _version(text: str) -> tuple[int, ...] | None:
     return tuple(int(g) for g in m.groups()) if m else None
 
 
+def known_jaxlib(jaxlib_version: str | None = None) -> bool:
+    """Whether the installed jaxlib (or ``jaxlib_version``) is one whose XLA flags jaxviz has checked
+    (:data:`KNOWN_JAXLIB`): XLA aborts the process on a flag it does not know."""
+    if jaxlib_version is None:
+        try:
+            jaxlib_version = metadata.version("jaxlib")
+        except metadata.PackageNotFoundError:
+            return False
+    v = _version(jaxlib_version)
+    return v is not None and KNOWN_JAXLIB[0] <= v < KNOWN_JAXLIB[1]
+
+
 def apply(environ: MutableMapping[str, str] | None = None, jaxlib_version: str | None = None) -> bool:
     """Adds :data:`YNN_FLAG` to ``environ["XLA_FLAGS"]`` when the conditions above hold; True if it did."""
     environ = os.environ if environ is None else environ
@@ -52,13 +64,7 @@ def apply(environ: MutableMapping[str, str] | None = None, jaxlib_version: str |
     flags = environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" in flags:
         return False
-    if jaxlib_version is None:
-        try:
-            jaxlib_version = metadata.version("jaxlib")
-        except metadata.PackageNotFoundError:
-            return False
-    v = _version(jaxlib_version)
-    if v is None or not (KNOWN_JAXLIB[0] <= v < KNOWN_JAXLIB[1]):
+    if not known_jaxlib(jaxlib_version):
         return False
     environ["XLA_FLAGS"] = (flags + " " + YNN_FLAG).strip()
     return True

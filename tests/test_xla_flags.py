@@ -62,3 +62,17 @@ def test_a_fresh_process_compiles_the_vgg_without_ynn_fusions():
     assert _probe() == "--xla_cpu_experimental_ynn_fusion_type=individual_dot | False"
     # opting out shows what the flag prevents on this jaxlib: the network handed to YNNPACK
     assert _probe(**{xf.OPT_OUT: "1"}) == "| True"
+
+
+def test_stylize_remat_adds_its_scheduler_flag_only_for_a_known_jaxlib(monkeypatch, capsys):
+    from jaxviz import cli
+    from jaxviz.commands import stylize
+
+    assert xf.known_jaxlib("0.10.2") and xf.known_jaxlib("0.10.9")
+    assert not xf.known_jaxlib("0.10.1") and not xf.known_jaxlib("0.11.0") and not xf.known_jaxlib("nightly")
+    argv = ["stylize", "c.png", "s.png", "--out", "o.png", "--remat", "--steps", "0"]  # refused right after
+    for known, want in ((False, "--keep"), (True, "--keep " + stylize._LEAN_SCHEDULER)):
+        monkeypatch.setenv("XLA_FLAGS", "--keep")
+        monkeypatch.setattr(xf, "known_jaxlib", lambda v=None, known=known: known)
+        assert cli.main(argv) == 2 and "--steps" in capsys.readouterr().err
+        assert os.environ["XLA_FLAGS"] == want

@@ -72,8 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.remat and _LEAN_SCHEDULER not in os.environ.get("XLA_FLAGS", ""):
-        # read when JAX starts its CPU backend: effective if nothing ran on it yet in this process
+    from .._xla_flags import known_jaxlib
+
+    if args.remat and _LEAN_SCHEDULER not in os.environ.get("XLA_FLAGS", "") and known_jaxlib():
+        # read when JAX starts its CPU backend: effective if nothing ran on it yet in this process; only for a
+        # jaxlib known to have the flag (XLA aborts on an unknown one)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _LEAN_SCHEDULER).strip()
     from .. import image, style
     from ..errors import InputError
