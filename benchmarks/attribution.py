@@ -129,7 +129,7 @@ def main() -> None:
                                    **kw)
 
     def captum_smoothgrad():
-        noise = stdev * _common.normal_noise(key, jnp.arange(args.images * args.samples), x.shape[1:])
+        noise = stdev * _common.normal_noise(key, jnp.arange(args.images * args.samples), x.shape[1:], args.samples)
         noise = tr.to_nchw(np.asarray(noise))
         nt = InjectedNoiseTunnel(Saliency(ref), noise)
         nt._offset = 0

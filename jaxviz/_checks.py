@@ -44,7 +44,8 @@ def images(x: Any, name: str = "images", *, min_size: int = 1, unit_range: bool 
     if shape[1] < min_size or shape[2] < min_size:
         raise InputError(f"{name}: expected height and width >= {min_size}, got {shape[1]}x{shape[2]}")
     if unit_range and not isinstance(x, jax.core.Tracer) and x.size:
-        lo, hi = float(x.min()), float(x.max())
+        with jax.ensure_compile_time_eval():  # concrete images closed over by a jit-ed caller: computed now
+            lo, hi = float(x.min()), float(x.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise InputError(f"{name}: expected finite values in [0, 1], got NaN or infinite pixels")
         if hi > 1.5 or lo < -0.5:

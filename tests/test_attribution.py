@@ -723,3 +723,18 @@ def test_legacy_raw_keys_of_the_rbg_implementation_are_accepted(lin):
             A.smoothgrad(linear, params, x, 1, key=jnp.zeros((2,), jnp.uint32))  # threefry-sized: not rbg's
     finally:
         jax.config.update("jax_default_prng_impl", prev)
+
+
+def test_images_closed_over_by_a_jitted_caller():
+    """docs/attribution.md: a method can be wrapped in jax.jit with the images a closed-over JAX array (the range
+    check of a model's images ran jnp ops on them inside the trace: ConcretizationTypeError)."""
+    from jaxviz import models, weights
+
+    net = models.VGG(stages=((4,), (8,)), num_classes=5, fc_features=8)
+    params = weights.random(net, seed=0)
+    images = jnp.asarray(np.random.RandomState(3).rand(2, 32, 32, 3), jnp.float32)
+    got = jax.jit(lambda t: A.saliency(net, params, images, t))(jnp.array([1, 2]))
+    np.testing.assert_allclose(got, A.saliency(net, params, images, np.array([1, 2])), rtol=1e-5, atol=1e-7)
+    big = images * 255  # still checked when closed over
+    with pytest.raises(InputError, match=r"0-255 picture"):
+        jax.jit(lambda t: A.saliency(net, params, big, t))(jnp.array([1, 2]))
