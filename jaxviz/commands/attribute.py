@@ -427,8 +427,7 @@ def run(args: argparse.Namespace) -> int:
             if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
                 atomic_write_text(settings_path, json.dumps(settings, indent=2))
             rows = []
-            for i, p in enumerate(batch_paths):
-                name = p.relative_to(root).as_posix()
+            for i, name in enumerate(names):
                 pred = int(probs[i].argmax())
                 ti = int(tgt[i])
                 label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"

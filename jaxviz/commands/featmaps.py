@@ -86,7 +86,6 @@ SETTINGS_KEY = "jaxviz"  # the PNG text chunk holding the command and settings t
 def settings_of(args: argparse.Namespace) -> dict:
     """The command and the arguments of ``args`` that decide its picture, as JSON-ready values."""
     import json
-
     import os
     from pathlib import PurePath
 
