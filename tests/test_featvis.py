@@ -271,6 +271,18 @@ def test_render_each_equals_a_loop_of_renders_and_compiles_once(params):
     assert R._run._cache_size() == size
 
 
+def test_render_each_takes_a_plain_list_of_values_as_the_array():
+    net = models.VGG(stages=((2,),), classifier=False, normalize=False)
+    p = {"params": {"conv1_1": {"kernel": _normal(3, 3, 3, 3, 2) * 0.3, "bias": jnp.zeros((2,))}}}
+    kw = dict(key=jax.random.key(3), size=8, steps=2, param=R.pixel(), transforms=None)
+    make = lambda c: R.channel("conv1_1", c)  # noqa: E731
+    from_list = R.render_each(net, p, make, [0, 1], **kw)
+    from_array = R.render_each(net, p, make, np.array([0, 1]), **kw)
+    assert from_list.shape[0] == 2
+    np.testing.assert_array_equal(from_list, from_array)
+    assert not np.allclose(from_list[0], from_list[1])  # two objectives, two pictures
+
+
 def test_split_runs_equal_one_run():
     net, p = _linear_net()
     obj, kw = R.channel("conv1_1", 0), dict(size=8, param=R.pixel(), transforms=R.Jitter(2))

@@ -1072,12 +1072,15 @@ def render_each(
     Args:
       make_objective: value -> :class:`Objective`; it is a static argument,
         so pass the same function object to reuse the compiled program.
-      values: (K, ...) array (or a pytree of arrays with leading axis K).
+      values: (K, ...) array, a list of K scalars, or a pytree of arrays
+        with leading axis K.
       Others: as in :func:`render`.
 
     Returns:
       (K, batch, h, w, 3) images; with ``return_history`` also (K, steps).
     """
+    if isinstance(values, (list, tuple)) and values and all(np.ndim(v) == 0 for v in values):
+        values = np.asarray(values)  # [3, 5]: K scalars, as the array np.array([3, 5])
     leaves = jax.tree_util.tree_leaves(values)
     if not leaves:
         raise InputError("values: expected at least one value, got none")
