@@ -273,15 +273,40 @@ def test_a_size_the_device_cannot_hold_is_refused_before_decoding(folder, model,
     assert attribute_cmd.memory_available() > 2**28  # this machine's RAM (more than 256 MiB, surely)
     out = tmp_path / "m"
     with monkeypatch.context() as m:
-        m.setattr(attribute_cmd, "memory_available", lambda: want - 1)
+        m.setattr(attribute_cmd, "memory_available", lambda devices=None: want - 1)
         m.setattr(image, "load", lambda *a, **k: pytest.fail("an image was decoded"))
         assert cli.main(_args(folder, out, "--size", str(s), "--batch-size", str(b))) == 2
     assert capsys.readouterr().err.strip() == (
         f"jaxviz attribute: error: --size: 48 px in batches of 5 per device needs at least {want / 2**30:.1f} GiB, "
-        f"more than the {(want - 1) / 2**30:.1f} GiB of a device here; use a smaller --size or --batch-size")
+        f"more than the {(want - 1) / 2**30:.1f} GiB free on a device here; use a smaller --size or --batch-size")
     assert not list(out.glob("*.npy"))
-    monkeypatch.setattr(attribute_cmd, "memory_available", lambda: want)  # exactly enough: runs
+    monkeypatch.setattr(attribute_cmd, "memory_available", lambda devices=None: want)  # exactly enough: runs
     assert cli.main(_args(folder, out, "--size", str(s), "--batch-size", str(b), "--no-progress")) == 0
+
+
+class _Device:
+    def __init__(self, platform, stats):
+        self.platform, self._stats = platform, stats
+
+    def memory_stats(self):
+        return self._stats
+
+
+def test_memory_available_is_the_least_free_of_the_devices():
+    gib = 2**30
+    gpus = [_Device("gpu", {"bytes_limit": 16 * gib, "bytes_in_use": 2 * gib}),
+            _Device("gpu", {"bytes_limit": 16 * gib, "bytes_in_use": 5 * gib})]
+    assert attribute_cmd.memory_available(gpus) == 11 * gib  # the fullest device decides, less what it holds
+    assert attribute_cmd.memory_available(gpus[:1]) == 14 * gib
+    assert attribute_cmd.memory_available([_Device("gpu", {"bytes_limit": 8 * gib})]) == 8 * gib
+    # a GPU that reports no limit: unknown, not the host's RAM
+    assert attribute_cmd.memory_available([_Device("gpu", None)]) is None
+    assert attribute_cmd.memory_available([_Device("gpu", {})]) is None
+    # the CPU: the host memory available now, at most its RAM
+    host = attribute_cmd.memory_available([_Device("cpu", None)])
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 2**28 < host <= ram
+    assert 2**28 < attribute_cmd.memory_available() <= ram  # this process's devices: the CPU here
 
 
 def test_a_failed_run_leaves_no_settings_behind(folder, tmp_path, capsys):

@@ -265,30 +265,50 @@ def memory_floor(net, params, size: int, batch: int) -> int:
     return 4 * batch * size * size * 3 + sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in shapes.values())
 
 
-def memory_available() -> int | None:
-    """Memory of one device in bytes: its allocator's limit on a GPU/TPU, the machine's RAM on the CPU
-    (None when unknown)."""
+def memory_available(devices=None) -> int | None:
+    """Bytes free on the smallest of ``devices`` (default: this process's devices): a GPU/TPU allocator's limit
+    less what it already holds (the replicated params, other arrays); on the CPU the host memory available
+    (Linux's MemAvailable, else the RAM). None when unknown: a GPU/TPU that reports no limit is not
+    compared with host RAM."""
     import jax
 
-    stats = jax.devices()[0].memory_stats() or {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
+    devices = list(devices) if devices is not None else jax.local_devices()
+    free = []
+    for d in devices:
+        stats = d.memory_stats() or {}
+        if stats.get("bytes_limit"):
+            free.append(int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+    if free:
+        return min(free)
+    if any(d.platform != "cpu" for d in devices):
+        return None
+    return _host_memory_available()
+
+
+def _host_memory_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         return None
 
 
-def _check_memory(net, params, size: int, per_device: int) -> None:
+def _check_memory(net, params, size: int, per_device: int, devices=None) -> None:
     """Refuses, before any image is decoded, a --size/--batch-size the device cannot hold (rather than the
     process being killed by the OS once memory runs out)."""
     from ..errors import InputError
 
-    have = memory_available()
+    have = memory_available(devices)
     need = memory_floor(net, params, size, per_device)
     if have is not None and need > have:
         raise InputError(f"--size: {size} px in batches of {per_device} per device needs at least "
-                         f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB of a device here; "
+                         f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB free on a device here; "
                          "use a smaller --size or --batch-size")
 
 
@@ -411,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
     sharded = parallel.data_parallel(fn)
     params = parallel.replicate(params, sharded.mesh)
     ndev = sharded.num_devices
-    _check_memory(net, params, size, -(-args.batch_size // ndev))
+    _check_memory(net, params, size, -(-args.batch_size // ndev), sharded.mesh.devices.flat)
     again = f", {len(changed)} modified since their maps" if changed else ""
     print(f"{args.method} on {len(todo)} images ({len(done)} already done{again}) with {args.model}, "
           f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
