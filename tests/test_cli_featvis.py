@@ -107,6 +107,33 @@ def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(ti
     assert code == 0 and "nothing to do" in err
 
 
+def test_seed_is_a_setting_only_where_it_draws_something(tiny, tmp_path, capsys):
+    src = _picture(tmp_path / "in.png")
+    out = tmp_path / "maps.png"
+    args = [src, "--layer", "relu2_1", "--size", "32", "--out", out, "--no-progress"]
+    # featmaps with pretrained weights: --seed draws nothing, so another seed finds the picture finished
+    assert run(capsys, "featmaps", *args, "--weights", "pretrained", "--seed", "1")[0] == 0
+    code, _, err = run(capsys, "featmaps", *args, "--weights", "pretrained", "--seed", "2")
+    assert code == 0 and "nothing to do" in err
+    # with random weights it draws them: another seed is another picture
+    out2 = tmp_path / "maps2.png"
+    args2 = [a if a != out else out2 for a in args]
+    assert run(capsys, "featmaps", *args2, "--weights", "random", "--seed", "1")[0] == 0
+    code, _, err = run(capsys, "featmaps", *args2, "--weights", "random", "--seed", "2")
+    assert code == 2 and "other settings: --seed 1 (now 2)" in err
+    # render draws its start image and transforms from it, whatever the weights
+    r = tmp_path / "r.png"
+    base = ["render", "--layer", "relu2_1", "--channels", "0", "--size", "32", "--steps", "2", "--no-transforms",
+            "--weights", "pretrained", "--no-progress", "--out", r]
+    assert run(capsys, *base, "--seed", "1")[0] == 0
+    code, _, err = run(capsys, *base, "--seed", "2")
+    assert code == 2 and "other settings: --seed 1 (now 2)" in err
+    for command, also in (("render", " and the start image and the transforms"), ("featmaps", " (default")):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        assert f"--seed SEED seed for --weights random{also}" in " ".join(capsys.readouterr().out.split())
+
+
 def test_filters(tiny, tmp_path, capsys):
     out = tmp_path / "f.png"
     code, text, _ = run(capsys, "filters", "--out", out, "--tile", "12", "--weights", "random")

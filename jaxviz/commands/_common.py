@@ -70,7 +70,9 @@ def check_writable(folder: Path, flag: str) -> None:
         raise InputError(f"{flag}: cannot write in {str(folder)!r} ({e.strerror or e})") from None
 
 
-def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -> None:
+def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19", seed_also: str | None = None) -> None:
+    """--arch, --weights and --seed; ``seed_also`` names what else --seed draws (``render``'s start and
+    transforms...), for its help and so a picture's settings keep it with pretrained weights."""
     p.add_argument("--arch", default=default_arch, choices=sorted(models.ARCHS), help="network (default %(default)s)")
     p.add_argument(
         "--weights",
@@ -79,7 +81,9 @@ def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19") -
         help="pretrained ImageNet weights from the cache (downloaded when online), random weights "
         "(torchvision's init; runs offline, meaningless output), or a .pth/.safetensors file",
     )
-    p.add_argument("--seed", type=seed, default=0, help="seed for --weights random")
+    also = f" and {seed_also}" if seed_also else ""
+    p.add_argument("--seed", type=seed, default=0, help=f"seed for --weights random{also} (default %(default)s)")
+    p.set_defaults(_seed_only_weights=seed_also is None)
 
 
 def classifier_tap(layer: str) -> bool:

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient tile size in px, 0 for none (default %(default)s; exact either way)")
     p.add_argument("--guide", type=Path, default=None, help="guide image: dream towards its features")
     add_output_args(p)
-    add_model_args(p)
+    add_model_args(p, seed_also="the jitter shifts")
     p.set_defaults(func=run, resumable=True)
 
 

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default %(default)s)")
     p.add_argument("--plot-size", type=float, default=10.0, help="plot size in inches at 100 dpi (default %(default)s)")
     add_output_args(p)
-    add_model_args(p)
+    add_model_args(p, seed_also="t-SNE's start")
     p.set_defaults(func=run, resumable=True)
 
 

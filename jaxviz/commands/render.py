@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tv", type=float, default=0.0, help="total-variation penalty weight (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="channels rendered together (default %(default)s)")
     add_output_args(p)
-    add_model_args(p)
+    add_model_args(p, seed_also="the start image and the transforms")
     p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr"})
 
 
