@@ -1,4 +1,4 @@
-"""Data parallelism: one batch split over all ``jax.devices()``.
+"""Data parallelism: one batch split over all of this process's devices (``jax.local_devices()``).
 
 Attribution, feature extraction and the batch CLI treat every image
 independently, so the cheapest way to use several accelerators (or several
@@ -22,6 +22,13 @@ function ``fn(shared, *batched)`` so that:
 
 With one device it is simply ``jit(fn)``.
 
+Several hosts (a TPU pod slice, a GPU cluster): every host runs the same
+program as one JAX process (:func:`initialize`), and each gives its own
+images to its own devices (the default mesh is ``jax.local_devices()``):
+the images are independent, so no host waits on another's arrays.
+``jaxviz attribute --distributed`` splits a folder's images among the hosts
+that way.
+
 Example:
     >>> from jaxviz import parallel
     >>> from jaxviz.attribution import saliency
@@ -41,15 +48,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _checks
 from .errors import InputError
 
-__all__ = ["AXIS", "mesh", "replicate", "pad_batch", "data_parallel", "DataParallel"]
+__all__ = ["AXIS", "mesh", "replicate", "pad_batch", "data_parallel", "DataParallel", "initialize", "barrier"]
 
 #: Name of the mesh axis the batch is split over.
 AXIS = "batch"
 
 
 def mesh(devices: Sequence[Any] | None = None) -> Mesh:
-    """A 1-D device mesh named :data:`AXIS` over ``devices`` (default: all of ``jax.devices()``)."""
-    devs = list(jax.devices() if devices is None else devices)
+    """A 1-D device mesh named :data:`AXIS` over ``devices`` (default: this process's, ``jax.local_devices()``,
+    which are all of ``jax.devices()`` unless several processes run, see :func:`initialize`)."""
+    devs = list(jax.local_devices() if devices is None else devices)
     if not devs:
         raise InputError("devices: expected at least one device, got none")
     return Mesh(np.array(devs), (AXIS,))
@@ -144,7 +152,7 @@ def data_parallel(fn: Callable[..., Any], *, devices: Sequence[Any] | None = Non
         leading batch axis; it must return a pytree of arrays with that batch
         axis first, and treat batch entries independently (each device sees
         only its slice).
-      devices: the devices to use (default: all of ``jax.devices()``).
+      devices: the devices to use (default: this process's, ``jax.local_devices()``).
 
     Returns:
       A callable ``g(shared, *batched)`` returning ``fn``'s outputs for the
@@ -161,3 +169,39 @@ def data_parallel(fn: Callable[..., Any], *, devices: Sequence[Any] | None = Non
       >>> logits = g(params, images)
     """
     return DataParallel(fn, devices)
+
+
+def initialize(**kwargs: Any) -> None:
+    """Joins this process to a multi-process JAX run: ``jax.distributed.initialize(**kwargs)``.
+
+    Without arguments the cluster is detected from the environment (Cloud
+    TPU, SLURM, Open MPI, Kubernetes; see JAX's docs), so the same program runs
+    on every host. Host-CPU processes exchange their barriers over Gloo (set
+    here, before JAX starts its CPU backend). Call it before any other JAX
+    work in the process.
+
+    Raises:
+      InputError: no cluster was detected and no coordinator given, or JAX
+        has already started (the message says which).
+    """
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except (AttributeError, ValueError):  # a jaxlib without Gloo: CPU processes then cannot meet at barriers
+        pass
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        err = InputError(f"distributed: could not join a multi-process run: {first}; JAX detects Cloud TPU, "
+                         "SLURM, Open MPI and Kubernetes clusters, elsewhere pass coordinator_address, "
+                         "num_processes and process_id")
+        err.reason = first
+        raise err from None
+
+
+def barrier(name: str) -> None:
+    """Waits until every process of a multi-process run gets here (nothing to wait for with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

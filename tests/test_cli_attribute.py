@@ -391,6 +391,73 @@ def test_sharded_over_four_devices_equals_one(folder, tmp_path, opts):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
 
 
+def _free_ompi_port():
+    """A free loopback port in the range JAX's Open MPI detection derives from the job id, and that job id."""
+    import socket
+
+    for port in range(61440 + os.getpid() % 2000, 65536):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port, (port - 61440) * 4096
+    pytest.fail("no free port in 61440-65535")
+
+
+def test_distributed_processes_split_the_folder_and_equal_one_process(folder, tmp_path):
+    """Two processes of two host devices each, joined as ``mpirun -n 2`` would (Open MPI's variables, detected by
+    jax.distributed on loopback): each does its share of the images, summary.csv ends whole."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    opts = ["--method", "smoothgrad", "--option", "samples=4", "--batch-size", "3", "--no-progress"]
+    assert cli.main(_args(folder, one, *opts)) == 0
+    port, job = _free_ompi_port()
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   OMPI_MCA_orte_hnp_uri=f"{job}.0;tcp://127.0.0.1:{port}", OMPI_COMM_WORLD_SIZE="2",
+                   OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_LOCAL_RANK=str(rank))
+        procs.append(subprocess.Popen([sys.executable, "-m", "jaxviz", *_args(folder, two, *opts), "--distributed"],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "over 2 devices (process 1 of 2: 4 of the 7 images)" in outs[0][1]
+    assert "over 2 devices (process 2 of 2: 3 of the 7 images)" in outs[1][1]
+    assert not list(two.glob("summary.process*.csv"))  # the second process's rows were merged into summary.csv
+    a, b = _rows(one), _rows(two)
+    assert [r["file"] for r in b] == [f"img{i}.png" for i in range(N)]
+    assert [r["predicted"] for r in a] == [r["predicted"] for r in b]
+    for i in range(N):  # per-image keys: the same noise whichever process and device drew it
+        x, y = np.load(one / f"img{i}.png.npy"), np.load(two / f"img{i}.png.npy")
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * np.abs(x).max())
+    assert json.loads((two / "attribute.json").read_text()) == json.loads((one / "attribute.json").read_text())
+
+
+def test_rows_a_distributed_run_left_in_part_files_count_as_done(folder, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli.main(_args(folder, out, "--no-progress")) == 0
+    rows = _rows(out)
+    # as if the run was interrupted before the first process merged the second's rows (part files have no header)
+    attribute_cmd._rewrite_csv(out / "summary.csv", rows[:3])
+    (out / "summary.process1.csv").write_text("".join(",".join(r[k] for k in attribute_cmd.CSV_FIELDS) + "\n"
+                                                      for r in rows[3:]))
+    (out / "img6.png.npy").unlink()  # a row whose map is missing is redone
+    capsys.readouterr()
+    assert cli.main(_args(folder, out, "--no-progress")) == 0
+    assert "saliency on 1 image (6 already done)" in capsys.readouterr().err
+    assert _rows(out) == rows and not (out / "summary.process1.csv").exists()
+
+
+def test_distributed_without_a_cluster_is_one_line(folder, tmp_path, capsys):
+    code = subprocess.run([sys.executable, "-m", "jaxviz", *_args(folder, tmp_path / "d"), "--distributed"],
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=120)
+    assert code.returncode == 2 and code.stderr.strip() == (
+        "jaxviz attribute: error: --distributed: could not join a multi-process run: coordinator_address should be "
+        "defined; start the command on every host under SLURM (srun), Open MPI (mpirun), Cloud TPU or Kubernetes")
+    assert not (tmp_path / "d").exists()
+
+
 def test_smoothgrad_maps_depend_on_neither_batch_size_nor_batch_position(folder, model, tmp_path):
     net, params = model
     opts = ["--method", "smoothgrad", "--option", "samples=4", "--option", "key=9"]

@@ -1,7 +1,8 @@
 """``jaxviz attribute IMAGES_DIR --method M --target top1 --out OUT_DIR``: batch attribution over a folder.
 
 Streams the folder in batches (memory holds one batch, never the folder),
-shards each batch over all ``jax.devices()`` (:mod:`jaxviz.parallel`) and
+shards each batch over all of the process's devices (:mod:`jaxviz.parallel`;
+with ``--distributed`` several hosts split the images, see docs/demo.md) and
 writes, per image ``name.ext``:
 
 * ``OUT_DIR/name.ext.npy``: the attribution, float32, (H, W, 3) for pixel
@@ -78,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-label", action="store_true",
                    help="bare overlays (by default each is labelled with the target class and its probability)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="several hosts: run the same command on each; they join one JAX run "
+                   "(jax.distributed.initialize, the cluster detected from Cloud TPU, SLURM, Open MPI or "
+                   "Kubernetes), split the images among them and write to the one OUT_DIR, which must be on a "
+                   "filesystem they share")
     p.set_defaults(func=run, resumable=True)
 
 
@@ -177,18 +183,42 @@ def _effective(settings: dict) -> dict:
 # ----------------------------------------------------------------------------- files
 
 
+PART_GLOB = "summary.process*.csv"
+
+
+def _part_path(out: Path, process: int) -> Path:
+    """The CSV a process appends its rows to: summary.csv for the first (the only one, usually), a part file
+    for each other process of a --distributed run (merged into summary.csv when the run ends, or by the next)."""
+    return out / ("summary.csv" if process == 0 else f"summary.process{process}.csv")
+
+
 def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
-    """Rows of a previous run whose files are all there (a torn last line is dropped)."""
-    if not csv_path.exists():
-        return {}
+    """Rows of a previous run whose files are all there (a torn last line is dropped), from ``csv_path`` and
+    the part files other processes of a --distributed run left beside it."""
     done = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS):
-                continue  # torn or malformed row
-            name = row["file"]
-            if (out / f"{name}.npy").exists() and (out / f"{name}.png").exists():
-                done[name] = row
+    for path in [csv_path, *sorted(out.glob(PART_GLOB))]:
+        if not path.exists():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f, CSV_FIELDS if path != csv_path else None):
+                if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS) or row["file"] == "file":
+                    continue  # torn or malformed row (or a header)
+                name = row["file"]
+                if (out / f"{name}.npy").exists() and (out / f"{name}.png").exists():
+                    done[name] = row
+    return done
+
+
+def _merge_parts(csv_path: Path, out: Path, drop: Sequence[str] = ()) -> dict[str, dict]:
+    """summary.csv rewritten with every finished row (its own and the part files', less ``drop``), sorted by
+    file, then the part files removed; returns the rows."""
+    parts = sorted(out.glob(PART_GLOB))
+    done = _read_done(csv_path, out)
+    for name in drop:
+        done.pop(name, None)
+    _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
+    for part in parts:
+        part.unlink(missing_ok=True)
     return done
 
 
@@ -321,6 +351,13 @@ def run(args: argparse.Namespace) -> int:
     from .._io import atomic_write_text
     from ..errors import InputError
 
+    if args.distributed:  # first: before anything starts JAX's backends
+        try:
+            parallel.initialize()
+        except InputError as e:
+            raise InputError(f"--distributed: could not join a multi-process run: {getattr(e, 'reason', e)}; start "
+                             "the command on every host under SLURM (srun), Open MPI (mpirun), Cloud TPU or "
+                             "Kubernetes") from None
     if args.batch_size < 1:
         raise InputError(f"--batch-size: expected a positive int, got {args.batch_size}")
     if not args.images.is_dir():
@@ -387,11 +424,18 @@ def run(args: argparse.Namespace) -> int:
     changed = _changed_since(paths, root, out, done)
     for name in changed:  # an image edited after its map was written: redone, its old row dropped
         del done[name]
-    _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
     todo = [p for p in paths if p.relative_to(root).as_posix() not in done]
+    # several processes (--distributed): every one has read the same state; the first merges the part files
+    # into summary.csv before anyone appends, and each takes every nprocs-th image (so all finish together)
+    rank, nprocs = jax.process_index(), jax.process_count()
+    parallel.barrier("jaxviz-attribute-read")
+    if rank == 0:
+        _merge_parts(csv_path, out, changed)
+    parallel.barrier("jaxviz-attribute-merged")
     if paths and not todo:
         print(f"all {len(paths)} images already done; results in {out}")
         return 0
+    ours = todo[rank::nprocs]
 
     if args.method == "occlusion" and options.get("groups") is None and options.get("method", "auto") != "full":
         # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
@@ -433,19 +477,21 @@ def run(args: argparse.Namespace) -> int:
     ndev = sharded.num_devices
     _check_memory(net, params, size, -(-args.batch_size // ndev), sharded.mesh.devices.flat)
     again = f", {len(changed)} modified since their maps" if changed else ""
-    print(f"{args.method} on {len(todo)} images ({len(done)} already done{again}) with {args.model}, "
-          f"batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}", file=sys.stderr)
+    hosts = f" (process {rank + 1} of {nprocs}: {len(ours)} of the {len(todo)} images)" if nprocs > 1 else ""
+    print(f"{args.method} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
+          f"{args.model}, batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}{hosts}", file=sys.stderr)
     written = 0
     skips = Skips("attribute")
-    with tqdm(total=len(todo), desc=args.method, unit="img", disable=args.no_progress) as bar:
+    rows_path = _part_path(out, rank)
+    with tqdm(total=len(ours), desc=args.method, unit="img", disable=args.no_progress) as bar:
         skips.bar = bar
-        for batch_paths, x in iter_batches(todo, size, args.batch_size, skips):
+        for batch_paths, x in iter_batches(ours, size, args.batch_size, skips):
             t = np.full((len(x),), target, np.int32)
             names = [p.relative_to(root).as_posix() for p in batch_paths]
             k = image_keys(base_key, names) if random_keys else np.zeros((len(x),), np.uint32)
             attr, probs, tgt = jax.device_get(sharded(params, x, t, k))
             if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
-                atomic_write_text(settings_path, json.dumps(settings, indent=2))
+                atomic_write_text(settings_path, json.dumps(settings, indent=2))  # the same text from any process
             rows = []
             for i, name in enumerate(names):
                 pred = int(probs[i].argmax())
@@ -455,10 +501,13 @@ def run(args: argparse.Namespace) -> int:
                 rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
                              "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
                              "target_prob": f"{probs[i, ti]:.6f}"})
-            _append_rows(csv_path, rows)
+            _append_rows(rows_path, rows)
             written += len(rows)
             bar.update(len(batch_paths))
-    example = out / f"{todo[0].relative_to(root).as_posix()}.png" if todo else out
+    parallel.barrier("jaxviz-attribute-end")
+    if rank == 0 and nprocs > 1:
+        _merge_parts(csv_path, out)
+    example = out / f"{ours[0].relative_to(root).as_posix()}.png" if ours else out
     print(f"wrote {written} attributions to {out} (per image NAME.npy, the map, and NAME.png, the overlay: e.g. "
           f"{example}) and {csv_path}{skips.note()}")
     random_weights_note(args)
