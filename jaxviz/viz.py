@@ -32,6 +32,9 @@ __all__ = [
     "channel_grid",
     "upsample_nearest",
     "label",
+    "value_range",
+    "colorbar",
+    "with_colorbar",
 ]
 
 _REDUCTIONS = ("abs_sum", "sum", "max_abs", "l2")
@@ -72,22 +75,48 @@ def normalize(values, *, signed: bool = False, percentile: float = 99.5) -> np.n
     few bad pixels do not blank the whole map.
     """
     v = np.asarray(values, np.float32)
-    if not 0 < percentile <= 100:
-        raise InputError(f"percentile: expected a value in (0, 100], got {percentile!r}")
-    finite = v[np.isfinite(v)]
+    lo, hi = value_range(v, signed=signed, percentile=percentile)
     with np.errstate(invalid="ignore"):
         if signed:
-            scale = np.percentile(np.abs(finite), percentile) if finite.size else 0.0
-            if scale > 0:
-                return np.clip(v / scale, -1, 1)
+            if hi > 0:
+                return np.clip(v / hi, -1, 1)
             return np.where(np.isnan(v), np.nan, np.sign(v)).astype(np.float32)
-        lo = finite.min() if finite.size else 0.0
-        hi = np.percentile(finite, percentile) if finite.size else 0.0
-        if hi <= lo:
-            hi = finite.max() if finite.size else lo
         if hi > lo:
             return np.clip((v - lo) / (hi - lo), 0, 1)
         return np.where(np.isnan(v), np.nan, v == np.inf).astype(np.float32)
+
+
+def value_range(values, *, signed: bool = False, percentile: float = 99.5) -> tuple[float, float]:
+    """The values :func:`normalize` maps to the ends of its range: what a colour bar under the picture reads.
+
+    Args:
+      values: the map.
+      signed: as in :func:`normalize`.
+      percentile: as in :func:`normalize`.
+
+    Returns:
+      ``(lo, hi)``: unsigned, lo is the smallest finite value and hi the
+      ``percentile`` (the largest finite value where that is not above lo);
+      signed, ``(-s, s)`` with s the ``percentile`` of |values|. Both 0.0
+      for a map without finite values.
+
+    Example:
+      >>> viz.value_range(np.arange(101.0), percentile=90)
+      (0.0, 90.0)
+    """
+    v = np.asarray(values, np.float32)
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) or not 0 < percentile <= 100:
+        raise InputError(f"percentile: expected a value in (0, 100], got {percentile!r}")
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return 0.0, 0.0
+    if signed:
+        scale = float(np.percentile(np.abs(finite), percentile))
+        return -scale, scale
+    lo, hi = float(finite.min()), float(np.percentile(finite, percentile))
+    if hi <= lo:
+        hi = float(finite.max())
+    return lo, hi
 
 
 def colormap(values, cmap: str = "inferno") -> np.ndarray:
@@ -318,3 +347,63 @@ def label(tile, text: str) -> np.ndarray:
     draw.rectangle((0, 0, 6 * len(text) + 4, 12), fill=(0, 0, 0))
     draw.text((2, 0), text, fill=(255, 255, 255))
     return np.asarray(im, np.float32) / 255.0
+
+
+COLORBAR_HEIGHT = 24  #: rows :func:`colorbar` adds under a picture
+
+
+def colorbar(width: int, lo: float, hi: float, *, cmap: str = "jet", title: str = "") -> np.ndarray:
+    """A colour scale as a strip to put under a picture: the colormap from ``lo`` (left) to ``hi`` (right),
+    the two values written under its ends and ``title`` between them.
+
+    Args:
+      width: the strip's width in pixels (at least 16).
+      lo, hi: the values the colormap's ends stand for (see :func:`value_range`).
+      cmap: colormap name (see :func:`colormap`).
+      title: what the values are, e.g. ``"|gradient|"``; cut to fit.
+
+    Returns:
+      (:data:`COLORBAR_HEIGHT`, width, 3) float RGB in [0, 1], white around the bar.
+
+    Example:
+      >>> strip = viz.colorbar(224, 0.0, 0.37, title="score drop")
+    """
+    from PIL import Image, ImageDraw
+
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 16:
+        raise InputError(f"width: expected an int >= 16, got {width!r}")
+    for name, v in (("lo", lo), ("hi", hi)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise InputError(f"{name}: expected a finite number, got {v!r}")
+    strip = np.ones((COLORBAR_HEIGHT, width, 3), np.float32)
+    strip[2:10, 2:width - 2] = colormap(np.linspace(0, 1, width - 4), cmap)[None]
+    im = Image.fromarray(np.round(strip * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    left, right = f"{lo:.3g}", f"{hi:.3g}"
+    draw.text((2, 11), left, fill=(0, 0, 0))
+    draw.text((width - 2 - 6 * len(right), 11), right, fill=(0, 0, 0))
+    room = (width - 6 * (len(left) + len(right)) - 16) // 6  # characters that fit between the two values
+    if title and room >= 3:
+        text = title if len(title) <= room else title[: room - 2] + ".."
+        draw.text(((width - 6 * len(text)) // 2, 11), text, fill=(0, 0, 0))
+    return np.asarray(im, np.float32) / 255.0
+
+
+def with_colorbar(picture, lo: float, hi: float, *, cmap: str = "jet", title: str = "") -> np.ndarray:
+    """``picture`` with :func:`colorbar` under it: (H, W, 3) -> (H + :data:`COLORBAR_HEIGHT`, W, 3).
+
+    Args:
+      picture: (H, W, 3) float RGB in [0, 1], at least 16 px wide.
+      lo, hi, cmap, title: as in :func:`colorbar`.
+
+    Returns:
+      The picture and its colour scale, float RGB in [0, 1].
+
+    Example:
+      >>> lo, hi = viz.value_range(heat, percentile=99.5)
+      >>> pic = viz.with_colorbar(viz.overlay(img, heat), lo, hi, title="|gradient|")
+    """
+    p = np.asarray(picture, np.float32)
+    if p.ndim != 3 or p.shape[-1] != 3:
+        raise InputError(f"picture: expected shape (H, W, 3), got {p.shape}")
+    return np.concatenate([p, colorbar(p.shape[1], lo, hi, cmap=cmap, title=title)], axis=0)

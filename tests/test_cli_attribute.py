@@ -72,13 +72,19 @@ def test_outputs_equal_library_and_csv(folder, model, tmp_path):
         assert float(r["predicted_prob"]) == pytest.approx(probs[i, top1[i]], abs=1e-5)
         assert r["target"] == r["predicted"] and r["target_prob"] == r["predicted_prob"]
         png = image.load(out / f"img{i}.png.png")
-        assert png.shape == (1, 128, 128, 3)  # 32 px inputs are shown enlarged
+        assert png.shape == (1, 128 + viz.COLORBAR_HEIGHT, 128, 3)  # 32 px inputs are shown enlarged
         # the picture is this image's own map (demo.heat/overlays, pinned by the next test) over this image,
-        # labelled with the target class and its probability
-        drawn = demo.overlays(x[i:i + 1], demo.heat("saliency", want[i:i + 1]), size=128)[0]
+        # labelled with the target class and its probability, its colour scale under it
+        heat = demo.heat("saliency", want[i:i + 1])
+        drawn = demo.overlays(x[i:i + 1], heat, size=128)[0]
         text = f"{datasets.CLASSES[top1[i]]} {100 * probs[i, top1[i]]:.0f}%"
-        np.testing.assert_allclose(png[0], viz.label(drawn, text), atol=1 / 255 + 1e-6)
-        assert np.abs(png[0] - drawn).max() > 0.5
+        np.testing.assert_allclose(png[0, :128], viz.label(drawn, text), atol=1 / 255 + 1e-6)
+        assert np.abs(png[0, :128] - drawn).max() > 0.5
+        # the scale's ends: the map's smallest value and its 99th percentile, as the overlay draws them
+        up = demo._upscale(heat[0], 128, smooth=True)
+        lo, hi = float(up.min()), float(np.percentile(up, 99.0))
+        assert hi > lo >= 0
+        np.testing.assert_allclose(png[0, 128:], viz.colorbar(128, lo, hi, title="max |grad|"), atol=1 / 255 + 1e-6)
         if i == 0:  # --no-label: the bare overlay
             bare = tmp_path / "bare"
             assert cli.main(_args(folder, bare, "--method", "saliency", "--no-label")) == 0

@@ -186,3 +186,38 @@ def test_label_writes_in_the_corner_and_cuts_what_does_not_fit():
     assert short[:12, :46].max() > 0.9 and not np.array_equal(short[:13], long[:13])  # light text; cut to "2 gre.."
     with pytest.raises(InputError, match=r"^tile: expected shape \(H, W, 3\), got \(4, 4\)"):
         viz.label(np.zeros((4, 4)), "x")
+
+
+def test_value_range_is_what_normalize_maps_to_the_ends():
+    v = np.arange(101.0).reshape(1, 101)
+    assert viz.value_range(v, percentile=90) == (0.0, 90.0)
+    n = viz.normalize(v, percentile=90)
+    assert n[0, 0] == 0 and n[0, 90] == 1 and n[0, 45] == 0.5
+    assert viz.value_range(-v, signed=True, percentile=50) == (-50.0, 50.0)
+    assert viz.value_range(np.array([np.nan, np.inf, 2.0, 3.0]), percentile=100) == (2.0, 3.0)  # finite values only
+    assert viz.value_range(np.array([np.nan])) == (0.0, 0.0)
+    with pytest.raises(InputError, match=r"^percentile: expected a value in \(0, 100\], got 0"):
+        viz.value_range(v, percentile=0)
+
+
+def test_colorbar_runs_the_colormap_from_lo_to_hi_with_the_values_written():
+    strip = viz.colorbar(120, 0.0, 3.25, cmap="viridis", title="score drop")
+    assert strip.shape == (viz.COLORBAR_HEIGHT, 120, 3) and strip.dtype == np.float32
+    ends = viz.colormap(np.array([0.0, 1.0]), "viridis")
+    np.testing.assert_allclose(strip[5, 2], ends[0], atol=1 / 255)  # left end: lo's colour
+    np.testing.assert_allclose(strip[5, 117], ends[1], atol=1 / 255)  # right end: hi's colour
+    assert (strip[:2] == 1).all() and (strip[5, :2] == 1).all()  # white margin
+    text = strip[11:]
+    dark = text.min(-1) < 0.5
+    assert dark[:, :8].any() and dark[:, -26:].any() and dark[:, 30:90].any()  # "0", "3.25", the title
+    bare = viz.colorbar(120, 0.0, 3.25, cmap="viridis")
+    assert not (bare[11:].min(-1) < 0.5)[:, 30:90].any()  # no title: nothing between the values
+    pic = viz.with_colorbar(np.zeros((40, 120, 3), np.float32), 0.0, 3.25, cmap="viridis", title="score drop")
+    np.testing.assert_array_equal(pic[40:], strip)
+    np.testing.assert_array_equal(pic[:40], 0)
+    with pytest.raises(InputError, match="^width: expected an int >= 16, got 8"):
+        viz.colorbar(8, 0, 1)
+    with pytest.raises(InputError, match="^hi: expected a finite number, got nan"):
+        viz.colorbar(64, 0, float("nan"))
+    with pytest.raises(InputError, match=r"^picture: expected shape \(H, W, 3\), got \(4, 4\)"):
+        viz.with_colorbar(np.zeros((4, 4)), 0, 1)

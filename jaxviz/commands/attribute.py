@@ -8,7 +8,9 @@ writes, per image ``name.ext``:
 * ``OUT_DIR/name.ext.npy``: the attribution, float32, (H, W, 3) for pixel
   methods, (H, W) for layer methods (upsampled to the input),
 * ``OUT_DIR/name.ext.png``: a jet heatmap of it overlaid on the (resized) image,
-  labelled with the target class and its probability (``--no-label``: bare),
+  labelled with the target class and its probability, with the colour scale
+  under it (the map's values at its ends; ``--no-label``: the bare overlay,
+  the image's size),
 
 and ``OUT_DIR/summary.csv`` with one row per image: file, predicted class
 index, name and probability, the target class and its probability.
@@ -77,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "small-cnn, the demo's options are the defaults: occlusion window=6 stride=2 baseline=0.5)")
     p.add_argument("--recursive", action="store_true", help="include sub-folders")
     p.add_argument("--no-label", action="store_true",
-                   help="bare overlays (by default each is labelled with the target class and its probability)")
+                   help="bare overlays, the image's size (by default each is labelled with the target class and its "
+                   "probability and has its colour scale under it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="several hosts: run the same command on each; they join one JAX run "
@@ -269,17 +272,22 @@ def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
 
 
 def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str, label: str | None = None) -> None:
-    """The .npy and the overlay PNG of one image (each written atomically); ``label`` goes in its corner."""
+    """The .npy and the overlay PNG of one image (each written atomically); with a ``label``, that goes in its
+    corner and the colour scale under it (the map's values at its two ends)."""
     from .. import image, viz
     from .._io import atomic_open
-    from .demo import heat, overlays
+    from .demo import heat, heat_title, overlay_range, overlays
 
     npy = out / f"{name}.npy"
     with atomic_open(npy, "wb") as f:
         np.save(f, attr.astype(np.float32))
     side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
-    pic = overlays(img[None], heat(method, attr[None]), size=side)[0]
-    image.save(pic if label is None else viz.label(pic, label), out / f"{name}.png")
+    maps = heat(method, attr[None])
+    pic = overlays(img[None], maps, size=side)[0]
+    if label is not None:
+        (lo, hi), = overlay_range(maps, size=side)
+        pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=heat_title(method))
+    image.save(pic, out / f"{name}.png")
 
 
 # ----------------------------------------------------------------------------- main

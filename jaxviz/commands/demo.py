@@ -38,6 +38,7 @@ METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("occlusion", "Occlusion", {"window": 6, "stride": 2, "baseline": 0.5}),
 )
 _TILE = 128  # pixels per picture in the PNGs
+OVERLAY_PERCENTILE = 99.0  # the map's value drawn at the colour scale's top (the top 1% clip to it)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,6 +91,19 @@ def heat(name: str, attr: np.ndarray) -> np.ndarray:
     return np.abs(a).sum(-1)
 
 
+def heat_title(name: str) -> str:
+    """What :func:`heat`'s values are for method ``name``, for a colour bar's title."""
+    return {"saliency": "max |grad|", "occlusion": "score drop", "grad_cam": "Grad-CAM", "cam": "CAM"}.get(
+        name, "sum |attr|")
+
+
+def overlay_range(maps: np.ndarray, size: int = _TILE) -> list[tuple[float, float]]:
+    """The values at the two ends of each of :func:`overlays`' colour scales (for :func:`jaxviz.viz.colorbar`)."""
+    from .. import viz
+
+    return [viz.value_range(_upscale(m, size, smooth=True), percentile=OVERLAY_PERCENTILE) for m in maps]
+
+
 def _upscale(img: np.ndarray, size: int, *, smooth: bool) -> np.ndarray:
     from PIL import Image
 
@@ -108,7 +122,7 @@ def overlays(images: np.ndarray, maps: np.ndarray, size: int = _TILE) -> list[np
 
     return [
         viz.overlay(_upscale(img, size, smooth=False), _upscale(m, size, smooth=True), alpha=0.6, cmap="jet",
-                    percentile=99.0)
+                    percentile=OVERLAY_PERCENTILE)
         for img, m in zip(images, maps)
     ]
 
