@@ -5,6 +5,8 @@ Every optimisation here uses one of two configurations on the same tiny net and 
 the compiled step is shared between tests (compiles dominate the run time).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -356,6 +358,15 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     assert not out.with_name("out.png.ckpt.npz").exists()  # removed once the result is written
     assert cli.main(["stylize", *args]) == 0
     assert "already exists" in capsys.readouterr().err
+    # the picture records its settings: other ones are refused with the differences, and --remat (how, not
+    # what) or the path written another way are the same settings
+    other = [a if a != "2" else "3" for a in args]
+    assert cli.main(["stylize", *other]) == 2
+    assert capsys.readouterr().err.strip() == (f"jaxviz stylize: error: --out: {out} exists and other settings: "
+                                               "--steps 2 (now 3); use another --out, or --overwrite to replace it")
+    assert cli.main(["stylize", os.path.relpath(tmp_path / "c.png"), *args[1:], "--remat"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    np.testing.assert_allclose(image.load(out), got)
     # interrupted after its first checkpoint (step 1 of 2), then the same command again: it resumes, says so,
     # and ends where the uninterrupted run ended
     real_save, previews = image.save, []
@@ -375,7 +386,9 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     capsys.readouterr()
     monkeypatch.setattr(image, "save", real_save)
     assert cli.main(["stylize", *parts]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'parts.png'} (32x40), resumed from {tmp_path / 'parts.png.ckpt.npz'}"
+    text = capsys.readouterr()
+    assert text.out.strip() == f"wrote {tmp_path / 'parts.png'} (32x40)"
+    assert f"resumed from {tmp_path / 'parts.png.ckpt.npz'}" in text.err
     np.testing.assert_allclose(image.load(tmp_path / "parts.png"), want, atol=0.6 / 255)
     assert not (tmp_path / "parts.png.ckpt.npz").exists() and not (tmp_path / "parts.png.ckpt.png").exists()
     monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "empty"))

@@ -92,7 +92,8 @@ def settings_of(args: argparse.Namespace) -> dict:
     def plain(v):  # paths as absolute ones (cat.jpg and ./cat.jpg are the same input); the rest as text
         return os.path.abspath(v) if isinstance(v, PurePath) else str(v)
 
-    keep = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k not in _NOT_SETTINGS}
+    skip = (*_NOT_SETTINGS, *getattr(args, "_not_settings", ()))  # a command's own, e.g. stylize's --resume
+    keep = {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_") and k not in skip}
     if getattr(args, "_seed_only_weights", False) and getattr(args, "weights", "random") != "random":
         keep.pop("seed", None)  # it draws nothing here: pretrained or FILE weights take no seed
     return {"command": args.command, "settings": json.loads(json.dumps(keep, default=plain))}

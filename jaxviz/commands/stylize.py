@@ -4,7 +4,9 @@ Writes OUT atomically when done. While running, a checkpoint (``OUT.ckpt.npz``,
 e.g. ``out.png.ckpt.npz``: image and optimiser state) and a preview image
 (``OUT.ckpt.png``) are written every ``--checkpoint-every`` steps; running the
 same command again resumes from it (``--resume`` insists on one, ``--fresh``
-ignores it). A finished OUT is not redone unless ``--overwrite``.
+ignores it). A finished OUT is not redone unless ``--overwrite``; a PNG records the
+settings that made it, and a rerun with others is refused with the
+differences.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_model_args, model_and_params
-from .featmaps import check_out, random_weights_note
+from .featmaps import check_out, finished, random_weights_note, save
 
 __all__ = ["register", "run"]
 
@@ -68,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-download", action="store_true", help="never download pretrained weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(p)
-    p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr", "styles": "style"})
+    p.set_defaults(func=run, resumable=True, _aliases={"learning_rate": "--lr", "styles": "style"},
+                   _not_settings=("resume", "fresh", "no_download", "remat"))  # they change how, not what
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     out: Path = args.out
-    check_out(out)
     ckpt = out.with_name(out.name + ".ckpt.npz")  # the whole name: out.png and out.jpg are two runs
     preview = out.with_name(out.name + ".ckpt.png")
-    if out.exists() and not args.overwrite and not ckpt.exists():
-        print(f"jaxviz stylize: {out} already exists; nothing to do (--overwrite to redo)", file=sys.stderr)
+    if ckpt.exists():  # an unfinished run into OUT: resumed, or refused below when it was another's
+        check_out(out)
+    elif finished(args):  # OUT there: nothing to do, or refused when made with other settings
         return 0
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps: expected a positive number of steps, got {args.steps}")
@@ -144,11 +147,11 @@ def run(args: argparse.Namespace) -> int:
         )
     except InputError as e:  # the library's advice, in the command line's words
         raise InputError(str(e).replace("pass resume=False", "run with --fresh")) from None
-    image.save(result[0], out)
+    save(result[0], out, args)
     for f in (ckpt, preview):
         f.unlink(missing_ok=True)
-    h, w = result.shape[1:3]
-    print(f"wrote {out} ({w}x{h}){f', resumed from {ckpt}' if resumed else ''}")
+    if resumed:
+        print(f"resumed from {ckpt}", file=sys.stderr)
     random_weights_note(args)
     return 0
 
