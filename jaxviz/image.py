@@ -72,7 +72,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 
 #: Suffixes :func:`list_images` and :func:`load_folder` pick up (compared
 #: case-insensitively).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pnm")
 
 #: Pillow format ids :func:`load` tries (those this Pillow build lacks are
 #: left out). Camera MPO files open through the JPEG plugin.

@@ -353,6 +353,8 @@ def test_outputs_inside_the_folder_skipped_files_and_empty_folders(folder, tmp_p
         text = capsys.readouterr()
         assert f"wrote {N} attributions" in text.out and "skipped 1 unreadable file" in text.out
         assert "(per image NAME.npy, the map, and NAME.png, the overlay: e.g. " in text.out
+        example = text.out.split("the overlay: e.g. ")[1].split(")")[0]
+        assert os.path.exists(example)  # a written one, not the skipped file's
         assert "random weights" in text.err
         assert f"skipped {root / 'broken.png'}: " in text.err and "Warning" not in text.err
         # a rerun finds nothing new: its own heatmaps are not images to attribute
@@ -534,3 +536,17 @@ def test_every_compiling_command_uses_the_compile_cache(tmp_path):
     jaxviz(*argv, "--out", str(tmp_path / "b.png"))
     assert {p.name for p in xla.iterdir()} == set(first)
     np.testing.assert_array_equal(image.load(tmp_path / "a.png"), image.load(tmp_path / "b.png"))
+
+
+def test_no_progress_reaches_the_small_cnn_training(monkeypatch):
+    from types import SimpleNamespace
+
+    from jaxviz import train
+
+    calls = []
+    monkeypatch.setattr(train, "small_cnn_run",
+                        lambda config, **kw: calls.append(kw) or SimpleNamespace(net="net", params="params"))
+    for flag, want in ((True, False), (False, True)):
+        got = attribute_cmd._model(attribute_cmd.argparse.Namespace(model="small-cnn", weights="pretrained", seed=0,
+                                                                    no_progress=flag))
+        assert got[:2] == ("net", "params") and calls.pop() == {"progress": want}

@@ -709,3 +709,11 @@ def test_an_interrupt_promises_a_resume_only_where_one_happens(tiny, tmp_path, c
     code, _, err = run(capsys, "featmaps", _picture(tmp_path / "in.png"), "--out", tmp_path / "d.png", "--weights",
                        "random", "--no-progress")
     assert code == 130 and err == "jaxviz: interrupted\n"
+
+
+def test_top_patches_refuses_a_tile_below_one_pixel(tiny, folder, tmp_path, capsys):
+    for tile in ("0", "-3"):
+        code, _, err = run(capsys, "top-patches", folder, "--recursive", "--layer", "relu2_1", "--tile", tile,
+                           "--out", tmp_path / "t.png", "--weights", "random")
+        assert code == 2 and err.strip() == f"jaxviz top-patches: error: --tile: expected a positive size in px, got {tile}"
+    assert not (tmp_path / "t.png").exists()

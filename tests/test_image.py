@@ -550,6 +550,8 @@ def _folder(tmp_path):
         "d.webp": ((48, 64), (255, 255, 0), {"lossless": True}),
         "e.tiff": ((50, 50), (0, 255, 255), {}),
         "sub/f.bmp": ((33, 35), (255, 0, 255), {}),
+        "g.gif": ((30, 34), (255, 128, 0), {}),  # formats load() reads are found in folders too
+        "h.ppm": ((36, 30), (128, 0, 255), {}),
     }
     colours = {}
     for name, ((h, w), rgb, kw) in specs.items():
@@ -564,7 +566,7 @@ def test_list_images(tmp_path):
     d, colours = _folder(tmp_path)
     top = jimage.list_images(d)
     assert top == sorted(p for p in colours if p.parent == d)
-    assert [p.name for p in top] == ["C.PNG", "a.jpg", "b.png", "d.webp", "e.tiff"]
+    assert [p.name for p in top] == ["C.PNG", "a.jpg", "b.png", "d.webp", "e.tiff", "g.gif", "h.ppm"]
     assert jimage.list_images(d, recursive=True) == sorted(colours)
     with pytest.raises(FileNotFoundError, match=r"nowhere: no such directory"):
         jimage.list_images(tmp_path / "nowhere")
@@ -575,7 +577,7 @@ def test_list_images(tmp_path):
 def test_load_folder_batches_in_sorted_order(tmp_path):
     d, colours = _folder(tmp_path)
     batches = list(jimage.load_folder(d, size=16, batch_size=2, recursive=True))
-    assert [len(p) for p, _ in batches] == [2, 2, 2]
+    assert [len(p) for p, _ in batches] == [2, 2, 2, 2]
     paths = [p for ps, _ in batches for p in ps]
     assert paths == sorted(colours)
     for ps, batch in batches:
@@ -584,7 +586,7 @@ def test_load_folder_batches_in_sorted_order(tmp_path):
             np.testing.assert_allclose(img, np.broadcast_to(colours[p], img.shape), atol=0.02)
 
     exact = list(jimage.load_folder(d, size=(8, 12), batch_size=4))
-    assert [b.shape for _, b in exact] == [(4, 8, 12, 3), (1, 8, 12, 3)]
+    assert [b.shape for _, b in exact] == [(4, 8, 12, 3), (3, 8, 12, 3)]
 
 
 def test_load_folder_is_lazy_and_validates_eagerly(tmp_path, monkeypatch):
@@ -610,7 +612,7 @@ def test_load_folder_errors_and_skip(tmp_path):
     with pytest.warns(UserWarning, match=r"broken\.jpg: skipped") as record:
         batches = list(jimage.load_folder(d, size=8, batch_size=3, skip_errors=True))
     assert len(record) == 1
-    assert [len(p) for p, _ in batches] == [3, 2]  # the skipped slot is refilled
+    assert [len(p) for p, _ in batches] == [3, 3, 1]  # the skipped slot is refilled
     assert [p for ps, _ in batches for p in ps] == sorted(p for p in colours if p.parent == d)
 
 

@@ -118,7 +118,7 @@ def _model(args: argparse.Namespace):
     if args.model == "small-cnn":
         config = train.Config()
         if args.weights == "pretrained":
-            r = train.small_cnn_run(config)
+            r = train.small_cnn_run(config, progress=not getattr(args, "no_progress", False))
             return r.net, r.params, list(datasets.CLASSES), config.size
         net = small_cnn(num_classes=len(datasets.CLASSES), widths=config.widths, dropout=config.dropout)
         if args.weights == "random":
@@ -488,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
     hosts = f" (process {rank + 1} of {nprocs}: {len(ours)} of the {len(todo)} images)" if nprocs > 1 else ""
     print(f"{args.method} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
           f"{args.model}, batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}{hosts}", file=sys.stderr)
-    written = 0
+    written, first_written = 0, None
     skips = Skips("attribute")
     rows_path = _part_path(out, rank)
     with tqdm(total=len(ours), desc=args.method, unit="img", disable=args.no_progress) as bar:
@@ -511,12 +511,13 @@ def run(args: argparse.Namespace) -> int:
                              "target_prob": f"{probs[i, ti]:.6f}"})
             _append_rows(rows_path, rows)
             written += len(rows)
+            first_written = first_written or rows[0]["file"]
             bar.update(len(batch_paths))
     parallel.barrier("jaxviz-attribute-end")
     if rank == 0 and nprocs > 1:
         _merge_parts(csv_path, out)
-    example = out / f"{ours[0].relative_to(root).as_posix()}.png" if ours else out
-    print(f"wrote {written} attributions to {out} (per image NAME.npy, the map, and NAME.png, the overlay: e.g. "
+    example = out / f"{first_written}.png" if first_written else out
+    print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and NAME.png, the overlay: e.g. "
           f"{example}) and {csv_path}{skips.note()}")
     random_weights_note(args)
     return 0

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.k < 1:
         raise InputError(f"--k: expected a positive number of patches, got {args.k}")
+    if args.tile < 1:
+        raise InputError(f"--tile: expected a positive size in px, got {args.tile}")
     paths = folder_paths(args)
     net, params = model_and_params(args, classifier=False)
     layer = net.resolve(args.layer, "--layer")
