@@ -100,11 +100,18 @@ def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(ti
     code, _, err = run(capsys, "featmaps", src, "--layer", "relu1_1", "--size", "48", "--out", out, "--weights",
                        "random")
     assert code == 0 and "nothing to do" in err
-    # a picture without the record (another program's, or a JPEG) is simply kept, as before
+    # a JPEG cannot carry the record: an existing one counts as done, as before
     jpg = tmp_path / "maps.jpg"
     image.save(pic, jpg)
     code, _, err = run(capsys, "featmaps", src, "--layer", "relu1_1", "--out", jpg, "--weights", "random")
     assert code == 0 and "nothing to do" in err
+    # a PNG without it is not one of ours (here the input picture itself): refused, not "nothing to do"
+    before = src.read_bytes()
+    code, _, err = run(capsys, "featmaps", src, "--layer", "relu1_1", "--out", src, "--weights", "random")
+    assert code == 2 and err.strip() == (f"jaxviz featmaps: error: --out: {src} exists and was not made by jaxviz "
+                                         "featmaps (a picture of yours?); use another --out, or --overwrite to "
+                                         "replace it")
+    assert src.read_bytes() == before
 
 
 def test_seed_is_a_setting_only_where_it_draws_something(tiny, tmp_path, capsys):

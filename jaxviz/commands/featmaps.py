@@ -115,12 +115,16 @@ def _made_with(path: Path) -> dict | None:
 def finished(args: argparse.Namespace) -> bool:
     """Checks OUT (:func:`check_out`), then True (and says so) when it exists and --overwrite was not given:
     a rerun does nothing. A PNG made by this command with other settings is refused with the differences (they
-    are stored in it by :func:`save`)."""
+    are stored in it by :func:`save`), and so is a PNG without that record (another program's, or the input
+    picture itself). Other formats cannot carry the record: an existing one counts as done."""
     from ..errors import InputError
 
     check_out(args.out)
     if args.out.exists() and not args.overwrite:
         made, now = _made_with(args.out), settings_of(args)
+        if made is None and args.out.suffix.lower() == ".png":  # jaxviz's PNGs carry the record: not one of ours
+            raise InputError(f"--out: {args.out} exists and was not made by jaxviz {now['command']} (a picture of "
+                             "yours?); use another --out, or --overwrite to replace it")
         if made is not None and made != now:
             if made.get("command") != now["command"]:
                 diff = f"it was made by jaxviz {made.get('command')}"
