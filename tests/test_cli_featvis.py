@@ -724,3 +724,18 @@ def test_top_patches_refuses_a_tile_below_one_pixel(tiny, folder, tmp_path, caps
                            "--out", tmp_path / "t.png", "--weights", "random")
         assert code == 2 and err.strip() == f"jaxviz top-patches: error: --tile: expected a positive size in px, got {tile}"
     assert not (tmp_path / "t.png").exists()
+
+
+def test_folder_commands_never_take_their_own_picture_as_an_image(tiny, tmp_path, capsys):
+    root = tmp_path / "pics"
+    root.mkdir()
+    for i in range(4):
+        _picture(root / f"{i}.png", seed=i)
+    common = ["--layer", "relu2_1", "--size", "32", "--thumb", "16", "--weights", "random", "--no-progress"]
+    out = root / "nn.png"  # inside the folder it reads
+    for again in ((), ("--overwrite",)):
+        code, text, _ = run(capsys, "neighbours", root, *common, "--k", "2", "--out", out, *again)
+        assert code == 0
+        names = [str(n) for n in np.load(root / "nn.png.features.npz")["names"]]
+        assert sorted(os.path.basename(n) for n in names) == [f"{i}.png" for i in range(4)]  # not nn.png
+        assert "nn.png: " not in text

@@ -185,6 +185,11 @@ def folder_paths(args: argparse.Namespace) -> list[Path]:
     if args.size < smallest:
         raise InputError(f"--size: expected at least {smallest} px (the network's minimum), got {args.size}")
     paths = image.list_images(args.folder, recursive=args.recursive)
+    out = getattr(args, "out", None)
+    if out is not None:  # never the command's own picture (--out inside the folder) or its side files
+        out = Path(out).resolve()
+        paths = [p for p in paths if not (p.resolve() == out or (p.resolve().parent == out.parent
+                                                                 and p.name.startswith(out.name + ".")))]
     if not paths:
         raise InputError(f"folder: no images in {args.folder}")
     return paths
