@@ -363,11 +363,24 @@ def _read_state(path: Path) -> dict[str, Any]:
             f"{path}: reading PyTorch .pth files needs PyTorch: pip install 'jaxviz[torch]' "
             "(or pass a .safetensors file, which needs no PyTorch)"
         ) from e
+    if Path(path).is_dir():
+        raise WeightsError(f"{path}: a folder, expected a weights file (.pth or .safetensors)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read it ({e.strerror or e})") from e
+    if not head.startswith((b"PK", b"\x80")):  # torch.save writes a zip archive (a pickle before PyTorch 1.6)
+        raise WeightsError(f"{path}: not a PyTorch checkpoint (those are zip archives or pickles; this file starts "
+                           f"with {head!r})")
     try:
         # weights_only=True: a restricted unpickler, no arbitrary pickled code runs.
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zip errors ...
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        lines = str(e).splitlines()
+        # torch's weights_only message opens with advice to load unsafely: keep only its reason
+        reason = [ln.split("WeightsUnpickler error:", 1)[1].strip() for ln in lines if "WeightsUnpickler error:" in ln]
+        text = reason[0] if reason else (lines[0] if lines else type(e).__name__)
         # every weights_only failure mentions weights_only; only an unsupported GLOBAL means a pickled object
         # (garbage bytes read as a pickle fail with "Unsupported operand" and are reported as corrupt)
         if "Unsupported global" in str(e) or "unsupported GLOBAL" in str(e):

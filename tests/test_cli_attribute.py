@@ -550,3 +550,12 @@ def test_no_progress_reaches_the_small_cnn_training(monkeypatch):
         got = attribute_cmd._model(attribute_cmd.argparse.Namespace(model="small-cnn", weights="pretrained", seed=0,
                                                                     no_progress=flag))
         assert got[:2] == ("net", "params") and calls.pop() == {"progress": want}
+
+
+def test_an_out_that_cannot_be_written_is_one_line_naming_it(folder, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "maps"
+    assert cli.main(_args(folder, out, "--no-progress")) == 2
+    assert capsys.readouterr().err.strip() == (f"jaxviz attribute: error: --out: cannot write in {str(out)!r} "
+                                               "(Not a directory)")

@@ -97,11 +97,23 @@ def test_pth_with_pickled_code_is_refused_and_nothing_runs(tmp_path, tiny_ref):
 
 
 @pytest.mark.parametrize("payload", [b"garbage", b"\x89PNG\r\n\x1a\n not weights"])
-def test_pth_of_garbage_is_called_corrupt_not_pickled_code(tmp_path, tiny_ref, payload):
+def test_pth_of_garbage_is_called_not_a_checkpoint_not_pickled_code(tmp_path, tiny_ref, payload):
     path = tmp_path / "bad.pth"
     path.write_bytes(payload)
-    with pytest.raises(WeightsError, match=r"bad.pth: corrupt or truncated PyTorch file"):
+    with pytest.raises(WeightsError) as e:
         weights.from_torchvision(path, tiny_ref[0])
+    assert str(e.value) == (f"{path}: not a PyTorch checkpoint (those are zip archives or pickles; this file "
+                            f"starts with {payload[:4]!r})")
+
+
+def test_pth_errors_never_pass_on_torchs_advice_to_load_unsafely(tmp_path, tiny_ref):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(b"\x80\x02 a pickle that is not one")  # a pickle's first bytes, then garbage
+    with pytest.raises(WeightsError, match=r"bad.pth: corrupt or truncated PyTorch file") as e:
+        weights.from_torchvision(path, tiny_ref[0])
+    assert "weights_only" not in str(e.value) and "Re-running" not in str(e.value)
+    with pytest.raises(WeightsError, match=r"a folder, expected a weights file \(\.pth or \.safetensors\)$"):
+        weights.from_torchvision(tmp_path, tiny_ref[0])
 
 
 def test_truncated_and_garbage_files(tmp_path, tiny_ref):

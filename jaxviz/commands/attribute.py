@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import seed
+from ._common import seed, writable_dir
 from .featmaps import Skips, iter_batches, random_weights_note
 
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
@@ -426,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         hint = " (it has sub-folders: add --recursive)" if not args.recursive and any(
             d.is_dir() and d.resolve() != inside for d in root.iterdir()) else ""
         raise InputError(f"IMAGES_DIR: no images in {str(root)!r}{hint}")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_dir(out, "--out")  # created, and a file written in it, or one line naming --out
     csv_path = out / "summary.csv"
     done = _read_done(csv_path, out)
     changed = _changed_since(paths, root, out, done)
