@@ -203,26 +203,24 @@ def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
         if not path.exists():
             continue
         with open(path, newline="") as f:
-            for row in csv.DictReader(f, CSV_FIELDS if path != csv_path else None):
-                if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS) or row["file"] == "file":
-                    continue  # torn or malformed row (or a header)
+            for row in csv.DictReader(f, CSV_FIELDS if path != csv_path else None):  # part files: no header
+                if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS):
+                    continue  # torn or malformed row
                 name = row["file"]
                 if (out / f"{name}.npy").exists() and (out / f"{name}.png").exists():
                     done[name] = row
     return done
 
 
-def _merge_parts(csv_path: Path, out: Path, drop: Sequence[str] = ()) -> dict[str, dict]:
-    """summary.csv rewritten with every finished row (its own and the part files', less ``drop``), sorted by
-    file, then the part files removed; returns the rows."""
+def _merge_parts(csv_path: Path, out: Path, done: dict[str, dict] | None = None) -> None:
+    """summary.csv rewritten with the finished rows, sorted by file, then the part files removed. ``done``:
+    those rows when already read (by :func:`_read_done`, nothing appended since); by default they are read."""
     parts = sorted(out.glob(PART_GLOB))
-    done = _read_done(csv_path, out)
-    for name in drop:
-        done.pop(name, None)
+    if done is None:
+        done = _read_done(csv_path, out)
     _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
     for part in parts:
         part.unlink(missing_ok=True)
-    return done
 
 
 def image_keys(key, names: Sequence[str]):
@@ -276,16 +274,14 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     corner and the colour scale under it (the map's values at its two ends)."""
     from .. import image, viz
     from .._io import atomic_open
-    from .demo import heat, heat_title, overlay_range, overlays
+    from .demo import heat, heat_title, overlay_and_range
 
     npy = out / f"{name}.npy"
     with atomic_open(npy, "wb") as f:
         np.save(f, attr.astype(np.float32))
     side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
-    maps = heat(method, attr[None])
-    pic = overlays(img[None], maps, size=side)[0]
+    pic, (lo, hi) = overlay_and_range(img, heat(method, attr[None])[0], size=side)
     if label is not None:
-        (lo, hi), = overlay_range(maps, size=side)
         pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=heat_title(method))
     image.save(pic, out / f"{name}.png")
 
@@ -437,8 +433,8 @@ def run(args: argparse.Namespace) -> int:
     # into summary.csv before anyone appends, and each takes every nprocs-th image (so all finish together)
     rank, nprocs = jax.process_index(), jax.process_count()
     parallel.barrier("jaxviz-attribute-read")
-    if rank == 0:
-        _merge_parts(csv_path, out, changed)
+    if rank == 0:  # the rows read above (less the changed ones): nobody appends before the next barrier
+        _merge_parts(csv_path, out, done)
     parallel.barrier("jaxviz-attribute-merged")
     if paths and not todo:
         print(f"all {len(paths)} images already done; results in {out}")
@@ -517,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0 and nprocs > 1:
         _merge_parts(csv_path, out)
     example = out / f"{first_written}.png" if first_written else out
-    print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and NAME.png, the overlay: e.g. "
-          f"{example}) and {csv_path}{skips.note()}")
+    print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and NAME.png, "
+          f"the overlay: e.g. {example}) and {csv_path}{skips.note()}")
     random_weights_note(args)
     return 0

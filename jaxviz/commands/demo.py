@@ -97,13 +97,6 @@ def heat_title(name: str) -> str:
         name, "sum |attr|")
 
 
-def overlay_range(maps: np.ndarray, size: int = _TILE) -> list[tuple[float, float]]:
-    """The values at the two ends of each of :func:`overlays`' colour scales (for :func:`jaxviz.viz.colorbar`)."""
-    from .. import viz
-
-    return [viz.value_range(_upscale(m, size, smooth=True), percentile=OVERLAY_PERCENTILE) for m in maps]
-
-
 def _upscale(img: np.ndarray, size: int, *, smooth: bool) -> np.ndarray:
     from PIL import Image
 
@@ -116,15 +109,26 @@ def _upscale(img: np.ndarray, size: int, *, smooth: bool) -> np.ndarray:
     return np.stack(chans, -1)
 
 
-def overlays(images: np.ndarray, maps: np.ndarray, size: int = _TILE) -> list[np.ndarray]:
-    """Heatmap overlays (jet) of ``maps`` (N, H, W) on ``images``, upscaled to ``size`` pixels."""
+def _overlay(img: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image's heatmap overlay (jet) at ``size`` pixels, and the upscaled map it drew."""
     from .. import viz
 
-    return [
-        viz.overlay(_upscale(img, size, smooth=False), _upscale(m, size, smooth=True), alpha=0.6, cmap="jet",
-                    percentile=OVERLAY_PERCENTILE)
-        for img, m in zip(images, maps)
-    ]
+    up = _upscale(m, size, smooth=True)
+    return viz.overlay(_upscale(img, size, smooth=False), up, alpha=0.6, cmap="jet", percentile=OVERLAY_PERCENTILE), up
+
+
+def overlay_and_range(img: np.ndarray, m: np.ndarray, size: int = _TILE) -> tuple[np.ndarray, tuple[float, float]]:
+    """One image's overlay (see :func:`overlays`) and the map's values at its colour scale's two ends (for
+    :func:`jaxviz.viz.colorbar`)."""
+    from .. import viz
+
+    pic, up = _overlay(img, m, size)
+    return pic, viz.value_range(up, percentile=OVERLAY_PERCENTILE)
+
+
+def overlays(images: np.ndarray, maps: np.ndarray, size: int = _TILE) -> list[np.ndarray]:
+    """Heatmap overlays (jet) of ``maps`` (N, H, W) on ``images``, upscaled to ``size`` pixels."""
+    return [_overlay(img, m, size)[0] for img, m in zip(images, maps)]
 
 
 def _font(size: int):

@@ -188,8 +188,8 @@ def folder_paths(args: argparse.Namespace) -> list[Path]:
     out = getattr(args, "out", None)
     if out is not None:  # never the command's own picture (--out inside the folder) or its side files
         out = Path(out).resolve()
-        paths = [p for p in paths if not (p.resolve() == out or (p.resolve().parent == out.parent
-                                                                 and p.name.startswith(out.name + ".")))]
+        paths = [p for p, r in ((p, p.resolve()) for p in paths)
+                 if not (r == out or (r.parent == out.parent and p.name.startswith(out.name + ".")))]
     if not paths:
         raise InputError(f"folder: no images in {args.folder}")
     return paths
