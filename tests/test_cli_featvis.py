@@ -644,7 +644,9 @@ def test_folder_commands_skip_unreadable_files(tiny, params, folder, tmp_path, c
     np.testing.assert_array_equal(image.load(tmp_path / "n.png"), image.load(tmp_path / "n_clean.png"))
     saved = np.load(tmp_path / "n.png.features.npz")
     clean_saved = np.load(tmp_path / "n_clean.png.features.npz")
-    np.testing.assert_array_equal(saved["vectors"], clean_saved["vectors"])
+    # the same features to float32 round-off: the skipped files put other images side by side in a batch, and
+    # XLA's convolutions may round differently by batch composition (an AMD EPYC differed by 7e-8 relative)
+    np.testing.assert_allclose(saved["vectors"], clean_saved["vectors"], rtol=1e-6, atol=1e-7)
 
     # a folder of nothing readable is one error line
     bad = tmp_path / "bad"
