@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = [
     "JaxvizError",
     "InputError",
+    "ModelError",
     "CheckpointError",
     "ImageError",
     "WeightsError",
@@ -28,6 +29,11 @@ class JaxvizError(Exception):
 
 class InputError(JaxvizError, ValueError):
     """An argument has the wrong shape, type or value."""
+
+
+class ModelError(InputError):
+    """A model cannot serve a technique: no ReLU to swap, no spatial layer, no global-average-pool head, a tap
+    that is not an array ... The message names the model and the reason."""
 
 
 class CheckpointError(InputError):

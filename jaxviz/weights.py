@@ -43,6 +43,7 @@ from .errors import (
     WeightsError,
     WeightsNotFoundError,
 )
+from .models.resnet import RESNETS, ResNet
 from .models.vgg import VGG
 
 __all__ = [
@@ -98,19 +99,28 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "jaxviz"
 
 
-def _net_for(arch: str | VGG) -> VGG:
-    if isinstance(arch, VGG):
+def _net_for(arch: str | VGG | ResNet) -> VGG | ResNet:
+    if isinstance(arch, (VGG, ResNet)):
         return arch
     return models.get(arch)
 
 
-def _arch_name(arch: str | VGG) -> str:
+def _arch_name(arch: str | VGG | ResNet) -> str:
     if isinstance(arch, VGG):
         for name, stages in (("vgg16", models.VGG16_STAGES), ("vgg19", models.VGG19_STAGES)):
             if tuple(map(tuple, arch.stages)) == stages:
                 return name
         return "custom VGG"
+    if isinstance(arch, ResNet):
+        for name, (kind, blocks) in RESNETS.items():
+            if arch.kind == kind and tuple(arch.blocks) == blocks:
+                return name
+        return "custom ResNet"
     return arch
+
+
+def _is_resnet(arch: Any) -> bool:
+    return isinstance(arch, ResNet) or (isinstance(arch, str) and arch in RESNETS)
 
 
 def _conv_names(net: VGG) -> list[str]:
@@ -135,6 +145,8 @@ def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True)
       A Flax params pytree ``{"params": {...}}`` of float32 arrays.
     """
     net = _net_for(arch)
+    if isinstance(net, ResNet):
+        return _random_resnet(net, seed)
     classifier = classifier and net.classifier
     # NumPy's generator: drawing VGG19's 140M normals with jax.random on a CPU takes
     # ~20 s (threefry plus one compile per shape); NumPy takes well under a second.
@@ -160,6 +172,30 @@ def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True)
                 "bias": jnp.zeros((dout,), jnp.float32),
             }
     return {"params": params}
+
+
+def _random_resnet(net: ResNet, seed: Any) -> dict:
+    """torchvision's ResNet init with BatchNorm at its initial state folded in: convolutions Kaiming normal
+    (``fan_out``, gain sqrt(2)), zero biases; ``fc`` uniform(+-1/sqrt(fan_in)) weight and bias (``nn.Linear``'s)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed: expected a non-negative int, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    scale = np.float32(1.0 / np.sqrt(1.0 + 1e-5))  # a fresh BatchNorm in inference mode: x / sqrt(1 + eps)
+
+    def draw(path, spec):
+        names = [getattr(k, "key", str(k)) for k in path]
+        shape = spec.shape
+        if names[0] == "fc":
+            bound = 1.0 / np.sqrt(shapes["fc"]["kernel"].shape[0])
+            return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32))
+        if names[-1] == "bias":
+            return jnp.zeros(shape, jnp.float32)
+        kh, kw, _, cout = shape
+        std = np.sqrt(2.0 / (cout * kh * kw))
+        return jnp.asarray(scale * std * rng.standard_normal(shape, np.float32))
+
+    return {"params": jax.tree_util.tree_map_with_path(draw, shapes)}
 
 
 def _inner(params: Any, name: str = "params") -> Mapping:
@@ -231,6 +267,10 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
     if not isinstance(state, Mapping):
         raise InputError(f"state: expected a mapping of name -> array, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if arch is None and "layer1.0.conv1.weight" in state:
+        arch = _infer_resnet(state, name)
+    if _is_resnet(arch):
+        return _convert_resnet(state, arch, name)
     layout = _layout(state)
     conv_keys = sorted(
         (int(k.split(".")[1]) for k in state if re.fullmatch(r"features\.\d+\.weight", k))
@@ -301,6 +341,78 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
         for k in layer:
             layer[k] = np.ascontiguousarray(layer[k], dtype=np.float32)
     return {"params": jax.tree.map(jnp.asarray, params)}
+
+
+BN_EPSILON = 1e-5  # torchvision's BatchNorm2d default
+
+
+def _infer_resnet(state: Mapping[str, Any], name: str) -> str:
+    """The torchvision ResNet a state dict holds, from its blocks per stage and block kind."""
+    blocks = []
+    for s in range(1, 5):
+        idx = {int(m.group(1)) for k in state if (m := re.match(rf"layer{s}\.(\d+)\.", k))}
+        blocks.append(max(idx) + 1 if idx else 0)
+    kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
+    for arch, spec in RESNETS.items():
+        if spec == (kind, tuple(blocks)):
+            return arch
+    raise ArchitectureError(f"{name}: a ResNet with {kind} blocks {'-'.join(map(str, blocks))} per stage, which is "
+                            f"none of {', '.join(RESNETS)}")
+
+
+def _convert_resnet(state: Mapping[str, Any], arch: str | ResNet, name: str) -> dict:
+    """A torchvision/timm ResNet state dict -> Flax params with every BatchNorm folded into its convolution.
+
+    Strict like ``load_state_dict``: a missing, unexpected or wrongly shaped key is an ArchitectureError naming
+    it (``num_batches_tracked`` counters are ignored).
+    """
+    net = _net_for(arch)
+    label = _arch_name(arch)
+    expected = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    used: set[str] = set()
+
+    def take(key: str) -> np.ndarray:
+        if key not in state:
+            raise ArchitectureError(f"{name}: wrong architecture: no {key} for {label}")
+        used.add(key)
+        return _to_numpy(state[key], key)
+
+    def conv_bn(conv: str, bn: str, shape: tuple) -> dict:
+        w = take(f"{conv}.weight")
+        want = (shape[3], shape[2], shape[0], shape[1])
+        if w.shape != want:
+            raise ArchitectureError(f"{name}: wrong architecture: {conv}.weight has shape {w.shape}, expected {want} "
+                                    f"for {label}")
+        gamma, beta = take(f"{bn}.weight"), take(f"{bn}.bias")
+        mean, var = take(f"{bn}.running_mean"), take(f"{bn}.running_var")
+        scale = gamma / np.sqrt(var + BN_EPSILON)
+        return {"kernel": (w * scale[:, None, None, None]).transpose(2, 3, 1, 0), "bias": beta - mean * scale}
+
+    params: dict[str, Any] = {"conv1": conv_bn("conv1", "bn1", expected["conv1"]["kernel"].shape)}
+    for s, n in enumerate(net.blocks, 1):
+        for b in range(n):
+            module, prefix = f"layer{s}_{b}", f"layer{s}.{b}"
+            block = {}
+            for conv, leaves in expected[module].items():
+                if conv == "downsample":
+                    block[conv] = conv_bn(f"{prefix}.downsample.0", f"{prefix}.downsample.1", leaves["kernel"].shape)
+                else:
+                    block[conv] = conv_bn(f"{prefix}.{conv}", f"{prefix}.bn{conv[-1]}", leaves["kernel"].shape)
+            params[module] = block
+    w, bias = take("fc.weight"), take("fc.bias")
+    cin = expected["fc"]["kernel"].shape[0]
+    if w.ndim != 2 or w.shape[1] != cin:
+        raise ArchitectureError(f"{name}: wrong architecture: fc.weight has shape {w.shape}, expected (K, {cin}) for "
+                                f"{label}")
+    if w.shape[0] != net.num_classes:
+        raise ArchitectureError(f"{name}: fc has {w.shape[0]} classes; build the model with "
+                                f"models.{label}(num_classes={w.shape[0]}) and pass it as arch")
+    params["fc"] = {"kernel": w.T, "bias": bias}
+    extra = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ArchitectureError(f"{name}: wrong architecture: unexpected key {extra[0]}{more} for {label}")
+    return {"params": jax.tree.map(lambda a: jnp.asarray(np.ascontiguousarray(a, np.float32)), params)}
 
 
 def to_torchvision(params: Mapping, arch: str | VGG = "vgg19") -> dict[str, np.ndarray]:
@@ -424,22 +536,28 @@ def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | 
 def _flatten(variables: Mapping) -> dict[str, np.ndarray]:
     """``{"params": {layer: {leaf: array}}, "batch_stats": ...}`` (or the params' inner mapping) -> flat arrays.
 
-    Params are keyed ``layer.leaf`` (the layout of every file written so far);
-    another collection's arrays ``collection/layer.leaf``, so a BatchNorm
-    network's running statistics travel with its weights.
+    Params are keyed by their path joined with dots (``layer.leaf``, or
+    ``block.conv.leaf`` for nested modules); another collection's arrays
+    ``collection/layer.leaf``, so a BatchNorm network's running statistics
+    travel with its weights.
     """
     collections = variables if isinstance(variables, Mapping) and "params" in variables else {"params": _inner(variables)}
     flat = {}
+
+    def walk(prefix: str, tree: Any, where: str) -> None:
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                walk(f"{prefix}{key}.", value, f"{where}[{key!r}]")
+            elif prefix:
+                flat[f"{prefix}{key}"] = np.ascontiguousarray(np.asarray(value, np.float32))
+            else:
+                raise InputError(f"params: expected {where}[{key!r}] to map leaf names to arrays, "
+                                 f"got {type(value).__name__}")
+
     for collection, tree in collections.items():
-        prefix = "" if collection == "params" else f"{collection}/"
         if not isinstance(tree, Mapping):
             raise InputError(f"params: expected a mapping of layers under {collection!r}, got {type(tree).__name__}")
-        for layer, leaves in tree.items():
-            if not isinstance(leaves, Mapping):
-                raise InputError(f"params: expected {collection}[{layer!r}] to map leaf names to arrays, "
-                                 f"got {type(leaves).__name__}")
-            for leaf, value in leaves.items():
-                flat[f"{prefix}{layer}.{leaf}"] = np.ascontiguousarray(np.asarray(value, np.float32))
+        walk("" if collection == "params" else f"{collection}/", tree, collection)
     return flat
 
 
@@ -505,30 +623,39 @@ def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
                 "corrupt: delete it and convert again"
             )
     flat = _read_state(path)
-    keys = [re.fullmatch(r"(?:(\w+)/)?(\w+)\.(\w+)", k) for k in flat]
+    if any(k.startswith(("features.", "layer1.")) for k in flat):  # torchvision's/timm's layout, not jaxviz's
+        return from_torchvision(path, arch)
+    keys = [re.fullmatch(r"(?:(\w+)/)?(\w+(?:\.\w+)+)", k) for k in flat]
     if not flat or not all(keys) or not any(m.group(1) is None for m in keys):
-        if any(k.startswith("features.") for k in flat):
-            return from_torchvision(path, arch)
         raise WeightsError(f"{path}: not a jaxviz params file (keys like 'conv1_1.kernel' expected)")
-    variables: dict[str, dict[str, dict[str, jax.Array]]] = {"params": {}}
+    variables: dict[str, Any] = {"params": {}}
     for m, value in zip(keys, flat.values()):
-        collection, layer, leaf = m.group(1) or "params", m.group(2), m.group(3)
-        variables.setdefault(collection, {}).setdefault(layer, {})[leaf] = jnp.asarray(value)
+        node = variables.setdefault(m.group(1) or "params", {})
+        *parents, leaf = m.group(2).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
     params = variables["params"]
     if arch is not None:
         expected = jax.eval_shape(lambda: random(arch))["params"]
-        for layer, leaves in expected.items():
-            if layer not in params:
-                if layer.startswith("fc"):
+        for path_, spec in jax.tree_util.tree_flatten_with_path(expected)[0]:
+            names = [getattr(k, "key", str(k)) for k in path_]
+            node = params
+            for part in names:
+                if not isinstance(node, Mapping) or part not in node:
+                    node = None
+                    break
+                node = node[part]
+            dotted = ".".join(names)
+            if node is None:
+                if names[0].startswith("fc") and isinstance(_net_for(arch), VGG):
                     continue  # a features-only file
-                raise ArchitectureError(f"{path}: wrong architecture: no {layer} for {_arch_name(arch)}")
-            for leaf, spec in leaves.items():
-                got = params[layer][leaf].shape
-                if got != spec.shape:
-                    raise ArchitectureError(
-                        f"{path}: wrong architecture: {layer}.{leaf} has shape {got}, "
-                        f"expected {spec.shape} for {_arch_name(arch)}"
-                    )
+                raise ArchitectureError(f"{path}: wrong architecture: no {dotted} for {_arch_name(arch)}")
+            if node.shape != spec.shape:
+                raise ArchitectureError(
+                    f"{path}: wrong architecture: {dotted} has shape {node.shape}, "
+                    f"expected {spec.shape} for {_arch_name(arch)}"
+                )
     return variables
 
 
@@ -563,11 +690,13 @@ def load(
     cached torchvision file, else downloaded (when online) and converted.
 
     Args:
-      arch: ``"vgg16"`` or ``"vgg19"``.
+      arch: ``"vgg16"``, ``"vgg19"``, ``"resnet18"`` .. ``"resnet152"``
+        (torchvision's ``IMAGENET1K_V1`` files).
       cache: cache directory (default :func:`cache_dir`, ``$JAXVIZ_CACHE``).
       download: allow fetching the torchvision file when nothing is cached.
       progress: show a progress bar while downloading.
-      classifier: False drops ``fc6``..``fc8`` (for style transfer, DeepDream ...).
+      classifier: False drops a VGG's ``fc6``..``fc8`` (for style transfer,
+        DeepDream ...); a ResNet's small ``fc`` is always kept.
 
     Returns:
       A Flax params pytree.
@@ -599,4 +728,4 @@ def load(
         params = from_torchvision(original, arch)
         save(params, converted, arch=arch)
     params = load_file(converted, arch)
-    return params if classifier else features_only(params)
+    return params if classifier or _is_resnet(arch) else features_only(params)

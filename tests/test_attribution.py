@@ -14,7 +14,7 @@ import pytest
 
 from jaxviz import attribution as A
 from jaxviz.attribution import _common
-from jaxviz.errors import InputError
+from jaxviz.errors import InputError, ModelError
 
 from test_attribution_models import gapnet_closed_form, gapnet_params, linear, linear_params, quadratic
 
@@ -359,8 +359,10 @@ def test_errors(gap, lin):
         A.saliency(net, params, x, [0, 1, 2])
     with pytest.raises(InputError, match=r"^target: expected a class index"):
         A.saliency(net, params, x, None)
-    with pytest.raises(InputError, match=r"^net: guided_backprop needs a jaxviz model"):
+    with pytest.raises(ModelError, match=r"^net: found no ReLU to swap in linear"):  # never plain gradients
         A.guided_backprop(linear, lp, lx, 0)
+    with pytest.raises(ModelError, match=r"^net: found no ReLU to swap in linear"):
+        A.deconvnet(linear, lp, lx, 0)
     with pytest.raises(InputError, match=r"^method: expected one of 'gausslegendre'"):
         A.integrated_gradients(net, params, x, 0, method="simpson")
     with pytest.raises(InputError, match=r"^steps: expected >= 2 for riemann_left, got 1"):

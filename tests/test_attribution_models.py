@@ -1,8 +1,9 @@
 """Analytic toy models for the attribution tests, with their hand-derived quantities.
 
 * ``linear`` / ``quadratic``: plain callables ``f(params, x) -> logits``.
-* ``GapNet``: a jaxviz-style model (``layers``, ``resolve``, ``taps=``,
-  ``start=``, ``relu=`` seams, ``cam_layers``)::
+* ``GapNet``: a model that implements the model contract by hand, as a third
+  party would (``layers``, ``resolve``, ``run`` with the ``perturb`` and ``relu``
+  seams, ``cam_layers``; plus a ``start=`` fast path)::
 
       conv1 (1x1 conv = Dense on channels) -> relu1 -> pool1 (2x2 avg) -> gap -> fc
 
@@ -61,8 +62,9 @@ class GapNet(nn.Module):
         return canonical
 
     @nn.compact
-    def __call__(self, x, taps=None, *, start=None, relu=None, train=False):
+    def __call__(self, x, taps=None, *, start=None, perturb=None, relu=None, train=False):
         relu = self.relu if relu is None else relu
+        perturb = perturb or {}
         single = taps is None
         requested = ("fc",) if single else ((taps,) if isinstance(taps, str) else tuple(taps))
         wanted = {t: self.resolve(t) for t in requested}
@@ -80,10 +82,17 @@ class GapNet(nn.Module):
                 x = jnp.mean(x, axis=(1, 2))
             else:
                 x = nn.Dense(self.num_classes, name="fc")(x)
+            if name in perturb:
+                x = x + perturb[name]
             for k, v in wanted.items():
                 if v == name:
                     out[k] = x
         return x if single else out
+
+    def run(self, variables, images, taps=(), *, perturb=None, relu=None, output=True):
+        """The model contract's entry point."""
+        got = self.apply(variables, images, taps=tuple(taps) + ("fc",), perturb=perturb, relu=relu)
+        return (got["fc"] if output else None), {k: got[k] for k in taps}
 
 
 def gapnet_params(seed=0, channels=4, num_classes=3):

@@ -104,3 +104,114 @@ def to_nchw(x):
 def to_nhwc(t):
     t = t.detach().numpy()
     return t.transpose(0, 2, 3, 1) if t.ndim == 4 else t
+
+
+class _BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, width, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, width, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)  # torchvision v1.5: stride on the 3x3
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+RESNET_CFGS = {
+    "resnet18": (_BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (_BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (_Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (_Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (_Bottleneck, (3, 8, 36, 3)),
+}
+
+
+class TorchResNet(nn.Module):
+    """torchvision.models.resnet re-created with torch.nn: the same modules, so the same state-dict keys
+    (``conv1``, ``bn1``, ``layer{s}.{b}.conv{k}``, ``layer{s}.{b}.downsample.{0,1}``, ``fc``)."""
+
+    def __init__(self, arch="resnet18", num_classes=1000, seed=0):
+        super().__init__()
+        block, blocks = RESNET_CFGS[arch]
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for s, (width, n) in enumerate(zip((64, 128, 256, 512), blocks), 1):
+            stride = 1 if s == 1 else 2
+            layers = []
+            for b in range(n):
+                st = stride if b == 0 else 1
+                down = None
+                if b == 0 and (st != 1 or cin != width * block.expansion):
+                    down = nn.Sequential(nn.Conv2d(cin, width * block.expansion, 1, st, bias=False),
+                                         nn.BatchNorm2d(width * block.expansion))
+                layers.append(block(cin, width, st, down))
+                cin = width * block.expansion
+            setattr(self, f"layer{s}", nn.Sequential(*layers))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(cin, num_classes)
+        g = torch.Generator().manual_seed(seed)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=g)
+            elif isinstance(m, nn.BatchNorm2d):  # trained-looking statistics, so the folding is exercised
+                with torch.no_grad():
+                    m.weight.uniform_(0.5, 1.5, generator=g)
+                    m.bias.normal_(0, 0.1, generator=g)
+                    m.running_mean.normal_(0, 0.1, generator=g)
+                    m.running_var.uniform_(0.5, 2.0, generator=g)
+        self.eval()
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def taps(self, x):
+        """Every tap by jaxviz name (NCHW tensors), and the logits as ``fc``."""
+        x = (x - self.mean) / self.std
+        out = {}
+        x = self.bn1(self.conv1(x))
+        out["conv1"] = x
+        x = self.relu(x)
+        out["relu"] = x
+        x = self.maxpool(x)
+        out["maxpool"] = x
+        for s in range(1, 5):
+            for b, block in enumerate(getattr(self, f"layer{s}")):
+                x = block(x)
+                out[f"layer{s}/{b}"] = x
+        x = torch.flatten(self.avgpool(x), 1)
+        out["avgpool"] = x
+        out["fc"] = self.fc(x)
+        return out
+
+    def forward(self, x):
+        return self.taps(x)["fc"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _checks
 from ..errors import InputError
+from ..models import protocol
 
 __all__: list[str] = []
 
@@ -31,26 +32,48 @@ def count_trace(name: str) -> None:
 
 
 def is_model(net: Any) -> bool:
-    """True for a jaxviz model: a flax module with named taps."""
-    return isinstance(net, nn.Module) and hasattr(net, "layers")
+    """True for a model behind the contract (:class:`jaxviz.models.protocol.Model`): jaxviz's or an adapter."""
+    return protocol.is_model(net)
 
 
 def check_net(net: Any, method: str, *, model_only: bool = False) -> None:
+    """``net`` must be a model (``model_only``: one with taps, or a flax module, which gets an adapter) or a
+    callable ``f(params, images)``; a Flax NNX module is told to split itself first."""
+    if is_model(net) or isinstance(net, nn.Module):
+        return
+    if _is_nnx(net):
+        raise InputError("net: a Flax NNX module holds its parameters; split it first: "
+                         "net, params = jaxviz.models.from_nnx(module)")
     if model_only:
-        if not is_model(net):
-            raise InputError(
-                f"net: {method} needs a jaxviz model (a flax module with .layers and the relu=/taps=/start= "
-                f"seams), got {type(net).__name__}"
-            )
-    elif not (is_model(net) or isinstance(net, nn.Module) or callable(net)):
+        raise InputError(
+            f"net: {method} needs a model with named taps (a jaxviz model, a flax.linen module, "
+            f"models.from_nnx(...) or models.from_function(f, layers=...)), got {type(net).__name__}"
+        )
+    if not callable(net):
         raise InputError(f"net: expected a jaxviz model or a callable f(params, images) -> logits, got {type(net).__name__}")
 
 
-def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array], jax.Array]:
-    """``f(params, images) -> logits`` for a jaxviz model (optionally with a ReLU override) or a callable.
+def _is_nnx(net: Any) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(net, nnx.Module)
 
+
+def model(net: Any, images: Any = None) -> Any:
+    """``net`` behind the model contract (:func:`jaxviz.models.protocol.as_model`)."""
+    return protocol.as_model(net, images)
+
+
+def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array], jax.Array]:
+    """``f(params, images) -> logits`` for a model or a callable, with every ReLU computed by ``relu`` if given.
+
+    jaxviz's models take ``relu`` through their own seam; any other model or callable has its ReLUs found and
+    swapped in its traced program (:func:`jaxviz.models.relus.swap`, which refuses a program without ReLUs).
     Max pools are evaluated by :func:`._fastpool.fast_pools` (same values and gradients, faster on CPU).
     """
+    from ..models import relus
     from ..models.vgg import reverse_mode
     from ._fastpool import fast_pools
 
@@ -58,18 +81,15 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
     # convolutions keep XLA:CPU at full speed inside lax.scan / lax.map, and small maps' as one matrix
     # product (models.layers.conv_auto_grad; equal to float32 round-off)
     net = reverse_mode(net)
-    if isinstance(net, nn.Module):
-        if relu is None:
-            return fast_pools(lambda params, x: net.apply(params, x))
-        return fast_pools(lambda params, x: net.apply(params, x, relu=relu))
-    if relu is not None:  # pragma: no cover - guarded by check_net(model_only=True)
-        raise InputError("net: a ReLU override needs a jaxviz model")
-    return fast_pools(net)
+    if is_model(net):
+        return fast_pools(lambda params, x: net.run(params, x, relu=relu)[0])
+    f = net.apply if isinstance(net, nn.Module) else net
+    return fast_pools(f if relu is None else relus.swap(f, relu))
 
 
 def check_images(images: Any, net: Any = None) -> jax.Array:
     """(N, H, W, 3) float images, as float32 (the maps' dtype); in [0, 1] when ``net`` normalises its inputs."""
-    x = _checks.images(images, "images", unit_range=getattr(net, "normalize", False) is True)
+    x = _checks.images(images, "images", unit_range=net is not None and protocol.unit_range(net))
     return x if x.dtype == np.float32 else jnp.asarray(x, jnp.float32)
 
 
@@ -297,15 +317,11 @@ def check_batch_size(batch_size: Any) -> int:
 # layers
 
 
-def default_layer(net: Any) -> str:
-    """The usual Grad-CAM layer: ``cam_layers[0]`` when the model has one, else the last ReLU before the head."""
-    cam_layers = getattr(net, "cam_layers", None)
-    if cam_layers:
-        return cam_layers[0]
-    spatial = [n for n in net.layers if n.startswith("relu") and "_" in n]
-    if not spatial:
-        raise InputError(f"layer: this network has no spatial ReLU tap; pass layer= one of {', '.join(net.layers)}")
-    return spatial[-1]
+def layer(net: Any, params: Any, images: Any, layer: Any) -> str:
+    """The tap a layer method reads: ``layer`` resolved, or the model's default (measured when it names none)."""
+    if layer is None:
+        return protocol.default_layer(net, params, (1,) + tuple(images.shape[1:]))
+    return net.resolve(layer, "layer")
 
 
 def upsample(maps: jax.Array, size: tuple[int, int], interpolation: str) -> jax.Array:

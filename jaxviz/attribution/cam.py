@@ -1,9 +1,10 @@
 """Class activation maps: Grad-CAM at any named tap, CAM for GAP + linear heads, guided Grad-CAM.
 
-Grad-CAM enters the network twice through its seams: ``taps=layer`` gives the
-layer's activation ``A`` (N, h, w, C), and ``start=layer`` runs the rest of the
-network from ``A``, so ``d score / d A`` is an ordinary ``jax.grad``. The map is
-``sum_c mean_hw(d score / d A)_c * A_c``, rectified by default.
+Grad-CAM reads a layer through the model contract's layer-gradient seam
+(:func:`jaxviz.models.protocol.layer_gradient`): one forward pass gives the
+layer's activation ``A`` (N, h, w, C) and a zero perturbation added at the
+layer gives ``d score / d A``, wherever the layer sits (inside a residual block
+too). The map is ``sum_c mean_hw(d score / d A)_c * A_c``, rectified by default.
 
 Differences from Captum, deliberately: ``grad_cam`` applies the ReLU by
 default (Selvaraju et al. do; Captum's ``LayerGradCam`` leaves it off:
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 from .. import _checks
 from ..errors import InputError
 from . import _common
-from ._fastpool import fast_pools
+from ..models import protocol
+from ..models.vgg import reverse_mode
 from .guided import guided_backprop
 
 __all__ = ["grad_cam", "cam", "guided_grad_cam", "INTERPOLATIONS"]
@@ -35,31 +37,23 @@ __all__ = ["grad_cam", "cam", "guided_grad_cam", "INTERPOLATIONS"]
 INTERPOLATIONS = ("bilinear", "nearest")
 
 
-def _layer(net: Any, layer: str | None) -> str:
-    _common.check_net(net, "a layer method", model_only=True)
-    if layer is None:
-        layer = _common.default_layer(net)
-    return net.resolve(layer, "layer")
+def _spatial(net, a, layer):
+    if a.ndim != 4:
+        raise InputError(f"layer: expected a spatial tap with activations (N, h, w, C), got {layer!r} with shape "
+                         f"{a.shape} in {protocol.name_of(net)}")
+    return a
 
 
 def _activation(net, params, images, layer):
-    a = net.apply(params, images, taps=(layer,))[layer]
-    if a.ndim != 4:
-        raise InputError(f"layer: expected a spatial tap with activations (N, h, w, C), got {layer!r} with shape {a.shape}")
-    return a
+    return _spatial(net, protocol.taps(net, params, images, layer)[layer], layer)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "layer", "relu", "size", "interpolation"))
 def _grad_cam_core(net, params, images, target_idx, *, target_fn, layer, relu, size, interpolation):
     _common.count_trace("grad_cam")
-    acts = _activation(net, params, images, layer)
-
-    rest = fast_pools(lambda p, a: net.apply(p, a, start=layer))
-
-    def total(a):
-        return jnp.sum(_common.scores(rest(params, a), target_fn, target_idx))
-
-    g = jax.grad(total)(acts)
+    acts, g, _ = protocol.layer_gradient(reverse_mode(net), params, images, layer,
+                                         lambda out: _common.scores(out, target_fn, target_idx))
+    _spatial(net, acts, layer)
     weights = jnp.mean(g.astype(jnp.float32), axis=(1, 2))  # float32 maps from a bfloat16/float16 model too
     maps = jnp.einsum("nhwc,nc->nhw", acts.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
     if relu:
@@ -69,9 +63,9 @@ def _grad_cam_core(net, params, images, target_idx, *, target_fn, layer, relu, s
     return maps
 
 
-def _common_checks(net, images, layer, upsample, interpolation):
-    layer = _layer(net, layer)
+def _common_checks(net, params, images, layer, upsample, interpolation):
     images = _common.check_images(images, net)
+    layer = _common.layer(net, params, images, layer)
     _checks.one_of(interpolation, "interpolation", INTERPOLATIONS)
     size = tuple(images.shape[1:3]) if upsample else None
     return layer, images, size
@@ -91,12 +85,14 @@ def grad_cam(
     """Grad-CAM at a named tap (Selvaraju et al. 2017).
 
     Args:
-      net: a jaxviz model (uses its ``taps=`` and ``start=`` seams).
+      net: a model with named taps: a jaxviz model, any flax.linen module
+        (taps by module path), ``models.from_nnx(...)`` or ``models.from_function(...)``.
       params: the model's parameters.
       images: (N, H, W, 3) float RGB in [0, 1].
       target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
-      layer: a spatial tap (e.g. ``"relu5_4"``); None: the model's
-        ``cam_layers[0]`` or its last convolutional ReLU.
+      layer: a spatial tap (e.g. ``"relu5_4"``, ``"layer4"``); None: the
+        model's ``default_layer`` (VGG's last convolutional ReLU), else its
+        deepest spatial tap (measured).
       relu: rectify the map (the paper does; Captum's default is off).
       upsample: resize the map to the input's (H, W).
       interpolation: ``"bilinear"`` or ``"nearest"`` (Captum) for ``upsample``.
@@ -110,7 +106,9 @@ def grad_cam(
     Example:
       >>> heat = grad_cam(net, params, images, 207, layer="relu5_4", upsample=True)
     """
-    layer, images, size = _common_checks(net, images, layer, upsample, interpolation)
+    _common.check_net(net, "grad_cam", model_only=True)
+    net = _common.model(net, images)
+    layer, images, size = _common_checks(net, params, images, layer, upsample, interpolation)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _grad_cam_core(net, params, images, idx, target_fn=fn, layer=layer, relu=bool(relu), size=size,
                           interpolation=interpolation)
@@ -176,16 +174,17 @@ def cam(
       >>> heat = cam(net, params, images, 3, upsample=True)
     """
     _common.check_net(net, "cam", model_only=True)
+    net = _common.model(net, images)
     cam_layers = getattr(net, "cam_layers", None)
     if layer is None or dense is None:
         if not cam_layers:
             raise InputError(
                 f"net: cam needs a global-average-pool + linear head named in net.cam_layers (or layer= and dense=); "
-                f"{type(net).__name__} has none, use grad_cam"
+                f"{protocol.name_of(net)} has none, use grad_cam"
             )
         layer = cam_layers[0] if layer is None else layer
         dense = cam_layers[1] if dense is None else dense
-    layer, images, size = _common_checks(net, images, layer, upsample, interpolation)
+    layer, images, size = _common_checks(net, params, images, layer, upsample, interpolation)
     if "params" not in params or dense not in params["params"]:
         raise InputError(f"dense: expected a parameter group params['params'][{dense!r}], not found")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)

@@ -1,8 +1,10 @@
-"""Guided backpropagation and deconvnet through the model's ``relu=`` seam.
+"""Guided backpropagation and deconvnet through the model contract's ReLU seam.
 
 Both are the gradient of the target score with every ReLU's backward pass
-replaced (the forward pass is unchanged), via a ``jax.custom_vjp`` ReLU handed
-to the model's ``relu=`` argument, so the model itself is not re-implemented:
+replaced (the forward pass is unchanged) by a ``jax.custom_vjp`` ReLU
+(:mod:`jaxviz.models.relus`): jaxviz's models take it through their ``relu=``
+argument; any other model or function has its ReLUs found and swapped in its
+traced program, and one without ReLUs is refused:
 
 * guided backprop: ``g_in = g_out * (x > 0) * (g_out > 0)``
 * deconvnet:       ``g_in = relu(g_out)`` (the forward mask is ignored)
@@ -19,47 +21,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from . import _common
 from .saliency import gradients
+from ..models.relus import deconv_relu, guided_relu
 
 __all__ = ["guided_backprop", "deconvnet", "guided_relu", "deconv_relu"]
 
-
-@jax.custom_vjp
-def guided_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose gradient passes only positive gradients through positive inputs."""
-    return jnp.maximum(x, 0)
-
-
-def _guided_fwd(x):
-    return jnp.maximum(x, 0), x
-
-
-def _guided_bwd(x, g):
-    return (jnp.where(x > 0, jnp.maximum(g, 0), jnp.zeros_like(g)),)  # maximum keeps a NaN (out-of-range target)
-
-
-guided_relu.defvjp(_guided_fwd, _guided_bwd)
-
-
-@jax.custom_vjp
-def deconv_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose gradient is ``relu(upstream gradient)``, ignoring the input's sign."""
-    return jnp.maximum(x, 0)
-
-
-def _deconv_fwd(x):
-    return jnp.maximum(x, 0), None
-
-
-def _deconv_bwd(_, g):
-    return (jnp.maximum(g, 0),)
-
-
-deconv_relu.defvjp(_deconv_fwd, _deconv_bwd)
 
 _RELUS = {"guided_backprop": guided_relu, "deconvnet": deconv_relu}
 
@@ -71,7 +42,9 @@ def _core(net, params, images, target_idx, *, target_fn, kind):
 
 
 def _run(kind, net, params, images, target):
-    _common.check_net(net, kind, model_only=True)
+    _common.check_net(net, kind)
+    if _common.is_model(net) or isinstance(net, nn.Module):
+        net = _common.model(net, images)
     images = _common.check_images(images, net)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _core(net, params, images, idx, target_fn=fn, kind=kind)
@@ -81,7 +54,7 @@ def guided_backprop(net: Any, params: Any, images: jax.Array, target: Any) -> ja
     """Guided backpropagation (Springenberg et al. 2015).
 
     Args:
-      net: a jaxviz model (its ``relu=`` seam receives :func:`guided_relu`).
+      net: a jaxviz model, flax module, adapted model or ``f(params, images)`` with ReLUs.
       params: the model's parameters.
       images: (N, H, W, 3) float RGB in [0, 1].
       target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
@@ -90,7 +63,8 @@ def guided_backprop(net: Any, params: Any, images: jax.Array, target: Any) -> ja
       (N, H, W, 3) signed attributions; equal to Captum's ``GuidedBackprop``.
 
     Raises:
-      InputError: ``net`` is not a jaxviz model, or bad ``images`` / ``target``.
+      ModelError: ``net`` has no ReLU.
+      InputError: bad ``net``, ``images`` or ``target``.
 
     Example:
       >>> attr = guided_backprop(net, params, images, target=207)
@@ -102,7 +76,7 @@ def deconvnet(net: Any, params: Any, images: jax.Array, target: Any) -> jax.Arra
     """Deconvnet attributions (Zeiler & Fergus 2014): backward ReLUs rectify the gradient.
 
     Args:
-      net: a jaxviz model (its ``relu=`` seam receives :func:`deconv_relu`).
+      net: a jaxviz model, flax module, adapted model or ``f(params, images)`` with ReLUs.
       params: the model's parameters.
       images: (N, H, W, 3) float RGB in [0, 1].
       target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).

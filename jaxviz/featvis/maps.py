@@ -24,6 +24,7 @@ Convolutional Networks", ECCV 2014 (first-layer filters, feature maps).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,24 +32,27 @@ import numpy as np
 
 from .. import viz
 from ..errors import InputError
-from ..models.vgg import VGG
+from ..models import protocol
 
 __all__ = ["feature_maps", "feature_map_grid", "filters", "filter_grid"]
 
 
 @functools.partial(jax.jit, static_argnames=("net", "layer"))
 def _apply(net, params, images, layer):
-    return net.apply(params, images, taps=(layer,))[layer]
+    return protocol.taps(net, params, images, layer)[layer]
 
 
-def feature_maps(net: VGG, params, images, layer: str) -> jax.Array:
-    """The activations of one tap (the model stops there).
+def feature_maps(net: Any, params, images, layer: str) -> jax.Array:
+    """The activations of one tap (a model that can stops there).
 
     Args:
-      net: a jaxviz VGG.
+      net: any model behind the model contract: a jaxviz model, a flax.linen
+        module (taps by module path), ``models.from_nnx(...)`` or
+        ``models.from_function(...)``.
       params: its parameters.
       images: (N, H, W, 3) RGB in [0, 1].
-      layer: tap name (``"relu2_1"``, ``"pool3"``, ``"fc7"``, ``"logits"`` ...).
+      layer: tap name (``"relu2_1"``, ``"pool3"``, ``"fc7"``, ``"logits"``,
+        ``"layer4/1"``, ``"Conv_1"`` ...).
 
     Returns:
       (N, h, w, C) for convolutional taps, (N, C) for classifier taps.
@@ -56,8 +60,10 @@ def feature_maps(net: VGG, params, images, layer: str) -> jax.Array:
     Raises:
       InputError: unknown layer or badly shaped images.
     """
+    images = jnp.asarray(images) if not isinstance(images, jax.Array) else images
+    net = protocol.as_model(net, images)
     name = net.resolve(layer, "layer")
-    return _apply(net, params, jnp.asarray(images) if not isinstance(images, jax.Array) else images, name)
+    return _apply(net, params, images, name)
 
 
 def feature_map_grid(

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from .. import _checks
 from ..errors import InputError
 from ..models.vgg import VGG, reverse_mode
+from ..models.relus import redirected_relu
 
 __all__ = [
     "Objective",
@@ -754,31 +755,6 @@ def _check_objective(objective):
     return objective
 
 
-@jax.custom_vjp
-def redirected_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose gradient never dies: lucid's ``redirected_relu_grad``.
-
-    Forward: ``max(x, 0)``. Backward: the ordinary ReLU gradient, except for
-    a sample (leading axis) where it is zero everywhere; there the gradient
-    passes through wherever it pushes ``x`` up (towards activation), so a
-    channel that is silent on the initial grey image can still be reached.
-    """
-    return jnp.maximum(x, 0)
-
-
-def _redirected_fwd(x):
-    return jnp.maximum(x, 0), x
-
-
-def _redirected_bwd(x, g):
-    relu_grad = jnp.where(x < 0, 0.0, g)
-    redirected = jnp.where((x < 0) & (g > 0), 0.0, g)  # g is d(loss)/dy: g > 0 pushes x lower
-    mag = jnp.sqrt(jnp.sum(relu_grad.reshape(x.shape[0], -1) ** 2, axis=1))
-    alive = (mag > 0).reshape((-1,) + (1,) * (x.ndim - 1))
-    return (jnp.where(alive, relu_grad, redirected),)
-
-
-redirected_relu.defvjp(_redirected_fwd, _redirected_bwd)
 
 
 def _loss(variables, key, net, params, objective, param, transforms, hw, relu):

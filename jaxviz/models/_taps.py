@@ -92,8 +92,12 @@ def run(
     start: str | None,
     layer: Callable[[str, jax.Array], jax.Array],
     prepare: Callable[[Any], jax.Array],
+    perturb: Mapping[str, Any] | None = None,
 ) -> jax.Array | dict[str, jax.Array]:
-    """Runs ``model.layers`` through ``layer(name, x)``; see the module docstring."""
+    """Runs ``model.layers`` through ``layer(name, x)``; see the module docstring.
+
+    ``perturb`` maps tap names to arrays added to those taps' activations (every later layer sees the sum).
+    """
     order = model.layers
     single = taps is None
     if single:
@@ -113,11 +117,59 @@ def run(
         begin = order.index(model.resolve(start, "start")) + 1
         if begin > stop:
             raise InputError(f"taps: every tap must come after start={start!r}, got {requested}")
+    added = {model.resolve(k, "perturb"): v for k, v in (perturb or {}).items()}
+    if added and start is not None and min(order.index(k) for k in added) < begin:
+        raise InputError(f"perturb: every perturbed tap must come after start={start!r}, got {tuple(added)}")
     outputs: dict[str, jax.Array] = {}
     for name in order[begin : stop + 1]:
         x = layer(name, x)
+        if name in added:
+            if jnp.shape(added[name]) != x.shape:
+                raise InputError(f"perturb: {name!r} has activations of shape {x.shape}, got an array of shape "
+                                 f"{jnp.shape(added[name])}")
+            x = x + added[name].astype(x.dtype)
         outputs[name] = x if name in wanted.values() else None
     return x if single else {k: outputs[wanted[k]] for k in requested}
+
+
+class Tapped:
+    """The model contract (:class:`jaxviz.models.protocol.Model`) for jaxviz's own layer-by-layer modules.
+
+    A subclass is a ``flax.linen`` module with ``layers``, an ``ALIASES``-style
+    ``aliases`` mapping and ``__call__(x, taps=None, *, start=None, perturb=None,
+    relu=None, train=False)`` built on :func:`run`. It gets ``run``,
+    ``resolve``, a checked ``apply`` and the optional contract attributes.
+    """
+
+    aliases: Mapping[str, str] = {}
+    #: ``apply(params, a, start=tap)`` enters the network after ``tap``
+    supports_start = True
+
+    def apply(self, variables, *args, **kwargs):
+        """:meth:`flax.linen.Module.apply`; variables that do not fit this network raise
+        :class:`~jaxviz.errors.ArchitectureError` saying which layer and what to do."""
+        return apply_checked(self, super().apply, variables, *args, **kwargs)
+
+    def resolve(self, name: str, arg: str = "taps") -> str:
+        """Canonical layer name for ``name`` (aliases resolved); raises InputError if unknown."""
+        return resolve(self.layers, self.aliases, name, arg)
+
+    @property
+    def unit_range(self) -> bool:
+        """Inputs are RGB in [0, 1] (the model normalises them itself)."""
+        return bool(getattr(self, "normalize", False))
+
+    def run(self, variables: Any, images: Any, taps: Sequence[str] = (), *, perturb: Mapping[str, Any] | None = None,
+            relu: Callable | None = None, output: bool = True) -> tuple[Any, dict[str, Any]]:
+        """The model contract's ``run``: ``(output or None, {tap: activation})``; stops after the deepest tap
+        when ``output`` is False. ``relu`` goes to the model's own ReLU seam."""
+        names = (taps,) if isinstance(taps, str) else tuple(taps)
+        last = self.layers[-1]
+        asked = names + ((last,) if output else ())
+        if not asked:
+            return None, {}
+        got = self.apply(variables, images, taps=asked, perturb=perturb, relu=relu)
+        return (got[last] if output else None), {k: got[k] for k in names}
 
 
 def dropout(module: Any, rate: float, x: jax.Array) -> jax.Array:

@@ -89,7 +89,7 @@ def small_cnn_layers(num_blocks: int) -> tuple[str, ...]:
     return tuple(names) + ("gap", "fc")
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(_taps.Tapped, nn.Module):
     """Conv/ReLU/max-pool blocks, global average pooling and a Dense head, with named taps.
 
     Attributes:
@@ -120,6 +120,8 @@ class SmallCNN(nn.Module):
     relu: Callable[[jax.Array], jax.Array] = nn.relu
     batch_norm: bool = False
 
+    aliases = ALIASES
+
     @property
     def layers(self) -> tuple[str, ...]:
         """All tap names, input to output."""
@@ -135,14 +137,6 @@ class SmallCNN(nn.Module):
         """Smallest input height/width the network accepts (one pixel left after the last pool)."""
         return 2 ** (len(self.widths) - 1)
 
-    def apply(self, variables, *args, **kwargs):
-        """:meth:`flax.linen.Module.apply`; variables that do not fit this network raise
-        :class:`~jaxviz.errors.ArchitectureError` saying which layer and what to do."""
-        return _taps.apply_checked(self, super().apply, variables, *args, **kwargs)
-
-    def resolve(self, name: str, arg: str = "taps") -> str:
-        """Canonical layer name for ``name`` (alias ``logits`` -> ``fc``); raises InputError if unknown."""
-        return _taps.resolve(self.layers, ALIASES, name, arg)
 
     @nn.compact
     def __call__(
@@ -151,6 +145,7 @@ class SmallCNN(nn.Module):
         taps: str | Sequence[str] | None = None,
         *,
         start: str | None = None,
+        perturb: Mapping[str, jax.Array] | None = None,
         relu: Callable[[jax.Array], jax.Array] | None = None,
         train: bool = False,
     ) -> jax.Array | dict[str, jax.Array]:
@@ -163,6 +158,7 @@ class SmallCNN(nn.Module):
             sequence of names to return a dict ``name -> activation``.
             Computation stops at the deepest tap asked for.
           start: enter the network after this tap; ``x`` is its activation.
+          perturb: tap name -> array added to that tap's activation.
           relu: overrides the module's ``relu`` for this call (guided
             backprop and deconvnet swap in a custom-VJP ReLU here).
           train: enable dropout (needs a ``"dropout"`` rng).
@@ -177,7 +173,7 @@ class SmallCNN(nn.Module):
         prepare = functools.partial(
             _taps.prepare_images, min_size=self.min_size, normalize=self.normalize, mean=self.mean, std=self.std
         )
-        return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, relu, train), prepare)
+        return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, relu, train), prepare, perturb)
 
     def _layer(self, name: str, x: jax.Array, relu, train: bool) -> jax.Array:
         if name.startswith("conv"):

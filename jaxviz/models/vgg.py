@@ -37,7 +37,7 @@ Large-Scale Image Recognition", ICLR 2015.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,7 +113,7 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
     return jnp.einsum("oh,nhwc,pw->nopc", ph, x, pw, precision=jax.lax.Precision.HIGHEST)
 
 
-class VGG(nn.Module):
+class VGG(_taps.Tapped, nn.Module):
     """A VGG network (torchvision layout) with named taps.
 
     Attributes:
@@ -162,19 +162,17 @@ class VGG(nn.Module):
         """All tap names, input to output."""
         return layer_names(self.stages, self.classifier)
 
+    aliases = ALIASES
+
     @property
     def min_size(self) -> int:
         """Smallest input height/width the network accepts (one pixel left after the last pool)."""
         return 2 ** len(self.stages)
 
-    def apply(self, variables, *args, **kwargs):
-        """:meth:`flax.linen.Module.apply`; variables that do not fit this network raise
-        :class:`~jaxviz.errors.ArchitectureError` saying which layer and what to do."""
-        return _taps.apply_checked(self, super().apply, variables, *args, **kwargs)
-
-    def resolve(self, name: str, arg: str = "taps") -> str:
-        """Canonical layer name for ``name`` (aliases resolved); raises InputError if unknown."""
-        return _taps.resolve(self.layers, ALIASES, name, arg)
+    @property
+    def default_layer(self) -> str:
+        """The last convolutional ReLU (``relu5_4`` on VGG19): Grad-CAM's usual layer."""
+        return f"relu{len(self.stages)}_{len(self.stages[-1])}"
 
     def _widths(self) -> dict[str, int]:
         widths = {}
@@ -191,6 +189,7 @@ class VGG(nn.Module):
         taps: str | Sequence[str] | None = None,
         *,
         start: str | None = None,
+        perturb: Mapping[str, jax.Array] | None = None,
         relu: Callable[[jax.Array], jax.Array] | None = None,
         train: bool = False,
     ) -> jax.Array | dict[str, jax.Array]:
@@ -203,6 +202,8 @@ class VGG(nn.Module):
             features-only net); a name or a sequence of names to return a dict
             ``name -> activation``. Computation stops at the deepest tap asked for.
           start: enter the network after this tap; ``x`` is its activation.
+          perturb: tap name -> array added to that tap's activation (the
+            gradient with respect to a zero perturbation is the layer gradient).
           relu: overrides the module's ``relu`` for this call.
           train: enable classifier dropout (needs a ``"dropout"`` rng).
 
@@ -218,7 +219,8 @@ class VGG(nn.Module):
             _taps.prepare_images, min_size=self.min_size, normalize=self.normalize,
             mean=self.mean, std=self.std, dtype=self.dtype,
         )
-        return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, widths, relu, train), prepare)
+        return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, widths, relu, train), prepare,
+                         perturb)
 
     def _layer(self, name, x, widths, relu, train):
         if name.startswith("conv"):
