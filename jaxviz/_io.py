@@ -151,11 +151,26 @@ def read_checkpoint(path: Path, what: str) -> dict:
 
 
 def model_key(net) -> tuple:
-    """What of a jaxviz VGG, besides its params, decides its activations (for :func:`fingerprint`)."""
+    """What of a model, besides its params, decides its activations (for :func:`fingerprint`): its class, its
+    taps, and the fields of the module (or of the module an adapter wraps), functions by name."""
+    import dataclasses
+
     import numpy as np
 
-    relu = getattr(net.relu, "__qualname__", type(net.relu).__name__)
-    return (net.stages, net.pooling, net.normalize, net.mean, net.std, np.dtype(net.dtype).name, relu)
+    def stable(v):
+        if isinstance(v, (type, np.dtype)):  # jnp.float32, np.dtype("bfloat16") ...
+            try:
+                return np.dtype(v).name
+            except TypeError:
+                return v.__qualname__
+        if dataclasses.is_dataclass(v):
+            return (type(v).__qualname__, tuple((f.name, stable(getattr(v, f.name))) for f in dataclasses.fields(v)
+                                                if f.name not in ("parent", "name")))
+        if callable(v):
+            return getattr(v, "__qualname__", type(v).__qualname__)
+        return repr(v)
+
+    return (type(net).__qualname__, tuple(getattr(net, "layers", ())), stable(net))
 
 
 def fingerprint(head, arrays) -> str:

@@ -53,7 +53,7 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,8 @@ from . import _checks, _io
 from .errors import CheckpointError, InputError
 from .featvis.patches import receptive_field
 from .featvis.render import host_loop
-from .models.vgg import VGG, reverse_mode
+from .models import protocol
+from .models.vgg import reverse_mode
 
 __all__ = [
     "dream",
@@ -85,7 +86,7 @@ UNROLL_TILES = 16  # up to this many gradient tiles are traced one after another
 # --------------------------------------------------------------------------- arguments
 
 
-def _layer_spec(net: VGG, layers: Layers) -> tuple[tuple[str, float], ...]:
+def _layer_spec(net: Any, layers: Layers, params: Any) -> tuple[tuple[str, float], ...]:
     """(canonical name, weight) pairs, validated; hashable so it can be a static jit argument."""
     if isinstance(layers, str):
         items = [(layers, 1.0)]
@@ -104,10 +105,10 @@ def _layer_spec(net: VGG, layers: Layers) -> tuple[tuple[str, float], ...]:
     for name, w in items:
         canonical = net.resolve(name, "layers")
         try:
-            receptive_field(net, canonical)
+            receptive_field(net, canonical, params)
         except InputError:
             raise InputError(
-                f"layers: expected convolutional taps (conv*, relu*, pool*), got {name!r}"
+                f"layers: expected convolutional (spatial) taps, got {name!r}"
             ) from None
         if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)) or not math.isfinite(w):
             raise InputError(f"layers: expected a finite weight for {name!r}, got {w!r}")
@@ -122,9 +123,9 @@ def _fingerprint(net, params, images, key, guide, settings) -> str:
     return _io.fingerprint((_io.model_key(net), settings), [images, data, *guides, *jax.tree.leaves(params)])
 
 
-def _check_images(images, name="images", net: VGG | None = None):
-    _checks.images(images, name, min_size=net.min_size if net is not None else 1,
-                   unit_range=getattr(net, "normalize", False) is True)
+def _check_images(images, name="images", net: Any = None):
+    _checks.images(images, name, min_size=protocol.min_size(net) if net is not None else 1,
+                   unit_range=net is not None and protocol.unit_range(net))
     return jnp.asarray(images, jnp.float32)
 
 
@@ -168,18 +169,11 @@ def _axis_tiles(size: int, tile: int | None, unit: int, top: int, bottom: int) -
     return crop, out
 
 
-def _plan(net: VGG, spec, height: int, width: int, tile_size: int | None) -> _Plan:
+def _plan(net: Any, params: Any, spec, height: int, width: int, tile_size: int | None) -> _Plan:
     names = [n for n, _ in spec]
-    fields = [receptive_field(net, n) for n in names]
-    layer_hw = []
-    for n in names:
-        h, w = height, width
-        for layer in net.layers:
-            if layer.startswith("pool"):
-                h, w = h // 2, w // 2
-            if layer == n:
-                break
-        layer_hw.append((h, w))
+    fields = [receptive_field(net, n, params) for n in names]
+    shapes = protocol.tap_shapes(net, params, (1, height, width, 3))
+    layer_hw = [tuple(shapes[n][1:3]) for n in names]
     unit = max(f.stride for f in fields)
     # every core position p (stride s) needs input rows s*p + offset .. s*p + offset + size - 1
     top = max(-f.offset for f in fields)
@@ -206,7 +200,7 @@ def _position_terms(act: jax.Array, guide: jax.Array | None) -> jax.Array:
 def _masked_objective(net, params, x, guides, origin, core, *, spec, plan: _Plan, batch: int):
     """Objective of the positions whose pixel coordinate lies in ``core``, computed on crop ``x`` at ``origin``."""
     names = tuple(n for n, _ in spec)
-    acts = reverse_mode(net).apply(params, x, taps=names)  # differentiated in reverse mode only
+    acts = protocol.taps(reverse_mode(net), params, x, names)  # differentiated in reverse mode only
     oy, ox = origin
     y0, y1, x0, x1 = core
     total = jnp.float32(0.0)
@@ -255,7 +249,7 @@ def _value_and_grad_impl(net, params, x, guides, *, spec, plan: _Plan):
 _value_and_grad = jax.jit(_value_and_grad_impl, static_argnames=("net", "spec", "plan"))
 
 
-def guide_features(net: VGG, params, guide, *, layers: Layers) -> dict[str, jax.Array]:
+def guide_features(net: Any, params, guide, *, layers: Layers) -> dict[str, jax.Array]:
     """A guide image's features per layer, flattened to (positions, channels).
 
     Args:
@@ -267,13 +261,14 @@ def guide_features(net: VGG, params, guide, *, layers: Layers) -> dict[str, jax.
     Returns:
       dict layer -> (M, C) float32.
     """
-    spec = _layer_spec(net, layers)
     g = _check_images(guide, "guide", net)
-    acts = net.apply(params, g, taps=tuple(n for n, _ in spec))
+    net = protocol.as_model(net, guide)
+    spec = _layer_spec(net, layers, params)
+    acts = protocol.taps(net, params, g, tuple(n for n, _ in spec))
     return {n: acts[n].reshape(-1, acts[n].shape[-1]).astype(jnp.float32) for n, _ in spec}
 
 
-def objective(net: VGG, params, images, *, layers: Layers = "relu4_2", guide=None) -> jax.Array:
+def objective(net: Any, params, images, *, layers: Layers = "relu4_2", guide=None) -> jax.Array:
     """The DeepDream objective of images (what :func:`dream` climbs).
 
     ``sum_l w_l * mean over positions of ½‖a_l‖²``, or with a guide
@@ -281,7 +276,7 @@ def objective(net: VGG, params, images, *, layers: Layers = "relu4_2", guide=Non
     the batch and the positions; channels are summed.
 
     Args:
-      net, params: a jaxviz VGG and its parameters.
+      net, params: a model (any behind the model contract) and its parameters.
       images: (N, H, W, 3) RGB in [0, 1].
       layers: a tap name, a sequence of names (weight 1 each) or a mapping
         name -> weight. Convolutional taps only.
@@ -291,9 +286,10 @@ def objective(net: VGG, params, images, *, layers: Layers = "relu4_2", guide=Non
     Returns:
       scalar float32.
     """
-    spec = _layer_spec(net, layers)
     x = _check_images(images, "images", net)
-    plan = _plan(net, spec, x.shape[1], x.shape[2], None)
+    net = protocol.as_model(net, images)
+    spec = _layer_spec(net, layers, params)
+    plan = _plan(net, params, spec, x.shape[1], x.shape[2], None)
     return _value(net, params, x, _guides(net, params, spec, guide), spec=spec, plan=plan)
 
 
@@ -309,7 +305,7 @@ def _guides(net, params, spec, guide):
 
 
 def gradient(
-    net: VGG, params, images, *, layers: Layers = "relu4_2", guide=None, tile_size: int | None = None
+    net: Any, params, images, *, layers: Layers = "relu4_2", guide=None, tile_size: int | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Value and gradient of the DeepDream :func:`objective`, optionally in tiles.
 
@@ -325,11 +321,12 @@ def gradient(
     Returns:
       (value, gradient): a scalar and an array of the images' shape.
     """
-    spec = _layer_spec(net, layers)
     x = _check_images(images, "images", net)
+    net = protocol.as_model(net, images)
+    spec = _layer_spec(net, layers, params)
     if tile_size is not None:
         tile_size = _checks.positive_int(tile_size, "tile_size")
-    plan = _plan(net, spec, x.shape[1], x.shape[2], tile_size)
+    plan = _plan(net, params, spec, x.shape[1], x.shape[2], tile_size)
     return _value_and_grad(net, params, x, _guides(net, params, spec, guide), spec=spec, plan=plan)
 
 
@@ -398,7 +395,7 @@ def _run_octave(net, params, x, key, guides, step_size, start, *, spec, plan, st
 
 
 def dream_step(
-    net: VGG,
+    net: Any,
     params,
     images,
     key: jax.Array,
@@ -420,10 +417,11 @@ def dream_step(
     Returns:
       the updated images, same shape.
     """
-    spec = _layer_spec(net, layers)
     x = _check_images(images, "images", net)
+    net = protocol.as_model(net, images)
+    spec = _layer_spec(net, layers, params)
     jitter = _check_jitter(jitter)
-    plan = _plan(net, spec, x.shape[1], x.shape[2], tile_size)
+    plan = _plan(net, params, spec, x.shape[1], x.shape[2], tile_size)
     return _run_octave(
         net, params, x, key, _guides(net, params, spec, guide), jnp.float32(step_size), jnp.int32(0),
         spec=spec, plan=plan, steps=1, jitter=jitter, unroll=True,
@@ -451,7 +449,7 @@ def _resize(x, hw):
 
 
 def dream(
-    net: VGG,
+    net: Any,
     params,
     images,
     *,
@@ -473,7 +471,8 @@ def dream(
     """DeepDream with octaves, carried detail, roll jitter, normalised steps and tiles.
 
     Args:
-      net: a jaxviz VGG (the classifier is never run: taps stop the model).
+      net: a model behind the model contract (a jaxviz model stops after the deepest tap, so a
+        classifier is never run).
       params: its parameters (``weights.load(..., classifier=False)`` is enough).
       images: (N, H, W, 3) RGB in [0, 1]; every image is dreamed on its own
         (steps are normalised per image).
@@ -516,8 +515,9 @@ def dream(
     Example:
       >>> out = dream(net, params, x, key=jax.random.key(0), layers="relu4_2")  # doctest: +SKIP
     """
-    spec = _layer_spec(net, layers)
     x = _check_images(images, "images", net)
+    net = protocol.as_model(net, images)
+    spec = _layer_spec(net, layers, params)
     key = _checks.prng_key(key)
     octaves = _checks.positive_int(octaves, "octaves")
     steps = _checks.positive_int(steps, "steps")
@@ -530,10 +530,10 @@ def dream(
     if tile_size is not None:
         tile_size = _checks.positive_int(tile_size, "tile_size")
     shapes = octave_shapes(x.shape[1], x.shape[2], octaves=octaves, octave_scale=octave_scale)
-    if min(shapes[0]) < net.min_size:
+    if min(shapes[0]) < protocol.min_size(net):
         raise InputError(
             f"octaves: the smallest of {octaves} octaves (scale {octave_scale}) would be "
-            f"{shapes[0][0]}x{shapes[0][1]} px, below the network's minimum {net.min_size}; "
+            f"{shapes[0][0]}x{shapes[0][1]} px, below the network's minimum {protocol.min_size(net)}; "
             "use fewer octaves, a smaller octave_scale or a larger image"
         )
     guides = _guides(net, params, spec, guide)
@@ -562,7 +562,7 @@ def dream(
             base = _resize(x, hw)
             detail = jnp.zeros_like(base) if detail is None else _resize(detail, hw)
             z = jnp.clip(base + detail, 0.0, 1.0)
-            plan = _plan(net, spec, hw[0], hw[1], tile_size)
+            plan = _plan(net, params, spec, hw[0], hw[1], tile_size)
             okey = jax.random.fold_in(key, o)
             if host:
                 start = z

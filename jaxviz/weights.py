@@ -640,17 +640,17 @@ def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:
         expected = jax.eval_shape(lambda: random(arch))["params"]
         for path_, spec in jax.tree_util.tree_flatten_with_path(expected)[0]:
             names = [getattr(k, "key", str(k)) for k in path_]
-            node = params
-            for part in names:
+            node, missing = params, None
+            for depth, part in enumerate(names):
                 if not isinstance(node, Mapping) or part not in node:
-                    node = None
+                    missing = ".".join(names[:depth + 1])  # the first missing module or leaf
                     break
                 node = node[part]
             dotted = ".".join(names)
-            if node is None:
+            if missing is not None:
                 if names[0].startswith("fc") and isinstance(_net_for(arch), VGG):
                     continue  # a features-only file
-                raise ArchitectureError(f"{path}: wrong architecture: no {dotted} for {_arch_name(arch)}")
+                raise ArchitectureError(f"{path}: wrong architecture: no {missing} for {_arch_name(arch)}")
             if node.shape != spec.shape:
                 raise ArchitectureError(
                     f"{path}: wrong architecture: {dotted} has shape {node.shape}, "

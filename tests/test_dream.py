@@ -66,8 +66,8 @@ def test_gradient_at_the_layer_is_the_activation_and_guided_gradient_is_the_matc
 def test_tiled_gradient_equals_whole_image_gradient(params, layers, guided, tile):
     x = _uniform(3, 2, 45, 50, 3)  # odd sizes: not multiples of the stride
     guide = _uniform(4, 1, 40, 36, 3) if guided else None
-    spec = dream._layer_spec(NET, layers)
-    plan = dream._plan(NET, spec, 45, 50, tile)
+    spec = dream._layer_spec(NET, layers, params)
+    plan = dream._plan(NET, params, spec, 45, 50, tile)
     assert len(plan.tiles) >= 16 and plan.crop[0] < 45 and plan.crop[1] < 50  # really tiled
     assert (len(plan.tiles) > dream.UNROLL_TILES) == (tile == 8)  # both ways of looping over tiles
     with jax.default_matmul_precision("highest"):
@@ -78,9 +78,9 @@ def test_tiled_gradient_equals_whole_image_gradient(params, layers, guided, tile
     assert float(jnp.abs(g0).max()) > 0
 
 
-def test_tile_plan_crops_are_stride_aligned_inside_the_image_and_cores_partition_it():
-    spec = dream._layer_spec(NET, "pool2")  # stride 4
-    plan = dream._plan(NET, spec, 61, 47, 10)
+def test_tile_plan_crops_are_stride_aligned_inside_the_image_and_cores_partition_it(params):
+    spec = dream._layer_spec(NET, "pool2", params)  # stride 4
+    plan = dream._plan(NET, params, spec, 61, 47, 10)
     ch, cw = plan.crop
     cover = np.zeros((61, 47), int)
     for sy, sx, y0, y1, x0, x1 in plan.tiles:
@@ -90,7 +90,7 @@ def test_tile_plan_crops_are_stride_aligned_inside_the_image_and_cores_partition
         cover[y0:y1, x0:x1] += 1
     assert (cover == 1).all()
     # a tile larger than the image: one pass
-    assert dream._plan(NET, spec, 61, 47, 1000).tiles == ((0, 0, 0, 61, 0, 47),)
+    assert dream._plan(NET, params, spec, 61, 47, 1000).tiles == ((0, 0, 0, 61, 0, 47),)
 
 
 # --------------------------------------------------------------------------- jitter
@@ -166,7 +166,7 @@ def test_octave_shapes_smallest_first():
     "kwargs, match",
     [
         (dict(layers="conv9_9"), r"^layers: unknown layer 'conv9_9'"),
-        (dict(layers="fc7"), r"^layers: expected convolutional taps \(conv\*, relu\*, pool\*\), got 'fc7'"),
+        (dict(layers="fc7"), r"^layers: expected convolutional \(spatial\) taps, got 'fc7'"),
         (dict(layers={}), r"^layers: expected at least one layer, got none"),
         (dict(layers={"relu1_1": float("nan")}), r"^layers: expected a finite weight for 'relu1_1', got nan"),
         (dict(octaves=6), r"^octaves: the smallest of 6 octaves \(scale 1.4\) would be 3x3 px, below the network's minimum 4"),

@@ -31,7 +31,7 @@ def test_receptive_fields_by_hand():
     assert P.receptive_field(net, "relu4_2") == (84, 8, -38)
     assert P.receptive_field(net, "pool5") == (268, 32, -118)
     assert P.receptive_field(net, "relu1_1").box(2, 3) == (1, 2, 4, 5)
-    with pytest.raises(InputError, match=r"^layer: expected a convolutional tap \(conv\*, relu\*, pool\*\); 'fc7' sees the whole image"):
+    with pytest.raises(InputError, match=r"^layer: expected a convolutional \(spatial\) tap; 'fc7' sees the whole image"):
         P.receptive_field(net, "fc7")
 
 

@@ -334,8 +334,11 @@ def test_offline_with_nothing_cached_says_what_to_do(tmp_path, monkeypatch):
     assert "weights.random('vgg19')" in msg and "offline" in msg
     with pytest.raises(WeightsNotFoundError, match="no pretrained weights for vgg16"):
         weights.load("vgg16", download=False)
-    with pytest.raises(InputError, match=r"arch: expected one of 'vgg16', 'vgg19'; got 'resnet50'"):
-        weights.load("resnet50")
+    with pytest.raises(WeightsNotFoundError, match=r"https://download.pytorch.org/models/resnet50-0676ba61.pth "
+                                                   r"\(98 MB\)"):
+        weights.load("resnet50", progress=False)
+    with pytest.raises(InputError, match=r"arch: expected one of 'vgg16', 'vgg19', 'resnet18', .*; got 'alexnet'"):
+        weights.load("alexnet")
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):

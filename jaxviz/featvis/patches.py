@@ -32,8 +32,10 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from .. import _checks
-from ..errors import InputError
-from ..models.vgg import VGG
+import flax.linen as nn
+
+from ..errors import InputError, ModelError
+from ..models import protocol
 
 __all__ = [
     "ReceptiveField",
@@ -66,16 +68,15 @@ class ReceptiveField(NamedTuple):
         return top, left, top + self.size, left + self.size
 
 
-def receptive_field(net: VGG, layer: str) -> ReceptiveField:
-    """The receptive field of a convolutional tap, derived from the layer structure.
-
-    Walks the network from the input: a 3x3 convolution (padding 1) widens the
-    field by one step of the current stride on each side; a 2x2 pool with
-    stride 2 widens it by one step on the far side and doubles the stride.
+def receptive_field(net: Any, layer: str, params: Any = None) -> ReceptiveField:
+    """The receptive field of a spatial tap, measured from the model (:func:`jaxviz.models.geometry`).
 
     Args:
-      net: a jaxviz VGG.
-      layer: a tap up to the last pool (``conv*``, ``relu*``, ``pool*``).
+      net: any model behind the model contract.
+      layer: a spatial tap (``conv*``, ``relu*``, ``pool*`` on VGG,
+        ``layer3/1`` on a ResNet, a module path ...).
+      params: the model's parameters (only their shapes matter); None for a
+        flax module, whose parameter shapes are derived.
 
     Returns:
       :class:`ReceptiveField` (size, stride, offset) in input pixels. VGG19's
@@ -83,26 +84,30 @@ def receptive_field(net: VGG, layer: str) -> ReceptiveField:
       84x84 at stride 8, ``pool5`` 268x268 at stride 32.
 
     Raises:
-      InputError: unknown layer, or a classifier tap (it sees the whole image).
+      InputError: unknown layer, a tap that sees the whole image (a classifier
+        tap), or a field that is not square.
     """
-    name = net.resolve(layer, "layer")
-    if not (name.startswith("conv") or name.startswith("relu") or name.startswith("pool")) or name in (
-        "relu6",
-        "relu7",
-    ):
-        raise InputError(
-            f"layer: expected a convolutional tap (conv*, relu*, pool*); {name!r} sees the whole image"
-        )
-    lo, hi, stride = 0, 0, 1
-    for n in net.layers:
-        if n.startswith("conv"):
-            lo, hi = lo - stride, hi + stride
-        elif n.startswith("pool"):
-            hi += stride
-            stride *= 2
-        if n == name:
-            break
-    return ReceptiveField(size=hi - lo + 1, stride=stride, offset=lo)
+    model = protocol.as_model(net)
+    name = model.resolve(layer, "layer")
+    if params is None:
+        params = _abstract_params(net, model)
+    shape = protocol.tap_shapes(model, params, (1, 224, 224, 3))[name]
+    if len(shape) != 4:
+        raise InputError(f"layer: expected a convolutional (spatial) tap; {name!r} sees the whole image")
+    g = protocol.geometry(model, params, name)
+    if len({g.size[0], g.size[1]}) != 1 or g.stride[0] != g.stride[1] or g.offset[0] != g.offset[1]:
+        raise ModelError(f"layer: {name!r} has a receptive field of {g.size[0]}x{g.size[1]} px at stride {g.stride}; "
+                         "top patches need a square one")
+    return ReceptiveField(size=g.size[0], stride=g.stride[0], offset=g.offset[0])
+
+
+def _abstract_params(net: Any, model: Any) -> Any:
+    """Parameter shapes of a flax module (or of the module an adapter wraps), without computing anything."""
+    module = net if isinstance(net, nn.Module) else getattr(model, "module", None)
+    if not isinstance(module, nn.Module):
+        raise InputError(f"params: pass the parameters of {type(net).__name__} (their shapes give its geometry)")
+    side = max(64, protocol.min_size(model))
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, side, side, 3))))
 
 
 class TopState(NamedTuple):
@@ -139,9 +144,9 @@ class TopPatches(NamedTuple):
     field: ReceptiveField
 
 
-def top_patches_init(net: VGG, layer: str, num_channels: int, *, k: int = 9) -> TopState:
-    """An empty running state for ``num_channels`` channels of ``layer``."""
-    rf = receptive_field(net, layer)
+def top_patches_init(net: Any, layer: str, num_channels: int, *, k: int = 9, params: Any = None) -> TopState:
+    """An empty running state for ``num_channels`` channels of ``layer`` (``params``: as :func:`receptive_field`)."""
+    rf = receptive_field(net, layer, params)
     c = _checks.positive_int(num_channels, "channels")
     k = _checks.positive_int(k, "k")
     p = rf.size
@@ -156,7 +161,7 @@ def top_patches_init(net: VGG, layer: str, num_channels: int, *, k: int = 9) -> 
 
 @functools.partial(jax.jit, static_argnames=("net", "layer", "rf"))
 def _update(net, params, state: TopState, images, valid, channels, *, layer: str, rf: ReceptiveField):
-    a = net.apply(params, images, taps=(layer,))[layer].astype(jnp.float32)
+    a = protocol.taps(net, params, images, layer)[layer].astype(jnp.float32)
     a = jnp.take(a, channels, axis=-1)  # (B, h, w, C)
     b, h, w, c = a.shape
     k = state.values.shape[1]
@@ -188,7 +193,7 @@ def _update(net, params, state: TopState, images, valid, channels, *, layer: str
     )
 
 
-def top_patches_update(net: VGG, params, state: TopState, images, *, layer: str, channels,
+def top_patches_update(net: Any, params, state: TopState, images, *, layer: str, channels,
                        valid=None) -> TopState:
     """Merges a batch into the running state (one jitted call; the state keeps its shape).
 
@@ -204,9 +209,10 @@ def top_patches_update(net: VGG, params, state: TopState, images, *, layer: str,
     Returns:
       the new state.
     """
+    net = protocol.as_model(net, images)
     name = net.resolve(layer, "layer")
-    rf = receptive_field(net, name)
-    x = _checks.images(images, "images", min_size=net.min_size, unit_range=net.normalize)
+    rf = receptive_field(net, name, params)
+    x = _checks.images(images, "images", min_size=protocol.min_size(net), unit_range=protocol.unit_range(net))
     ch = jnp.asarray(channels, jnp.int32)
     if ch.shape != (state.values.shape[0],):
         raise InputError(f"channels: expected {state.values.shape[0]} indices (as the state), got shape {ch.shape}")
@@ -215,7 +221,7 @@ def top_patches_update(net: VGG, params, state: TopState, images, *, layer: str,
 
 
 def top_patches(
-    net: VGG,
+    net: Any,
     params,
     batches: Iterable[tuple[Sequence[Any], Any]] | str,
     *,
@@ -257,8 +263,9 @@ def top_patches(
       InputError: a non-convolutional layer, bad channels, or a patch buffer
         above ``max_bytes``.
     """
+    net = protocol.as_model(net)
     name = net.resolve(layer, "layer")
-    rf = receptive_field(net, name)
+    rf = receptive_field(net, name, params)
     k = _checks.positive_int(k, "k")
     from .. import image
 
@@ -270,14 +277,13 @@ def top_patches(
     try:
         for batch_names, imgs in stream:
             x = np.asarray(imgs, np.float32) if not isinstance(imgs, jax.Array) else imgs
-            _checks.images(x, "images", min_size=net.min_size, unit_range=net.normalize)
+            _checks.images(x, "images", min_size=protocol.min_size(net), unit_range=protocol.unit_range(net))
             batch_names = list(batch_names)
             if len(batch_names) != x.shape[0]:
                 raise InputError(f"batches: got {len(batch_names)} names for {x.shape[0]} images")
             if state is None:
                 width = x.shape[0]
-                num = jax.eval_shape(lambda p, z: net.apply(p, z, taps=(name,))[name], params,
-                                     jax.ShapeDtypeStruct(x.shape, jnp.float32)).shape[-1]
+                num = protocol.tap_shapes(net, params, (1,) + tuple(x.shape[1:]))[name][-1]
                 chans = np.arange(num) if channels is None else np.asarray(list(channels), np.int64)
                 if chans.ndim != 1 or chans.size == 0 or np.any((chans < 0) | (chans >= num)):
                     raise InputError(f"channels: expected indices in [0, {num}) for {name}, got {channels!r}")
@@ -287,7 +293,7 @@ def top_patches(
                         f"channels: {chans.size} channels x {k} patches of {rf.size}x{rf.size} px need "
                         f"{need / 2**20:.0f} MiB (max_bytes={max_bytes / 2**20:.0f} MiB); choose fewer channels"
                     )
-                state = top_patches_init(net, name, chans.size, k=k)
+                state = top_patches_init(net, name, chans.size, k=k, params=params)
             n = x.shape[0]
             valid = np.arange(max(width, n)) < n
             if n < width:

@@ -32,18 +32,21 @@ from .vgg import (
 
 #: The VGGs by name (the networks every CLI verb takes).
 ARCHS = {"vgg16": vgg16, "vgg19": vgg19}
+#: The ResNets by name.
+RESNET_ARCHS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
+                "resnet152": resnet152}
 #: Every built-in ImageNet architecture by name.
-ALL_ARCHS = {**ARCHS, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
-             "resnet152": resnet152}
+ALL_ARCHS = {**ARCHS, **RESNET_ARCHS}
 
 
 def get(arch: str, **kwargs):
     """The model for an architecture name (``"vgg16"``, ``"vgg19"``, ``"resnet18"`` .. ``"resnet152"``)."""
     from ..errors import InputError
 
-    if arch not in ALL_ARCHS:
-        raise InputError(f"arch: expected one of {', '.join(map(repr, ALL_ARCHS))}; got {arch!r}")
-    return ALL_ARCHS[arch](**kwargs)
+    table = {**ARCHS, **RESNET_ARCHS}
+    if arch not in table:
+        raise InputError(f"arch: expected one of {', '.join(map(repr, table))}; got {arch!r}")
+    return table[arch](**kwargs)
 
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "IMAGENET_STD",
     "Model",
     "RESNETS",
+    "RESNET_ARCHS",
     "ResNet",
     "SmallCNN",
     "TappedModule",

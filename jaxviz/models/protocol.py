@@ -291,8 +291,9 @@ def geometry(net: Any, params: Any, layer: str, image_size: Sequence[int] = (224
       net: a :class:`Model` (or anything :func:`as_model` adapts).
       params: its variables (only their shapes and tree matter).
       layer: a spatial tap.
-      image_size: (H, W) to measure at; large enough that a centre unit's
-        field lies inside the image (else the size is clipped to the image).
+      image_size: (H, W) to measure at first; where a centre unit's field
+        reaches the image's border it is measured again on an image twice as
+        large (up to 16x), so the size is the whole field.
 
     Returns:
       :class:`Geometry`.
@@ -303,17 +304,22 @@ def geometry(net: Any, params: Any, layer: str, image_size: Sequence[int] = (224
     model = as_model(net)
     name = model.resolve(layer, "layer")
     h, w = (int(image_size[0]), int(image_size[1]))
-    shapes = tap_shapes(model, params, (1, h, w, 3))
-    s = shapes[name]
-    if len(s) != 4:
-        raise ModelError(f"layer: {name!r} of {name_of(model)} is not a spatial map (N, h, w, C): its activation "
-                         f"is {s}; it sees the whole image")
-    key = (_params_key(params), name, h, w)
-    try:
-        measured = _measure(model, key)
-    except TypeError:
-        measured = _measure.__wrapped__(model, key)
-    return Geometry(name, (h, w), s[1:], *measured)
+    for _ in range(4):  # a field that reaches the image's border may be larger: measure again on a larger image
+        shapes = tap_shapes(model, params, (1, h, w, 3))
+        s = shapes[name]
+        if len(s) != 4:
+            raise ModelError(f"layer: {name!r} of {name_of(model)} is not a spatial map (N, h, w, C): its "
+                             f"activation is {s}; it sees the whole image")
+        key = (_params_key(params), name, h, w)
+        try:
+            measured = _measure(model, key)
+        except TypeError:
+            measured = _measure.__wrapped__(model, key)
+        stride, size, offset, clipped = measured
+        if not clipped:
+            break
+        h, w = 2 * h, 2 * w
+    return Geometry(name, (h, w), s[1:], stride, size, offset)
 
 
 @functools.lru_cache(maxsize=64)
@@ -350,7 +356,8 @@ def _measure(model: Any, key: Any) -> tuple:
     sx = l1 - l0 if mw > 1 else None
     sy = t2 - t0 if mh > 1 else None
     sy, sx = (sy or sx), (sx or sy)
-    return (sy, sx), (b0 - t0, r0 - l0), (t0 - sy * cy, l0 - sx * cx)
+    clipped = t0 == 0 or l0 == 0 or b0 == h or r0 == w
+    return (sy, sx), (b0 - t0, r0 - l0), (t0 - sy * cy, l0 - sx * cx), clipped
 
 
 def _fan_in(shape: Sequence[int]) -> float:
