@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import _checks
 from .errors import InputError, JaxvizError
-from .models.vgg import VGG
+from .models import protocol
 
 __all__ = [
     "Features",
@@ -80,7 +80,7 @@ class Features(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("net", "layer", "pool", "thumb"))
 def _extract(net, params, x, *, layer, pool, thumb):
-    a = net.apply(params, x, taps=(layer,))[layer].astype(jnp.float32)
+    a = protocol.taps(net, params, x, layer)[layer].astype(jnp.float32)
     if a.ndim == 4:
         if pool == "mean":
             a = a.mean(axis=(1, 2))
@@ -103,7 +103,7 @@ def thumbnails(images, size: int = 48) -> np.ndarray:
 
 
 def features(
-    net: VGG,
+    net: Any,
     params,
     batches: Iterable[tuple[Sequence[Any], Any]] | str | os.PathLike,
     *,
@@ -122,8 +122,9 @@ def features(
         [0, 1] (e.g. :func:`jaxviz.image.load_folder`), an (N, H, W, 3)
         array (names are the indices), or a folder path
         (centre crops of ``size`` in batches of ``batch_size``).
-      layer: the tap; default ``relu7`` (the penultimate layer), or the last
-        pool of a features-only network.
+      layer: the tap; default :func:`jaxviz.models.protocol.embedding_layer`:
+        the tap before the class scores (VGG's ``relu7``, a ResNet's
+        ``avgpool``), or the last tap of a features-only network.
       pool: for convolutional taps: ``"mean"`` or ``"max"`` over positions
         (a C-vector), or ``"flatten"`` (h * w * C). Classifier taps are
         vectors already.
@@ -138,8 +139,9 @@ def features(
     Raises:
       InputError: unknown layer or pool, badly shaped batches, no images.
     """
+    net = protocol.as_model(net)
     if layer is None:
-        layer = "relu7" if net.classifier else f"pool{len(net.stages)}"
+        layer = protocol.embedding_layer(net, params, (1, size, size, 3))
     name = net.resolve(layer, "layer")
     _checks.one_of(pool, "pool", POOLS)
     thumb = None if thumbnail_size is None else _checks.positive_int(thumbnail_size, "thumbnail_size")
@@ -152,7 +154,7 @@ def features(
     with tqdm(total=total, desc=f"features {name}", unit="img", disable=not progress, leave=False) as bar:
         for batch_names, imgs in stream:
             x = np.asarray(imgs, np.float32)
-            _checks.images(x, "images", min_size=net.min_size, unit_range=net.normalize)
+            _checks.images(x, "images", min_size=protocol.min_size(net), unit_range=protocol.unit_range(net))
             batch_names = list(batch_names)
             if len(batch_names) != x.shape[0]:
                 raise InputError(f"batches: got {len(batch_names)} names for {x.shape[0]} images")

@@ -89,7 +89,8 @@ from flax import struct
 
 from . import _checks, _io, losses
 from .errors import CheckpointError, InputError
-from .models.vgg import IMAGENET_MEAN, VGG, reverse_mode
+from .models import protocol
+from .models.vgg import IMAGENET_MEAN, reverse_mode
 
 __all__ = [
     "Config",
@@ -386,39 +387,50 @@ def _optimizer(cfg: Config) -> optax.GradientTransformationExtraArgs:
     )
 
 
-def _check_net(net: Any, cfg: Config) -> None:
-    if not isinstance(net, VGG):
-        raise InputError(f"net: expected a jaxviz VGG module (jaxviz.models.vgg19(...)), got {type(net).__name__}")
+def _check_net(net: Any, cfg: Config) -> Any:
+    """``net`` behind the model contract, with every content and style layer checked against its taps."""
+    net = protocol.as_model(net)
     for key in ("content_layers", "style_layers"):
         for name, _ in getattr(cfg, key):
             net.resolve(name, key)
+    return net
 
 
 # --------------------------------------------------------------------------- the objective
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _taps(net: VGG, params: Any, x: jax.Array, names: tuple[str, ...]) -> dict:
-    return net.apply(params, x, taps=names)
+def _taps(net: Any, params: Any, x: jax.Array, names: tuple[str, ...]) -> dict:
+    return protocol.taps(net, params, x, names)
 
 
-def _blocks(net: VGG, cfg: Config) -> list[tuple[str | None, tuple[str, ...], str | None]]:
-    """Per VGG block up to the deepest tap used: (start, taps inside, pool ending it if needed)."""
+def _blocks(net: Any, params: Any, cfg: Config, image_shape: tuple) -> list[tuple[str | None, tuple[str, ...], str | None]]:
+    """Segments of the network up to the deepest tap used: (start, taps inside, the downsampling tap ending it).
+
+    A model that can be entered after a tap (``start=``, VGG) is cut after every tap that shrinks the map
+    (measured: VGG's pools), so a segment's input is small and ``remat`` keeps only that; any other model is
+    one segment."""
     order = net.layers
     wanted = {net.resolve(n) for n, _ in cfg.content_layers + cfg.style_layers}
     deepest = max(order.index(n) for n in wanted)
-    blocks, start = [], None
-    for b in range(1, len(net.stages) + 1):
-        names = [n for n in order[: deepest + 1] if n.startswith((f"conv{b}_", f"relu{b}_")) or n == f"pool{b}"]
-        if not names:
-            break
-        pool = f"pool{b}" if f"pool{b}" in names else None
-        blocks.append((start, tuple(n for n in names if n in wanted), pool))
-        start = pool
+    if not protocol.supports_start(net):
+        return [(None, tuple(n for n in order[: deepest + 1] if n in wanted), None)]
+    shapes = protocol.tap_shapes(net, params, image_shape)
+    blocks, start, names = [], None, []
+    for i, n in enumerate(order[: deepest + 1]):
+        names.append(n)
+        prev = shapes.get(order[i - 1]) if i else None
+        shrinks = (len(shapes[n]) == 4 and prev is not None and len(prev) == 4
+                   and shapes[n][1] * shapes[n][2] < prev[1] * prev[2])
+        if shrinks:
+            blocks.append((start, tuple(m for m in names if m in wanted), n))
+            start, names = n, []
+    if names:
+        blocks.append((start, tuple(m for m in names if m in wanted), None))
     return blocks
 
 
-def _feature_losses(net: VGG, cfg: Config, params: Any, img: jax.Array, ctargets: dict, stargets: dict):
+def _feature_losses(net: Any, cfg: Config, params: Any, img: jax.Array, ctargets: dict, stargets: dict):
     """Weighted content and style costs of one image (1, H, W, 3) in [0, 1], block by block."""
     cw = {net.resolve(n): w for n, w in cfg.content_layers}
     sw = {net.resolve(n): w for n, w in cfg.style_layers}
@@ -435,7 +447,9 @@ def _feature_losses(net: VGG, cfg: Config, params: Any, img: jax.Array, ctargets
         return c, s
 
     def block(start, taps, pool, params, h, ct, st):
-        out = net.apply(params, h, start=start, taps=taps + ((pool,) if pool and pool not in taps else ()))
+        names = taps + ((pool,) if pool and pool not in taps else ())
+        out = net.apply(params, h, start=start, taps=names) if start is not None else protocol.taps(net, params, h,
+                                                                                                   names)
         c = s = jnp.zeros((), jnp.float32)
         for name in taps:
             dc, ds = cost(name, out[name], ct, st)
@@ -449,7 +463,7 @@ def _feature_losses(net: VGG, cfg: Config, params: Any, img: jax.Array, ctargets
 
     c_total = s_total = jnp.zeros((), jnp.float32)
     h = img
-    for start, taps, pool in _blocks(net, cfg):
+    for start, taps, pool in _blocks(net, params, cfg, tuple(img.shape)):
         fn = functools.partial(block, start, taps, pool)
         if cfg.remat:
             fn = _recompute_in_backward(fn)
@@ -491,7 +505,7 @@ def _recompute_in_backward(fn: Callable) -> Callable:
     return f
 
 
-def _objective(net: VGG, cfg: Config, params: Any, ctargets: dict, stargets: dict, x: jax.Array):
+def _objective(net: Any, cfg: Config, params: Any, ctargets: dict, stargets: dict, x: jax.Array):
     """Total loss of one image x (H, W, 3) in pixel units, and its weighted parts."""
     img = jnp.clip(x / cfg.pixel_scale, 0.0, 1.0)[None]
     c, s = _feature_losses(net, cfg, params, img, ctargets, stargets)
@@ -517,7 +531,7 @@ def _default_batch_size(cfg: Config) -> int | None:
 _TRACES = {"update": 0}
 
 
-def _update_impl(net: VGG, params: Any, state: State) -> tuple[State, Losses]:
+def _update_impl(net: Any, params: Any, state: State) -> tuple[State, Losses]:
     """One optimisation step of every image in ``state`` (vectorised over the batch)."""
     _TRACES["update"] += 1
     cfg = state.config
@@ -573,7 +587,7 @@ def _join(parts: list, state: State):
     return joined, jax.tree.map(cat, *(p[1] for p in parts))
 
 
-def update(net: VGG, params: Any, state: State, *, steps: int = 1) -> tuple[State, Losses]:
+def update(net: Any, params: Any, state: State, *, steps: int = 1) -> tuple[State, Losses]:
     """Takes ``steps`` optimisation steps.
 
     Each step is one call of a function compiled once (per shapes and
@@ -601,6 +615,7 @@ def update(net: VGG, params: Any, state: State, *, steps: int = 1) -> tuple[Stat
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise InputError(f"steps: expected a non-negative int, got {steps!r}")
+    net = protocol.as_model(net)
     cfg = state.config
     keyed = state.replace(config=_step_key(cfg))
     n = keyed.image.shape[0]
@@ -624,7 +639,7 @@ def update(net: VGG, params: Any, state: State, *, steps: int = 1) -> tuple[Stat
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _evaluate_impl(net: VGG, params: Any, state: State) -> Losses:
+def _evaluate_impl(net: Any, params: Any, state: State) -> Losses:
     cfg = state.config
 
     def one(x, ct):
@@ -634,9 +649,9 @@ def _evaluate_impl(net: VGG, params: Any, state: State) -> Losses:
     return _batched(one, state.image.shape[0])(state.image, state.content_targets)
 
 
-def evaluate(net: VGG, params: Any, state: State) -> Losses:
+def evaluate(net: Any, params: Any, state: State) -> Losses:
     """All losses (total and weighted parts, each (N,)) at the current images; forward pass only."""
-    return _evaluate_impl(net, params, state.replace(config=_step_key(state.config)))
+    return _evaluate_impl(protocol.as_model(net), params, state.replace(config=_step_key(state.config)))
 
 
 def result(state: State) -> jax.Array:
@@ -679,7 +694,7 @@ def _blend_weights(style_weights: Any, n: int) -> np.ndarray:
 
 
 def style_targets(
-    net: VGG,
+    net: Any,
     params: Any,
     styles: Any,
     *,
@@ -701,13 +716,13 @@ def style_targets(
       tap -> (C, C) ``sum_k w_k * gram_target(style_k)``.
     """
     cfg = config(preset, **overrides)
-    _check_net(net, cfg)
+    net = _check_net(net, cfg)
     imgs = _as_styles(styles)
     w = _blend_weights(style_weights, len(imgs))
     names = tuple(dict.fromkeys(net.resolve(n) for n, _ in cfg.style_layers))
     out: dict[str, jax.Array] = {}
     for wk, img in zip(w, imgs):
-        _checks.images(img, "styles", min_size=net.min_size, unit_range=net.normalize)
+        _checks.images(img, "styles", min_size=protocol.min_size(net), unit_range=protocol.unit_range(net))
         taps = _taps(net, params, img, names)
         for name in names:
             a = taps[name][0].astype(jnp.float32) * cfg.feature_scale
@@ -738,7 +753,7 @@ def _initial_images(cfg: Config, content: jax.Array, seed: int) -> jax.Array:
 
 
 def init(
-    net: VGG,
+    net: Any,
     params: Any,
     content: Any,
     styles: Any,
@@ -752,8 +767,10 @@ def init(
     """Starts a style transfer: targets, initial images, optimiser state.
 
     Args:
-      net: a jaxviz VGG (``models.vgg19(classifier=False)``); only the layers
-        up to the deepest tap used are ever run.
+      net: a model behind the model contract, usually a VGG
+        (``models.vgg19(classifier=False)``: only the layers up to the deepest
+        tap used are ever run); another model names its own taps in
+        ``content_layers`` and ``style_layers``.
       params: its parameters.
       content: (N, H, W, 3) content images in [0, 1] (one image: N = 1).
       styles: style image(s), see :func:`style_targets`.
@@ -778,14 +795,14 @@ def init(
       >>> state = style.init(net, params, content, painting, preset="course")  # doctest: +SKIP
     """
     cfg = config(preset, **overrides)
-    _check_net(net, cfg)
-    _checks.images(content, "content", min_size=net.min_size, unit_range=net.normalize)
+    net = _check_net(net, cfg)
+    _checks.images(content, "content", min_size=protocol.min_size(net), unit_range=protocol.unit_range(net))
     content = jnp.asarray(content, jnp.float32)
     stargets = style_targets(net, params, styles, style_weights=style_weights, preset=cfg)
     cnames = tuple(dict.fromkeys(net.resolve(n) for n, _ in cfg.content_layers))
     ctargets = {k: v.astype(jnp.float32) * cfg.feature_scale for k, v in _taps(net, params, content, cnames).items()}
     if init_image is not None:
-        _checks.images(init_image, "init_image", unit_range=net.normalize)
+        _checks.images(init_image, "init_image", unit_range=protocol.unit_range(net))
         x0 = jnp.asarray(init_image, jnp.float32)
         if x0.shape[1:] != content.shape[1:] or x0.shape[0] not in (1, content.shape[0]):
             raise InputError(f"init_image: expected shape {tuple(content.shape)} like content, got {tuple(x0.shape)}")
@@ -886,7 +903,7 @@ def _postfix(l: Losses) -> dict[str, str]:
 
 
 def run(
-    net: VGG,
+    net: Any,
     params: Any,
     content: Any,
     styles: Any,
@@ -956,7 +973,7 @@ def run(
     if steps is not None:
         overrides["steps"] = steps
     cfg = config(preset, **overrides)
-    _check_net(net, cfg)
+    net = _check_net(net, cfg)
     _checks.images(content, "content")
     content = jnp.asarray(content, jnp.float32)
     style_list = _as_styles(styles)
@@ -969,19 +986,19 @@ def run(
     longest = max(H, W) if size is None else _checks.positive_int(size, "size")
     sizes = [max(1, int(round(longest / 2 ** (n_scales - 1 - k)))) for k in range(n_scales)]
     hws = [_fit(H, W, s) for s in sizes]
-    if min(hws[0]) < net.min_size:
+    if min(hws[0]) < protocol.min_size(net):
         what = "size" if n_scales == 1 else f"size / 2**(scales-1) = {sizes[0]}"
         raise InputError(
-            f"{'size' if size is not None else 'content'}: expected a smallest side of at least {net.min_size} px "
+            f"{'size' if size is not None else 'content'}: expected a smallest side of at least {protocol.min_size(net)} px "
             f"at the coarsest scale ({what} gives {hws[0][0]}x{hws[0][1]})"
         )
     s_long = max(1, int(round(style_scale * max(hws[0]))))
     for i, s in enumerate(style_list):
         hw = _fit(s.shape[1], s.shape[2], s_long)
-        if min(hw) < net.min_size:  # the same resize as the loop below, checked before any step runs
+        if min(hw) < protocol.min_size(net):  # the same resize as the loop below, checked before any step runs
             raise InputError(
                 f"styles: image {i + 1} of {len(style_list)} ({s.shape[1]}x{s.shape[2]} px) would be {hw[0]}x{hw[1]} "
-                f"px at the coarsest scale, below the network's minimum of {net.min_size} px; use a larger size or "
+                f"px at the coarsest scale, below the network's minimum of {protocol.min_size(net)} px; use a larger size or "
                 "style_scale"
             )
     if preserve_colors:

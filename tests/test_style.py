@@ -80,7 +80,7 @@ def test_config_overrides_and_errors():
 def test_bad_inputs_name_the_argument(params):
     with pytest.raises(InputError, match=r"^content_layers: unknown layer 'relu4_2'; this network has conv1_1"):
         style.init(NET, params, CONTENT, STYLE, preset="gatys")
-    with pytest.raises(InputError, match=r"^net: expected a jaxviz VGG module"):
+    with pytest.raises(InputError, match=r"^net: expected a jaxviz model, a flax module or a function f\(params, x\), got object"):
         style.init(object(), params, CONTENT, STYLE, **LBFGS)
     with pytest.raises(InputError, match=r"^content: expected shape \(N, H, W, 3\), got \(32, 32, 3\)"):
         style.init(NET, params, CONTENT[0], STYLE, **LBFGS)

@@ -1,4 +1,9 @@
-"""Exact incremental inference for occlusion on jaxviz VGG networks.
+"""Exact incremental inference for occlusion on plain convolution stacks (VGG).
+
+A model offers itself by its ``plain_stack`` attribute
+(:class:`jaxviz.models.protocol.PlainStack`: its 3x3 convolutions, ReLUs and
+2x2 pools in order, its input normalisation) and its ``start=`` seam; any
+other model gets exact batched occlusion instead.
 
 Occluding a window changes only a small region of each early feature map: the
 window grown by one pixel per 3x3 convolution and halved by each pool. This
@@ -45,7 +50,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.vgg import VGG
 
 __all__: list[str] = []
 
@@ -97,7 +101,8 @@ def _slice(a, starts, sizes):
 
 
 def applies(net: Any) -> bool:
-    return isinstance(net, VGG)
+    """Whether ``net`` offers a plain stack to compute on patches (and the ``start=`` seam to finish from)."""
+    return getattr(net, "plain_stack", None) is not None and bool(getattr(net, "supports_start", False))
 
 
 def _changed(starts: np.ndarray, window: int, length: int, kinds: list[str], cap: float | None):
@@ -154,9 +159,9 @@ def _partition(sizes: np.ndarray, weight: np.ndarray, k: int) -> list[np.ndarray
     return cuts[::-1]
 
 
-def make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], starts_h: np.ndarray,
+def make_plan(net: Any, image_size: tuple[int, int], window: tuple[int, int], starts_h: np.ndarray,
               starts_w: np.ndarray, approximate: float | None = None, groups: int = 1) -> Plan:
-    """Static patch geometry for a VGG's feature layers and a set of window positions.
+    """Static patch geometry for a plain stack's feature layers and a set of window positions.
 
     ``approximate``: cap every patch at this fraction of its map's side (None: exact).
     ``groups``: split the window positions along each dimension into at most
@@ -171,16 +176,16 @@ def make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], st
 
 
 @functools.lru_cache(maxsize=64)
-def _make_plan(net: VGG, image_size: tuple[int, int], window: tuple[int, int], starts_h: tuple[int, ...],
+def _make_plan(net: Any, image_size: tuple[int, int], window: tuple[int, int], starts_h: tuple[int, ...],
                starts_w: tuple[int, ...], approximate: float | None, groups: int) -> Plan:
-    names = [n for n in net.layers if n.startswith(("conv", "pool")) or (n.startswith("relu") and "_" in n)]
-    kinds = [n[:4] for n in names]
-    widths = net._widths()
+    stack = net.plain_stack
+    names = [n for n, _ in stack.layers]
+    kinds = [k for _, k in stack.layers]
     conv_idx = [i for i, k in enumerate(kinds) if k == "conv"]
     macs, cin = [], 3  # per output pixel of each convolution, over its 3x3 taps
-    for i in conv_idx:
-        macs.append(9 * cin * widths[names[i]])
-        cin = widths[names[i]]
+    for cout in stack.widths:
+        macs.append(9 * cin * cout)
+        cin = cout
     macs = np.asarray(macs, np.float64)
     ch = _changed(np.asarray(starts_h), window[0], image_size[0], kinds, approximate)
     cw = _changed(np.asarray(starts_w), window[1], image_size[1], kinds, approximate)
@@ -243,11 +248,12 @@ def _group(names, kinds, conv_macs, ch, cw, rows, cols, win_h, win_w, window, fu
                  table_w, float(macs / full))
 
 
-def _normalize(net: VGG, x: jax.Array) -> jax.Array:
+def _normalize(net: Any, x: jax.Array) -> jax.Array:
+    stack = net.plain_stack
     x = jnp.asarray(x, jnp.float32)
-    if net.normalize:
-        x = (x - jnp.asarray(net.mean, jnp.float32)) / jnp.asarray(net.std, jnp.float32)
-    return x.astype(net.dtype)
+    if stack.mean is not None:
+        x = (x - jnp.asarray(stack.mean, jnp.float32)) / jnp.asarray(stack.std, jnp.float32)
+    return x.astype(stack.dtype)
 
 
 def _inside(a: jax.Array, size: int, length: int) -> jax.Array:
@@ -270,7 +276,7 @@ def _overlay(base: jax.Array, patch: jax.Array, dh: jax.Array, dw: jax.Array) ->
     return jnp.where(inside[:, :, None], placed, base)
 
 
-def prepare(net: VGG, params: Any, images: jax.Array, baseline: jax.Array, plan: Plan) -> dict:
+def prepare(net: Any, params: Any, images: jax.Array, baseline: jax.Array, plan: Plan) -> dict:
     """Once per batch of images: the clean maps the groups read, zero-padded by one pixel on every side (the
     convolutions' padding); the normalised baseline also padded past the image where windows overhang it."""
     order = net.layers
@@ -287,7 +293,7 @@ def prepare(net: VGG, params: Any, images: jax.Array, baseline: jax.Array, plan:
     return padded
 
 
-def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_size: tuple[int, int],
+def occluded_outputs(net: Any, params: Any, state: dict, group: Group, image_size: tuple[int, int],
                      item_image: jax.Array, item_h: jax.Array, item_w: jax.Array) -> jax.Array:
     """Network outputs (items, ...) of occluded images: image ``item_image``, the window at row
     ``group.rows[item_h]`` and column ``group.cols[item_w]`` of the window grid.
@@ -295,7 +301,8 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
     padded = state
     base_p = padded["baseline"]
     kernels = {s.name: params["params"][s.name] for s in group.steps if s.kind == "conv"}
-    relu = net.relu
+    stack = net.plain_stack
+    relu, dtype = stack.relu, stack.dtype
     hh, ww = image_size
     table_h, table_w = jnp.asarray(group.pos_h, jnp.int32), jnp.asarray(group.pos_w, jnp.int32)  # int32 under x64 too
     tap = group.fallback
@@ -321,14 +328,14 @@ def occluded_outputs(net: VGG, params: Any, state: dict, group: Group, image_siz
                 piece = _overlay(piece, v, ah - (bh - 1), aw - (bw - 1))
                 p = kernels[step.name]
                 v = jax.lax.conv_general_dilated(
-                    piece[None], jnp.asarray(p["kernel"], net.dtype), (1, 1), "VALID",
-                    dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + jnp.asarray(p["bias"], net.dtype)
+                    piece[None], jnp.asarray(p["kernel"], dtype), (1, 1), "VALID",
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + jnp.asarray(p["bias"], dtype)
             else:
                 # reads [2b, 2b + 2s)
                 piece = _slice(src, (i, 2 * bh + 1, 2 * bw + 1, 0), (1, rh, rw, src.shape[-1]))[0]
                 piece = _overlay(piece, v, ah - 2 * bh, aw - 2 * bw)
                 r = piece.reshape(rh // 2, 2, rw // 2, 2, piece.shape[-1])
-                v = jnp.max(r, axis=(1, 3)) if net.pooling == "max" else jnp.mean(r, axis=(1, 3))
+                v = jnp.max(r, axis=(1, 3)) if stack.pooling == "max" else jnp.mean(r, axis=(1, 3))
             ah, aw = bh, bw
         # assemble the occluded map at the fallback tap and let the model finish
         src = padded[tap]

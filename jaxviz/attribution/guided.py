@@ -27,6 +27,8 @@ import jax.numpy as jnp
 
 from . import _common
 from .saliency import gradients
+from ..errors import ModelError
+from ..models import protocol, relus
 from ..models.relus import deconv_relu, guided_relu
 
 __all__ = ["guided_backprop", "deconvnet", "guided_relu", "deconv_relu"]
@@ -46,6 +48,9 @@ def _run(kind, net, params, images, target):
     if _common.is_model(net) or isinstance(net, nn.Module):
         net = _common.model(net, images)
     images = _common.check_images(images, net)
+    if relus.count(net, params, images) == 0:  # never plain gradients under another name
+        raise ModelError(f"net: found no ReLU to swap in {protocol.name_of(net)} (looked for jax.nn.relu, flax's "
+                         f"relu and jnp.maximum(x, 0), inside jit, scan, cond and remat too); {kind} needs ReLUs")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     return _core(net, params, images, idx, target_fn=fn, kind=kind)
 

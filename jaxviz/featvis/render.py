@@ -60,7 +60,8 @@ from tqdm.auto import tqdm
 
 from .. import _checks
 from ..errors import InputError
-from ..models.vgg import VGG, reverse_mode
+from ..models import protocol
+from ..models.vgg import reverse_mode
 from ..models.relus import redirected_relu
 
 __all__ = [
@@ -281,9 +282,9 @@ def _check_indices(net, params, *objectives: "Objective") -> None:
                 known.append((o, int(c)))
     if not known:
         return
-    side = max(64, net.min_size)
+    side = max(64, protocol.min_size(net))
     taps = tuple(dict.fromkeys(o.static[0] for o, _ in known))
-    shapes = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, side, side, 3)), taps=taps), params)
+    shapes = jax.eval_shape(lambda p: protocol.taps(net, p, jnp.zeros((1, side, side, 3)), taps), params)
     for o, c in known:
         width = shapes[o.static[0]].shape[-1]
         if not 0 <= c < width:
@@ -761,7 +762,7 @@ def _loss(variables, key, net, params, objective, param, transforms, hw, relu):
     img = param.image(variables, hw)
     x = transforms(key, img)
     taps = objective.taps
-    acts = dict(reverse_mode(net).apply(params, x, taps=taps, relu=relu)) if taps else {}  # reverse mode only
+    acts = dict(protocol.taps(reverse_mode(net), params, x, taps, relu=relu)) if taps else {}  # reverse mode only
     acts["input"] = x
     return -objective(acts)
 
@@ -852,7 +853,7 @@ def _run_each(net, params, values, states, keys, *, maker, param, transforms, op
         x = jax.vmap(transforms)(step_keys, imgs)
         acts = {}
         if taps:
-            flat = reverse_mode(net).apply(params, x.reshape((k * batch,) + x.shape[2:]), taps=taps, relu=relu)
+            flat = protocol.taps(reverse_mode(net), params, x.reshape((k * batch,) + x.shape[2:]), taps, relu=relu)
             acts = {name: a.reshape((k, batch) + a.shape[1:]) for name, a in flat.items()}
         acts["input"] = x
         per = jax.vmap(lambda v, a: maker(v)(a))(values, acts)  # (K,)
@@ -877,7 +878,7 @@ def render_init(key: jax.Array, *, size=128, batch: int = 1, param: ImageParam |
     return _init_state(_checks.prng_key(key), param=param, optimizer=opt, batch=_checks.positive_int(batch, "batch"), hw=_hw(size))
 
 
-def render_update(net: VGG, params, objective: Objective, state: RenderState, key: jax.Array, *, steps: int,
+def render_update(net: Any, params, objective: Objective, state: RenderState, key: jax.Array, *, steps: int,
                   size=128, param: ImageParam | None = None, transforms=None,
                   optimizer: optax.GradientTransformation | None = None,
                   learning_rate: float = 0.05, redirect_relu: bool = True,
@@ -895,6 +896,7 @@ def render_update(net: VGG, params, objective: Objective, state: RenderState, ke
     kw = dict(param=_check_param(param), transforms=_check_transforms(transforms),
               optimizer=_optimizer(optimizer, learning_rate), hw=_hw(size), redirect=bool(redirect_relu))
     objective = _check_objective(objective)
+    net = protocol.as_model(net)
     _check_indices(net, params, objective)
     steps = _checks.positive_int(steps, "steps")
     key = _checks.prng_key(key)
@@ -944,7 +946,7 @@ def _schedule(steps: int, progress: bool, host: bool) -> list[int]:
 
 
 def render(
-    net: VGG,
+    net: Any,
     params,
     objective: Objective,
     *,
@@ -964,7 +966,8 @@ def render(
     """Synthesises images that maximise ``objective``.
 
     Args:
-      net: a jaxviz VGG (it runs only up to the deepest tap the objective reads).
+      net: a model behind the model contract (a jaxviz model runs only up to the deepest tap the
+        objective reads).
       params: its parameters.
       objective: what to maximise, e.g. ``channel("relu4_1", 7)``.
       key: PRNG key or int seed (variables from ``split(key)[0]``, transforms from
@@ -1000,6 +1003,7 @@ def render(
       >>> img = render(net, params, channel("relu3_1", 5), key=jax.random.key(0), size=96)  # doctest: +SKIP
     """
     _check_objective(objective)
+    net = protocol.as_model(net)
     for name in objective.taps:
         net.resolve(name, "objective")
     _check_indices(net, params, objective)
@@ -1022,7 +1026,7 @@ def render(
 
 
 def render_each(
-    net: VGG,
+    net: Any,
     params,
     make_objective: Callable[[Any], Objective],
     values,
@@ -1067,6 +1071,7 @@ def render_each(
     key = _checks.prng_key(key)
     probe = make_objective(jax.tree_util.tree_map(lambda x: x[0], values))
     _check_objective(probe)
+    net = protocol.as_model(net)
     for name in probe.taps:
         net.resolve(name, "objective")
     _check_indices(net, params, *(make_objective(jax.tree_util.tree_map(lambda x, i=i: x[i], values))
@@ -1096,7 +1101,7 @@ def _channel_maker(layer: str, kind: str) -> Callable[[Any], Objective]:
     return lambda c: channel(layer, c)
 
 
-def render_channels(net: VGG, params, layer: str, channels: Sequence[int], *, key: jax.Array,
+def render_channels(net: Any, params, layer: str, channels: Sequence[int], *, key: jax.Array,
                     neurons: bool = False, **kwargs):
     """Renders one image per channel of ``layer`` in one compiled call (see :func:`render_each`).
 
@@ -1109,12 +1114,14 @@ def render_channels(net: VGG, params, layer: str, channels: Sequence[int], *, ke
     Returns:
       (len(channels), h, w, 3) images (with ``return_history``, also (K, steps)).
     """
+    net = protocol.as_model(net)
     name = net.resolve(layer, "layer")
     idx = np.asarray(list(channels) if not isinstance(channels, (np.ndarray, jax.Array)) else channels)
     if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
         raise InputError(f"channels: expected a non-empty sequence of channel indices, got {channels!r}")
     shape = jax.eval_shape(
-        lambda p: net.apply(p, jnp.zeros((1, max(64, net.min_size), max(64, net.min_size), 3)), taps=(name,))[name],
+        lambda p: protocol.taps(net, p, jnp.zeros((1, max(64, protocol.min_size(net)), max(64, protocol.min_size(net)),
+                                                  3)), name)[name],
         params,
     ).shape
     width = shape[-1]

@@ -51,12 +51,6 @@ __all__ = ["tapped", "from_function", "from_nnx", "adapt", "TappedModule", "Func
 DEFAULT_INPUT_SHAPE = (1, 224, 224, 3)
 
 
-def _check_relus(model: Any, n: int) -> None:
-    if n == 0:
-        raise ModelError(f"net: found no ReLU to swap in {_name(model)} (looked for jax.nn.relu, flax's relu and "
-                         "jnp.maximum(x, 0), inside jit, scan, cond and remat too); this method needs ReLUs")
-
-
 def _name(model: Any) -> str:
     from .protocol import name_of
 
@@ -70,11 +64,10 @@ def _canonical(layers: Sequence[str], aliases: Mapping[str, str], name: Any, arg
     return _taps.resolve(layers, aliases, name, arg)
 
 
-def _with_relus(model: Any, fn: Callable, args: tuple, relu: Callable | None, perturb: Mapping[int, Any] | None = None):
-    out, n = _jaxpr.evaluate(fn, args, relu=relu, perturb=perturb)
-    if relu is not None:
-        _check_relus(model, n)
-    return out
+def _with_relus(fn: Callable, args: tuple, relu: Callable | None, perturb: Mapping[int, Any] | None = None):
+    """``fn(*args)`` with its ReLUs swapped for ``relu`` and perturbations added (a model without ReLUs is run
+    as it is: the methods that need ReLUs check with :func:`jaxviz.models.relus.count` first)."""
+    return _jaxpr.evaluate(fn, args, relu=relu, perturb=perturb)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +135,7 @@ class TappedModule:
 
         if relu is None:
             return fn(variables, images)
-        return _with_relus(self, fn, (variables, images), relu)
+        return _with_relus(fn, (variables, images), relu)
 
 
 def _discover(module: nn.Module, input_shape: Sequence[int], method: str) -> tuple[str, ...]:
@@ -278,7 +271,7 @@ class FunctionModel:
                         raise InputError(f"perturb: {name!r} has activations of shape {want}, got an array of shape "
                                          f"{jnp.shape(delta)}")
                     flat_index[y_leaves + order.index(name)] = delta
-            y, acts = _with_relus(self, fn, (variables, images), relu, flat_index)
+            y, acts = _with_relus(fn, (variables, images), relu, flat_index)
         return (y if output else None), {n: acts[c] for n, c in wanted.items()}
 
 

@@ -21,8 +21,10 @@ Optional attributes, read with defaults: ``min_size`` (smallest input side, 1),
 ``unit_range`` (inputs must be RGB in [0, 1], False), ``default_layer`` (the tap
 Grad-CAM uses when none is given; else the deepest spatial tap, measured),
 ``cam_layers`` (``(feature tap, dense param name)`` of a global-average-pool +
-linear head, for CAM), ``start`` support (``supports_start``: a fast path that
-enters the network after a tap).
+linear head, for CAM), ``embedding_layer``, ``start`` support
+(``supports_start``: a fast path that enters the network after a tap) and
+``plain_stack`` (a :class:`PlainStack`: the model is a plain 3x3-conv/ReLU/pool
+stack that incremental occlusion may compute on patches).
 
 jaxviz's VGG, ResNet and small CNN implement it natively; any ``flax.linen``
 module (:func:`~jaxviz.models.tapped`), Flax NNX module
@@ -51,6 +53,7 @@ from ..errors import InputError, ModelError
 __all__ = [
     "Model",
     "Geometry",
+    "PlainStack",
     "is_model",
     "as_model",
     "forward",
@@ -62,6 +65,7 @@ __all__ = [
     "name_of",
     "spatial_layers",
     "default_layer",
+    "embedding_layer",
     "tap_shapes",
     "geometry",
 ]
@@ -127,6 +131,8 @@ def name_of(net: Any) -> str:
     inner = getattr(net, "module", None) or getattr(net, "fn", None)
     if inner is not None:
         return f"{type(net).__name__}({getattr(inner, '__name__', type(inner).__name__)})"
+    if callable(net) and hasattr(net, "__name__") and not isinstance(net, type):
+        return net.__name__  # a plain function
     return type(net).__name__
 
 
@@ -246,6 +252,47 @@ def default_layer(net: Any, params: Any, image_shape: Sequence[int]) -> str:
         raise ModelError(f"layer: {name_of(model)} has no spatial tap (N, h, w, C) at {tuple(image_shape)[1:3]} px; "
                          f"pass layer= one of {', '.join(model.layers)}")
     return spatial[-1]
+
+
+def embedding_layer(net: Any, params: Any, image_shape: Sequence[int]) -> str:
+    """The tap whose activations describe an image as a feature vector: the model's ``embedding_layer``, else
+    the tap before the output when the output is a vector of class scores (VGG's ``relu7``, a ResNet's
+    ``avgpool``), else the last tap (a features-only network's last pool). Measured, not named."""
+    model = as_model(net)
+    named = getattr(model, "embedding_layer", None)
+    if named:
+        return model.resolve(named, "layer")
+    shapes = tap_shapes(model, params, image_shape)
+    order = [k for k in model.layers if k in shapes]
+    if len(order) > 1 and len(shapes[order[-1]]) == 2:
+        return order[-2]
+    return order[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlainStack:
+    """A model's offer to be computed layer by layer on patches (exact incremental occlusion): the seam a model
+    with a plain convolution stack provides as its ``plain_stack`` attribute.
+
+    Attributes:
+      layers: ``(tap, kind)`` from the input on, ``kind`` one of ``"conv"``
+        (3x3, stride 1, zero padding 1, params at ``params["params"][tap]``),
+        ``"relu"`` or ``"pool"`` (2x2, stride 2); the model's later taps follow
+        and are run through ``apply(params, a, start=tap)``.
+      widths: output channels of each convolution, in order (the input has 3).
+      pooling: ``"max"`` or ``"avg"``.
+      mean, std: the input normalisation the model applies (None: none).
+      dtype: the compute dtype.
+      relu: the model's ReLU.
+    """
+
+    layers: tuple[tuple[str, str], ...]
+    widths: tuple[int, ...]
+    pooling: str
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    dtype: Any
+    relu: Callable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -170,6 +170,17 @@ class VGG(_taps.Tapped, nn.Module):
         return 2 ** len(self.stages)
 
     @property
+    def plain_stack(self):
+        """The feature layers as a :class:`~jaxviz.models.protocol.PlainStack` (incremental occlusion's seam)."""
+        from .protocol import PlainStack
+
+        kinds = {"conv": "conv", "relu": "relu", "pool": "pool"}
+        layers = tuple((n, kinds[n[:4]]) for n in self.layers if n not in CLASSIFIER_LAYERS)
+        widths = tuple(int(c) for stage in self.stages for c in stage)
+        return PlainStack(layers, widths, self.pooling, tuple(self.mean) if self.normalize else None,
+                          tuple(self.std) if self.normalize else None, self.dtype, self.relu)
+
+    @property
     def default_layer(self) -> str:
         """The last convolutional ReLU (``relu5_4`` on VGG19): Grad-CAM's usual layer."""
         return f"relu{len(self.stages)}_{len(self.stages[-1])}"
