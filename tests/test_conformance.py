@@ -1,0 +1,363 @@
+"""Every technique on every kind of model, through the one model contract, checked by values.
+
+The models: jaxviz's VGG16 (its conv stack; a small classifier), ResNet-18
+and small CNN; a user's linen CNN with functional ``nn.relu``; a user's
+residual linen model tapped inside a block; a Flax NNX model. For each, the
+test builds its references by routes that do not go through the contract:
+the module's own ``apply``, the same module with the ReLU rule built in, the
+network entered after the tap (``start=``) or with the tap's output replaced
+through ``nn.intercept_methods``, flax's ``capture_intermediates``.
+
+Parity with Captum on ResNet-18 (a torch.nn re-creation of torchvision's, the
+same weights) closes the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxviz import attribution as A
+from jaxviz import dream, embed, models
+from jaxviz.errors import InputError, ModelError
+from jaxviz.featvis import maps, patches
+from jaxviz.models import relus
+
+TARGET = [1, 3]
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@dataclasses.dataclass
+class Case:
+    net: Any  # what the user passes to the techniques
+    params: Any
+    x: jax.Array
+    layer: str  # a spatial tap
+    plain: Callable  # (params, x) -> logits, the model's own forward
+    guided: Callable  # (params, x) -> logits with guided_relu built in
+    rest: Callable  # (a, x) -> logits from the tap's value a
+    tap: Callable  # x -> the tap's activations
+    cam: bool  # a global-average-pool + linear head
+
+
+def _replace(module, params, x, path, value):
+    """``module.apply`` with the submodule at ``path`` returning ``value`` (not the adapter's mechanism)."""
+
+    def icpt(next_fun, args, kwargs, ctx):
+        out = next_fun(*args, **kwargs)
+        if ctx.method_name == "__call__" and "/".join(ctx.module.path) == path:
+            return value
+        return out
+
+    with nn.intercept_methods(icpt):
+        return module.apply(params, x)
+
+
+def _captured(module, params, x, path):
+    _, state = module.apply(params, x, capture_intermediates=True)
+    node = state["intermediates"]
+    for part in path.split("/"):
+        node = node[part]
+    return node["__call__"][0]
+
+
+class UserCNN(nn.Module):
+    """A CNN as a user writes it: functional nn.relu, flax's max pool, no jaxviz names."""
+
+    relu: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        act = self.relu or nn.relu
+        x = act(nn.Conv(8, (3, 3))(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = act(nn.Conv(8, (3, 3))(x))
+        return nn.Dense(5)(x.mean((1, 2)))
+
+
+class Block(nn.Module):
+    relu: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        act = self.relu or nn.relu
+        y = act(nn.Conv(8, (3, 3), name="inner")(x))
+        return act(x + nn.Conv(8, (3, 3), name="outer")(y))
+
+
+class ResidualNet(nn.Module):
+    relu: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        act = self.relu or nn.relu
+        x = act(nn.Conv(8, (3, 3), strides=(2, 2), name="stem")(x))
+        x = Block(self.relu, name="block")(x)
+        return nn.Dense(5, name="head")(x.mean((1, 2)))
+
+
+class NNXNet(nnx.Module):
+    def __init__(self, rngs, relu=nnx.relu):
+        self.relu = relu
+        self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.blocks = nnx.List([nnx.Conv(8, 8, (3, 3), rngs=rngs) for _ in range(2)])
+        self.head = nnx.Linear(8, 5, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.relu(self.conv(x))
+        for block in self.blocks:
+            x = x + self.relu(block(x))
+        return self.head(x.mean((1, 2)))
+
+
+def _images(n, size, seed=0):
+    return jnp.asarray(np.random.RandomState(seed).rand(n, size, size, 3), jnp.float32)
+
+
+def _native(net, params, x, layer, cam):
+    return Case(net, params, x, layer,
+                plain=lambda p, v: net.apply(p, v),
+                guided=lambda p, v: net.apply(p, v, relu=relus.guided_relu),
+                rest=lambda a, v: net.apply(params, a, start=layer),
+                tap=lambda v: net.apply(params, v, taps=layer)[layer], cam=cam)
+
+
+def _linen(cls, layer, size, key):
+    module = cls()
+    x = _images(2, size, key)
+    params = module.init(jax.random.key(key), x)
+    return Case(module, params, x, layer,
+                plain=module.apply,
+                guided=lambda p, v: cls(relu=relus.guided_relu).apply(p, v),
+                rest=lambda a, v: _replace(module, params, v, layer, a),
+                tap=lambda v: _captured(module, params, v, layer), cam=False)
+
+
+def _nnx():
+    module = NNXNet(nnx.Rngs(3))
+    net, state = models.from_nnx(module, input_shape=(1, 16, 16, 3))
+    guided_module = NNXNet(nnx.Rngs(3), relu=relus.guided_relu)  # the same weights: the same seed
+
+    def plain(p, v):
+        return nnx.merge(nnx.graphdef(module), p)(v)
+
+    def guided(p, v):
+        return nnx.merge(nnx.graphdef(guided_module), p)(v)
+
+    def h1(v):
+        h0 = module.relu(module.conv(v))
+        return h0 + module.relu(module.blocks[0](h0))
+
+    def rest(a, v):
+        return module.head((h1(v) + module.relu(a)).mean((1, 2)))
+
+    return Case(net, state, _images(2, 16, 4), "blocks/1", plain, guided, rest,
+                tap=lambda v: module.blocks[1](h1(v)), cam=False)
+
+
+@pytest.fixture(scope="module", params=["vgg16", "resnet18", "small_cnn", "user_cnn", "residual", "nnx"])
+def case(request):
+    name = request.param
+    if name == "vgg16":
+        net = models.vgg16(fc_features=32, num_classes=5)
+        x = _images(2, 32, 1)
+        return _native(net, net.init(jax.random.key(0), x), x, "relu5_3", cam=False)
+    if name == "resnet18":
+        net = models.resnet18(num_classes=5)
+        x = _images(2, 64, 2)
+        return _native(net, net.init(jax.random.key(1), x), x, "layer3", cam=True)
+    if name == "small_cnn":
+        net = models.small_cnn(num_classes=5)
+        x = _images(2, 32, 3)
+        return _native(net, net.init(jax.random.key(2), x), x, "relu3", cam=True)
+    if name == "user_cnn":
+        return _linen(UserCNN, "Conv_1", 16, 5)
+    if name == "residual":
+        return _linen(ResidualNet, "block/inner", 16, 6)  # inside the residual block
+    return _nnx()
+
+
+def _grad(fn, params, x):
+    return jax.grad(lambda v: jnp.sum(jnp.take_along_axis(fn(params, v), jnp.asarray(TARGET)[:, None], 1)))(x)
+
+
+def test_saliency_and_input_x_gradient(case):
+    g = _grad(case.plain, case.params, case.x)
+    assert rel_err(A.saliency(case.net, case.params, case.x, TARGET, abs=False), g) < 1e-5
+    assert rel_err(A.input_x_gradient(case.net, case.params, case.x, TARGET), case.x * g) < 1e-5
+
+
+def test_integrated_gradients_equals_the_riemann_sum_by_hand(case):
+    steps = 4  # right sums: the all-zero image (alpha = 0) ties every max pool, where round-off picks the winner
+    ours = A.integrated_gradients(case.net, case.params, case.x, TARGET, steps=steps, method="riemann_right",
+                                  batch_size=3)
+    want = sum(_grad(case.plain, case.params, case.x * (k / steps)) for k in range(1, steps + 1)) / steps * case.x
+    assert rel_err(ours, want) < 1e-4
+
+
+def test_guided_backprop_equals_the_model_with_the_rule_built_in(case):
+    ours = A.guided_backprop(case.net, case.params, case.x, TARGET)
+    want = _grad(case.guided, case.params, case.x)
+    assert rel_err(ours, want) < 1e-5
+    assert rel_err(ours, _grad(case.plain, case.params, case.x)) > 1e-3  # the rule changed something
+
+
+def test_grad_cam_equals_the_gradient_at_the_tap_by_another_route(case):
+    a = case.tap(case.x)
+    g = jax.grad(lambda a: jnp.sum(jnp.take_along_axis(case.rest(a, case.x), jnp.asarray(TARGET)[:, None], 1)))(a)
+    want = np.einsum("nhwc,nc->nhw", np.asarray(a), np.asarray(g).mean((1, 2)))
+    ours = A.grad_cam(case.net, case.params, case.x, TARGET, layer=case.layer, relu=False)
+    assert ours.shape == a.shape[:3]
+    assert rel_err(ours, want) < 1e-4
+    np.testing.assert_allclose(maps.feature_maps(case.net, case.params, case.x, case.layer), a, rtol=1e-5, atol=1e-6)
+
+
+def test_cam_where_the_head_allows_it_and_one_line_elsewhere(case):
+    if case.cam:
+        cam = A.cam(case.net, case.params, case.x, TARGET)
+        gc = A.grad_cam(case.net, case.params, case.x, TARGET, relu=False)  # the default layer: the GAP's input
+        h, w = cam.shape[1:]
+        assert rel_err(cam, gc * h * w) < 1e-4  # CAM = Grad-CAM * h * w for a GAP + linear head
+    else:
+        with pytest.raises(InputError, match=r"^net: cam needs a global-average-pool \+ linear head named in "
+                                             r"net.cam_layers \(or layer= and dense=\); .+ has none, use grad_cam$"):
+            A.cam(case.net, case.params, case.x, TARGET)
+
+
+def test_occlusion_equals_the_loop_over_windows(case):
+    size = case.x.shape[1]
+    win = size // 4
+    ours = A.occlusion(case.net, case.params, case.x, TARGET, window=win, stride=win, baseline=0.0, batch_size=5)
+    base = np.take_along_axis(np.asarray(case.plain(case.params, case.x)), np.asarray(TARGET)[:, None], 1)[:, 0]
+    want = np.zeros(case.x.shape, np.float32)
+    for i in range(0, size, win):
+        for j in range(0, size, win):
+            occluded = case.x.at[:, i:i + win, j:j + win, :].set(0.0)
+            out = np.asarray(case.plain(case.params, occluded))
+            drop = base - np.take_along_axis(out, np.asarray(TARGET)[:, None], 1)[:, 0]
+            want[:, i:i + win, j:j + win, :] = drop[:, None, None, None]
+    assert rel_err(ours, want) < 1e-3
+
+
+def test_feature_space_and_patch_techniques_run_on_the_tap(case):
+    # DeepDream's objective is 1/2 |a|^2 summed over channels, averaged over the tap's positions
+    value, grad = dream.gradient(case.net, case.params, case.x[:1], layers=case.layer)
+    a = case.tap(case.x[:1])
+    want = 0.5 * float(jnp.sum(a.astype(jnp.float32) ** 2)) / (a.shape[1] * a.shape[2])
+    np.testing.assert_allclose(float(value), want, rtol=1e-4)
+    assert float(jnp.abs(grad).max()) > 0
+    # top patches: the image that drives each channel hardest, at the measured receptive field
+    top = patches.top_patches(case.net, case.params, case.x, layer=case.layer, channels=[0, 1], k=1)
+    peak = np.asarray(a)  # one image: the winner is image 0 for each channel
+    full = np.asarray(case.tap(case.x))
+    for c in range(2):
+        assert top.index[c, 0] == int(np.argmax(full[..., c].reshape(2, -1).max(1)))
+        np.testing.assert_allclose(top.values[c, 0], full[..., c].max(), rtol=1e-5)
+    assert top.patches.shape[2] == top.field.size and peak.ndim == 4
+    # embeddings default to the tap before the outputs and equal a mean over positions for a spatial tap
+    feats = embed.features(case.net, case.params, case.x, layer=case.layer, pool="mean", size=case.x.shape[1])
+    np.testing.assert_allclose(feats.vectors, full.mean((1, 2)), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Captum on ResNet-18: the same torchvision-layout weights on both sides
+
+
+torch = pytest.importorskip("torch")
+captum_attr = pytest.importorskip("captum.attr")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    import copy
+
+    import torch_reference as tr
+
+    from jaxviz import weights
+
+    ref = tr.TorchResNet("resnet18", num_classes=10, seed=3)
+    ref64 = copy.deepcopy(ref).double()
+    ref64.mean, ref64.std = ref64.mean.double(), ref64.std.double()
+    net = models.resnet18(num_classes=10)
+    params = weights.convert(ref.state_dict(), net)
+    x = np.random.RandomState(7).rand(2, 64, 64, 3).astype(np.float32)
+    with jax.default_matmul_precision("highest"):
+        yield net, ref, ref64, params, jnp.asarray(x), tr.to_nchw(x)
+
+
+def _as_exact_as_pytorch(ours, make_captum, xt):
+    """jaxviz's float32 map is as close to Captum's float64 map as Captum's own float32 map is (at most 1.5x as
+    far, and within 1e-4 where PyTorch is that exact). On this random ResNet float32 round-off alone moves
+    Captum's maps by 2e-4 (guided backprop) to 5e-3 (saliency), mostly through ReLU and max-pool decisions."""
+    cap32 = make_captum(False)(xt.clone().requires_grad_()).detach().numpy()
+    cap64 = make_captum(True)(xt.double().clone().requires_grad_()).detach().numpy()
+    ours = np.asarray(ours)
+    if ours.ndim == 4:
+        ours = ours.transpose(0, 3, 1, 2)
+    own = rel_err(cap32, cap64)
+    assert rel_err(ours, cap64) <= max(1.5 * own, 1e-4), (rel_err(ours, cap64), own)
+
+
+def test_resnet_guided_backprop_saliency_and_ig_equal_captum(resnet):
+    net, ref, ref64, params, x, xt = resnet
+    pick = lambda d: ref64 if d else ref  # noqa: E731
+    _as_exact_as_pytorch(A.guided_backprop(net, params, x, TARGET),
+                         lambda d: lambda v: captum_attr.GuidedBackprop(pick(d)).attribute(v, target=TARGET), xt)
+    _as_exact_as_pytorch(A.saliency(net, params, x, TARGET, abs=False),
+                         lambda d: lambda v: captum_attr.Saliency(pick(d)).attribute(v, target=TARGET, abs=False), xt)
+    _as_exact_as_pytorch(A.integrated_gradients(net, params, x, TARGET, steps=5),
+                         lambda d: lambda v: captum_attr.IntegratedGradients(pick(d)).attribute(
+                             v, target=TARGET, n_steps=5, method="gausslegendre"), xt)
+
+
+def test_resnet_layer_grad_cam_inside_a_stage_equals_captum(resnet):
+    net, ref, ref64, params, x, xt = resnet
+    ours = A.grad_cam(net, params, x, TARGET, layer="layer3.0", relu=False)
+    assert ours.shape == (2, 4, 4)
+
+    def make(double):
+        model = ref64 if double else ref
+        return lambda v: captum_attr.LayerGradCam(model, model.layer3[0]).attribute(v, target=TARGET)[:, 0]
+
+    _as_exact_as_pytorch(ours, make, xt)
+
+
+def test_resnet_occlusion_equals_captum(resnet):
+    net, ref, ref64, params, x, xt = resnet
+    ours = A.occlusion(net, params, x, TARGET, window=16, stride=8, baseline=0.5, batch_size=16)
+
+    def make(double):
+        model = ref64 if double else ref
+
+        def run(v):
+            with torch.no_grad():
+                return captum_attr.Occlusion(model).attribute(v, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
+                                                              baselines=0.5, target=TARGET, perturbations_per_eval=16)
+        return run
+
+    _as_exact_as_pytorch(ours, make, xt)
+
+
+def test_a_model_without_relus_is_refused_by_the_relu_methods():
+    class Smooth(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(jnp.tanh(nn.Conv(4, (3, 3))(x)).mean((1, 2)))
+
+    net = Smooth()
+    x = _images(1, 8)
+    params = net.init(jax.random.key(0), x)
+    for method in (A.guided_backprop, A.deconvnet):
+        with pytest.raises(ModelError, match=r"^net: found no ReLU to swap in TappedModule\(Smooth\)"):
+            method(net, params, x, 0)
