@@ -129,7 +129,7 @@ class UserCNN(nn.Module):
 @pytest.fixture(scope="module")
 def user():
     net = UserCNN()
-    params = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    params = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     x = jnp.asarray(np.random.RandomState(3).rand(2, 16, 16, 3), jnp.float32)
     return net, params, x
 
@@ -187,7 +187,7 @@ class ResidualNet(nn.Module):
 
 def test_layer_gradient_inside_a_residual_block():
     net = ResidualNet()
-    params = net.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
+    params = jax.jit(net.init)(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
     x = jnp.asarray(np.random.RandomState(4).rand(2, 8, 8, 3), jnp.float32)
     tapped = models.tapped(net, input_shape=(1, 8, 8, 3))
     assert tapped.layers == ("stem", "block/inner", "block/outer", "block", "head")
@@ -305,7 +305,7 @@ def _textbook(layers):
 def test_geometry_of_vgg_taps_matches_the_recurrence():
     # VGG16's layer structure at 4 channels a layer: geometry does not depend on the widths
     net = models.VGG(stages=tuple((4,) * len(s) for s in models.VGG16_STAGES), classifier=False)
-    params = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    params = jax.eval_shape(lambda: jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     plan = []
     for name in net.layers:
         if name.startswith("conv"):
@@ -321,7 +321,7 @@ def test_geometry_of_vgg_taps_matches_the_recurrence():
 
 def test_geometry_of_resnet18_layer3_matches_the_recurrence():
     net = models.resnet18()
-    params = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    params = jax.eval_shape(lambda: jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     plan = [(7, 2, 3), (3, 2, 1)]  # stem conv, max pool
     plan += [(3, 1, 1)] * 4  # layer1: two basic blocks
     plan += [(3, 2, 1)] + [(3, 1, 1)] * 3  # layer2
@@ -334,7 +334,7 @@ def test_geometry_of_resnet18_layer3_matches_the_recurrence():
 
 def test_geometry_refuses_a_vector_tap():
     net = models.small_cnn()
-    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    params = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(ModelError, match=r"^layer: 'gap' of SmallCNN is not a spatial map"):
         protocol.geometry(net, params, "gap", (32, 32))
     assert protocol.default_layer(net, params, (1, 32, 32, 3)) == "relu3"
@@ -350,7 +350,7 @@ def test_default_layer_is_measured_for_a_user_model(user):
 
 def test_layer_gradient_equals_vgg_start_fast_path():
     net = models.VGG(stages=((8,), (16, 16), (16, 16)), classifier=False)
-    params = net.init(jax.random.key(2), jnp.zeros((1, 32, 32, 3)))
+    params = jax.jit(net.init)(jax.random.key(2), jnp.zeros((1, 32, 32, 3)))
     x = jnp.asarray(np.random.RandomState(7).rand(2, 32, 32, 3), jnp.float32)
     score = lambda o: o.sum((1, 2, 3))  # noqa: E731
     a, g, _ = protocol.layer_gradient(net, params, x, "relu3_2", score)
