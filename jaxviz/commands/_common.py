@@ -71,9 +71,13 @@ def check_writable(folder: Path, flag: str) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19", seed_also: str | None = None) -> None:
-    """--arch, --weights and --seed; ``seed_also`` names what else --seed draws (``render``'s start and
+    """--arch, --model, --weights and --seed; ``seed_also`` names what else --seed draws (``render``'s start and
     transforms...), for its help and so a picture's settings keep it with pretrained weights."""
-    p.add_argument("--arch", default=default_arch, choices=sorted(models.ARCHS), help="network (default %(default)s)")
+    p.add_argument("--arch", default=default_arch, choices=sorted(models.ALL_ARCHS), help="network (default %(default)s)")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="your own model instead of --arch: FACTORY() in MODULE (importable, or a .py file) returns "
+                   "(module, params) or a module whose params come from --weights FILE.safetensors (or random); "
+                   "a flax.linen or NNX module, or a function f(params, x) -> logits or (logits, taps)")
     p.add_argument(
         "--weights",
         default="pretrained",
@@ -96,7 +100,81 @@ def classifier_tap(layer: str) -> bool:
 def resolve_layer(args: argparse.Namespace, name: str) -> str:
     """``name``'s canonical tap, checked against the whole --arch network (classifier taps included), so an
     unknown --layer is reported with every name the command takes, before any weights are loaded."""
-    return models.get(args.arch).resolve(name, "--layer")
+    return network(args).resolve(name, "--layer")
+
+
+def network(args: argparse.Namespace):
+    """The network --arch or --model names (a --model's factory runs once per command)."""
+    if getattr(args, "model", None):
+        return user_model(args)[0]
+    return models.get(args.arch)
+
+
+def user_model(args: argparse.Namespace):
+    """``(net, params)`` of ``--model MODULE:FACTORY`` behind the model contract, with --weights/--seed applied."""
+    cached = getattr(args, "_user_model", None)
+    if cached is not None:
+        return cached
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    import flax.linen as nn
+
+    from ..models import protocol
+
+    spec = args.model
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr.isidentifier():
+        raise InputError(f"--model: expected MODULE:FACTORY (e.g. mynet:build or mynet.py:build), got {spec!r}")
+    try:
+        if mod_name.endswith(".py"):
+            if not Path(mod_name).is_file():
+                raise InputError(f"--model: no file {mod_name!r}")
+            loader = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # a module beside the user, as `python -c` would find it
+            module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise InputError(f"--model: cannot import {mod_name!r} ({e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"--model: {mod_name!r} has no function {attr!r}")
+    out = factory()
+    net, params = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+    try:
+        from flax import nnx
+
+        if isinstance(net, nnx.Module):
+            net, params = models.from_nnx(net)
+    except ImportError:  # pragma: no cover
+        pass
+    size = getattr(args, "size", None) or 224
+    if args.weights == "random":
+        if not isinstance(net, nn.Module):
+            raise InputError("--weights: random weights need a flax.linen module from --model; this factory returned "
+                             f"{type(net).__name__}")
+        import jax
+        import jax.numpy as jnp
+
+        params = jax.jit(net.init)(jax.random.key(args.seed), jnp.zeros((1, size, size, 3)))
+    elif args.weights != "pretrained":
+        path = Path(args.weights)
+        if not path.exists():
+            raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {args.weights!r}")
+        params = weights.load_file(path)
+    elif params is None:
+        raise InputError(f"--weights: {spec} returned a model without params; pass --weights FILE.safetensors "
+                         "(weights.save writes one) or --weights random")
+    import numpy as np
+
+    model = protocol.as_model(net, np.zeros((1, size, size, 3), np.float32))
+    args._user_model = (model, params)
+    return model, params
 
 
 def check_image_size(args: argparse.Namespace, x, min_size: int) -> None:
@@ -110,9 +188,16 @@ def check_image_size(args: argparse.Namespace, x, min_size: int) -> None:
 
 
 def model_and_params(args: argparse.Namespace, *, classifier: bool = True, download: bool = True, **model_kwargs):
-    """The network and params the --arch/--weights/--seed arguments ask for (``download``: pretrained weights
-    missing from the cache may be downloaded)."""
-    net = models.get(args.arch, classifier=classifier, **model_kwargs)
+    """The network and params the --arch/--model/--weights/--seed arguments ask for (``download``: pretrained
+    weights missing from the cache may be downloaded). ``classifier`` and ``model_kwargs`` (VGG options) are
+    for the VGGs; a ResNet keeps its small head and takes none of them."""
+    if getattr(args, "model", None):
+        return user_model(args)
+    if args.arch in models.RESNET_ARCHS:
+        classifier, model_kwargs = True, {}
+    else:
+        model_kwargs = dict(model_kwargs, classifier=classifier)
+    net = models.get(args.arch, **model_kwargs)
     choice = args.weights
     if choice == "pretrained":
         try:

@@ -48,7 +48,14 @@ from .featmaps import Skips, iter_batches, random_weights_note
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
 
 CSV_FIELDS = ("file", "predicted", "predicted_name", "predicted_prob", "target", "target_name", "target_prob")
-MODELS = ("vgg19", "vgg16", "small-cnn")
+MODELS = ("vgg19", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "small-cnn")
+
+
+def model_spec(text: str) -> str:
+    """argparse type of attribute's --model: a built-in name or MODULE:FACTORY (the user's own model)."""
+    if text in MODELS or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(MODELS)} or MODULE:FACTORY, got {text!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="top1",
                    help="'top1' (the predicted class, default), a class index, or a class name")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
-    p.add_argument("--model", "--arch", dest="model", default="vgg19", choices=MODELS,
-                   help="network (default %(default)s); small-cnn is the built-in shapes classifier")
+    p.add_argument("--model", "--arch", dest="model", default="vgg19", type=model_spec,
+                   metavar="{" + ",".join(MODELS) + "} or MODULE:FACTORY",
+                   help="network (default %(default)s); small-cnn is the built-in shapes classifier; "
+                   "MODULE:FACTORY is your own (see jaxviz featmaps --help: --model)")
     p.add_argument("--weights", default="pretrained", metavar="pretrained|random|FILE",
                    help="pretrained (VGG: ImageNet weights from the cache; small-cnn: the built-in trained "
                    "model, trained on first use), random, or a weights file")
@@ -137,6 +146,18 @@ def _model(args: argparse.Namespace):
         return net, params, list(datasets.CLASSES), config.size
     from ._common import imagenet_classes, model_and_params
 
+    if ":" in args.model:  # the user's own: its classes are its output's indices
+        ns = argparse.Namespace(arch=None, model=args.model, weights=args.weights, seed=args.seed,
+                                size=args.size or 224)
+        net, params = model_and_params(ns)
+        import jax
+        import jax.numpy as jnp
+
+        from ..models import protocol
+
+        size = args.size or 224
+        k = jax.eval_shape(lambda p: protocol.forward(net, p, jnp.zeros((1, size, size, 3))), params).shape[-1]
+        return net, params, [str(i) for i in range(k)], size
     net, params = model_and_params(argparse.Namespace(arch=args.model, weights=args.weights, seed=args.seed))
     return net, params, imagenet_classes(), 224
 
@@ -290,13 +311,33 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
 
 def memory_floor(net, params, size: int, batch: int) -> int:
     """Bytes a batch of ``batch`` images of ``size`` px needs at the least: the input and the output of every
-    convolution and dense layer (a gradient keeps them all; the methods need more)."""
+    layer with parameters of its own (convolutions, dense layers, residual blocks; a gradient keeps them all;
+    the methods need more)."""
     import jax
     import jax.numpy as jnp
 
-    layers = [n for n in net.layers if n.startswith(("conv", "fc"))]
-    shapes = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((batch, size, size, 3)), taps=layers), params)
+    from ..models import protocol
+
+    model = protocol.as_model(net)
+    inner = params.get("params", params) if isinstance(params, dict) else {}
+    layers = [n for n in model.layers if _owns_params(inner, n)]
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda p, x: protocol.taps(model, p, x, layers), params, x) if layers else {}
     return 4 * batch * size * size * 3 + sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in shapes.values())
+
+
+def _owns_params(tree, tap: str) -> bool:
+    """Whether the tap's module holds parameters: its path in the params tree (``block/conv``), or its path
+    joined by ``_`` (jaxviz's ResNet keeps ``layer1/0`` as ``layer1_0``)."""
+    for parts in (tap.split("/"), [tap.replace("/", "_")]):
+        node = tree
+        for part in parts:
+            node = node.get(part) if hasattr(node, "get") else None
+            if node is None:
+                break
+        if node is not None:
+            return True
+    return False
 
 
 def memory_available(devices=None) -> int | None:
@@ -354,6 +395,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import _checks, attribution, image, parallel
     from .._io import atomic_write_text
     from ..errors import InputError
+    from ..models import protocol
 
     if args.distributed:  # first: before anything starts JAX's backends
         try:
@@ -464,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--option {e}") from None
 
     def fn(p, x, t, k):
-        logits = net.apply(p, x)
+        logits = protocol.forward(net, p, x)
         tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
         attr = method_fn(net, p, x, tgt, **call_options, **({"key": k} if random_keys else {}))
         return attr, jax.nn.softmax(logits, -1), tgt

@@ -111,7 +111,9 @@ def classify(args: argparse.Namespace) -> int:
         raise InputError(f"--top: expected 1..1000, got {args.top}")
     net, params = model_and_params(args)
     names = imagenet_classes()
-    forward = jax.jit(lambda p, x: jax.nn.softmax(net.apply(p, x), axis=-1))
+    from ..models import protocol
+
+    forward = jax.jit(lambda p, x: jax.nn.softmax(protocol.forward(net, p, x), axis=-1))
     for path in args.images:
         x = image.imagenet_eval(path)
         probs = np.asarray(forward(params, x))[0]

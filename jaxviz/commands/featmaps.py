@@ -181,7 +181,10 @@ def folder_paths(args: argparse.Namespace) -> list[Path]:
     for flag, v in (("--size", args.size), ("--batch-size", args.batch_size), ("--checkpoint-every", args.checkpoint_every)):
         if v < 1:
             raise InputError(f"{flag}: expected a positive number, got {v}")
-    smallest = models.get(args.arch).min_size
+    from ..models import protocol
+    from ._common import network
+
+    smallest = protocol.min_size(network(args))
     if args.size < smallest:
         raise InputError(f"--size: expected at least {smallest} px (the network's minimum), got {args.size}")
     paths = image.list_images(args.folder, recursive=args.recursive)

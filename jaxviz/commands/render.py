@@ -106,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--neuron: expected a convolutional --layer; {layer} has no positions")
     classes = classes or layer == "fc8"  # --layer logits/fc8: its channels are the ImageNet classes
     chans = args.classes if args.classes is not None else args.channels
-    width = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, 64, 64, 3)), taps=(layer,))[layer], params).shape[-1]
+    from ..models import protocol
+
+    width = protocol.tap_shapes(net, params, (1, 64, 64, 3))[layer][-1]
     bad = [c for c in chans if c >= width]
     if bad:
         raise InputError(f"--{'classes' if args.classes is not None else 'channels'}: {layer} has {width} "

@@ -65,19 +65,17 @@ def run(args: argparse.Namespace) -> int:
     paths = folder_paths(args)
     net, params = model_and_params(args, classifier=False)
     layer = net.resolve(args.layer, "--layer")
-    rf = P.receptive_field(net, layer)
-    import jax
-    import jax.numpy as jnp
+    rf = P.receptive_field(net, layer, params)
+    from ..models import protocol
 
-    width = jax.eval_shape(lambda p: net.apply(p, jnp.zeros((1, args.size, args.size, 3)), taps=(layer,))[layer],
-                           params).shape[-1]
+    width = protocol.tap_shapes(net, params, (1, args.size, args.size, 3))[layer][-1]
     bad = [c for c in args.channels if c >= width]
     if bad:
         raise InputError(f"--channels: {layer} has {width} channels (0-{width - 1}), got {index_ranges(bad)}")
     signature = json.dumps([str(args.folder), args.recursive, layer, args.channels, args.k, args.size, args.arch,
                             weights_key(args), file_stamps(paths)])
     ckpt = checkpoint_path(args.out, "topk")
-    state = P.top_patches_init(net, layer, len(args.channels), k=args.k)
+    state = P.top_patches_init(net, layer, len(args.channels), k=args.k, params=params)
     names: dict[int, str] = {}
     consumed = 0  # files of the listing read so far (images fed to the state, plus unreadable ones skipped)
     saved = load_progress(ckpt, signature)  # with --overwrite too (see render)
