@@ -213,7 +213,8 @@ def test_bad_input_is_refused_with_a_precise_message(tiny, x, kw, message):
 
 
 def test_unknown_arch_and_pooling():
-    with pytest.raises(InputError, match=r"arch: expected one of 'vgg16', 'vgg19'; got 'vgg11'"):
+    with pytest.raises(InputError, match=r"arch: expected one of 'vgg16', 'vgg19', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152'; "
+                                        r"got 'vgg11'"):
         models.get("vgg11")
     net = models.VGG(**TINY, pooling="median")
     with pytest.raises(InputError, match=r"pooling: expected 'max' or 'avg', got 'median'"):

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     net, params = model_and_params(args, classifier=False)
     layer = net.resolve(args.layer, "--layer")
     rf = P.receptive_field(net, layer, params)
+    import jax.numpy as jnp
+
     from ..models import protocol
 
     width = protocol.tap_shapes(net, params, (1, args.size, args.size, 3))[layer][-1]
