@@ -23,7 +23,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from . import _common
 from .saliency import gradients

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 from .._io import read_npz, write_npz
-from .. import models
 from ._common import add_model_args, check_image_size, check_writable, model_and_params
 
 __all__ = [

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 
 __all__ = [
     "Model",
