@@ -1,6 +1,6 @@
 """Draws docs/models_user_cnn.png and docs/models_resnet50.png: jaxviz's techniques on models it did not write.
 
-    python docs/models.py            # about 2 minutes on a 2-core CPU, offline
+    python docs/models.py            # about 4 minutes on a 2-core CPU, offline
 
 1. A user's own flax.linen CNN, written as a user writes one (functional
    ``nn.relu``, flax's max pool, a global-average-pool head) and trained here
