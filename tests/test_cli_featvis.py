@@ -444,7 +444,7 @@ def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_pat
     assert code == 0 and "receptive field 8x8 px at stride 2; 6 images" in text
     whole = image.load(tmp_path / "whole.png")
     # the picture is the library's top patches of the folder (sorted, recursive; shortest side to 32, centre crop)
-    from jaxviz.commands.featmaps import iter_batches
+    from jaxviz.commands._outputs import iter_batches
     from jaxviz.featvis import patches as P
 
     paths = sorted(folder.rglob("*.png"))

@@ -23,7 +23,8 @@ def _normal(seed, *shape):
 
 
 def test_receptive_fields_by_hand():
-    net = models.vgg19()
+    # VGG19's layers at 4 channels each: the field is measured from the structure, not the widths
+    net = models.VGG(stages=tuple((4,) * len(s) for s in models.VGG19_STAGES), fc_features=8)
     assert P.receptive_field(net, "relu1_1") == (3, 1, -1)
     assert P.receptive_field(net, "pool1") == (6, 2, -2)  # 5 after two 3x3 convs, +1 by the pool
     assert P.receptive_field(net, "conv2_1") == (10, 2, -4)

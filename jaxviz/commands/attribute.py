@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import seed, writable_dir
-from .featmaps import Skips, iter_batches, random_weights_note
+from ._outputs import Skips, iter_batches, random_weights_note
 
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
 

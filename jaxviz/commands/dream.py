@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_model_args, check_image_size, model_and_params
-from .featmaps import add_output_args, checkpoint_path, finished, random_weights_note, save
+from ._outputs import add_output_args, checkpoint_path, finished, random_weights_note, save
 
 __all__ = ["register", "run", "parse_layers"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .featmaps import add_output_args, finished, random_weights_note, save
+from ._outputs import add_output_args, finished, random_weights_note, save
 from ._common import add_model_args
 from .neighbours import add_feature_args, folder_features
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_model_args, model_and_params
-from .featmaps import add_output_args, finished, random_weights_note, save
+from ._outputs import add_output_args, finished, random_weights_note, save
 
 __all__ = ["register", "run"]
 

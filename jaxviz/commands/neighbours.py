@@ -21,7 +21,7 @@ from ._common import (
     resolve_layer,
     weights_key,
 )
-from .featmaps import (
+from ._outputs import (
     Skips,
     add_folder_args,
     add_output_args,

@@ -22,7 +22,7 @@ from ._common import (
     resolve_layer,
     weights_key,
 )
-from .featmaps import (
+from ._outputs import (
     add_output_args,
     checkpoint_path,
     finished,

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_model_args, model_and_params
-from .featmaps import check_out, finished, random_weights_note, save
+from ._outputs import check_out, finished, random_weights_note, save
 
 __all__ = ["register", "run"]
 

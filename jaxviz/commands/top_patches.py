@@ -14,7 +14,7 @@ import sys
 
 from .._checks import index_ranges
 from ._common import add_model_args, file_stamps, model_and_params, weights_key
-from .featmaps import (
+from ._outputs import (
     Skips,
     add_folder_args,
     add_output_args,

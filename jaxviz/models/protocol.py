@@ -381,17 +381,19 @@ def _measure(model: Any, key: Any) -> tuple:
         return support(lambda p, x: model.run(p, x, (name,), output=False)[1][name], (params, x))
 
     # three copies of the image: the centre unit, its right and its lower neighbour, one vjp for all three
-    act, vjp = jax.vjp(fn, jnp.ones((3, h, w, 3), jnp.float32))
+    ones = jnp.ones((3, h, w, 3), jnp.float32)
+    act = jax.eval_shape(fn, ones)
     _, mh, mw, _ = act.shape
     if mh * mw < 2:
         raise ModelError(f"layer: {name!r} of {name_of(model)} is 1x1 at {h}x{w} px: no stride to measure; "
                          "pass a larger image_size")
     cy, cx = (mh - 1) // 2, (mw - 1) // 2
     units = [(cy, cx), (cy, min(cx + 1, mw - 1)), (min(cy + 1, mh - 1), cx)]
-    ct = jnp.zeros(act.shape, act.dtype)
+    ct = np.zeros(act.shape, act.dtype)
     for b, (y, x) in enumerate(units):
-        ct = ct.at[b, y, x, 0].set(1.0)
-    (g,) = vjp(ct)
+        ct[b, y, x, 0] = 1.0
+    # one compiled program (op-by-op dispatch of a deep network costs seconds of small compilations)
+    g = jax.jit(lambda x, c: jax.vjp(fn, x)[1](c)[0])(ones, ct)
     seen = np.asarray(jnp.abs(g).sum(-1)) > 0
     boxes = []
     for b in range(3):
