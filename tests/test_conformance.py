@@ -361,3 +361,43 @@ def test_a_model_without_relus_is_refused_by_the_relu_methods():
     for method in (A.guided_backprop, A.deconvnet):
         with pytest.raises(ModelError, match=r"^net: found no ReLU to swap in TappedModule\(Smooth\)"):
             method(net, params, x, 0)
+
+
+USER_MODELS = ["user_cnn", "residual", "nnx"]  # jaxviz's own models have their own style and render tests
+
+
+@pytest.mark.parametrize("case", USER_MODELS, indirect=True)
+def test_style_transfer_losses_equal_the_formulas_on_the_tap(case):
+    """Style transfer on any model: with the case's tap as content and style layer, the losses at the start
+    equal the course's formulas on activations read without the contract."""
+    from jaxviz import losses, style
+
+    content, painting = case.x[:1], case.x[1:]
+    overrides = dict(content_layers=((case.layer, 1.0),), style_layers=((case.layer, 1.0),), content_weight=1.0,
+                     style_weight=1.0, tv_weight=0.0, init="random", feature_scale=1.0, optimizer="adam",
+                     learning_rate=1e-3)
+    state = style.init(case.net, case.params, content, painting, preset="gatys", seed=3, **overrides)
+    got = style.evaluate(case.net, case.params, state)
+    cfg = state.config
+    a_g = case.tap(style.result(state)).astype(jnp.float32)
+    a_c = case.tap(content).astype(jnp.float32)
+    a_s = case.tap(painting).astype(jnp.float32)
+    want_c = losses.content_cost(a_c, a_g, normalization=cfg.content_normalization)
+    want_s = losses.gram_cost(losses.gram_target(a_s[0], normalization=cfg.style_normalization), a_g,
+                              normalization=cfg.style_normalization)
+    np.testing.assert_allclose(got.content, [want_c], rtol=1e-4)
+    np.testing.assert_allclose(got.style, [want_s], rtol=1e-4)
+    state, _ = style.update(case.net, case.params, state, steps=3)
+    after = style.evaluate(case.net, case.params, state)
+    assert float(after.total[0]) < float(got.total[0])  # it optimises the tap it was given
+
+
+@pytest.mark.parametrize("case", USER_MODELS, indirect=True)
+def test_activation_maximisation_raises_the_channel_read_without_the_contract(case):
+    from jaxviz.featvis import render as R
+
+    size = case.x.shape[1]
+    img, history = R.render(case.net, case.params, R.channel(case.layer, 0), key=jax.random.key(0), size=size,
+                            steps=12, transforms=None, return_history=True)
+    final = float(jnp.mean(case.tap(img)[..., 0]))
+    assert final > float(history[0]) and float(history[-1]) > float(history[0])
