@@ -401,3 +401,15 @@ def test_activation_maximisation_raises_the_channel_read_without_the_contract(ca
                             steps=12, transforms=None, return_history=True)
     final = float(jnp.mean(case.tap(img)[..., 0]))
     assert final > float(history[0]) and float(history[-1]) > float(history[0])
+
+
+@pytest.mark.parametrize("case", ["vgg16", "user_cnn"], indirect=True)
+def test_an_empty_batch_gives_empty_results(case):
+    """0 images in, 0 maps out, the image's layout kept (VGG's classifier divided by the batch size once)."""
+    empty = case.x[:0]
+    n, h, w, _ = empty.shape
+    for method in (A.saliency, A.input_x_gradient, A.integrated_gradients, A.smoothgrad, A.guided_backprop,
+                   A.deconvnet, A.occlusion):
+        assert method(case.net, case.params, empty, 0).shape == (0, h, w, 3), method.__name__
+    assert A.grad_cam(case.net, case.params, empty, 0, upsample=True).shape == (0, h, w)
+    assert maps.feature_maps(case.net, case.params, empty, case.layer).shape[0] == 0

@@ -222,6 +222,8 @@ def chunked_map(body: Callable[[jax.Array], Any], n: int, batch_size: int, *, un
     chunk size is the one in [batch_size / 2, batch_size] that wastes the
     fewest padded items (the last chunk is padded by repeating item n - 1).
     """
+    if n == 0:  # an empty batch: the body's own empty result
+        return body(jnp.zeros((0,), jnp.int32))
     b = min(batch_size, n)
     if even:
         b = min(range(max(1, -(-b // 2)), b + 1), key=lambda c: (-(-n // c) * c, -c))
@@ -264,6 +266,8 @@ def host_sum(chunk: Callable[[jax.Array], Any], n: int, batch_size: int) -> Any:
     runs ~3x slower). Under an outer ``jit``/``vmap`` the methods use
     :func:`chunked_sum` instead.
     """
+    if n == 0:
+        return chunk(jnp.zeros((0,), jnp.int32))
     b = min(batch_size, n)
     acc = None
     for start in range(0, n, b):
@@ -274,6 +278,8 @@ def host_sum(chunk: Callable[[jax.Array], Any], n: int, batch_size: int) -> Any:
 
 def host_map(chunk: Callable[[jax.Array], Any], n: int, batch_size: int) -> Any:
     """Like :func:`host_sum` but concatenates the per-item results of the chunks."""
+    if n == 0:
+        return chunk(jnp.zeros((0,), jnp.int32))
     b = min(batch_size, n)
     parts = [chunk(jnp.arange(start, min(start + b, n), dtype=jnp.int32)) for start in range(0, n, b)]
     if len(parts) == 1:
@@ -287,6 +293,9 @@ def chunked_sum(body: Callable[[jax.Array], Any], n: int, batch_size: int, segme
     Memory stays O(batch_size + num_segments) per leaf: a ``lax.scan`` over the
     full chunks carries the running sums (up to :data:`UNROLL` chunks are unrolled).
     """
+    if n == 0:
+        proto = jax.eval_shape(body, jnp.zeros((0,), jnp.int32))
+        return jax.tree.map(lambda s: jnp.zeros((num_segments,) + s.shape[1:], s.dtype), proto)
     b = min(batch_size, n)
     full, rem = divmod(n, b)
 

@@ -18,6 +18,7 @@ Networks", ICML 2017.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -104,7 +105,7 @@ def _finish(net, params, images, baselines, target_idx, total, *, target_fn, ret
         f(params, jnp.concatenate([images, baselines], 0)), target_fn,
         None if target_idx is None else jnp.concatenate([target_idx, target_idx]),
     )
-    delta = jnp.sum(attr.reshape(n, -1), axis=1) - (ends[:n] - ends[n:])
+    delta = jnp.sum(attr.reshape(n, math.prod(attr.shape[1:])), axis=1) - (ends[:n] - ends[n:])
     return attr, delta
 
 

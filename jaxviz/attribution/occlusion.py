@@ -83,6 +83,8 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
           approximate=None, groups=1):
     _common.count_trace("occlusion")
     n, h, w, _ = images.shape
+    if n == 0:  # no image to index into: the empty result of the same layout
+        return jnp.zeros(images.shape, jnp.float32)
     f = _common.forward(net)
     sh, sw = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
     nh, nw = len(sh), len(sw)

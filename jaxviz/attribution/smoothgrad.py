@@ -21,6 +21,7 @@ Lack Sensitivity to Parameter Values", 2018 (VarGrad).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Mapping
 
 import jax
@@ -167,7 +168,7 @@ def smoothgrad(
     else:
         if isinstance(noise_level, bool) or not isinstance(noise_level, (int, float, np.number)) or noise_level < 0:
             raise InputError(f"noise_level: expected a non-negative number, got {noise_level!r}")
-        flat = jnp.reshape(images, (n, -1))
+        flat = jnp.reshape(images, (n, math.prod(images.shape[1:])))  # (n, -1) fails for n = 0
         sigma = float(noise_level) * (jnp.max(flat, axis=1) - jnp.min(flat, axis=1))
     key = _checks.prng_keys(key, n)
     fn, idx = _common.prepare_target(target, n, net if _common.is_model(net) or callable(net) else None, params, images)

@@ -37,6 +37,7 @@ Large-Scale Image Recognition", ICLR 2015.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -257,7 +258,7 @@ class VGG(_taps.Tapped, nn.Module):
         if name == "avgpool":
             return adaptive_avg_pool(x, self.pool_output)
         if name == "fc6":
-            x = x.reshape(x.shape[0], -1)
+            x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch
         return nn.Dense(widths[name], dtype=self.dtype, name=name)(x)
 
 
