@@ -120,3 +120,25 @@ def test_resnet_attribute_equals_the_library(user, capsys):
     assert got.shape == (32, 32, 3)  # the map as the library returns it
     # batched with the other image, the gradient rounds a little differently: compare by relative L2
     assert np.linalg.norm(got - np.asarray(want[0])) / np.linalg.norm(want[0]) < 1e-5
+
+
+def test_picture_verbs_take_the_small_cnn(user, capsys):
+    root, folder = user
+    code, out, err = run(capsys, "featmaps", folder / "0.png", "--arch", "small-cnn", "--weights", "random",
+                         "--layer", "relu2", "--size", "32", "--out", root / "s.png")
+    assert code == 0, err
+    assert "relu2: 32 channels of 16x16" in out
+    from jaxviz.commands._common import _small_cnn
+
+    net, _ = _small_cnn()
+    import jax
+    import jax.numpy as jnp
+
+    params = net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # --seed 0
+    code, out, err = run(capsys, "top-patches", folder, "--arch", "small-cnn", "--weights", "random", "--layer",
+                         "relu3", "--channels", "0", "--k", "2", "--size", "32", "--out", root / "t.png",
+                         "--no-progress")
+    assert code == 0, err
+    x = np.concatenate([image.load(folder / f"{i}.png", size=32) for i in range(2)])
+    acts = np.asarray(net.apply(params, x, taps="relu3")["relu3"])[..., 0].reshape(2, -1).max(1)
+    assert f"channel 0: best {acts.max():.4g} in {folder / f'{int(acts.argmax())}.png'}" in out

@@ -73,7 +73,9 @@ def check_writable(folder: Path, flag: str) -> None:
 def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19", seed_also: str | None = None) -> None:
     """--arch, --model, --weights and --seed; ``seed_also`` names what else --seed draws (``render``'s start and
     transforms...), for its help and so a picture's settings keep it with pretrained weights."""
-    p.add_argument("--arch", default=default_arch, choices=sorted(models.ALL_ARCHS), help="network (default %(default)s)")
+    p.add_argument("--arch", default=default_arch, choices=sorted(models.ALL_ARCHS) + [SMALL_CNN],
+                   help="network (default %(default)s); small-cnn is the built-in shapes classifier (32 px; "
+                   "pretrained: the one `jaxviz demo` trains)")
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="your own model instead of --arch: FACTORY() in MODULE (importable, or a .py file) returns "
                    "(module, params) or a module whose params come from --weights FILE.safetensors (or random); "
@@ -107,6 +109,8 @@ def network(args: argparse.Namespace):
     """The network --arch or --model names (a --model's factory runs once per command)."""
     if getattr(args, "model", None):
         return user_model(args)[0]
+    if args.arch == SMALL_CNN:
+        return _small_cnn()[0]
     return models.get(args.arch)
 
 
@@ -187,12 +191,50 @@ def check_image_size(args: argparse.Namespace, x, min_size: int) -> None:
                          "use a larger --size")
 
 
+SMALL_CNN = "small-cnn"
+
+
+def _small_cnn():
+    """The built-in shapes classifier as ``jaxviz demo`` builds it, and its training configuration."""
+    from .. import datasets, train
+    from ..models.small_cnn import small_cnn
+
+    config = train.Config()
+    return small_cnn(num_classes=len(datasets.CLASSES), widths=config.widths, dropout=config.dropout), config
+
+
+def small_cnn_and_params(args: argparse.Namespace):
+    """The built-in shapes classifier: pretrained = the one ``jaxviz demo`` trains (cached; trained now, about a
+    minute, on first use), random, or a FILE written by jaxviz for it."""
+    from .. import train
+
+    net, config = _small_cnn()
+    if args.weights == "pretrained":
+        r = train.small_cnn_run(config, progress=not getattr(args, "no_progress", False))
+        return r.net, r.params
+    if args.weights == "random":
+        import jax
+        import jax.numpy as jnp
+
+        return net, net.init(jax.random.key(args.seed), jnp.zeros((1, config.size, config.size, 3)))
+    path = Path(args.weights)
+    if not path.exists():
+        raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {args.weights!r}")
+    params = weights.load_file(path)
+    if not train.params_fit(net, params, config.size):
+        raise InputError(f"--weights: {str(path)!r} does not hold the small-cnn's parameters "
+                         f"(expected a file written by jaxviz for --model small-cnn)")
+    return net, params
+
+
 def model_and_params(args: argparse.Namespace, *, classifier: bool = True, download: bool = True, **model_kwargs):
     """The network and params the --arch/--model/--weights/--seed arguments ask for (``download``: pretrained
     weights missing from the cache may be downloaded). ``classifier`` and ``model_kwargs`` (VGG options) are
     for the VGGs; a ResNet keeps its small head and takes none of them."""
     if getattr(args, "model", None):
         return user_model(args)
+    if args.arch == SMALL_CNN:
+        return small_cnn_and_params(args)
     if args.arch in models.RESNET_ARCHS:
         classifier, model_kwargs = True, {}
     else:

@@ -120,30 +120,13 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 def _model(args: argparse.Namespace):
     """(net, params, class names, default size)."""
-    from .. import datasets, train, weights
-    from ..errors import InputError
-    from ..models.small_cnn import small_cnn
+    from .. import datasets, train
 
     if args.model == "small-cnn":
-        config = train.Config()
-        if args.weights == "pretrained":
-            r = train.small_cnn_run(config, progress=not getattr(args, "no_progress", False))
-            return r.net, r.params, list(datasets.CLASSES), config.size
-        net = small_cnn(num_classes=len(datasets.CLASSES), widths=config.widths, dropout=config.dropout)
-        if args.weights == "random":
-            import jax
-            import jax.numpy as jnp
+        from ._common import small_cnn_and_params
 
-            params = net.init(jax.random.key(args.seed), jnp.zeros((1, config.size, config.size, 3)))
-        else:
-            path = Path(args.weights)
-            if not path.exists():
-                raise InputError(f"--weights: expected 'pretrained', 'random' or an existing file, got {args.weights!r}")
-            params = weights.load_file(path)
-            if not train.params_fit(net, params, config.size):
-                raise InputError(f"--weights: {str(path)!r} does not hold the small-cnn's parameters "
-                                 f"(expected a file written by jaxviz for --model small-cnn)")
-        return net, params, list(datasets.CLASSES), config.size
+        net, params = small_cnn_and_params(args)
+        return net, params, list(datasets.CLASSES), train.Config().size
     from ._common import imagenet_classes, model_and_params
 
     if ":" in args.model:  # the user's own: its classes are its output's indices
