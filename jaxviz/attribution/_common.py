@@ -41,9 +41,9 @@ def check_net(net: Any, method: str, *, model_only: bool = False) -> None:
     callable ``f(params, images)``; a Flax NNX module is told to split itself first."""
     if is_model(net) or isinstance(net, nn.Module):
         return
-    if _is_nnx(net):
-        raise InputError("net: a Flax NNX module holds its parameters; split it first: "
-                         "net, params = jaxviz.models.from_nnx(module)")
+    from ..models.adapters import refuse_nnx
+
+    refuse_nnx(net)
     if model_only:
         raise InputError(
             f"net: {method} needs a model with named taps (a jaxviz model, a flax.linen module, "
@@ -51,14 +51,6 @@ def check_net(net: Any, method: str, *, model_only: bool = False) -> None:
         )
     if not callable(net):
         raise InputError(f"net: expected a jaxviz model or a callable f(params, images) -> logits, got {type(net).__name__}")
-
-
-def _is_nnx(net: Any) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(net, nnx.Module)
 
 
 def model(net: Any, images: Any = None) -> Any:

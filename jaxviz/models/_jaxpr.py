@@ -135,7 +135,8 @@ def _support_eqn(eqn: Any, invals: list) -> list | None:
         return [jnp.sum(invals[0], axis=tuple(p["axes"]))]
     if name in ("reduce_window_max", "reduce_window_min"):
         x = invals[0]
-        return [jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, p["window_dimensions"],
+        # a concrete NumPy zero: lax.reduce_window then binds reduce_window_sum (differentiable), also under jit
+        return [jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, p["window_dimensions"],
                                       p["window_strides"], p["padding"], p["base_dilation"], p["window_dilation"])]
     if name == "select_n" and jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating):
         return [functools.reduce(jnp.add, invals[1:])]

@@ -124,12 +124,17 @@ def run(
     for name in order[begin : stop + 1]:
         x = layer(name, x)
         if name in added:
-            if jnp.shape(added[name]) != x.shape:
-                raise InputError(f"perturb: {name!r} has activations of shape {x.shape}, got an array of shape "
-                                 f"{jnp.shape(added[name])}")
-            x = x + added[name].astype(x.dtype)
+            x = x + check_perturbation(name, x.shape, added[name]).astype(x.dtype)
         outputs[name] = x if name in wanted.values() else None
     return x if single else {k: outputs[wanted[k]] for k in requested}
+
+
+def check_perturbation(name: str, shape: Sequence[int], delta: Any) -> Any:
+    """``delta`` if it has the tap's activation shape; else an InputError naming ``perturb`` and the tap."""
+    if tuple(jnp.shape(delta)) != tuple(shape):
+        raise InputError(f"perturb: {name!r} has activations of shape {tuple(shape)}, got an array of shape "
+                         f"{tuple(jnp.shape(delta))}")
+    return jnp.asarray(delta)
 
 
 class Tapped:

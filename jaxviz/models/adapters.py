@@ -118,10 +118,7 @@ class TappedModule:
                     return out
                 path = "/".join(context.module.path)
                 if path in added:
-                    if jnp.shape(added[path]) != jnp.shape(out):
-                        raise InputError(f"perturb: {path!r} has activations of shape {jnp.shape(out)}, got an array "
-                                         f"of shape {jnp.shape(added[path])}")
-                    out = out + added[path].astype(out.dtype)
+                    out = out + _taps.check_perturbation(path, jnp.shape(out), added[path]).astype(out.dtype)
                 if path in wanted.values():
                     seen[path] = out
                 return out
@@ -263,13 +260,9 @@ class FunctionModel:
             if added:
                 shapes = jax.eval_shape(fn, variables, images)
                 y_leaves = len(jax.tree_util.tree_leaves(shapes[0]))
-                keys = list(shapes[1])  # the dict's leaves, in its (sorted) flattening order
-                order = sorted(keys)
+                order = sorted(shapes[1])  # the taps dict's leaves, in its (sorted) flattening order
                 for name, delta in added.items():
-                    want = shapes[1][name].shape
-                    if jnp.shape(delta) != want:
-                        raise InputError(f"perturb: {name!r} has activations of shape {want}, got an array of shape "
-                                         f"{jnp.shape(delta)}")
+                    delta = _taps.check_perturbation(name, shapes[1][name].shape, delta)
                     flat_index[y_leaves + order.index(name)] = delta
             y, acts = _with_relus(fn, (variables, images), relu, flat_index)
         return (y if output else None), {n: acts[c] for n, c in wanted.items()}
@@ -373,18 +366,22 @@ def from_nnx(module: Any, *, input_shape: Sequence[int] | None = None, **options
     return from_function(fn, params=state, input_shape=input_shape, **options), state
 
 
+def refuse_nnx(net: Any) -> None:
+    """An InputError for a Flax NNX module passed where a model is expected: it must be split first."""
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax without nnx
+        return
+    if isinstance(net, nnx.Module):
+        raise InputError("net: a Flax NNX module holds its parameters; split it first: "
+                         "net, params = jaxviz.models.from_nnx(module)")
+
+
 def adapt(net: Any, input_shape: Sequence[int] | None = None) -> Any:
     """The adapter for ``net`` (see :func:`jaxviz.models.protocol.as_model`)."""
     if isinstance(net, nn.Module):
         return tapped(net, input_shape=input_shape)
-    try:
-        from flax import nnx
-
-        if isinstance(net, nnx.Module):
-            raise InputError("net: a Flax NNX module holds its parameters; split it first: "
-                             "net, params = models.from_nnx(module)")
-    except ImportError:  # pragma: no cover - flax without nnx
-        pass
+    refuse_nnx(net)
     if callable(net):
         return from_function(net)
     raise InputError(f"net: expected a jaxviz model, a flax module or a function f(params, x), got "
