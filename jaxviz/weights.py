@@ -145,14 +145,14 @@ def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True)
       A Flax params pytree ``{"params": {...}}`` of float32 arrays.
     """
     net = _net_for(arch)
-    if isinstance(net, ResNet):
-        return _random_resnet(net, seed)
-    classifier = classifier and net.classifier
-    # NumPy's generator: drawing VGG19's 140M normals with jax.random on a CPU takes
-    # ~20 s (threefry plus one compile per shape); NumPy takes well under a second.
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed: expected a non-negative int, got {seed!r}")
+    # NumPy's generator: drawing VGG19's 140M normals with jax.random on a CPU takes
+    # ~20 s (threefry plus one compile per shape); NumPy takes well under a second.
     rng = np.random.default_rng(seed)
+    if isinstance(net, ResNet):
+        return _random_resnet(net, rng)
+    classifier = classifier and net.classifier
     params: dict[str, dict[str, jax.Array]] = {}
     cin = 3
     for b, stage in enumerate(net.stages, 1):
@@ -174,12 +174,9 @@ def random(arch: str | VGG = "vgg19", seed: int = 0, *, classifier: bool = True)
     return {"params": params}
 
 
-def _random_resnet(net: ResNet, seed: Any) -> dict:
+def _random_resnet(net: ResNet, rng: np.random.Generator) -> dict:
     """torchvision's ResNet init with BatchNorm at its initial state folded in: convolutions Kaiming normal
     (``fan_out``, gain sqrt(2)), zero biases; ``fc`` uniform(+-1/sqrt(fan_in)) weight and bias (``nn.Linear``'s)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed: expected a non-negative int, got {seed!r}")
-    rng = np.random.default_rng(seed)
     shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     scale = np.float32(1.0 / np.sqrt(1.0 + 1e-5))  # a fresh BatchNorm in inference mode: x / sqrt(1 + eps)
 
