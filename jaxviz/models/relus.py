@@ -134,10 +134,22 @@ def count(net: Any, params: Any, images: Any) -> int:
       images: an input (only its shape matters).
 
     Returns:
-      The number of ReLUs :func:`swap` would replace.
+      The number of ReLUs :func:`swap` would replace. Cached by the model and the shapes, so a method that
+      checks before every call traces the network once.
     """
-    from .protocol import as_model
+    from .protocol import _params_key, as_model
 
     model = as_model(net)
-    x = jax.ShapeDtypeStruct(jnp.shape(images), jnp.result_type(images))
+    key = (_params_key(params), tuple(jnp.shape(images)), str(jnp.result_type(images)))
+    try:
+        return _count_cached(model, key)
+    except TypeError:  # an unhashable model: no cache
+        return _count_cached.__wrapped__(model, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _count_cached(model: Any, key: Any) -> int:
+    (treedef, sig), shape, dtype = key
+    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in sig])
+    x = jax.ShapeDtypeStruct(shape, dtype)
     return _jaxpr.count_relus(lambda p, x: model.run(p, x)[0], params, x)
