@@ -104,16 +104,14 @@ def pair(value: Any, name: str) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _num_outputs(net: Any, params_sig: Any, image_sig: Any) -> Any:
-    treedef, shapes = params_sig
-    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+    params = protocol._abstract_params(params_sig)
     images = jax.ShapeDtypeStruct(*image_sig)
     return jax.eval_shape(forward(net), params, images).shape
 
 
 def output_shape(net: Any, params: Any, images: Any) -> tuple[int, ...]:
     """The shape of ``f(params, images[:1])`` without running it (cached by shapes)."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    sig = (treedef, tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves))
+    sig = protocol._params_key(params)
     try:
         return _num_outputs(net, sig, ((1,) + tuple(images.shape[1:]), jnp.float32))
     except TypeError:  # unhashable net: no cache

@@ -202,19 +202,21 @@ def layer_gradient(net: Any, params: Any, images: Any, layer: str, score: Callab
 # measured structure
 
 
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), tree)
-
-
 def _params_key(params: Any) -> Any:
+    """A hashable signature of a params tree (its structure, each leaf's shape and dtype): a cache key."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     return treedef, tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
 
 
+def _abstract_params(key: Any) -> Any:
+    """The params tree of a :func:`_params_key` signature, as ``jax.ShapeDtypeStruct`` leaves."""
+    treedef, sig = key
+    return jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in sig])
+
+
 @functools.lru_cache(maxsize=64)
 def _shapes(net: Any, key: Any, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    treedef, sig = key
-    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in sig])
+    params = _abstract_params(key)
     x = jax.ShapeDtypeStruct(image_shape, jnp.float32)
     out = jax.eval_shape(lambda p, x: net.run(p, x, net.layers, output=False)[1], params, x)
     return {k: tuple(v.shape) for k, v in out.items()}

@@ -149,7 +149,9 @@ def count(net: Any, params: Any, images: Any) -> int:
 
 @functools.lru_cache(maxsize=64)
 def _count_cached(model: Any, key: Any) -> int:
-    (treedef, sig), shape, dtype = key
-    params = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in sig])
+    from .protocol import _abstract_params
+
+    params_key, shape, dtype = key
+    params = _abstract_params(params_key)
     x = jax.ShapeDtypeStruct(shape, dtype)
     return _jaxpr.count_relus(lambda p, x: model.run(p, x)[0], params, x)
