@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxviz import attribution as A
+from jaxviz import execution
 from jaxviz.attribution import _common
 from jaxviz.errors import InputError, ModelError
 
@@ -581,15 +582,15 @@ def test_chunked_map_even_chunks_compile_one_program():
         calls.append(idx.shape[0])
         return idx * 2
 
-    out = jax.jit(lambda: _common.chunked_map(body, 81, 16, even=True))()
+    out = jax.jit(lambda: execution.chunked_map(body, 81, 16, even=True))()
     np.testing.assert_array_equal(out, 2 * np.arange(81))
     assert calls == [9]  # 9 chunks of 9: no remainder program, nothing padded
     calls.clear()
-    out = jax.jit(lambda: _common.chunked_map(body, 23, 16, even=True))()
+    out = jax.jit(lambda: execution.chunked_map(body, 23, 16, even=True))()
     np.testing.assert_array_equal(out, 2 * np.arange(23))
     assert calls == [12]  # 2 chunks of 12, the last item repeated once
     calls.clear()
-    jax.jit(lambda: _common.chunked_map(body, 23, 16))()
+    jax.jit(lambda: execution.chunked_map(body, 23, 16))()
     assert calls == [16, 7]  # the plain form: a full chunk and a remainder
 
 
@@ -697,7 +698,7 @@ def test_vgg_gradients_use_flipped_convolutions_and_match_the_plain_callable():
     params = weights.random(net, seed=3)
     x = jax.random.uniform(jax.random.key(4), (2, 32, 32, 3))
     plain = lambda p, v: net.apply(p, v)  # noqa: E731
-    steps, bs = 4 * (_common.UNROLL + 1), 2
+    steps, bs = 4 * (execution.UNROLL + 1), 2
     with pytest.raises(TypeError, match="custom_vjp"):  # reverse mode only: the flipped form is in use
         jax.jvp(lambda v: _common.forward(net)(params, v), (x,), (x,))
     jax.jvp(lambda v: _common.forward(plain)(params, v), (x,), (x,))

@@ -169,7 +169,7 @@ def test_parameterisations_give_images_in_unit_range_of_the_right_size():
 def test_transforms_by_hand():
     x = _uniform(1, 2, 9, 9, 3)
     key = jax.random.key(2)
-    affine = jax.jit(R._affine)  # one program for every zoom and angle
+    affine = jax.jit(R.transforms._affine)  # one program for every zoom and angle
     np.testing.assert_allclose(affine(x, 1.0, 0.0), x, atol=1e-6)
     rot = affine(x, 1.0, np.pi / 2)
     assert any(np.allclose(rot, np.rot90(x, k, axes=(1, 2)), atol=1e-5) for k in (1, 3))
@@ -263,12 +263,12 @@ def test_render_each_equals_a_loop_of_renders_and_compiles_once(params):
     keys2 = jax.random.split(key, 2)
     single = R.render(NET, params, R.channel("relu2_1", 4), key=keys2[1], **std)
     np.testing.assert_allclose(batch_std[1], single[0], atol=1e-5)
-    size = R._run_each._cache_size()
+    size = R.loop._run_each._cache_size()
     R.render_channels(NET, params, "relu2_1", [0, 2, 3], key=jax.random.key(8), **kw)
-    assert R._run_each._cache_size() == size  # other channels, other key: no re-trace
-    size = R._run._cache_size()
+    assert R.loop._run_each._cache_size() == size  # other channels, other key: no re-trace
+    size = R.loop._run._cache_size()
     R.render(NET, params, R.channel("relu2_1", 5), key=keys[0], **kw)
-    assert R._run._cache_size() == size
+    assert R.loop._run._cache_size() == size
 
 
 def test_render_each_takes_a_plain_list_of_values_as_the_array():
@@ -337,7 +337,7 @@ def test_render_errors(params):
         R.render(NET, params, R.channel("relu2_1", 0), key=jax.random.key(0), optimizer="adam")
     with pytest.raises(InputError, match=r"^channels: relu2_1 has 16 channels \(0-15\), got 16$"):
         R.render_channels(NET, params, "relu2_1", [3, 16], key=jax.random.key(0))
-    assert isinstance(R._optimizer(optax.sgd(0.1), 0.05), optax.GradientTransformation)
+    assert isinstance(R.loop._optimizer(optax.sgd(0.1), 0.05), optax.GradientTransformation)
     for bad in (0, -0.1, "0.1", True, float("nan")):
         with pytest.raises(InputError, match=r"^learning_rate: expected a positive number, got "):
             R.render(NET, params, R.channel("relu2_1", 0), key=jax.random.key(0), steps=1, learning_rate=bad)

@@ -66,7 +66,7 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
     Max pools are evaluated by :func:`._fastpool.fast_pools` (same values and gradients, faster on CPU).
     """
     from ..models import relus
-    from ..models.vgg import reverse_mode
+    from ..execution import reverse_mode
     from ._fastpool import fast_pools
 
     # the methods only differentiate in reverse mode: convolution input gradients as flipped-kernel
@@ -194,118 +194,6 @@ def in_range(idx: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
 def gather_target(idx: jax.Array | None, rows: jax.Array) -> jax.Array | None:
     return None if idx is None else idx[rows]
-
-
-# --------------------------------------------------------------------------------------------
-# chunked evaluation (the one batch_size knob)
-
-
-def chunked_map(body: Callable[[jax.Array], Any], n: int, batch_size: int, *, unroll: bool = False,
-                even: bool = False) -> Any:
-    """Evaluates ``body(idx)`` for idx = 0..n-1 in chunks of ``batch_size`` and stacks the results.
-
-    ``body`` takes an int32 vector of item indices (length <= batch_size) and
-    returns a pytree whose leaves have that length as leading axis. Full chunks
-    run in a ``lax.map`` (compiled once), the remainder in one extra call;
-    with ``unroll`` up to :data:`UNROLL` chunks are unrolled instead. With
-    ``even`` there is no remainder call (one program instead of two): the
-    chunk size is the one in [batch_size / 2, batch_size] that wastes the
-    fewest padded items (the last chunk is padded by repeating item n - 1).
-    """
-    if n == 0:  # an empty batch: the body's own empty result
-        return body(jnp.zeros((0,), jnp.int32))
-    b = min(batch_size, n)
-    if even:
-        b = min(range(max(1, -(-b // 2)), b + 1), key=lambda c: (-(-n // c) * c, -c))
-        chunks = -(-n // b)
-        if chunks * b != n:
-            def padded(idx):
-                return body(jnp.minimum(idx, n - 1))
-
-            ys = chunked_map(padded, chunks * b, b, unroll=unroll)
-            return jax.tree.map(lambda y: y[:n], ys)
-    full, rem = divmod(n, b)
-    parts = []
-    if full == 1 or (unroll and full <= UNROLL):  # unroll: for backward passes (slow in a while loop)
-        parts += [body(c * b + jnp.arange(b, dtype=jnp.int32)) for c in range(full)]
-    elif full > 1:
-        ys = jax.lax.map(lambda c: body(c * b + jnp.arange(b, dtype=jnp.int32)), jnp.arange(full, dtype=jnp.int32))
-        parts.append(jax.tree.map(lambda y: y.reshape((full * b,) + y.shape[2:]), ys))
-    if rem:
-        parts.append(body(full * b + jnp.arange(rem, dtype=jnp.int32)))
-    if len(parts) == 1:
-        return parts[0]
-    return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=0), *parts)
-
-
-#: chunked_sum unrolls up to this many chunks inside a trace instead of using lax.scan.
-UNROLL = 8
-
-
-def is_traced(*trees: Any) -> bool:
-    """True when any leaf is a tracer (the method is being traced by jit/vmap/grad from outside)."""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
-
-
-def host_sum(chunk: Callable[[jax.Array], Any], n: int, batch_size: int) -> Any:
-    """Sums ``chunk(idx)`` over chunks of item indices, looping on the host.
-
-    Used when a method is called eagerly: ``chunk`` is a jitted function
-    (compiled once per chunk shape), so the loop costs one dispatch per chunk,
-    and XLA:CPU runs each backward pass at full speed (inside a ``lax.scan`` it
-    runs ~3x slower). Under an outer ``jit``/``vmap`` the methods use
-    :func:`chunked_sum` instead.
-    """
-    if n == 0:
-        return chunk(jnp.zeros((0,), jnp.int32))
-    b = min(batch_size, n)
-    acc = None
-    for start in range(0, n, b):
-        out = chunk(jnp.arange(start, min(start + b, n), dtype=jnp.int32))
-        acc = out if acc is None else jax.tree.map(jnp.add, acc, out)
-    return acc
-
-
-def host_map(chunk: Callable[[jax.Array], Any], n: int, batch_size: int) -> Any:
-    """Like :func:`host_sum` but concatenates the per-item results of the chunks."""
-    if n == 0:
-        return chunk(jnp.zeros((0,), jnp.int32))
-    b = min(batch_size, n)
-    parts = [chunk(jnp.arange(start, min(start + b, n), dtype=jnp.int32)) for start in range(0, n, b)]
-    if len(parts) == 1:
-        return parts[0]
-    return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=0), *parts)
-
-
-def chunked_sum(body: Callable[[jax.Array], Any], n: int, batch_size: int, segments: jax.Array, num_segments: int) -> Any:
-    """Sums ``body(idx)`` over items into ``num_segments`` rows: out[s] = sum of items with segments[item] == s.
-
-    Memory stays O(batch_size + num_segments) per leaf: a ``lax.scan`` over the
-    full chunks carries the running sums (up to :data:`UNROLL` chunks are unrolled).
-    """
-    if n == 0:
-        proto = jax.eval_shape(body, jnp.zeros((0,), jnp.int32))
-        return jax.tree.map(lambda s: jnp.zeros((num_segments,) + s.shape[1:], s.dtype), proto)
-    b = min(batch_size, n)
-    full, rem = divmod(n, b)
-
-    def add(acc, idx):
-        vals = body(idx)
-        seg = segments[idx]
-        return jax.tree.map(lambda a, v: a + jax.ops.segment_sum(v, seg, num_segments), acc, vals)
-
-    proto = jax.eval_shape(body, jnp.zeros((b,), jnp.int32))
-    acc = jax.tree.map(lambda s: jnp.zeros((num_segments,) + s.shape[1:], s.dtype), proto)
-    if full <= UNROLL:  # XLA:CPU runs backward passes inside a while loop ~3x slower: unroll short loops
-        for c in range(full):
-            acc = add(acc, c * b + jnp.arange(b, dtype=jnp.int32))
-    else:
-        acc, _ = jax.lax.scan(
-            lambda a, c: (add(a, c * b + jnp.arange(b, dtype=jnp.int32)), None), acc, jnp.arange(full, dtype=jnp.int32)
-        )
-    if rem:
-        acc = add(acc, full * b + jnp.arange(rem, dtype=jnp.int32))
-    return acc
 
 
 def check_batch_size(batch_size: Any) -> int:

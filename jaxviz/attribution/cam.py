@@ -29,7 +29,7 @@ from .. import _checks
 from ..errors import InputError
 from . import _common
 from ..models import protocol
-from ..models.vgg import reverse_mode
+from ..execution import reverse_mode
 from .guided import guided_backprop
 
 __all__ = ["grad_cam", "cam", "guided_grad_cam", "INTERPOLATIONS"]

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, execution
 from ..errors import InputError
 from . import _common
 from .saliency import gradients
@@ -111,7 +111,7 @@ def _finish(net, params, images, baselines, target_idx, total, *, target_fn, ret
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "batch_size", "return_delta"))
 def _traced(net, params, images, baselines, target_idx, alphas, weights, *, target_fn, batch_size, return_delta):
-    # under an outer transform: the chunks run inside this trace (see _common.chunked_sum)
+    # under an outer transform: the chunks run inside this trace (see execution.chunked_sum)
     _common.count_trace("integrated_gradients")
     n, steps = images.shape[0], alphas.shape[0]
 
@@ -119,7 +119,7 @@ def _traced(net, params, images, baselines, target_idx, alphas, weights, *, targ
         return _weighted_gradients(net, params, images, baselines, target_idx, alphas, weights, k, target_fn)
 
     items = steps * n
-    total = _common.chunked_sum(body, items, batch_size, jnp.arange(items, dtype=jnp.int32) % n, n)
+    total = execution.chunked_sum(body, items, batch_size, jnp.arange(items, dtype=jnp.int32) % n, n)
     return _finish(net, params, images, baselines, target_idx, total, target_fn=target_fn, return_delta=return_delta)
 
 
@@ -170,11 +170,11 @@ def integrated_gradients(
     base = _common.broadcast_baseline(baselines, images)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     alphas, weights = jnp.asarray(alphas, jnp.float32), jnp.asarray(weights, jnp.float32)
-    if _common.is_traced(params, images, base, idx):
+    if execution.is_traced(params, images, base, idx):
         return _traced(net, params, images, base, idx, alphas, weights, target_fn=fn, batch_size=batch_size,
                        return_delta=bool(return_delta))
     # eager: one compiled chunk function, looped over on the host (no while loop around the backward pass)
-    total = _common.host_sum(
+    total = execution.host_sum(
         lambda k: _chunk(net, params, images, base, idx, alphas, weights, k, target_fn=fn),
         steps * images.shape[0], batch_size)
     return _finish(net, params, images, base, idx, total, target_fn=fn, return_delta=bool(return_delta))

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, execution
 from ..errors import InputError
 from . import _common
 
@@ -103,7 +103,7 @@ def _curve_core(net, params, images, attributions, baseline, target_idx, *, targ
             out = jax.nn.softmax(out, axis=-1)
         return _common.scores(out, target_fn, _common.gather_target(target_idx, i))
 
-    curve = _common.chunked_map(body, n * (steps + 1), batch_size).reshape(n, steps + 1)
+    curve = execution.chunked_map(body, n * (steps + 1), batch_size).reshape(n, steps + 1)
     return curve, auc(curve)
 
 
@@ -184,7 +184,7 @@ def _infidelity_core(net, params, images, attributions, stdev, key, target_idx, 
         a_dot = jnp.sum((attributions[i] * pert).reshape(k.shape[0], -1), axis=1)
         return a_dot, clean[i] - out
 
-    a_dot, diff = _common.chunked_map(body, n * samples, batch_size)
+    a_dot, diff = execution.chunked_map(body, n * samples, batch_size)
     a_dot, diff = a_dot.reshape(n, samples), diff.reshape(n, samples)
     if not normalize:
         return jnp.sum((a_dot - diff) ** 2, axis=1) / samples
@@ -290,7 +290,7 @@ def _sens_traced(net, params, images, radius, key, target_idx, dyn_opts, ref_fla
                  static_opts, samples, batch_size, pass_batch):
     _common.count_trace("max_sensitivity")
     opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
-    return _common.chunked_map(
+    return execution.chunked_map(
         lambda k: _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn,
                               base, samples),
         images.shape[0] * samples, batch_size, unroll=True)
@@ -336,10 +336,10 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, **kw)
     radius = jnp.float32(radius)
     n = images.shape[0]
-    if _common.is_traced(params, images, key, idx, dyn_opts):
+    if execution.is_traced(params, images, key, idx, dyn_opts):
         sens = _sens_traced(net, params, images, radius, key, idx, dyn_opts, ref_flat, ref_norm, **kw)
-    else:  # eager: host loop over one compiled chunk function (see _common.host_sum)
-        sens = _common.host_map(
+    else:  # eager: host loop over one compiled chunk function (see execution.host_sum)
+        sens = execution.host_map(
             lambda k: _sens_chunk(net, params, images, radius, key, idx, dyn_opts, ref_flat, ref_norm, k, **kw),
             n * samples, batch_size)
     return jnp.max(sens.reshape(n, samples), axis=1)

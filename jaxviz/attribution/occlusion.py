@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, execution
 from ..errors import InputError
 from . import _common, _incremental
 
@@ -101,7 +101,7 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
                 out = _incremental.occluded_outputs(net, params, state, g, (h, w), i, r // nc, r % nc)
                 return _common.scores(out, target_fn, _common.gather_target(target_idx, i))
 
-            parts.append(_common.chunked_map(body, n * nr * nc, batch_size, even=len(plan.groups) > 1))
+            parts.append(execution.chunked_map(body, n * nr * nc, batch_size, even=len(plan.groups) > 1))
             ii, rr, cc = np.meshgrid(np.arange(n), np.asarray(g.rows), np.asarray(g.cols), indexing="ij")
             where.append(((ii * nh + rr) * nw + cc).ravel())
         flat = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
@@ -122,7 +122,7 @@ def _core(net, params, images, baseline, target_idx, *, target_fn, window, strid
             x = jax.vmap(occlude)(i, j)
             return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
 
-        occluded = _common.chunked_map(body, n * per_image, batch_size).reshape(n, nh, nw)
+        occluded = execution.chunked_map(body, n * per_image, batch_size).reshape(n, nh, nw)
     clean = _common.scores(f(params, images), target_fn, target_idx)
     maps = combine(clean[:, None, None] - occluded, _coverage(h, window[0], sh), _coverage(w, window[1], sw))
     return jnp.broadcast_to(maps[..., None], images.shape)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, execution
 from ..errors import InputError
 from . import _common
 
@@ -79,7 +79,7 @@ def _chunk(net, params, images, sigma, key, target_idx, dyn_opts, k, *, target_f
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _traced(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn, base, static_opts, samples,
             batch_size, pass_batch):
-    # under an outer transform: the chunks run inside this trace (see _common.chunked_sum)
+    # under an outer transform: the chunks run inside this trace (see execution.chunked_sum)
     _common.count_trace("smoothgrad")
     n = images.shape[0]
     opts = _options(static_opts, dyn_opts, pass_batch, batch_size)
@@ -88,7 +88,7 @@ def _traced(net, params, images, sigma, key, target_idx, dyn_opts, *, target_fn,
     def body(k):
         return _item_maps(net, params, images, sigma, key, target_idx, opts, k, target_fn, base, samples)
 
-    return _common.chunked_sum(body, n * samples, batch_size, img_of, n)
+    return execution.chunked_sum(body, n * samples, batch_size, img_of, n)
 
 
 def _combine(mean, mean_sq, variant):
@@ -176,10 +176,10 @@ def smoothgrad(
     pass_batch = _common.accepts(base, "batch_size")
     kw = dict(target_fn=fn, base=base, static_opts=static_opts, samples=samples, batch_size=batch_size,
               pass_batch=pass_batch)
-    if _common.is_traced(params, images, key, idx, dyn_opts):
+    if execution.is_traced(params, images, key, idx, dyn_opts):
         total, total_sq = _traced(net, params, images, sigma, key, idx, dyn_opts, **kw)
-    else:  # eager: one compiled chunk function, looped over on the host (see _common.host_sum)
-        total, total_sq = _common.host_sum(
+    else:  # eager: one compiled chunk function, looped over on the host (see execution.host_sum)
+        total, total_sq = execution.host_sum(
             lambda k: _chunk(net, params, images, sigma, key, idx, dyn_opts, k, **kw), n * samples, batch_size)
     mean, mean_sq = total / samples, total_sq / samples
     return _combine(mean, mean_sq, variant)

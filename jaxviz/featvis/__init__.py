@@ -10,11 +10,13 @@ Submodules:
 * :mod:`jaxviz.featvis.patches`: top-activating patches over a folder
   (Zeiler & Fergus), streamed with bounded memory.
 
-DeepDream lives in :mod:`jaxviz.dream`; feature vectors, nearest neighbours,
-PCA and t-SNE in :mod:`jaxviz.embed`.
+* :mod:`jaxviz.featvis.dream`: DeepDream (octaves, tiles, guides), with
+  checkpoints (also importable as :mod:`jaxviz.dream`).
+* :mod:`jaxviz.featvis.embed`: feature vectors, nearest neighbours, PCA and
+  t-SNE (also importable as :mod:`jaxviz.embed`).
 """
 
-from . import maps, patches, render
+from . import dream, embed, maps, patches, render
 from .maps import feature_maps, feature_map_grid, filter_grid, filters
 from .patches import ReceptiveField, TopPatches, patch_grid, receptive_field, top_patches
 from .render import (
@@ -35,6 +37,8 @@ from .render import (
 from .render import render as render_image
 
 __all__ = [
+    "dream",
+    "embed",
     "maps",
     "patches",
     "render",

@@ -28,6 +28,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from .. import execution
+
 __all__ = ["conv_flipped_grad", "max_pool"]
 
 
@@ -158,7 +160,7 @@ def _flippable(cfg, lhs):
 def _patches_pay(lhs_shape, g_shape) -> bool:
     """Whether the patch-matrix input gradient is the faster one here (XLA:CPU, small maps or RGB input)."""
     rows = g_shape[0] * g_shape[1] * g_shape[2]
-    return jax.default_backend() == "cpu" and (rows <= PATCH_ROWS or lhs_shape[3] <= PATCH_CHANNELS)
+    return execution.on_cpu() and (rows <= PATCH_ROWS or lhs_shape[3] <= PATCH_CHANNELS)
 
 
 def _patches(x, rhs, padding, out_hw):

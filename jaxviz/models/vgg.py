@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import _taps
+from ..execution import reverse_mode  # noqa: F401  (re-exported: models.reverse_mode)
 from .layers import conv_auto_grad, conv_flipped_grad, max_pool
 
 __all__ = [
@@ -260,21 +261,6 @@ class VGG(_taps.Tapped, nn.Module):
         if name == "fc6":
             x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch
         return nn.Dense(widths[name], dtype=self.dtype, name=name)(x)
-
-
-def reverse_mode(net: Any) -> Any:
-    """``net`` set up for code that differentiates it in reverse mode only.
-
-    A module with ``conv_grad="jax"`` (the default, which keeps ``jax.jvp``
-    working) comes back as ``net.clone(conv_grad="auto")``: full-speed input
-    gradients inside loop bodies, small maps' as matrix products on the CPU.
-    Anything else (another ``conv_grad`` chosen by the user, a plain callable)
-    comes back unchanged. Attribution, style transfer, activation
-    maximisation and DeepDream call this.
-    """
-    if isinstance(net, nn.Module) and getattr(net, "conv_grad", None) == "jax":
-        return net.clone(conv_grad="auto")
-    return net
 
 
 def vgg16(**kwargs: Any) -> VGG:
