@@ -232,7 +232,7 @@ def memory(size: int, remat: bool) -> None:
                       learning_rate=0.02, remat=remat)
     jax.block_until_ready(state.image)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    compiled = style._update_jit.lower(net, params, state.replace(config=style._step_key(state.config))).compile()
+    compiled = style.objective._update_jit.lower(net, params, state.replace(config=style.objective._step_key(state.config))).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
     t = time.perf_counter()
     state, l = style.update(net, params, state)
