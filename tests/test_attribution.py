@@ -574,8 +574,6 @@ def test_auto_groups_weighs_saved_work_against_compilation():
 
 
 def test_chunked_map_even_chunks_compile_one_program():
-    from jaxviz.attribution import _common
-
     calls = []
 
     def body(idx):

@@ -14,7 +14,6 @@ import pytest
 
 from jaxviz import attribution, cli, datasets, image, viz
 from jaxviz.commands import attribute as attribute_cmd
-from jaxviz.commands import demo
 from jaxviz.models.small_cnn import small_cnn
 
 N = 7
@@ -73,15 +72,15 @@ def test_outputs_equal_library_and_csv(folder, model, tmp_path):
         assert r["target"] == r["predicted"] and r["target_prob"] == r["predicted_prob"]
         png = image.load(out / f"img{i}.png.png")
         assert png.shape == (1, 128 + viz.COLORBAR_HEIGHT, 128, 3)  # 32 px inputs are shown enlarged
-        # the picture is this image's own map (demo.heat/overlays, pinned by the next test) over this image,
+        # the picture is this image's own map (viz.heat/overlays, pinned by the next test) over this image,
         # labelled with the target class and its probability, its colour scale under it
-        heat = demo.heat("saliency", want[i:i + 1])
-        drawn = demo.overlays(x[i:i + 1], heat, size=128)[0]
+        heat = viz.heat("saliency", want[i:i + 1])
+        drawn = viz.overlays(x[i:i + 1], heat, size=128)[0]
         text = f"{datasets.CLASSES[top1[i]]} {100 * probs[i, top1[i]]:.0f}%"
         np.testing.assert_allclose(png[0, :128], viz.label(drawn, text), atol=1 / 255 + 1e-6)
         assert np.abs(png[0, :128] - drawn).max() > 0.5
         # the scale's ends: the map's smallest value and its 99th percentile, as the overlay draws them
-        up = demo._upscale(heat[0], 128, smooth=True)
+        up = viz.figures._upscale(heat[0], 128, smooth=True)
         lo, hi = float(up.min()), float(np.percentile(up, 99.0))
         assert hi > lo >= 0
         np.testing.assert_allclose(png[0, 128:], viz.colorbar(128, lo, hi, title="max |grad|"), atol=1 / 255 + 1e-6)
@@ -96,18 +95,18 @@ def test_outputs_equal_library_and_csv(folder, model, tmp_path):
 
 
 def test_heatmap_pictures_show_the_map_in_jet_over_the_image():
-    """demo.heat (method output -> display map) and demo.overlays (what attribute and demo draw), by value."""
+    """viz.heat (method output -> display map) and viz.overlays (what attribute and demo draw), by value."""
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
-    np.testing.assert_array_equal(demo.heat("saliency", a), np.abs(a).max(-1))  # Simonyan et al.: max |grad| over RGB
-    np.testing.assert_array_equal(demo.heat("guided_backprop", a), np.abs(a).sum(-1))
-    np.testing.assert_array_equal(demo.heat("occlusion", a), np.maximum(a.mean(-1), 0))
-    np.testing.assert_array_equal(demo.heat("grad_cam", a[..., 0]), np.maximum(a[..., 0], 0))
+    np.testing.assert_array_equal(viz.heat("saliency", a), np.abs(a).max(-1))  # Simonyan et al.: max |grad| over RGB
+    np.testing.assert_array_equal(viz.heat("guided_backprop", a), np.abs(a).sum(-1))
+    np.testing.assert_array_equal(viz.heat("occlusion", a), np.maximum(a.mean(-1), 0))
+    np.testing.assert_array_equal(viz.heat("grad_cam", a[..., 0]), np.maximum(a[..., 0], 0))
     img = rng.random((1, 8, 8, 3), dtype=np.float32)
     big = np.repeat(np.repeat(img[0], 4, 0), 4, 1)  # the image is enlarged without smoothing
     m = np.zeros((1, 8, 8), np.float32)
     m[0, :4, :4] = 1.0  # a hot top-left quadrant
-    out = demo.overlays(img, m, size=32)[0]
+    out = viz.overlays(img, m, size=32)[0]
     np.testing.assert_allclose(out[20:, 20:], big[20:, 20:], atol=1e-6)  # where the map is 0: the image itself
     red = viz.colormap(np.ones(()), "jet")
     np.testing.assert_allclose(red, [0.5, 0, 0], atol=1e-6)  # jet's top colour, dark red

@@ -13,7 +13,7 @@ from PIL import Image
 
 from jaxviz import cli, image, models, viz, weights
 from jaxviz.commands import dream as dream_cmd
-from jaxviz.commands import featmaps, filters, neighbours, render, top_patches
+from jaxviz.commands import _features, featmaps, filters, render, top_patches
 
 NET = models.VGG(stages=((8,), (16,)), fc_features=32, num_classes=10, pool_output=(2, 2))
 
@@ -32,7 +32,7 @@ def tiny(monkeypatch, params):
         calls.append(classifier)
         return NET, params
 
-    for mod in (featmaps, filters, dream_cmd, render, top_patches, neighbours):
+    for mod in (featmaps, filters, dream_cmd, render, top_patches, _features):
         monkeypatch.setattr(mod, "model_and_params", fake)
     return calls
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 from pathlib import Path
 
@@ -13,6 +15,17 @@ __all__ = ["add_model_args", "model_and_params", "imagenet_classes"]
 
 #: Size limit of the persistent compilation cache jaxviz sets up (LRU eviction beyond it).
 COMPILE_CACHE_BYTES = 1 << 30
+
+
+#: (name, title, options) of the methods ``jaxviz demo`` shows, in column order; the options are the ones for
+#: the small CNN's 32 px pictures, which ``jaxviz attribute --model small-cnn`` uses too.
+DEMO_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("saliency", "Saliency", {}),
+    ("guided_backprop", "Guided backprop", {}),
+    ("grad_cam", "Grad-CAM", {"upsample": True}),
+    ("cam", "CAM", {"upsample": True}),
+    ("occlusion", "Occlusion", {"window": 6, "stride": 2, "baseline": 0.5}),
+)
 
 
 def enable_compile_cache() -> str | None:

@@ -278,15 +278,14 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     corner and the colour scale under it (the map's values at its two ends)."""
     from .. import image, viz
     from .._io import atomic_open
-    from .demo import heat, heat_title, overlay_and_range
 
     npy = out / f"{name}.npy"
     with atomic_open(npy, "wb") as f:
         np.save(f, attr.astype(np.float32))
     side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
-    pic, (lo, hi) = overlay_and_range(img, heat(method, attr[None])[0], size=side)
+    pic, (lo, hi) = viz.overlay_and_range(img, viz.heat(method, attr[None])[0], size=side)
     if label is not None:
-        pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=heat_title(method))
+        pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=viz.heat_title(method))
     image.save(pic, out / f"{name}.png")
 
 
@@ -401,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "small-cnn":
         # the demo's settings for the model it trained (occlusion: a 6 px window at stride 2 on its 32 px
         # pictures, where the library's default 16 px window, made for 224 px, leaves a few coarse blocks)
-        from .demo import METHODS as DEMO
+        from ._common import DEMO_METHODS as DEMO
 
         for k, v in next((o for name, _, o in DEMO if name == args.method), {}).items():
             options.setdefault(k, v)

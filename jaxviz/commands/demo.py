@@ -25,21 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ._common import DEMO_METHODS as METHODS
 from ._common import seed, writable_dir
 
-__all__ = ["register", "run", "METHODS", "render_overview", "render_method"]
-
-#: (name, title, options) of the methods the demo shows, in column order.
-METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("saliency", "Saliency", {}),
-    ("guided_backprop", "Guided backprop", {}),
-    ("grad_cam", "Grad-CAM", {"upsample": True}),
-    ("cam", "CAM", {"upsample": True}),
-    ("occlusion", "Occlusion", {"window": 6, "stride": 2, "baseline": 0.5}),
-)
-_TILE = 128  # pixels per picture in the PNGs
-OVERLAY_PERCENTILE = 99.0  # the map's value drawn at the colour scale's top (the top 1% clip to it)
-
+__all__ = ["register", "run", "METHODS"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -73,121 +62,6 @@ def _pick(run_: Any, per_class: int) -> np.ndarray:
     return np.asarray(picked)
 
 
-def heat(name: str, attr: np.ndarray) -> np.ndarray:
-    """A method's output -> non-negative (N, H, W) maps for display.
-
-    Saliency: max |gradient| over channels (Simonyan et al.); guided
-    backprop: sum of |gradient| over channels; occlusion: the score drop
-    (positive part; all channels carry the same value); CAM and Grad-CAM are
-    already (N, H, W) and non-negative after their ReLU (CAM's is applied here).
-    """
-    a = np.asarray(attr, np.float32)
-    if a.ndim == 3:
-        return np.maximum(a, 0)
-    if name == "occlusion":
-        return np.maximum(a.mean(-1), 0)
-    if name == "saliency":
-        return np.abs(a).max(-1)
-    return np.abs(a).sum(-1)
-
-
-def heat_title(name: str) -> str:
-    """What :func:`heat`'s values are for method ``name``, for a colour bar's title."""
-    return {"saliency": "max |grad|", "occlusion": "score drop", "grad_cam": "Grad-CAM", "cam": "CAM"}.get(
-        name, "sum |attr|")
-
-
-def _upscale(img: np.ndarray, size: int, *, smooth: bool) -> np.ndarray:
-    from PIL import Image
-
-    a = np.asarray(img, np.float32)
-    if a.ndim == 2:
-        im = Image.fromarray(a, mode="F").resize((size, size), Image.BILINEAR if smooth else Image.NEAREST)
-        return np.asarray(im, np.float32)
-    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F").resize(
-        (size, size), Image.BILINEAR if smooth else Image.NEAREST), np.float32) for c in range(a.shape[-1])]
-    return np.stack(chans, -1)
-
-
-def _overlay(img: np.ndarray, m: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image's heatmap overlay (jet) at ``size`` pixels, and the upscaled map it drew."""
-    from .. import viz
-
-    up = _upscale(m, size, smooth=True)
-    return viz.overlay(_upscale(img, size, smooth=False), up, alpha=0.6, cmap="jet", percentile=OVERLAY_PERCENTILE), up
-
-
-def overlay_and_range(img: np.ndarray, m: np.ndarray, size: int = _TILE) -> tuple[np.ndarray, tuple[float, float]]:
-    """One image's overlay (see :func:`overlays`) and the map's values at its colour scale's two ends (for
-    :func:`jaxviz.viz.colorbar`)."""
-    from .. import viz
-
-    pic, up = _overlay(img, m, size)
-    return pic, viz.value_range(up, percentile=OVERLAY_PERCENTILE)
-
-
-def overlays(images: np.ndarray, maps: np.ndarray, size: int = _TILE) -> list[np.ndarray]:
-    """Heatmap overlays (jet) of ``maps`` (N, H, W) on ``images``, upscaled to ``size`` pixels."""
-    return [_overlay(img, m, size)[0] for img, m in zip(images, maps)]
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _annotated(body: np.ndarray, heads: list[tuple[int, str]], labels: list[tuple[int, int, str]],
-               head: int = 28) -> np.ndarray:
-    """``body`` below a white band of ``head`` px with centred titles (x, text), and labels (x, y, text) on a
-    white box at tile corners (y in ``body``'s coordinates)."""
-    from PIL import Image, ImageDraw
-
-    canvas = Image.new("RGB", (body.shape[1], body.shape[0] + head), "white")
-    canvas.paste(Image.fromarray(np.round(body * 255).astype(np.uint8)), (0, head))
-    draw = ImageDraw.Draw(canvas)
-    font, small = _font(15), _font(12)
-    for x, title in heads:
-        draw.text((x, head // 2), title, fill="black", font=font, anchor="mm")
-    for x, y, text in labels:
-        draw.rectangle((x, head + y, x + draw.textlength(text, font=small) + 6, head + y + 16), fill="white")
-        draw.text((x + 3, head + y + 1), text, fill="black", font=small)
-    return np.asarray(canvas, np.float32) / 255
-
-
-def render_overview(images: np.ndarray, maps: dict[str, np.ndarray], titles: dict[str, str],
-                    labels: list[str], size: int = _TILE) -> np.ndarray:
-    """One row per picture: the input, then each method's overlay; titled columns, labelled rows."""
-    from .. import viz
-
-    pad = 4
-    cols = ["Input"] + [titles[k] for k in maps]
-    rows = []
-    for i, img in enumerate(images):
-        row = [_upscale(img, size, smooth=False)] + [overlays(img[None], maps[k][i : i + 1], size)[0] for k in maps]
-        rows.extend(row)
-    body = viz.grid(rows, ncols=len(cols), pad=pad)
-    heads = [(pad + j * (size + pad) + size // 2, title) for j, title in enumerate(cols)]
-    return _annotated(body, heads, [(pad, pad + i * (size + pad), text) for i, text in enumerate(labels)])
-
-
-def render_method(images: np.ndarray, maps: np.ndarray, title: str, labels: list[str],
-                  size: int = _TILE) -> np.ndarray:
-    """One method's overlays in a grid (two rows for more than 4 pictures), titled, each tile labelled with the
-    model's prediction: a picture that says what it is when opened on its own."""
-    from .. import viz
-
-    pad = 4
-    ncols = len(images) // 2 if len(images) > 4 else len(images)
-    body = viz.grid(overlays(images, maps, size), ncols=ncols, pad=pad)
-    where = [(pad + (i % ncols) * (size + pad), pad + (i // ncols) * (size + pad)) for i in range(len(images))]
-    heading = f"{title} (red: most important for the predicted class)"
-    return _annotated(body, [(body.shape[1] // 2, heading)], [(x, y, t) for (x, y), t in zip(where, labels)])
-
-
 def _html(out: Path, info: dict) -> str:
     rows = "\n".join(
         f'<h2>{html.escape(title)}</h2><img src="{name}.png" alt="{html.escape(title)}">'
@@ -211,7 +85,7 @@ prediction and probability; each column a method explaining the predicted class 
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from .. import attribution, image, train
+    from .. import attribution, image, train, viz
     from .._io import atomic_open, atomic_write_text
     from ..errors import InputError
 
@@ -258,20 +132,20 @@ def run(args: argparse.Namespace) -> int:
         npy = out / "maps" / f"{name}.npy"
         png = out / f"{name}.png"
         if name in done and npy.exists() and png.exists():
-            maps[name] = heat(name, np.load(npy))
+            maps[name] = viz.heat(name, np.load(npy))
             continue
         t = time.time()
         attr = np.asarray(attribution.METHODS[name](r.net, r.params, images, pred, **options))
         with atomic_open(npy, "wb") as f:
             np.save(f, attr)
-        maps[name] = heat(name, attr)
-        image.save(render_method(images, maps[name], title, labels), png)
+        maps[name] = viz.heat(name, attr)
+        image.save(viz.method_grid(images, maps[name], title, labels), png)
         done.add(name)
         atomic_write_text(manifest_path, json.dumps({"key": key, "done": sorted(done)}, indent=2))
         print(f"  {title:16s} {time.time() - t:5.1f} s -> {png}")
 
     overview = out / "overview.png"
-    image.save(render_overview(images, maps, titles, labels), overview)
+    image.save(viz.overview(images, maps, titles, labels), overview)
     info = {"accuracy": r.accuracy, "classes": list(r.test.classes), "train_seconds": r.seconds}
     atomic_write_text(out / "index.html", _html(out, info))
     print(f"wrote {overview}, one PNG per method and {out / 'index.html'} (total {time.time() - t0:.1f} s)")

@@ -11,7 +11,7 @@ import math
 
 from ._outputs import add_output_args, finished, random_weights_note, save
 from ._common import add_model_args
-from .neighbours import add_feature_args, folder_features
+from ._features import add_feature_args, folder_features
 
 __all__ = ["register", "run"]
 

@@ -36,6 +36,7 @@ import flax.linen as nn
 
 from ..errors import InputError, ModelError
 from ..models import protocol
+from ..viz.features import patch_grid  # noqa: F401  (drawn in jaxviz.viz; re-exported here)
 
 __all__ = [
     "ReceptiveField",
@@ -325,50 +326,3 @@ def top_patches(
         field=rf,
     )
 
-
-def patch_grid(top: TopPatches, *, tile: int = 64, pad: int = 2, labels: bool = True,
-               values: bool = False) -> np.ndarray:
-    """Top patches as a picture: one row per channel, best patch first.
-
-    Args:
-      top: from :func:`top_patches`.
-      tile: small patches are enlarged (nearest neighbour, integer factor) to
-        about this size; larger ones are shown as they are.
-      pad: white gap between tiles.
-      labels: write the channel index at the start of each row.
-      values: write each patch's activation on its tile
-        (:func:`jaxviz.viz.label`, 3 significant digits).
-
-    Returns:
-      (H, W, 3) float RGB in [0, 1].
-    """
-    from .. import viz
-
-    c, k, p = top.patches.shape[:3]
-    factor = max(1, tile // p)
-    tiles = []
-    for ci in range(c):
-        for j in range(k):
-            t = top.patches[ci, j] if top.index[ci, j] >= 0 else np.full((p, p, 3), 0.85, np.float32)
-            t = np.repeat(np.repeat(t, factor, 0), factor, 1)
-            if values and top.index[ci, j] >= 0:
-                t = viz.label(t, f"{float(top.values[ci, j]):.3g}")
-            tiles.append(t)
-    pic = viz.grid(tiles, ncols=k, pad=pad)
-    if not labels:
-        return pic
-    return _label_rows(pic, [f"{int(ch)}" for ch in top.channels], p * factor, pad)
-
-
-def _label_rows(pic: np.ndarray, texts: Sequence[str], cell: int, pad: int) -> np.ndarray:
-    """Adds a left margin with one text label per grid row."""
-    from PIL import Image, ImageDraw
-
-    margin = 8 + 7 * max(len(t) for t in texts)
-    canvas = Image.new("RGB", (pic.shape[1] + margin, pic.shape[0]), (255, 255, 255))
-    canvas.paste(Image.fromarray(np.round(np.clip(pic, 0, 1) * 255).astype(np.uint8)), (margin, 0))
-    draw = ImageDraw.Draw(canvas)
-    for r, text in enumerate(texts):
-        y = pad + r * (cell + pad) + cell // 2 - 6
-        draw.text((4, y), text, fill=(0, 0, 0))
-    return np.asarray(canvas, np.float32) / 255.0

@@ -79,7 +79,7 @@ from . import losses
 from .colour import luminance, original_colors
 from .multiscale import run
 from .objective import Losses, State, evaluate, init, result, style_targets, update
-from .presets import CAFFE_SCALE, INITS, OPTIMIZERS, PRESETS, Config, config
+from .presets import CAFFE_SCALE, INITS, OPTIMIZERS, PRESETS, Config, config  # noqa: F401  (INITS, OPTIMIZERS: the choices)
 
 __all__ = [
     "losses",
