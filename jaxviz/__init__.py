@@ -4,8 +4,10 @@
     >>> from jaxviz import models, weights, image
     >>> net = models.vgg19()
     >>> params = weights.random("vgg19", seed=0)     # or weights.load("vgg19") for ImageNet weights
-    >>> x = image.load("photo.jpg", size=224)        # (1, H, W, 3) float32 RGB in [0, 1]
-    >>> logits = net.apply(params, x)                # (1, 1000)
+    >>> x = image.load("cat.jpg", size=224)          # (1, H, W, 3) float32 RGB in [0, 1]
+    >>> logits = net.apply(params, x)
+    >>> logits.shape
+    (1, 1000)
 """
 
 __version__ = "0.1.0"

@@ -3,15 +3,13 @@
 jaxlib 0.10.2 began handing chains of operations to YNNPACK on the CPU
 ("ynn fusions", ``--xla_cpu_experimental_ynn_fusion_type``). For a VGG, whose
 max pools are reductions, that pulls the entire network into one YNNPACK
-graph whose convolutions run far slower than XLA's own: VGG19 logits at 64 px
-take 97 ms instead of 44 ms, a batch of 8 at 224 px 1.67 s instead of 1.19 s.
-YNNPACK's matrix products are worth keeping, though: the classifier's backward
-pass multiplies by the transposed 25088x4096 ``fc6`` kernel, which XLA's own
-dot does by first transposing 411 MB (220 ms per call at batch 8, 33 ms with
-YNNPACK). So ``import jaxviz`` restricts the fusions to single matrix products
-by adding ``--xla_cpu_experimental_ynn_fusion_type=individual_dot`` to
-``XLA_FLAGS`` (measured with ``python benchmarks/vgg.py``: batch-8 input
-gradient 2.99 s by default, 2.73 s with no YNN fusions, 2.50 s with this).
+graph whose convolutions run far slower than XLA's own. YNNPACK's matrix
+products are worth keeping, though: the classifier's backward pass multiplies
+by the transposed 25088x4096 ``fc6`` kernel, which XLA's own dot does by first
+transposing 411 MB. So ``import jaxviz`` restricts the fusions to single
+matrix products by adding ``--xla_cpu_experimental_ynn_fusion_type=individual_dot``
+to ``XLA_FLAGS``. ``python benchmarks/vgg.py`` measures the three settings;
+docs/performance.md has the numbers.
 
 It does so only when all of these hold, and otherwise leaves the environment alone:
 

@@ -14,13 +14,14 @@ Everything is NumPy, vectorised over the batch, and deterministic from the
 seed: ``shapes(n, seed=s)[:k]`` equals ``shapes(k, seed=s)`` is *not*
 promised, but the same arguments always give the same arrays.
 
-Example:
-    >>> from jaxviz import datasets
-    >>> data = datasets.shapes(256, size=32, seed=0)
-    >>> data.images.shape, data.labels.shape, data.masks.shape
-    ((256, 32, 32, 3), (256,), (256, 32, 32))
-    >>> datasets.CLASSES[data.labels[0]]                   # doctest: +SKIP
-    'triangle'
+Example::
+
+    from jaxviz import datasets
+    data = datasets.shapes(256, size=32, seed=0)
+    data.images.shape, data.labels.shape, data.masks.shape
+    # ((256, 32, 32, 3), (256,), (256, 32, 32))
+    datasets.CLASSES[data.labels[0]]
+    # 'triangle'
 """
 
 from __future__ import annotations

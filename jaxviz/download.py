@@ -21,13 +21,14 @@ custom opener installed with :func:`urllib.request.install_opener` (proxies,
 authentication) is honoured. Set ``JAXVIZ_OFFLINE=1`` to forbid network
 access altogether (files already on disk are still returned).
 
-Example:
-    >>> from jaxviz.download import download
-    >>> path = download(  # doctest: +SKIP
-    ...     "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-    ...     "~/.cache/jaxviz/vgg19-dcbb9e9d.pth",
-    ...     sha256="dcbb9e9d",
-    ... )
+Example::
+
+    from jaxviz.download import download
+    path = download(
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        "~/.cache/jaxviz/vgg19-dcbb9e9d.pth",
+        sha256="dcbb9e9d",
+    )
 """
 
 from __future__ import annotations
@@ -140,8 +141,9 @@ def verify(path: PathLike, sha256: str) -> None:
         ChecksumError: the file's digest does not start with ``sha256``.
         FileNotFoundError: ``path`` does not exist.
 
-    Example:
-        >>> verify("vgg19-dcbb9e9d.pth", "dcbb9e9d")  # doctest: +SKIP
+    Example::
+
+        verify("vgg19-dcbb9e9d.pth", "dcbb9e9d")
     """
     expected = _normalise_sha256(sha256, allow_none=False)
     path = pathlib.Path(path)
@@ -210,12 +212,13 @@ def download(
         ChecksumError: the complete download does not match ``sha256``; the
             ``.part`` is deleted.
 
-    Example:
-        >>> path = download(  # doctest: +SKIP
-        ...     "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-        ...     "weights/vgg19-dcbb9e9d.pth",
-        ...     sha256="dcbb9e9d",
-        ... )
+    Example::
+
+        path = download(
+            "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+            "weights/vgg19-dcbb9e9d.pth",
+            sha256="dcbb9e9d",
+        )
     """
     expected = _normalise_sha256(sha256, allow_none=True)
     if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme.lower() not in _SCHEMES:

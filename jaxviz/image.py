@@ -283,7 +283,7 @@ def load(
 
     Example:
       >>> x = load("cat.jpg", 256)            # longest side 256
-      >>> x.shape, x.dtype                    # doctest: +SKIP
+      >>> x.shape, x.dtype
       ((1, 192, 256, 3), dtype('float32'))
     """
     size = _check_size(size)
@@ -427,7 +427,7 @@ def imagenet_eval(path_or_array: Any, crop: int = 224, resize_to: int = 256) -> 
       ImageError, ImageNotFoundError: as :func:`load`.
 
     Example:
-      >>> imagenet_eval("cat.jpg").shape      # doctest: +SKIP
+      >>> imagenet_eval("cat.jpg").shape
       (1, 224, 224, 3)
     """
     crop = _checks.positive_int(crop, "crop")
@@ -470,8 +470,8 @@ def save(x: Any, path: PathLike, *, quality: int = 95, text: Mapping[str, str] |
       OSError: the file system refused the write (the old file is intact).
 
     Example:
-      >>> save(load("cat.jpg", 128)[0], "out/small.png")   # doctest: +SKIP
-      PosixPath('out/small.png')
+      >>> save(load("cat.jpg", 128)[0], "small.png")
+      PosixPath('small.png')
     """
     path = Path(path)
     fmt = _SAVE_FORMATS.get(path.suffix.lower())
@@ -533,8 +533,8 @@ def read_text(path: PathLike) -> dict[str, str]:
       as an image.
 
     Example:
-      >>> p = save(np.zeros((2, 2, 3)), "out/a.png", text={"note": "hi"})   # doctest: +SKIP
-      >>> read_text(p)                                                     # doctest: +SKIP
+      >>> p = save(np.zeros((2, 2, 3)), "a.png", text={"note": "hi"})
+      >>> read_text(p)
       {'note': 'hi'}
     """
     try:
@@ -564,8 +564,8 @@ def list_images(directory: PathLike, *, recursive: bool = False) -> list[Path]:
       NotADirectoryError: ``directory`` is a file.
 
     Example:
-      >>> list_images("photos")               # doctest: +SKIP
-      [PosixPath('photos/a.jpg'), PosixPath('photos/b.PNG')]
+      >>> list_images("photos")
+      [PosixPath('photos/photo0.png'), PosixPath('photos/photo1.png'), PosixPath('photos/photo2.png')]
     """
     root = Path(directory)
     if not root.exists():
@@ -623,8 +623,10 @@ def load_folder(
         readable image; the message starts with its path.
 
     Example:
-      >>> for paths, batch in load_folder("photos", size=224, batch_size=32):  # doctest: +SKIP
-      ...     feats = model.apply(params, batch)
+      >>> for paths, batch in load_folder("photos", size=64, batch_size=2):
+      ...     print([p.name for p in paths], batch.shape)
+      ['photo0.png', 'photo1.png'] (2, 64, 64, 3)
+      ['photo2.png'] (1, 64, 64, 3)
     """
     size = _check_size(size, allow_none=False)
     batch_size = _checks.positive_int(batch_size, "batch_size")

@@ -29,11 +29,12 @@ the images are independent, so no host waits on another's arrays.
 ``jaxviz attribute --distributed`` splits a folder's images among the hosts
 that way.
 
-Example:
-    >>> from jaxviz import parallel
-    >>> from jaxviz.attribution import saliency
-    >>> run = parallel.data_parallel(lambda p, x, t: saliency(net, p, x, t))
-    >>> maps = run(params, images, targets)          # (N, H, W, 3), N any size
+Example::
+
+    from jaxviz import parallel
+    from jaxviz.attribution import saliency
+    run = parallel.data_parallel(lambda p, x, t: saliency(net, p, x, t))
+    maps = run(params, images, targets)          # (N, H, W, 3), N any size
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ def data_parallel(fn: Callable[..., Any], *, devices: Sequence[Any] | None = Non
       InputError: ``fn`` not callable, no devices, or batched arrays with
         different leading sizes.
 
-    Example:
-      >>> g = data_parallel(lambda p, x: net.apply(p, x))
-      >>> logits = g(params, images)
+    Example::
+
+        g = data_parallel(lambda p, x: net.apply(p, x))
+        logits = g(params, images)
     """
     return DataParallel(fn, devices)
 

@@ -10,11 +10,12 @@ Conversion from torchvision's state dict: conv kernels OIHW -> HWIO, linear
 weights transposed, and ``fc6``'s input axis permuted from torchvision's
 (C, H, W) flattening to our NHWC (H, W, C) flattening.
 
-Example:
-    >>> from jaxviz import models, weights
-    >>> params = weights.random("vgg19", seed=0)          # offline, torchvision's init
-    >>> params = weights.load("vgg19")                     # pretrained: cache, else download
-    >>> params = weights.from_torchvision("vgg19-dcbb9e9d.pth", arch="vgg19")
+Example::
+
+    from jaxviz import models, weights
+    params = weights.random("vgg19", seed=0)          # offline, torchvision's init
+    params = weights.load("vgg19")                     # pretrained: cache, else download
+    params = weights.from_torchvision("vgg19-dcbb9e9d.pth", arch="vgg19")
 """
 
 from __future__ import annotations

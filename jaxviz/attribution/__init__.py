@@ -20,11 +20,12 @@ knob: images per forward pass; results do not depend on it.
 :data:`METHODS` maps names to the functions, for command-line tools and
 conformance tests; :data:`LAYER_METHODS` names those returning layer maps.
 
-Example:
-    >>> from jaxviz import attribution, models, weights
-    >>> net = models.vgg19(); params = weights.random(net)
-    >>> attr = attribution.integrated_gradients(net, params, images, target=207, steps=32)
-    >>> heat = attribution.grad_cam(net, params, images, 207, layer="relu5_4", upsample=True)
+Example::
+
+    from jaxviz import attribution, models, weights
+    net = models.vgg19(); params = weights.random(net)
+    attr = attribution.integrated_gradients(net, params, images, target=207, steps=32)
+    heat = attribution.grad_cam(net, params, images, 207, layer="relu5_4", upsample=True)
 """
 
 from __future__ import annotations

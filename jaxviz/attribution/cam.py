@@ -103,8 +103,9 @@ def grad_cam(
     Raises:
       InputError: ``net`` is not a jaxviz model, an unknown or non-spatial ``layer``, bad ``images``/``target``.
 
-    Example:
-      >>> heat = grad_cam(net, params, images, 207, layer="relu5_4", upsample=True)
+    Example::
+
+        heat = grad_cam(net, params, images, 207, layer="relu5_4", upsample=True)
     """
     _common.check_net(net, "grad_cam", model_only=True)
     net = _common.model(net, images)
@@ -170,8 +171,9 @@ def cam(
     Raises:
       InputError: the model has no GAP + linear head, a callable ``target``, bad ``images``.
 
-    Example:
-      >>> heat = cam(net, params, images, 3, upsample=True)
+    Example::
+
+        heat = cam(net, params, images, 3, upsample=True)
     """
     _common.check_net(net, "cam", model_only=True)
     net = _common.model(net, images)
@@ -216,8 +218,9 @@ def guided_grad_cam(
     Returns:
       (N, H, W, 3) attributions.
 
-    Example:
-      >>> attr = guided_grad_cam(net, params, images, 207, layer="relu5_4")
+    Example::
+
+        attr = guided_grad_cam(net, params, images, 207, layer="relu5_4")
     """
     maps = grad_cam(net, params, images, target, layer=layer, relu=True, upsample=True, interpolation=interpolation)
     return guided_backprop(net, params, images, target) * maps[..., None]

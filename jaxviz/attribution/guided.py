@@ -70,8 +70,9 @@ def guided_backprop(net: Any, params: Any, images: jax.Array, target: Any) -> ja
       ModelError: ``net`` has no ReLU.
       InputError: bad ``net``, ``images`` or ``target``.
 
-    Example:
-      >>> attr = guided_backprop(net, params, images, target=207)
+    Example::
+
+        attr = guided_backprop(net, params, images, target=207)
     """
     return _run("guided_backprop", net, params, images, target)
 
@@ -88,7 +89,8 @@ def deconvnet(net: Any, params: Any, images: jax.Array, target: Any) -> jax.Arra
     Returns:
       (N, H, W, 3) signed attributions; equal to Captum's ``Deconvolution``.
 
-    Example:
-      >>> attr = deconvnet(net, params, images, target=207)
+    Example::
+
+        attr = deconvnet(net, params, images, target=207)
     """
     return _run("deconvnet", net, params, images, target)

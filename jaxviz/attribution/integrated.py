@@ -7,9 +7,10 @@ Every (image, step) pair is one evaluation; evaluations run in chunks of
 (memory O(batch_size + N)), so the result does not depend on ``batch_size``.
 Called eagerly, one compiled chunk function runs in a host loop; under an
 outer ``jit``/``vmap`` the chunks are traced (unrolled up to 8, else a
-``lax.scan``). XLA:CPU runs JAX's own convolution transpose inside a loop
-4-5x slower; jaxviz VGGs are differentiated with ``conv_grad="auto"``
-(see :func:`._common.forward`), which keeps full speed in the scan.
+``lax.scan``; see :mod:`jaxviz.execution`). XLA:CPU runs JAX's own
+convolution transpose inside a loop several times slower; jaxviz VGGs are
+differentiated with ``conv_grad="auto"`` (see :func:`._common.forward`), which
+keeps full speed in the scan.
 
 Reference: M. Sundararajan, A. Taly, Q. Yan, "Axiomatic Attribution for Deep
 Networks", ICML 2017.
@@ -158,8 +159,9 @@ def integrated_gradients(
     Raises:
       InputError: bad ``images``, ``target``, ``baselines``, ``steps``, ``method`` or ``batch_size``.
 
-    Example:
-      >>> attr, delta = integrated_gradients(net, params, images, 207, steps=64, return_delta=True)
+    Example::
+
+        attr, delta = integrated_gradients(net, params, images, 207, steps=64, return_delta=True)
     """
     _common.check_net(net, "integrated_gradients")
     images = _common.check_images(images, net)

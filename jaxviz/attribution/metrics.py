@@ -142,9 +142,10 @@ def deletion(net: Any, params: Any, images: jax.Array, target: Any, attributions
     Returns:
       :class:`Curve` (lower ``auc`` is better).
 
-    Example:
-      >>> attr = attribution.saliency(net, params, images, 3)
-      >>> metrics.deletion(net, params, images, 3, attr, steps=16).auc
+    Example::
+
+        attr = attribution.saliency(net, params, images, 3)
+        metrics.deletion(net, params, images, 3, attr, steps=16).auc
     """
     return _curve(False, net, params, images, target, attributions, steps, baseline, batch_size, probabilities)
 
@@ -159,8 +160,9 @@ def insertion(net: Any, params: Any, images: jax.Array, target: Any, attribution
     Returns:
       :class:`Curve`, as for :func:`deletion`, with fractions of pixels inserted.
 
-    Example:
-      >>> metrics.insertion(net, params, images, 3, attr, baseline=blurred).auc
+    Example::
+
+        metrics.insertion(net, params, images, 3, attr, baseline=blurred).auc
     """
     return _curve(True, net, params, images, target, attributions, steps, baseline, batch_size, probabilities)
 
@@ -224,8 +226,9 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
     Returns:
       (N,) infidelity (lower is better).
 
-    Example:
-      >>> metrics.infidelity(net, params, images, 3, attr, key=jax.random.key(0))
+    Example::
+
+        metrics.infidelity(net, params, images, 3, attr, key=jax.random.key(0))
     """
     _common.check_net(net, "infidelity")
     images = _common.check_images(images, net)
@@ -317,8 +320,9 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
     Returns:
       (N,) max-sensitivity (lower is better).
 
-    Example:
-      >>> metrics.max_sensitivity(net, params, images, 3, method="saliency", radius=0.02)
+    Example::
+
+        metrics.max_sensitivity(net, params, images, 3, method="saliency", radius=0.02)
     """
     images = _common.check_images(images, net)
     base = _common.resolve_method(method)
@@ -443,9 +447,10 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
     Raises:
       InputError: an unknown layer name.
 
-    Example:
-      >>> r = metrics.model_randomization(net, params, images, 3, method="guided_backprop")
-      >>> dict(zip(r.layers, r.spearman.mean(1)))
+    Example::
+
+        r = metrics.model_randomization(net, params, images, 3, method="guided_backprop")
+        dict(zip(r.layers, r.spearman.mean(1)))
     """
     images = _common.check_images(images, net)
     fn = _common.resolve_method(method)

@@ -47,9 +47,10 @@ AUTO_THRESHOLD = 0.7
 #: ``groups=None`` uses this many window groups per dimension when it saves enough work (see :func:`auto_groups`).
 AUTO_GROUPS = 4
 #: Multiply-adds the groups must save over one group before ``groups=None`` uses them, per JAX backend: each group
-#: is one more batched program to compile (~1 s each on a 2-core CPU, where 1e12 multiply-adds take ~8 s).
+#: is one more batched program to compile, which on a CPU costs about as much as 1e11 multiply-adds of work
+#: (``python benchmarks/attribution.py``; docs/performance.md).
 AUTO_GROUPS_SAVED_MACS = {"cpu": 1e12}
-#: ... on other backends (accelerators run the saved work ~100x faster; compilation is no cheaper).
+#: ... on other backends (accelerators run the saved work far faster; compilation is no cheaper).
 AUTO_GROUPS_SAVED_MACS_OTHER = 1e14
 
 
@@ -147,8 +148,9 @@ def plan(net: Any, image_size: tuple[int, int], *, window: Any = 16, stride: Any
       ``cols``), its ``cost`` and the tap where the model takes over
       (``fallback``).
 
-    Example:
-      >>> A.occlusion_plan(models.vgg19(), (224, 224), window=32, stride=16).cost   # about 0.231
+    Example::
+
+        A.occlusion_plan(models.vgg19(), (224, 224), window=32, stride=16).cost   # about 0.231
     """
     if not _incremental.applies(net):
         return None
@@ -252,8 +254,9 @@ def occlusion(
       InputError: bad ``images``, ``target``, ``window``, ``stride``, ``baseline``, ``batch_size``,
         ``method``, ``approximate`` or ``groups``.
 
-    Example:
-      >>> attr = occlusion(net, params, images, 207, window=32, stride=16, baseline=0.5)
+    Example::
+
+        attr = occlusion(net, params, images, 207, window=32, stride=16, baseline=0.5)
     """
     _common.check_net(net, "occlusion")
     images = _common.check_images(images, net)

@@ -64,9 +64,10 @@ def saliency(net: Any, params: Any, images: jax.Array, target: Any, *, abs: bool
     Raises:
       InputError: bad ``images``, ``target`` or ``abs``.
 
-    Example:
-      >>> attr = saliency(net, params, images, target=207)
-      >>> heat = viz.reduce_channels(attr, "max_abs")  # (N, H, W) for display
+    Example::
+
+        attr = saliency(net, params, images, target=207)
+        heat = viz.reduce_channels(attr, "max_abs")  # (N, H, W) for display
     """
     _common.check_net(net, "saliency")
     images = _common.check_images(images, net)
@@ -88,8 +89,9 @@ def input_x_gradient(net: Any, params: Any, images: jax.Array, target: Any) -> j
     Returns:
       (N, H, W, 3) float32 attributions (signed); equals Captum's ``InputXGradient``.
 
-    Example:
-      >>> attr = input_x_gradient(net, params, images, target=207)
+    Example::
+
+        attr = input_x_gradient(net, params, images, target=207)
     """
     _common.check_net(net, "input_x_gradient")
     images = _common.check_images(images, net)

@@ -148,9 +148,10 @@ def smoothgrad(
       InputError: bad ``images``, ``target``, ``method``, ``variant``, ``samples``,
         ``stdev``/``noise_level`` or ``batch_size``.
 
-    Example:
-      >>> attr = smoothgrad(net, params, images, 207, samples=32, noise_level=0.15,
-      ...                   key=jax.random.key(1), options={"abs": False})
+    Example::
+
+        attr = smoothgrad(net, params, images, 207, samples=32, noise_level=0.15,
+                          key=jax.random.key(1), options={"abs": False})
     """
     images = _common.check_images(images, net)
     base = _common.resolve_method(method, exclude=("smoothgrad",))

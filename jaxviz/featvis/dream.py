@@ -31,14 +31,15 @@ Per-layer objectives are means over positions (``w * ½ mean_i ‖a_i‖²``, or
 ``w * mean_i max_j <a_i, g_j>`` when guided), so weights compare layers of
 different sizes fairly.
 
-Example:
-    >>> import jax
-    >>> from jaxviz import models, weights, image, dream
-    >>> net, params = models.vgg19(), weights.load("vgg19", classifier=False)
-    >>> x = image.load("mountain.jpg", 512)
-    >>> out = dream.dream(net, params, x, layers={"relu4_2": 1.0, "relu3_3": 0.5},
-    ...                   key=jax.random.key(0), octaves=4, steps=10)
-    >>> image.save(out[0], "dream.png")
+Example::
+
+    import jax
+    from jaxviz import models, weights, image, dream
+    net, params = models.vgg19(), weights.load("vgg19", classifier=False)
+    x = image.load("mountain.jpg", 512)
+    out = dream.dream(net, params, x, layers={"relu4_2": 1.0, "relu3_3": 0.5},
+                      key=jax.random.key(0), octaves=4, steps=10)
+    image.save(out[0], "dream.png")
 
 Reference: A. Mordvintsev, C. Olah, M. Tyka, "Inceptionism: Going Deeper into
 Neural Networks", Google Research blog, 2015; the deepdream notebook
@@ -511,8 +512,9 @@ def dream(
         octave below the network's minimum size, or (with ``resume``) a
         checkpoint written by a call with other inputs or settings.
 
-    Example:
-      >>> out = dream(net, params, x, key=jax.random.key(0), layers="relu4_2")  # doctest: +SKIP
+    Example::
+
+        out = dream(net, params, x, key=jax.random.key(0), layers="relu4_2")
     """
     x = _check_images(images, "images", net)
     net = protocol.as_model(net, images)

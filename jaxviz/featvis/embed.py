@@ -7,15 +7,16 @@ pooled over positions), finds each image's nearest neighbours in that space
 (L2, L1 or cosine), and maps the space to 2-D with PCA (in JAX) or t-SNE
 (scikit-learn's implementation), drawn as a scatter plot of thumbnails.
 
-Example:
-    >>> from jaxviz import models, weights, image, embed
-    >>> net, params = models.vgg19(), weights.load("vgg19")
-    >>> feats = embed.features(net, params, image.load_folder("photos", size=224), layer="relu7",
-    ...                        thumbnail_size=48)
-    >>> idx, dist = embed.nearest_neighbours(feats.vectors, k=5, metric="cosine")
-    >>> image.save(embed.neighbour_grid(feats.thumbnails, idx[:8]), "neighbours.png")
-    >>> xy = embed.pca(feats.vectors).points                  # or embed.tsne(feats.vectors)
-    >>> image.save(embed.scatter_thumbnails(xy, feats.thumbnails), "pca.png")
+Example::
+
+    from jaxviz import models, weights, image, embed
+    net, params = models.vgg19(), weights.load("vgg19")
+    feats = embed.features(net, params, image.load_folder("photos", size=224), layer="relu7",
+                           thumbnail_size=48)
+    idx, dist = embed.nearest_neighbours(feats.vectors, k=5, metric="cosine")
+    image.save(embed.neighbour_grid(feats.thumbnails, idx[:8]), "neighbours.png")
+    xy = embed.pca(feats.vectors).points                  # or embed.tsne(feats.vectors)
+    image.save(embed.scatter_thumbnails(xy, feats.thumbnails), "pca.png")
 
 References: A. Krizhevsky, I. Sutskever, G. Hinton, "ImageNet Classification
 with Deep Convolutional Neural Networks", NeurIPS 2012 (nearest neighbours in
@@ -352,8 +353,9 @@ def pca(vectors, n_components: int = 2) -> PCAResult:
     Returns:
       :class:`PCAResult`; ``points`` is the 2-D map for ``n_components=2``.
 
-    Example:
-      >>> xy = pca(np.random.rand(100, 64)).points      # (100, 2)   # doctest: +SKIP
+    Example::
+
+        xy = pca(np.random.rand(100, 64)).points      # (100, 2)
     """
     x = _check_matrix(vectors, "vectors")
     n = _checks.positive_int(n_components, "n_components")

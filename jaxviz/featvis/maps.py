@@ -9,13 +9,14 @@
   zero, the kernels of a layer sharing one symmetric scale so their
   strengths compare.
 
-Example:
-    >>> from jaxviz import models, weights, image
-    >>> from jaxviz.featvis import maps
-    >>> net, params = models.vgg19(), weights.load("vgg19")
-    >>> x = image.load("cat.jpg", 224)
-    >>> image.save(maps.feature_map_grid(maps.feature_maps(net, params, x, "relu2_1")[0]), "relu2_1.png")
-    >>> image.save(maps.filter_grid(params), "conv1_1_filters.png")
+Example::
+
+    from jaxviz import models, weights, image
+    from jaxviz.featvis import maps
+    net, params = models.vgg19(), weights.load("vgg19")
+    x = image.load("cat.jpg", 224)
+    image.save(maps.feature_map_grid(maps.feature_maps(net, params, x, "relu2_1")[0]), "relu2_1.png")
+    image.save(maps.filter_grid(params), "conv1_1_filters.png")
 
 Reference: M. D. Zeiler, R. Fergus, "Visualizing and Understanding
 Convolutional Networks", ECCV 2014 (first-layer filters, feature maps).

@@ -7,14 +7,15 @@ collection is streamed in batches; the running state is a fixed-size top-k
 per channel (values, image indices, positions and the patch pixels), so the
 memory does not grow with the folder.
 
-Example:
-    >>> from jaxviz import models, weights, image
-    >>> from jaxviz.featvis import patches
-    >>> net, params = models.vgg19(), weights.load("vgg19")
-    >>> top = patches.top_patches(net, params, image.load_folder("photos", size=224),
-    ...                           layer="relu3_1", channels=range(8), k=9)
-    >>> picture = patches.patch_grid(top)                   # rows: channels, columns: rank
-    >>> image.save(picture, "relu3_1_top.png")
+Example::
+
+    from jaxviz import models, weights, image
+    from jaxviz.featvis import patches
+    net, params = models.vgg19(), weights.load("vgg19")
+    top = patches.top_patches(net, params, image.load_folder("photos", size=224),
+                              layer="relu3_1", channels=range(8), k=9)
+    picture = patches.patch_grid(top)                   # rows: channels, columns: rank
+    image.save(picture, "relu3_1_top.png")
 
 Reference: M. D. Zeiler, R. Fergus, "Visualizing and Understanding
 Convolutional Networks", ECCV 2014.

@@ -15,7 +15,7 @@ that computes the input gradient of a stride-1 convolution as a forward
 convolution with the spatially flipped, in/out-swapped kernel (the textbook
 identity; the same numbers to float32 round-off). JAX's own transpose rule
 gives XLA a convolution with swapped kernel dimensions, which XLA:CPU runs
-4-5x slower inside a loop body (``lax.while_loop``/``scan``, e.g. optax's
+several times slower inside a loop body (``lax.while_loop``/``scan``, e.g. optax's
 L-BFGS line search) than at the top level; the flipped form runs at full speed
 in both. Forward-mode differentiation (``jax.jvp``) of a custom-VJP function is
 not available, so models use it only when asked (``VGG(conv_grad="flipped")``).
@@ -116,10 +116,9 @@ def conv_auto_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dil
     input gradient is ``g (M, C_out) @ kernel (k*k*C_in, C_out)^T`` followed by
     the sum of the k*k shifted slices (the transpose of an im2col
     convolution). XLA:CPU runs its convolutions below full speed on such
-    shapes: measured with jaxlib 0.10.2 on two cores, one image, 3x3 kernels
-    (``python benchmarks/conv_layers.py --batch 1`` prints the input gradient
-    per layer): 28 px 512->512 216 -> 270 GFLOP/s, 14 px 137 -> 234, the RGB
-    layer at 224 px 29 -> 119. Elsewhere, and on GPU/TPU, it is the flipped
+    shapes (``python benchmarks/conv_layers.py --batch 1`` prints the input
+    gradient per layer both ways; docs/performance.md). Elsewhere, and on
+    GPU/TPU, it is the flipped
     convolution. The numbers equal the flipped form's to float32 round-off
     (relative error ~5e-7), not bit for bit.
     """

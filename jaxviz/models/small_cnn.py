@@ -65,7 +65,7 @@ def _flat_normal(fan_in_gain: float):
 
     Same distribution as an untruncated ``variance_scaling(gain, "fan_in",
     "normal")``; drawing 1-D makes XLA:CPU compile the threefry sampler
-    several times faster (a few seconds per model init otherwise).
+    several times faster.
     """
 
     def init(key, shape, dtype=jnp.float32):

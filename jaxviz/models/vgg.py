@@ -136,12 +136,12 @@ class VGG(_taps.Tapped, nn.Module):
         ``"jax"``: JAX's transpose rule (forward mode, ``jax.jvp``, works).
         ``"flipped"``: a custom VJP that runs a forward convolution with the
         flipped kernel (:func:`jaxviz.models.layers.conv_flipped_grad`): the
-        same gradients bit for bit, 4-5x faster on XLA:CPU inside loop bodies
+        same gradients bit for bit, several times faster on XLA:CPU inside loop bodies
         (optax's L-BFGS line search); reverse mode only.
         ``"auto"``: ``"flipped"``, except that on XLA:CPU small maps and the
         RGB layer take their input gradient as one matrix product
         (:func:`jaxviz.models.layers.conv_auto_grad`; equal to float32
-        round-off, 1.3-4x faster on those layers); what the attribution
+        round-off, faster on those layers); what the attribution
         methods and style transfer use.
     """
 

@@ -302,9 +302,10 @@ def style_cost(
     Raises:
       InputError: a weighted layer is missing from ``taps_S`` or ``taps_G``.
 
-    Example:
-      >>> STYLE_LAYERS = [("relu1_1", 0.5), ("relu2_1", 0.5)]
-      >>> J = style_cost(taps_S, taps_G, STYLE_LAYERS)          # doctest: +SKIP
+    Example::
+
+        STYLE_LAYERS = [("relu1_1", 0.5), ("relu2_1", 0.5)]
+        J = style_cost(taps_S, taps_G, STYLE_LAYERS)
     """
     total = jnp.zeros((), jnp.float32)
     for name, weight in _layer_weights(layer_weights):

@@ -116,12 +116,13 @@ def run(
     Raises:
       InputError: bad images or options, or a checkpoint from another run.
 
-    Example:
-      >>> from jaxviz import models, weights, image, style
-      >>> net = models.vgg19(classifier=False)
-      >>> params = weights.load("vgg19", classifier=False)          # doctest: +SKIP
-      >>> out = style.run(net, params, image.load("me.jpg"), image.load("starry.jpg"),
-      ...                 preset="gatys", size=512, scales=2)       # doctest: +SKIP
+    Example::
+
+        from jaxviz import models, weights, image, style
+        net = models.vgg19(classifier=False)
+        params = weights.load("vgg19", classifier=False)
+        out = style.run(net, params, image.load("me.jpg"), image.load("starry.jpg"),
+                        preset="gatys", size=512, scales=2)
     """
     if steps is not None:
         overrides["steps"] = steps

@@ -248,9 +248,9 @@ def update(net: Any, params: Any, state: State, *, steps: int = 1) -> tuple[Stat
     under ``vmap`` both branches of the line search's ``lax.cond`` would run
     (about 3 evaluations per step instead of 1). Steps are *not* fused into a
     ``lax.fori_loop``: XLA:CPU runs convolutions inside a while loop's body
-    1.5x (forward) to 3.9x (backward) slower than at the top level
-    (measured here; the whole step went from 0.46 s to 1.38 s at 128x128),
-    and a step is long enough that the Python call costs nothing.
+    slower than at the top level (see :mod:`jaxviz.execution`;
+    ``python benchmarks/style_transfer.py``), and a step is long enough that
+    the Python call costs nothing.
 
     Args:
       net: the network ``state`` was made for.
@@ -262,8 +262,9 @@ def update(net: Any, params: Any, state: State, *, steps: int = 1) -> tuple[Stat
       ``(new_state, losses)``: losses of the last step, evaluated before it
       (for L-BFGS only ``total``); zeros for ``steps=0``.
 
-    Example:
-      >>> state, l = update(net, params, state, steps=10)      # doctest: +SKIP
+    Example::
+
+        state, l = update(net, params, state, steps=10)
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise InputError(f"steps: expected a non-negative int, got {steps!r}")
@@ -436,12 +437,13 @@ def init(
     Raises:
       InputError: bad images, layers, or options.
 
-    Example:
-      >>> from jaxviz import image, models, style, weights
-      >>> net = models.vgg19(classifier=False)
-      >>> params = weights.load("vgg19", classifier=False)      # doctest: +SKIP
-      >>> content, painting = image.load("photo.jpg", 512), image.load("painting.jpg", 512)  # doctest: +SKIP
-      >>> state = style.init(net, params, content, painting, preset="course")  # doctest: +SKIP
+    Example::
+
+        from jaxviz import image, models, style, weights
+        net = models.vgg19(classifier=False)
+        params = weights.load("vgg19", classifier=False)
+        content, painting = image.load("photo.jpg", 512), image.load("painting.jpg", 512)
+        state = style.init(net, params, content, painting, preset="course")
     """
     cfg = config(preset, **overrides)
     net = _check_net(net, cfg)

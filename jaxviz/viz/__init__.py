@@ -17,9 +17,15 @@ float RGB in [0, 1] with the channel last; save them with
 :func:`jaxviz.image.save`.
 
 Example:
+    >>> import numpy as np
     >>> from jaxviz import viz, image
-    >>> pic = viz.overlay(img[0], attr[0])           # attribution (H, W, 3) over the image
+    >>> img = image.load("cat.jpg", 64)[0]               # (48, 64, 3)
+    >>> attr = np.random.default_rng(0).normal(size=img.shape)   # e.g. a saliency map, (H, W, 3)
+    >>> pic = viz.overlay(img, attr)                     # |attr| summed over channels, over the image
+    >>> pic.shape
+    (48, 64, 3)
     >>> image.save(pic, "saliency.png")
+    PosixPath('saliency.png')
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ def value_range(values, *, signed: bool = False, percentile: float = 99.5) -> tu
       for a map without finite values.
 
     Example:
+      >>> from jaxviz import viz
       >>> viz.value_range(np.arange(101.0), percentile=90)
       (0.0, 90.0)
     """
@@ -162,7 +163,10 @@ def colorbar(width: int, lo: float, hi: float, *, cmap: str = "jet", title: str 
       (:data:`COLORBAR_HEIGHT`, width, 3) float RGB in [0, 1], white around the bar.
 
     Example:
+      >>> from jaxviz import viz
       >>> strip = viz.colorbar(224, 0.0, 0.37, title="score drop")
+      >>> strip.shape == (viz.COLORBAR_HEIGHT, 224, 3)
+      True
     """
     from PIL import Image, ImageDraw
 
@@ -196,8 +200,14 @@ def with_colorbar(picture, lo: float, hi: float, *, cmap: str = "jet", title: st
       The picture and its colour scale, float RGB in [0, 1].
 
     Example:
-      >>> lo, hi = viz.value_range(heat, percentile=99.5)
-      >>> pic = viz.with_colorbar(viz.overlay(img, heat), lo, hi, title="|gradient|")
+      >>> from jaxviz import viz
+      >>> img = np.full((32, 48, 3), 0.5, np.float32)
+      >>> heat = np.outer(np.arange(32.0), np.ones(48))       # a map (H, W), e.g. |gradient|
+      >>> lo, hi = viz.value_range(heat, percentile=100)
+      >>> (lo, hi)
+      (0.0, 31.0)
+      >>> viz.with_colorbar(viz.overlay(img, heat), lo, hi, title="|gradient|").shape
+      (56, 48, 3)
     """
     p = np.asarray(picture, np.float32)
     if p.ndim != 3 or p.shape[-1] != 3:

@@ -28,15 +28,16 @@ one compiled step, which XLA:CPU runs faster; see :mod:`jaxviz.execution`);
 :func:`render_channels` ``vmap`` the whole optimisation over a batch of
 objectives (e.g. channel indices), so one compiled call renders them all.
 
-Example:
-    >>> import jax
-    >>> from jaxviz import models, weights, image, viz
-    >>> from jaxviz.featvis import render as R
-    >>> net, params = models.vgg19(), weights.load("vgg19")
-    >>> obj = R.channel("relu4_1", 12) - 0.05 * R.total_variation()
-    >>> img = R.render(net, params, obj, key=jax.random.key(0), size=128, steps=256)
-    >>> grid = R.render_channels(net, params, "relu4_1", range(16), key=jax.random.key(1))
-    >>> image.save(viz.grid(grid), "relu4_1.png")
+Example::
+
+    import jax
+    from jaxviz import models, weights, image, viz
+    from jaxviz.featvis import render as R
+    net, params = models.vgg19(), weights.load("vgg19")
+    obj = R.channel("relu4_1", 12) - 0.05 * R.total_variation()
+    img = R.render(net, params, obj, key=jax.random.key(0), size=128, steps=256)
+    grid = R.render_channels(net, params, "relu4_1", range(16), key=jax.random.key(1))
+    image.save(viz.grid(grid), "relu4_1.png")
 
 References: C. Olah, A. Mordvintsev, L. Schubert, "Feature Visualization",
 Distill 2017; the lucid library (github.com/tensorflow/lucid); D. Erhan et

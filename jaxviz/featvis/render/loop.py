@@ -289,8 +289,9 @@ def render(
     Raises:
       InputError: bad arguments, or an objective layer the network lacks.
 
-    Example:
-      >>> img = render(net, params, channel("relu3_1", 5), key=jax.random.key(0), size=96)  # doctest: +SKIP
+    Example::
+
+        img = render(net, params, channel("relu3_1", 5), key=jax.random.key(0), size=96)
     """
     _check_objective(objective)
     net = protocol.as_model(net)

@@ -1,0 +1,40 @@
+"""Pytest configuration shared by tests/ and the doctests of jaxviz/ (``pytest`` runs both).
+
+The docstring examples run with the working directory set to a fresh temporary folder that holds the files
+the examples name (``cat.jpg``, a ``photos/`` folder), drawn here: no downloads.
+"""
+
+import numpy as np
+import pytest
+
+# old module names kept as aliases of the moved modules (``sys.modules`` swaps): nothing to collect there
+collect_ignore = ["jaxviz/dream.py", "jaxviz/embed.py", "jaxviz/losses.py"]
+
+
+def _picture(h: int, w: int, seed: int) -> np.ndarray:
+    """A procedural photo stand-in: a smooth colour gradient with a bright disc."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0.2, 0.8, 3)
+    img = np.stack([x * c[0] + 0.2, y * c[1] + 0.2, (1 - x) * c[2] + 0.1], -1)
+    cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.25)
+    img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0.6, 1.0, 3)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_folder(request):
+    """For doctest items only: cwd = a temporary folder with ``cat.jpg`` (240x320) and ``photos/`` (3 images)."""
+    if not isinstance(request.node, pytest.DoctestItem):
+        yield
+        return
+    from jaxviz import image
+
+    tmp_path = request.getfixturevalue("tmp_path")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    image.save(_picture(240, 320, 0), tmp_path / "cat.jpg")
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        image.save(_picture(64 + 16 * i, 80, i + 1), tmp_path / "photos" / f"photo{i}.png")
+    monkeypatch.chdir(tmp_path)
+    yield
