@@ -142,3 +142,43 @@ def test_picture_verbs_take_the_small_cnn(user, capsys):
     x = np.concatenate([image.load(folder / f"{i}.png", size=32) for i in range(2)])
     acts = np.asarray(net.apply(params, x, taps="relu3")["relu3"])[..., 0].reshape(2, -1).max(1)
     assert f"channel 0: best {acts.max():.4g} in {folder / f'{int(acts.argmax())}.png'}" in out
+
+
+def test_picture_verbs_default_to_the_models_suggested_layer(user, capsys):
+    """No --layer: each verb takes the tap the model suggests (protocol.suggested_layer), measured on a user
+    model and a ResNet, never a VGG name the model lacks."""
+    from jaxviz.models import protocol
+
+    root, folder = user
+    net = models.resnet18()
+    params = weights.random(net, seed=0)
+    early = protocol.suggested_layer(net, params, (1, 64, 64, 3), "early")
+    middle = protocol.suggested_layer(net, params, (1, 64, 64, 3), "middle")
+    assert (early, middle) == ("conv1", "layer1/1")  # spatial taps conv1, relu, maxpool, layer1/0, layer1/1, ...
+    code, out, err = run(capsys, "featmaps", folder / "0.png", "--arch", "resnet18", "--weights", "random",
+                         "--size", "64", "--out", root / "f.png")
+    assert code == 0, err
+    assert "\nconv1: 64 channels of 32x32" in "\n" + out
+    code, out, err = run(capsys, "top-patches", folder, "--arch", "resnet18", "--weights", "random", "--size", "64",
+                         "--channels", "0-1", "--k", "2", "--out", root / "t.png", "--no-progress")
+    assert code == 0, err
+    assert "layer1/1" in out + err
+    # a user's linen CNN: conv taps Conv_0, Conv_1; featmaps' default is the first spatial tap
+    code, out, err = run(capsys, "featmaps", folder / "0.png", "--model", "usernet:build", "--size", "32",
+                         "--out", root / "u.png")
+    assert code == 0, err
+    user_net, user_params = __import__("usernet").build()
+    first = protocol.suggested_layer(user_net, user_params, (1, 32, 32, 3), "early")
+    assert f"\n{first}: 8 channels of 32x32" in "\n" + out
+    # filters: the first convolution of the params (ResNet's stem, 7x7 RGB)
+    code, out, err = run(capsys, "filters", "--arch", "resnet18", "--weights", "random", "--out", root / "k.png")
+    assert code == 0, err
+    assert "\nconv1: 64 kernels of 7x7x3" in "\n" + out
+    code, out, err = run(capsys, "filters", "--arch", "resnet18", "--weights", "random", "--layer", "layer1.0.conv1",
+                         "--limit", "4", "--out", root / "k2.png")
+    assert code == 0, err
+    assert "\nlayer1_0/conv1: 4 of 64 kernels of 3x3x64" in "\n" + out
+    code, out, err = run(capsys, "filters", "--arch", "resnet18", "--weights", "random", "--layer", "relu",
+                         "--out", root / "k3.png")
+    assert code == 2 and "--layer: expected a convolution in params (conv1, layer1_0/conv1, " in err
+    assert len(err.strip().splitlines()) == 1

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxviz import models
+from jaxviz import models, weights
 from jaxviz.errors import InputError, ModelError
 from jaxviz.models import _jaxpr, protocol, relus
 
@@ -346,6 +346,41 @@ def test_default_layer_is_measured_for_a_user_model(user):
     net, params, x = user
     tapped = models.tapped(net, input_shape=(1, 16, 16, 3))
     assert protocol.default_layer(tapped, params, x.shape) == "Conv_1"  # the deepest spatial tap
+
+
+def test_suggested_layers_named_by_vgg_measured_elsewhere(user):
+    from jaxviz.errors import InputError
+
+    net, params, x = user
+    tapped = models.tapped(net, input_shape=(1, 16, 16, 3))
+    # two spatial taps (Conv_0 16x16, Conv_1 4x4): early is the first, deep at 0.7 of the depth the second
+    assert [protocol.suggested_layer(tapped, params, x.shape, r) for r in ("early", "middle", "deep")] == [
+        "Conv_0", "Conv_0", "Conv_1"]
+    assert protocol.suggested_layers(tapped, params, x.shape, "style") == ("Conv_0", "Conv_1")  # one per map size
+    vgg = models.vgg16()
+    vgg_params = weights.random(models.VGG(stages=models.vgg16().stages, classifier=False), seed=0)
+    shape = (1, 64, 64, 3)
+    assert [protocol.suggested_layer(vgg, vgg_params, shape, r) for r in protocol.ROLES] == [
+        "relu1_1", "relu3_1", "relu4_1", "relu4_2", "relu4_2"]
+    assert protocol.suggested_layers(vgg, vgg_params, shape, "style") == tuple(f"relu{b}_1" for b in range(1, 6))
+    with pytest.raises(InputError, match=r"^role: expected one of early, middle, deep, dream, content or 'style'"):
+        protocol.suggested_layers(vgg, vgg_params, shape, "bogus")
+
+
+def test_convolutions_are_found_by_shape_in_any_params_tree(user):
+    from jaxviz.errors import InputError
+    from jaxviz.featvis import maps
+
+    net, params, x = user
+    assert maps.convolutions(params) == ("Conv_0", "Conv_1")
+    np.testing.assert_array_equal(maps.filters(params), np.transpose(params["params"]["Conv_0"]["kernel"], (3, 0, 1, 2)))
+    r18 = weights.random(models.resnet18(), seed=0)
+    convs = maps.convolutions(r18)
+    assert convs[:3] == ("conv1", "layer1_0/conv1", "layer1_0/conv2") and len(convs) == 20  # 17 convs + 3 downsamples
+    assert maps.find_convolution(r18, "layer2.0.downsample") == "layer2_0/downsample"
+    assert maps.filters(r18, "layer1.0.conv1").shape == (64, 3, 3, 64)
+    with pytest.raises(InputError, match=r"^layer: expected a convolution in params \(Conv_0, Conv_1\), got 'Dense_0'"):
+        maps.filters(params, "Dense_0")
 
 
 def test_layer_gradient_equals_vgg_start_fast_path():

@@ -56,8 +56,33 @@ def test_presets_reproduce_the_seeds():
     assert (t.content_layers, t.content_weight, t.style_weight) == ((("relu5_2", 1.0),), 1e3, 1e-2)
     assert (t.learning_rate, t.b1, t.eps, t.style_normalization, t.steps) == (5.0, 0.99, 0.1, "hw", 1000)
     g = style.PRESETS["gatys"]
-    assert (g.optimizer, g.init, g.content_layers[0][0]) == ("lbfgs", "content", "relu4_2")
-    assert [n for n, _ in g.style_layers] == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    assert (g.optimizer, g.init, g.content_layers, g.style_layers) == ("lbfgs", "content", None, None)
+
+
+def test_gatys_layers_are_the_models_suggestion():
+    """The default preset leaves the layers to the model: Gatys et al.'s on a VGG19 (relu4_2; relu1_1..relu5_1
+    at 1/5 each, the course preset's), one style tap per map size and the deep content tap on a ResNet."""
+    from jaxviz.models import protocol
+    from jaxviz.style.presets import _for_model
+
+    vgg = models.vgg19(classifier=False)
+    vgg_params = jax.eval_shape(lambda: weights.random(vgg, seed=0))  # shapes are all the choice needs
+    _, cfg = _for_model(vgg, vgg_params, style.config("gatys"))
+    course = style.config("course")
+    assert (cfg.content_layers, cfg.style_layers) == (course.content_layers, course.style_layers)
+
+    net = models.resnet18()
+    params = weights.random(net, seed=0)
+    _, cfg = _for_model(net, params, style.config("gatys"))
+    shapes = protocol.tap_shapes(net, params, (1, 224, 224, 3))
+    names = [n for n, _ in cfg.style_layers]
+    sizes = [shapes[n][1:3] for n in names]
+    assert sizes == [(112, 112), (56, 56), (28, 28), (14, 14), (7, 7)]  # one per stage, the first tap of each
+    assert all(shapes[k][1:3] != sz for n, sz in zip(names, sizes) for k in net.layers[:net.layers.index(n)]
+               if k in shapes and len(shapes[k]) == 4)
+    assert [w for _, w in cfg.style_layers] == [0.2] * 5 and cfg.content_layers[0][1] == 1.0
+    spatial = [k for k in net.layers if k in shapes and len(shapes[k]) == 4]  # conv1 .. layer4/1: 11 taps
+    assert cfg.content_layers[0][0] == spatial[int(0.7 * len(spatial))] == "layer3/0"
 
 
 def test_config_overrides_and_errors():
@@ -79,7 +104,7 @@ def test_config_overrides_and_errors():
 
 def test_bad_inputs_name_the_argument(params):
     with pytest.raises(InputError, match=r"^content_layers: unknown layer 'relu4_2'; this network has conv1_1"):
-        style.init(NET, params, CONTENT, STYLE, preset="gatys")
+        style.init(NET, params, CONTENT, STYLE, preset="course")  # the course's VGG19 taps, named
     with pytest.raises(InputError, match=r"^net: expected a jaxviz model, a flax module or a function f\(params, x\), got object"):
         style.init(object(), params, CONTENT, STYLE, **LBFGS)
     with pytest.raises(InputError, match=r"^content: expected shape \(N, H, W, 3\), got \(32, 32, 3\)"):

@@ -105,17 +105,33 @@ def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19", s
     p.set_defaults(_seed_only_weights=seed_also is None)
 
 
-def classifier_tap(layer: str) -> bool:
-    """True for the taps only a network with its classifier has (``avgpool``, ``fc6`` .. ``fc8``/``logits``)."""
-    from ..models.vgg import ALIASES, CLASSIFIER_LAYERS
-
-    return ALIASES.get(layer, layer) in CLASSIFIER_LAYERS
+def classifier_tap(args: argparse.Namespace, layer: str) -> bool:
+    """True for a tap that only the network with its classifier has (a VGG's ``avgpool``, ``fc6`` ..
+    ``fc8``/``logits``): asked of the features-only network --arch builds (models without that option have every
+    tap either way)."""
+    if getattr(args, "model", None) or args.arch == SMALL_CNN or args.arch in models.RESNET_ARCHS:
+        return True
+    try:
+        models.get(args.arch, classifier=False).resolve(layer, "layer")
+    except InputError:
+        return True
+    return False
 
 
 def resolve_layer(args: argparse.Namespace, name: str) -> str:
     """``name``'s canonical tap, checked against the whole --arch network (classifier taps included), so an
     unknown --layer is reported with every name the command takes, before any weights are loaded."""
     return network(args).resolve(name, "--layer")
+
+
+def picture_layer(args: argparse.Namespace, net, params, image_shape, role: str) -> str:
+    """``--layer`` resolved, or, when it is not given, the tap the model suggests for ``role``
+    (:func:`jaxviz.models.protocol.suggested_layer`: VGG's literature layers, measured elsewhere)."""
+    from ..models import protocol
+
+    if args.layer is not None:
+        return net.resolve(args.layer, "--layer")
+    return protocol.suggested_layer(net, params, tuple(image_shape), role)
 
 
 def network(args: argparse.Namespace):

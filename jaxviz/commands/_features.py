@@ -16,8 +16,9 @@ __all__ = ["add_feature_args", "folder_features"]
 
 def add_feature_args(p: argparse.ArgumentParser) -> None:
     add_folder_args(p)
-    p.add_argument("--layer", default="relu7",
-                   help="tap whose activations are the feature vectors (default %(default)s: the penultimate layer)")
+    p.add_argument("--layer", default=None,
+                   help="tap whose activations are the feature vectors (default: the tap before the class scores, "
+                   "measured: relu7 on a VGG, avgpool on a ResNet)")
     p.add_argument("--pool", choices=["mean", "max", "flatten"], default="mean",
                    help="how convolutional taps become vectors (default %(default)s)")
     p.add_argument("--thumb", type=int, default=64, help="thumbnail size in px (default %(default)s)")
@@ -35,8 +36,14 @@ def folder_features(args: argparse.Namespace, paths=None):
     paths = folder_paths(args) if paths is None else paths
     if args.thumb < 1:
         raise InputError(f"--thumb: expected a positive size in px, got {args.thumb}")
-    layer = resolve_layer(args, args.layer)
-    net, params = model_and_params(args, classifier=classifier_tap(layer))
+    from ..models import protocol
+
+    if args.layer is None:
+        net, params = model_and_params(args)
+        layer = protocol.embedding_layer(net, params, (1, args.size, args.size, 3))
+    else:
+        layer = resolve_layer(args, args.layer)
+        net, params = model_and_params(args, classifier=classifier_tap(args, layer))
     signature = json.dumps([str(args.folder), args.recursive, layer, args.pool, args.size, args.thumb, args.arch,
                             weights_key(args), file_stamps(paths)])
     cache = checkpoint_path(args.out, "features")

@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "layers, from a small octave up to full size, with random roll jitter and normalised "
                        "steps. --tile computes gradients in tiles (same result, less memory) for large images.")
     p.add_argument("image", type=Path, help="input image")
-    p.add_argument("--layers", type=parse_layers, default={"relu4_2": 1.0}, metavar="L[:W],...",
-                   help="layers and weights, e.g. relu4_2 or relu4_2:1,relu3_1:0.5 (default relu4_2)")
+    p.add_argument("--layers", type=parse_layers, default=None, metavar="L[:W],...",
+                   help="layers and weights, e.g. relu4_2 or relu4_2:1,relu3_1:0.5 (default: the tap the model "
+                   "suggests, relu4_2 on a VGG)")
     p.add_argument("--size", type=int, default=512, help="longest side in px (default %(default)s; 0 keeps it)")
     p.add_argument("--octaves", type=int, default=4, help="default %(default)s")
     p.add_argument("--octave-scale", type=float, default=1.4, help="default %(default)s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_model_args, check_image_size, model_and_params
+from ._common import add_model_args, check_image_size, model_and_params, picture_layer
 from ._outputs import add_output_args, finished, random_weights_note, save
 
 __all__ = ["register", "run"]
@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Feature maps (activations) of one tap for IMAGE, one tile per channel, each "
                        "scaled to its own range, strongest mean activation first.")
     p.add_argument("image", type=Path, help="input image")
-    p.add_argument("--layer", default="relu1_1", help="tap name (default %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="tap name (default: the model's first feature map, relu1_1 on a VGG)")
     p.add_argument("--size", type=int, default=224, help="longest side of the input in px (default %(default)s)")
     p.add_argument("--order", choices=["mean", "index"], default="mean",
                    help="channel order: strongest mean first, or by index (default %(default)s)")
@@ -44,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 1:
         raise InputError(f"--size: expected a positive number of px, got {args.size}")
     net, params = model_and_params(args, classifier=False)
-    layer = net.resolve(args.layer, "--layer")
     x = image.load(args.image, args.size)
+    layer = picture_layer(args, net, params, x.shape, "early")
     check_image_size(args, x, net.min_size)
     fm = np.asarray(maps.feature_maps(net, params, x, layer))[0]
     if fm.ndim != 3:

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="The kernels of one convolution, one tile each. conv1_1's 3-channel kernels "
                        "are drawn in colour (grey = 0, one scale for the whole layer); deeper kernels as their "
                        "input-channel mean on a diverging colormap.")
-    p.add_argument("--layer", default="conv1_1", help="convolution (default %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="convolution, by its path in the params (default: the first one, conv1_1 on a VGG)")
     p.add_argument("--tile", type=int, default=48, help="tile size in px (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="show only the first N kernels")
     add_output_args(p)
@@ -32,18 +33,17 @@ def run(args: argparse.Namespace) -> int:
     if args.tile < 1:
         raise InputError(f"--tile: expected a positive size in px, got {args.tile}")
     net, params = model_and_params(args, classifier=False)
-    layer = net.resolve(args.layer, "--layer").replace("relu", "conv", 1)
-    total = maps.filters(params, layer).shape[0]  # checks the layer is a convolution of params, too
-    if args.limit is not None:
-        if args.limit < 1:
-            raise InputError(f"--limit: expected a positive number of kernels, got {args.limit}")
-        inner = dict(params["params"])
-        inner[layer] = {k: v[..., : args.limit] if k == "kernel" else v[: args.limit] for k, v in inner[layer].items()}
-        params = {"params": inner}
-    k = maps.filters(params, layer)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit: expected a positive number of kernels, got {args.limit}")
+    try:
+        layer = maps.find_convolution(params, args.layer)
+    except InputError as e:  # "layer: expected a convolution in params (...)" in the command line's words
+        raise InputError("--" + str(e)) from None
+    total = maps.filters(params, layer)
+    k = total[: args.limit]
     ncols = 8 if k.shape[0] == 64 else None
-    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols), args.out, args)
-    shown = f"{k.shape[0]} of {total}" if k.shape[0] < total else f"{total}"
+    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols, limit=args.limit), args.out, args)
+    shown = f"{k.shape[0]} of {total.shape[0]}" if k.shape[0] < total.shape[0] else f"{total.shape[0]}"
     print(f"{layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]}")
     random_weights_note(args)
     return 0

@@ -13,12 +13,12 @@ import math
 import sys
 
 from .._checks import index_ranges
-from ..models.vgg import CLASSIFIER_LAYERS
 from ._common import (
     add_model_args,
     classifier_tap,
     imagenet_classes,
     model_and_params,
+    picture_layer,
     resolve_layer,
     weights_key,
 )
@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "gradient ascent on a Fourier-parameterised, colour-decorrelated image under random "
                        "jitter, scale and rotation (Olah et al., Feature Visualization). Channels are rendered "
                        "--batch-size at a time, each group in one compiled call.")
-    p.add_argument("--layer", default="relu4_1",
-                   help="tap name, convolutional or classifier (fc6 .. fc8/logits) (default %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="tap name, convolutional or classifier (fc6 .. fc8/logits) (default: a deep feature map "
+                   "the model suggests, relu4_1 on a VGG)")
     p.add_argument("--channels", type=parse_channels, default=list(range(16)), metavar="0-15",
                    help="channels, e.g. 0-15 or 3,7,9 (default 0-15)")
     p.add_argument("--classes", type=parse_channels, default=None, metavar="K,..",
@@ -68,6 +69,16 @@ def _tile_names(chans, classes: bool, width: int) -> list[str]:
         names = imagenet_classes()
         return [f"{c} {names[c]}" for c in chans]
     return [f"{'class ' if classes else ''}{c}" for c in chans]
+
+
+def _logits(net):
+    """The model's class-score tap (its ``logits`` alias), or None for a model without one."""
+    from ..errors import InputError
+
+    try:
+        return net.resolve("logits", "layer")
+    except InputError:
+        return None
 
 
 def _labelled(tiles, labels):
@@ -98,17 +109,22 @@ def run(args: argparse.Namespace) -> int:
     classes = args.classes is not None
     if classes and args.neuron:
         raise InputError("--neuron: expected a convolutional --layer; class logits have no positions")
-    layer = resolve_layer(args, "logits" if classes else args.layer)
-    net, params = model_and_params(args, classifier=classifier_tap(layer))
+    if classes or args.layer is not None:
+        layer = resolve_layer(args, "logits" if classes else args.layer)
+        net, params = model_and_params(args, classifier=classifier_tap(args, layer))
+    else:
+        net, params = model_and_params(args, classifier=False)
+        layer = picture_layer(args, net, params, (1, args.size, args.size, 3), "deep")
     if args.size < net.min_size:
         raise InputError(f"--size: expected at least {net.min_size} px (the network's minimum), got {args.size}")
-    if args.neuron and layer in CLASSIFIER_LAYERS:
-        raise InputError(f"--neuron: expected a convolutional --layer; {layer} has no positions")
-    classes = classes or layer == "fc8"  # --layer logits/fc8: its channels are the ImageNet classes
-    chans = args.classes if args.classes is not None else args.channels
     from ..models import protocol
 
-    width = protocol.tap_shapes(net, params, (1, 64, 64, 3))[layer][-1]
+    shape = protocol.tap_shapes(net, params, (1, max(64, net.min_size), max(64, net.min_size), 3))[layer]
+    if args.neuron and len(shape) != 4:
+        raise InputError(f"--neuron: expected a convolutional --layer; {layer} has no positions")
+    classes = classes or layer == _logits(net)  # --layer logits (fc8 on a VGG): its channels are the classes
+    chans = args.classes if args.classes is not None else args.channels
+    width = shape[-1]
     bad = [c for c in chans if c >= width]
     if bad:
         raise InputError(f"--{'classes' if args.classes is not None else 'channels'}: {layer} has {width} "

@@ -13,7 +13,7 @@ import json
 import sys
 
 from .._checks import index_ranges
-from ._common import add_model_args, file_stamps, model_and_params, weights_key
+from ._common import add_model_args, file_stamps, model_and_params, picture_layer, weights_key
 from ._outputs import (
     Skips,
     add_folder_args,
@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "largest, shown as the receptive-field patch around that response; one row per channel. "
                        "Memory stays fixed however large the folder; reruns resume.")
     add_folder_args(p)
-    p.add_argument("--layer", default="relu3_1", help="convolutional tap (default %(default)s)")
+    p.add_argument("--layer", default=None,
+                   help="convolutional tap (default: a middle feature map the model suggests, relu3_1 on a VGG)")
     p.add_argument("--channels", type=parse_channels, default=list(range(8)), metavar="0-7",
                    help="channels, e.g. 0-7 or 3,5 (default 0-7)")
     p.add_argument("--k", type=int, default=9, help="patches per channel (default %(default)s)")
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--tile: expected a positive size in px, got {args.tile}")
     paths = folder_paths(args)
     net, params = model_and_params(args, classifier=False)
-    layer = net.resolve(args.layer, "--layer")
+    layer = picture_layer(args, net, params, (1, args.size, args.size, 3), "middle")
     rf = P.receptive_field(net, layer, params)
     import jax.numpy as jnp
 

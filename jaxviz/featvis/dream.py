@@ -87,7 +87,11 @@ UNROLL_TILES = 16  # up to this many gradient tiles are traced one after another
 
 
 def _layer_spec(net: Any, layers: Layers, params: Any) -> tuple[tuple[str, float], ...]:
-    """(canonical name, weight) pairs, validated; hashable so it can be a static jit argument."""
+    """(canonical name, weight) pairs, validated; hashable so it can be a static jit argument. None: the tap the
+    model suggests for DeepDream (:func:`jaxviz.models.protocol.suggested_layer`; ``relu4_2`` on a VGG)."""
+    if layers is None:
+        side = max(224, protocol.min_size(net))
+        layers = protocol.suggested_layer(net, params, (1, side, side, 3), "dream")
     if isinstance(layers, str):
         items = [(layers, 1.0)]
     elif isinstance(layers, Mapping):
@@ -268,7 +272,7 @@ def guide_features(net: Any, params, guide, *, layers: Layers) -> dict[str, jax.
     return {n: acts[n].reshape(-1, acts[n].shape[-1]).astype(jnp.float32) for n, _ in spec}
 
 
-def objective(net: Any, params, images, *, layers: Layers = "relu4_2", guide=None) -> jax.Array:
+def objective(net: Any, params, images, *, layers: Layers | None = None, guide=None) -> jax.Array:
     """The DeepDream objective of images (what :func:`dream` climbs).
 
     ``sum_l w_l * mean over positions of ½‖a_l‖²``, or with a guide
@@ -279,7 +283,9 @@ def objective(net: Any, params, images, *, layers: Layers = "relu4_2", guide=Non
       net, params: a model (any behind the model contract) and its parameters.
       images: (N, H, W, 3) RGB in [0, 1].
       layers: a tap name, a sequence of names (weight 1 each) or a mapping
-        name -> weight. Convolutional taps only.
+        name -> weight. Convolutional taps only. Default: the tap the model
+        suggests for DeepDream (``relu4_2`` on a VGG; measured on other
+        models, :func:`jaxviz.models.protocol.suggested_layer`).
       guide: optional guide image (1, Hg, Wg, 3), or precomputed
         :func:`guide_features`.
 
@@ -305,7 +311,7 @@ def _guides(net, params, spec, guide):
 
 
 def gradient(
-    net: Any, params, images, *, layers: Layers = "relu4_2", guide=None, tile_size: int | None = None
+    net: Any, params, images, *, layers: Layers | None = None, guide=None, tile_size: int | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Value and gradient of the DeepDream :func:`objective`, optionally in tiles.
 
@@ -400,7 +406,7 @@ def dream_step(
     images,
     key: jax.Array,
     *,
-    layers: Layers = "relu4_2",
+    layers: Layers | None = None,
     step_size: float = 0.01,
     jitter: int = 32,
     tile_size: int | None = None,
@@ -454,7 +460,7 @@ def dream(
     images,
     *,
     key: jax.Array,
-    layers: Layers = "relu4_2",
+    layers: Layers | None = None,
     octaves: int = 4,
     octave_scale: float = 1.4,
     steps: int = 10,
@@ -478,7 +484,8 @@ def dream(
         (steps are normalised per image).
       key: PRNG key (or an int seed); the rolls of octave ``o``, step ``s`` use
         ``fold_in(fold_in(key, o), s)``.
-      layers: a tap name, a sequence of names or a mapping name -> weight.
+      layers: a tap name, a sequence of names or a mapping name -> weight;
+        default the tap the model suggests (``relu4_2`` on a VGG).
       octaves: number of scales (1 for a single scale).
       octave_scale: size ratio between consecutive octaves (> 1).
       steps: gradient steps per octave.

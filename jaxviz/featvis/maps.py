@@ -25,7 +25,8 @@ Convolutional Networks", ECCV 2014 (first-layer filters, feature maps).
 from __future__ import annotations
 
 import functools
-from typing import Any
+import re
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ from ..errors import InputError
 from ..models import protocol
 from ..viz.features import feature_map_grid, filter_grid  # noqa: F401  (drawn in jaxviz.viz; re-exported here)
 
-__all__ = ["feature_maps", "feature_map_grid", "filters", "filter_grid"]
+__all__ = ["feature_maps", "feature_map_grid", "convolutions", "find_convolution", "filters", "filter_grid"]
 
 
 @functools.partial(jax.jit, static_argnames=("net", "layer"))
@@ -67,21 +68,67 @@ def feature_maps(net: Any, params, images, layer: str) -> jax.Array:
     return _apply(net, params, images, name)
 
 
-def filters(params, layer: str = "conv1_1") -> np.ndarray:
+def convolutions(params) -> tuple[str, ...]:
+    """The paths of every 2-D convolution kernel in a params tree, in the tree's order (the order the model's
+    modules were made, input first): ``"conv1_1"`` on a VGG, ``"conv1"``, ``"layer1_0/conv1"`` on a ResNet,
+    ``"Conv_0"`` on a user's linen CNN. Found by shape: a ``kernel`` leaf of rank 4 (kh, kw, C_in, C_out)."""
+    inner = params.get("params", params) if isinstance(params, Mapping) else None
+    if not isinstance(inner, Mapping):
+        raise InputError(f"params: expected a params pytree (a dict), got {type(params).__name__}")
+    found = []
+
+    def walk(tree, path):
+        for k, v in tree.items():
+            if isinstance(v, Mapping):
+                walk(v, path + (str(k),))
+            elif k == "kernel" and np.ndim(v) == 4:
+                found.append("/".join(path))
+
+    walk(inner, ())
+    return tuple(found)
+
+
+def find_convolution(params, layer: str | None = None) -> str:
+    """The path in ``params`` of the convolution ``layer`` names (see :func:`filters`), or of the first one.
+
+    Raises:
+      InputError: ``layer`` is not a convolution of ``params`` (the message lists them).
+    """
+    convs = convolutions(params)
+    if not convs:
+        raise InputError("params: expected at least one convolution kernel (kh, kw, C_in, C_out), found none")
+    if layer is None:
+        name = convs[0]
+    else:
+        name = str(layer).replace(".", "/")
+        if name not in convs:  # torchvision's spelling of a nested path: "layer1.0.conv1" for "layer1_0/conv1"
+            same = [c for c in convs if re.sub(r"[./_]", "/", c) == re.sub(r"[./_]", "/", name)]
+            name = same[0] if len(same) == 1 else name
+        if name not in convs:
+            shown = ", ".join(convs[:12]) + (f", ... ({len(convs)} in all)" if len(convs) > 12 else "")
+            raise InputError(f"layer: expected a convolution in params ({shown}), got {layer!r}")
+    return name
+
+
+def filters(params, layer: str | None = None) -> np.ndarray:
     """A convolution's kernels, one per output channel.
 
     Args:
-      params: a jaxviz params pytree.
-      layer: a convolution (``conv1_1`` ...); ``relu1_1`` is taken as ``conv1_1``.
+      params: a params pytree (jaxviz's, or any flax model's).
+      layer: the convolution's path in ``params`` (see :func:`convolutions`;
+        ``/`` or ``.`` between levels; torchvision's ``layer1.0.conv1`` finds
+        ``layer1_0/conv1``). Default: the first convolution (the one that
+        sees the image).
 
     Returns:
       (C_out, kh, kw, C_in) float32 NumPy array.
-    """
-    name = layer.replace("relu", "conv", 1) if isinstance(layer, str) else layer
-    inner = params.get("params", params) if isinstance(params, dict) else None
-    if inner is None or name not in inner or "kernel" not in inner[name]:
-        have = sorted(k for k in (inner or {}) if k.startswith("conv"))
-        raise InputError(f"layer: expected a convolution in params ({', '.join(have)}), got {layer!r}")
-    k = np.asarray(inner[name]["kernel"], np.float32)  # (kh, kw, cin, cout)
-    return np.transpose(k, (3, 0, 1, 2))
 
+    Raises:
+      InputError: ``layer`` is not a convolution of ``params`` (the message lists them).
+    """
+    name = find_convolution(params, layer)
+    node = params.get("params", params)
+    for part in name.split("/"):
+        node = node[part]
+    k = np.asarray(node["kernel"], np.float32)  # (kh, kw, cin, cout)
+    return np.transpose(k, (3, 0, 1, 2))

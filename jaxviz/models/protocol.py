@@ -21,7 +21,9 @@ Optional attributes, read with defaults: ``min_size`` (smallest input side, 1),
 ``unit_range`` (inputs must be RGB in [0, 1], False), ``default_layer`` (the tap
 Grad-CAM uses when none is given; else the deepest spatial tap, measured),
 ``cam_layers`` (``(feature tap, dense param name)`` of a global-average-pool +
-linear head, for CAM), ``embedding_layer``, ``start`` support
+linear head, for CAM), ``embedding_layer``, ``suggested_layers`` (a mapping
+from the roles of :data:`ROLES` to taps the model recommends, e.g. VGG's
+Gatys layers for style transfer; else measured by :func:`suggested_layers`), ``start`` support
 (``supports_start``: a fast path that enters the network after a tap) and
 ``plain_stack`` (a :class:`PlainStack`: the model is a plain 3x3-conv/ReLU/pool
 stack that incremental occlusion may compute on patches).
@@ -48,9 +50,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 
 __all__ = [
+    "ROLES",
+    "suggested_layers",
+    "suggested_layer",
     "Model",
     "Geometry",
     "PlainStack",
@@ -269,6 +274,59 @@ def embedding_layer(net: Any, params: Any, image_shape: Sequence[int]) -> str:
     if len(order) > 1 and len(shapes[order[-1]]) == 2:
         return order[-2]
     return order[-1]
+
+
+#: The roles a picture-making technique asks a model for a tap in, with the depth (a fraction of the spatial
+#: taps, input to output) that the measured default picks when the model names none.
+ROLES = {
+    "early": 0.0,    # feature maps: the first spatial tap
+    "middle": 0.4,   # top-activating patches
+    "deep": 0.7,     # activation maximisation
+    "dream": 0.7,    # DeepDream
+    "content": 0.7,  # style transfer's content tap
+}
+
+
+def suggested_layers(net: Any, params: Any, image_shape: Sequence[int], role: str) -> tuple[str, ...]:
+    """The taps a model suggests for ``role`` (a key of :data:`ROLES`, or ``"style"``).
+
+    The model's own ``suggested_layers[role]`` when it names them (VGG: ``relu1_1`` for ``"early"``, Gatys et
+    al.'s ``relu4_2`` and ``relu1_1``..``relu5_1`` for ``"content"`` and ``"style"``); else measured from the
+    spatial taps (maps larger than 1x1) in order: for a role of :data:`ROLES`, the one at that fraction of the
+    depth; for ``"style"``, the first tap at each map size (one per stage, at most five), as Gatys et al.
+    take one layer per VGG block.
+
+    Returns:
+      One tap for a role of :data:`ROLES`; one or more for ``"style"``.
+
+    Raises:
+      InputError: an unknown ``role``. ModelError: the model has no spatial tap.
+    """
+    if role != "style" and role not in ROLES:
+        raise InputError(f"role: expected one of {', '.join(ROLES)} or 'style', got {role!r}")
+    model = as_model(net)
+    named = (getattr(model, "suggested_layers", None) or {}).get(role)
+    if named:
+        names = (named,) if isinstance(named, str) else tuple(named)
+        return tuple(model.resolve(n, "layer") for n in names)
+    shapes = tap_shapes(model, params, image_shape)
+    spatial = [k for k in model.layers if k in shapes and len(shapes[k]) == 4 and shapes[k][1] * shapes[k][2] > 1]
+    if not spatial:
+        raise ModelError(f"layer: {name_of(model)} has no spatial tap (N, h, w, C) at {tuple(image_shape)[1:3]} px; "
+                         f"pass a layer, one of {', '.join(model.layers)}")
+    if role == "style":
+        firsts = {}
+        for k in spatial:
+            firsts.setdefault(shapes[k][1:3], k)
+        return tuple(firsts.values())[:5]
+    return (spatial[min(len(spatial) - 1, int(ROLES[role] * len(spatial)))],)
+
+
+def suggested_layer(net: Any, params: Any, image_shape: Sequence[int], role: str) -> str:
+    """The one tap :func:`suggested_layers` gives for ``role`` (a key of :data:`ROLES`)."""
+    if role not in ROLES:
+        raise InputError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+    return suggested_layers(net, params, image_shape, role)[0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -187,6 +187,21 @@ class VGG(_taps.Tapped, nn.Module):
         """The last convolutional ReLU (``relu5_4`` on VGG19): Grad-CAM's usual layer."""
         return f"relu{len(self.stages)}_{len(self.stages[-1])}"
 
+    @property
+    def suggested_layers(self) -> dict[str, Any]:
+        """The literature's taps (see :func:`jaxviz.models.protocol.suggested_layers`): feature maps at
+        ``relu1_1``, top patches at ``relu3_1``, activation maximisation at ``relu4_1`` (lucid's habit), DeepDream
+        and style transfer's content at ``relu4_2``, style at ``relu1_1``..``relu5_1`` (Gatys et al.); names a
+        shallower VGG lacks are left to the measured default."""
+        have = set(self.layers)
+        roles = {"early": "relu1_1", "middle": "relu3_1", "deep": "relu4_1", "dream": "relu4_2",
+                 "content": "relu4_2"}
+        out: dict[str, Any] = {k: v for k, v in roles.items() if v in have}
+        style = tuple(f"relu{b}_1" for b in range(1, len(self.stages) + 1))
+        if len(self.stages) >= 5:
+            out["style"] = style[:5]
+        return out
+
     def _widths(self) -> dict[str, int]:
         widths = {}
         for b, stage in enumerate(self.stages, 1):

@@ -20,7 +20,9 @@ and a progress bar::
 Presets (:data:`PRESETS`), every field overridable by keyword:
 
 * ``"gatys"``: content ``relu4_2``, style ``relu1_1``..``relu5_1`` (weight 1/5
-  each, as in the paper), L-BFGS with a zoom line search, content init,
+  each, as in the paper) on a VGG; on any other model the taps it suggests
+  (:func:`jaxviz.models.protocol.suggested_layers`: one style tap per stage,
+  measured), L-BFGS with a zoom line search, content init,
   500 steps. The loss scaling is the one of neural-style and the PyTorch
   tutorial (Gram / (C H W), mean squared errors, content weight 1, style
   weight 5e6 x 1/5 = the tutorial's 1e6 per layer), which suits

@@ -19,7 +19,7 @@ from ..errors import CheckpointError, InputError
 from ..models import protocol
 from .colour import _luminance_only, _resize, original_colors
 from .objective import Losses, State, _as_styles, _blend_weights, _seed, evaluate, init, result, update
-from .presets import Config, _check_net, _float, config
+from .presets import Config, _float, _for_model, config
 
 def _fit(h: int, w: int, longest: int) -> tuple[int, int]:
     s = longest / max(h, w)
@@ -126,8 +126,7 @@ def run(
     """
     if steps is not None:
         overrides["steps"] = steps
-    cfg = config(preset, **overrides)
-    net = _check_net(net, cfg)
+    net, cfg = _for_model(net, params, config(preset, **overrides))
     _checks.images(content, "content")
     content = jnp.asarray(content, jnp.float32)
     style_list = _as_styles(styles)

@@ -20,7 +20,7 @@ from ..execution import reverse_mode
 from ..models import protocol
 from ..models.vgg import IMAGENET_MEAN
 from . import losses
-from .presets import Config, _check_net, _optimizer, config
+from .presets import Config, _for_model, _optimizer, config
 
 class Losses(NamedTuple):
     """Per-image losses, each of shape (N,). The weighted parts add up to ``total``.
@@ -365,8 +365,7 @@ def style_targets(
     Returns:
       tap -> (C, C) ``sum_k w_k * gram_target(style_k)``.
     """
-    cfg = config(preset, **overrides)
-    net = _check_net(net, cfg)
+    net, cfg = _for_model(net, params, config(preset, **overrides))
     imgs = _as_styles(styles)
     w = _blend_weights(style_weights, len(imgs))
     names = tuple(dict.fromkeys(net.resolve(n) for n, _ in cfg.style_layers))
@@ -445,8 +444,7 @@ def init(
         content, painting = image.load("photo.jpg", 512), image.load("painting.jpg", 512)
         state = style.init(net, params, content, painting, preset="course")
     """
-    cfg = config(preset, **overrides)
-    net = _check_net(net, cfg)
+    net, cfg = _for_model(net, params, config(preset, **overrides))
     _checks.images(content, "content", min_size=protocol.min_size(net), unit_range=protocol.unit_range(net))
     content = jnp.asarray(content, jnp.float32)
     stargets = style_targets(net, params, styles, style_weights=style_weights, preset=cfg)

@@ -29,8 +29,12 @@ class Config:
     """Every knob of a style transfer (hashable: it is static under ``jit``).
 
     Attributes:
-      content_layers: ``((tap, weight), ...)``.
-      style_layers: ``((tap, weight), ...)``.
+      content_layers: ``((tap, weight), ...)``, or None: the tap the model
+        suggests for content (:func:`jaxviz.models.protocol.suggested_layers`;
+        ``relu4_2`` on a VGG, Gatys et al.'s) at weight 1.
+      style_layers: ``((tap, weight), ...)``, or None: the taps the model
+        suggests for style (``relu1_1``..``relu5_1`` on a VGG; one per stage,
+        measured, elsewhere), equal weights summing to 1.
       content_weight: alpha, the content cost's weight.
       style_weight: beta, the style cost's weight.
       tv_weight: weight of the total-variation prior on the [0, 1] image.
@@ -71,8 +75,8 @@ class Config:
         under ``vmap``).
     """
 
-    content_layers: tuple[tuple[str, float], ...] = (("relu4_2", 1.0),)
-    style_layers: tuple[tuple[str, float], ...] = _STYLE5
+    content_layers: tuple[tuple[str, float], ...] | None = None
+    style_layers: tuple[tuple[str, float], ...] | None = None
     content_weight: float = 1.0
     style_weight: float = 5e6
     tv_weight: float = 0.0
@@ -203,8 +207,8 @@ def config(preset: str | Config = "gatys", **overrides: Any) -> Config:
         raise InputError(f"{unknown[0]}: unknown option; expected one of {', '.join(_FIELDS)}")
     ov = dict(overrides)
     for key in ("content_layers", "style_layers"):
-        if key in ov:
-            total = sum(w for _, w in getattr(base, key))
+        if key in ov and ov[key] is not None:
+            total = sum(w for _, w in getattr(base, key) or ((None, 1.0),))
             ov[key] = _layer_spec(ov[key], key, total)
     for key in ("content_weight", "style_weight", "tv_weight", "noise_range"):
         if key in ov:
@@ -253,6 +257,22 @@ def _optimizer(cfg: Config) -> optax.GradientTransformationExtraArgs:
             max_linesearch_steps=cfg.linesearch_steps, initial_guess_strategy="one", increase_factor=8.0
         ),
     )
+
+
+def _for_model(net: Any, params: Any, cfg: Config) -> tuple[Any, Config]:
+    """``net`` behind the model contract and ``cfg`` with the layers left to the model (None) filled in from
+    :func:`jaxviz.models.protocol.suggested_layers`, every content and style layer checked against its taps."""
+    net = protocol.as_model(net)
+    if cfg.content_layers is None or cfg.style_layers is None:
+        side = max(224, protocol.min_size(net))
+        shape = (1, side, side, 3)
+        if cfg.content_layers is None:
+            names = protocol.suggested_layers(net, params, shape, "content")
+            cfg = cfg.replace(content_layers=tuple((n, 1.0 / len(names)) for n in names))
+        if cfg.style_layers is None:
+            names = protocol.suggested_layers(net, params, shape, "style")
+            cfg = cfg.replace(style_layers=tuple((n, 1.0 / len(names)) for n in names))
+    return _check_net(net, cfg), cfg
 
 
 def _check_net(net: Any, cfg: Config) -> Any:

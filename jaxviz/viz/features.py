@@ -100,8 +100,8 @@ def feature_map_grid(
     return grid(tiles, ncols=ncols, pad=pad)
 
 
-def filter_grid(params, layer: str = "conv1_1", *, tile: int = 48, ncols: int | None = None,
-                pad: int = 2) -> np.ndarray:
+def filter_grid(params, layer: str | None = None, *, tile: int = 48, ncols: int | None = None,
+                pad: int = 2, limit: int | None = None) -> np.ndarray:
     """A layer's kernels as a grid of tiles.
 
     ``conv1_1``'s kernels (three input channels) are drawn in colour: RGB
@@ -111,13 +111,15 @@ def filter_grid(params, layer: str = "conv1_1", *, tile: int = 48, ncols: int | 
     through a diverging colormap on the same shared scale.
 
     Args:
-      params: a jaxviz params pytree.
-      layer: the convolution.
+      params: a params pytree.
+      layer: the convolution's path in ``params``; default the first one
+        (:func:`jaxviz.featvis.maps.filters`).
       tile: tile size in pixels (kernels are enlarged, nearest neighbour).
       ncols: grid columns (default 8 for 64 kernels, about square otherwise).
       pad: gap between tiles: white around RGB kernels (whose zero is grey),
         dark grey around the diverging-colour ones (whose zero is white, so
         a white gap would merge neighbouring tiles).
+      limit: draw only the first ``limit`` kernels (the scale is theirs).
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -125,6 +127,8 @@ def filter_grid(params, layer: str = "conv1_1", *, tile: int = 48, ncols: int | 
     from ..featvis.maps import filters  # the technique (this module only draws)
 
     k = filters(params, layer)
+    if limit is not None:
+        k = k[:_checks.positive_int(limit, "limit")]
     scale = np.abs(k).max()
     scale = scale if scale > 0 else 1.0
     if k.shape[-1] == 3:
