@@ -413,3 +413,69 @@ def test_an_empty_batch_gives_empty_results(case):
         assert method(case.net, case.params, empty, 0).shape == (0, h, w, 3), method.__name__
     assert A.grad_cam(case.net, case.params, empty, 0, upsample=True).shape == (0, h, w)
     assert maps.feature_maps(case.net, case.params, empty, case.layer).shape[0] == 0
+
+
+# --------------------------------------------------------------------------- the metrics on every model
+
+
+def _target_scores(case, x, probabilities):
+    out = np.asarray(case.plain(case.params, x), np.float64)
+    if probabilities:
+        out = np.exp(out - out.max(1, keepdims=True))
+        out /= out.sum(1, keepdims=True)
+    return np.take_along_axis(out, np.asarray(TARGET)[:, None], 1)[:, 0]
+
+
+def test_deletion_insertion_and_infidelity_equal_the_formulas_by_hand(case):
+    from jaxviz.attribution import metrics
+
+    x = np.asarray(case.x)
+    n, h, w, _ = x.shape
+    attr = np.random.default_rng(7).normal(size=x.shape).astype(np.float32)
+    steps = 4
+    dele = metrics.deletion(case.net, case.params, case.x, TARGET, attr, steps=steps, batch_size=3)
+    ins = metrics.insertion(case.net, case.params, case.x, TARGET, attr, steps=steps, batch_size=3, baseline=0.25)
+    order = np.argsort(-attr.sum(-1).reshape(n, -1), axis=1, kind="stable")
+    want_d, want_i = np.zeros((n, steps + 1)), np.zeros((n, steps + 1))
+    for s in range(steps + 1):
+        k = int(round(s * h * w / steps))
+        first = np.zeros((n, h * w), bool)
+        np.put_along_axis(first, order[:, :k], True, 1)
+        first = first.reshape(n, h, w, 1)
+        want_d[:, s] = _target_scores(case, jnp.asarray(np.where(first, 0.0, x)), True)
+        want_i[:, s] = _target_scores(case, jnp.asarray(np.where(first, x, 0.25)), True)
+    np.testing.assert_allclose(dele.scores, want_d, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ins.scores, want_i, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dele.auc, (want_d.sum(1) - 0.5 * (want_d[:, 0] + want_d[:, -1])) / steps, rtol=1e-4)
+    # infidelity: mean_s (attr . I_s - (f(x) - f(x - I_s)))^2, I_s = stdev * normal(fold_in(key, i * S + s))
+    key, samples, stdev = jax.random.key(3), 3, 0.1
+    ours = metrics.infidelity(case.net, case.params, case.x, TARGET, attr, key=key, samples=samples, stdev=stdev,
+                              batch_size=2)
+    clean = _target_scores(case, case.x, False)
+    want = np.zeros(n)
+    for i in range(n):
+        for s in range(samples):
+            pert = stdev * np.asarray(jax.random.normal(jax.random.fold_in(key, i * samples + s), (h * w * 3,)))
+            pert = pert.reshape(h, w, 3)
+            out = _target_scores(case, jnp.asarray(x - pert[None]), False)[i] if n else 0.0
+            want[i] += (float(np.sum(attr[i] * pert)) - (clean[i] - out)) ** 2 / samples
+    np.testing.assert_allclose(ours, want, rtol=1e-3)
+
+
+def test_model_randomization_goes_from_the_output_down_on_every_model(case):
+    """The cascade starts at the head and ends at the convolution that sees the image (found by shape here),
+    whatever the order of the params dict's keys (a converted file's come sorted)."""
+    from jaxviz.attribution import metrics
+
+    r = metrics.model_randomization(case.net, case.params, case.x, TARGET, method="saliency")
+    nested = "params" in case.params
+    inner = case.params["params"] if nested else case.params
+    first_conv = maps.find_convolution(case.params).split("/")[0]  # the kernel with 3 input channels
+    assert r.layers[-1] == first_conv
+    head = [k for k in inner if any(np.ndim(v) == 2 and np.shape(v)[-1] == 5 for v in jax.tree_util.tree_leaves(inner[k]))]
+    assert r.layers[0] in head
+    assert r.spearman.shape == (len(r.layers), case.x.shape[0])
+    assert np.all(np.abs(r.spearman) <= 1 + 1e-9) and r.spearman[-1].mean() < 0.9  # all randomised: the map changed
+    shuffled = dict(sorted(inner.items()))  # sorted keys: the order a converted file has
+    params = dict(case.params, params=shuffled) if nested else shuffled
+    assert metrics.model_randomization(case.net, params, case.x, TARGET, method="saliency").layers == r.layers

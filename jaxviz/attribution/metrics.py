@@ -398,13 +398,27 @@ class Randomization(NamedTuple):
     maps: Any
 
 
-def _layer_order(net: Any, params: Mapping) -> list[str]:
-    inner = params["params"] if "params" in params else params
+def _layer_order(net: Any, params: Mapping, images: jax.Array) -> list[str]:
+    """The parameter groups (keys of ``params["params"]``) from the output down, in the order the model reads
+    them, measured from its traced program (:func:`jaxviz.models._jaxpr.first_use`): a params dict's key order
+    is no guide (a converted file's keys come sorted, ``fc`` before ``layer1_0``)."""
+    from ..models import _jaxpr
+
+    nested = "params" in params
+    inner = params["params"] if nested else params
     names = list(inner.keys())
-    if _common.is_model(net):
-        ordered = [l for l in net.layers if l in inner]
-        names = ordered + [n for n in names if n not in ordered]
-    return names[::-1]
+    f = _common.forward(net)
+    x = jax.ShapeDtypeStruct((1,) + tuple(images.shape[1:]), images.dtype)
+    firsts = _jaxpr.first_use(lambda p, v: f(p, v), params, x)
+    where: dict = {}
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)  # the same order as (params, x)'s leading leaves
+    for (path, _), first in zip(flat, firsts):
+        keys = [getattr(k, "key", None) for k in path]
+        if nested and keys[0] != "params":
+            continue  # other collections (batch statistics) are not randomised
+        name = keys[1] if nested else keys[0]
+        where[name] = min(where.get(name, float("inf")), first)
+    return sorted(names, key=lambda n: (where.get(n, float("inf")), names.index(n)), reverse=True)
 
 
 def _randomize(tree: Any, key: jax.Array) -> Any:
@@ -458,7 +472,7 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
     key = _checks.prng_key(key)
     nested = "params" in params
     inner = dict(params["params"] if nested else params)
-    order = _layer_order(net, params) if layers is None else [layers] if isinstance(layers, str) else list(layers)
+    order = _layer_order(net, params, images) if layers is None else [layers] if isinstance(layers, str) else list(layers)
     for name in order:
         if name not in inner:
             raise InputError(f"layers: unknown parameter group {name!r}; expected some of {', '.join(inner)}")

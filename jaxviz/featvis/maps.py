@@ -97,8 +97,10 @@ def find_convolution(params, layer: str | None = None) -> str:
     convs = convolutions(params)
     if not convs:
         raise InputError("params: expected at least one convolution kernel (kh, kw, C_in, C_out), found none")
-    if layer is None:
-        name = convs[0]
+    if layer is None:  # the one that sees the image: the kernel taking 3 channels (tree order is no guide: an
+        # NNX state's keys come sorted)
+        rgb = [c for c in convs if _kernel(params, c).shape[2] == 3]
+        name = rgb[0] if len(rgb) == 1 else convs[0]
     else:
         name = str(layer).replace(".", "/")
         if name not in convs:  # torchvision's spelling of a nested path: "layer1.0.conv1" for "layer1_0/conv1"
@@ -117,8 +119,8 @@ def filters(params, layer: str | None = None) -> np.ndarray:
       params: a params pytree (jaxviz's, or any flax model's).
       layer: the convolution's path in ``params`` (see :func:`convolutions`;
         ``/`` or ``.`` between levels; torchvision's ``layer1.0.conv1`` finds
-        ``layer1_0/conv1``). Default: the first convolution (the one that
-        sees the image).
+        ``layer1_0/conv1``). Default: the convolution that sees the image
+        (the one kernel with 3 input channels; else the first in the tree).
 
     Returns:
       (C_out, kh, kw, C_in) float32 NumPy array.
@@ -126,9 +128,12 @@ def filters(params, layer: str | None = None) -> np.ndarray:
     Raises:
       InputError: ``layer`` is not a convolution of ``params`` (the message lists them).
     """
-    name = find_convolution(params, layer)
-    node = params.get("params", params)
-    for part in name.split("/"):
-        node = node[part]
-    k = np.asarray(node["kernel"], np.float32)  # (kh, kw, cin, cout)
+    k = np.asarray(_kernel(params, find_convolution(params, layer)), np.float32)  # (kh, kw, cin, cout)
     return np.transpose(k, (3, 0, 1, 2))
+
+
+def _kernel(params, path: str):
+    node = params.get("params", params)
+    for part in path.split("/"):
+        node = node[part] if part in node else node[int(part)]  # an NNX state keys list items by int
+    return node["kernel"]

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-__all__ = ["evaluate", "count_relus", "support"]
+__all__ = ["evaluate", "count_relus", "support", "first_use"]
 
 #: Primitives that pass a zero on as a zero (the paths a literal 0 takes to a ``max``).
 _ZERO_KEEPING = frozenset({"convert_element_type", "broadcast_in_dim", "reshape", "copy", "copy_p", "squeeze",
@@ -284,3 +284,40 @@ def support(fn: Callable, args: tuple) -> Any:
 def count_relus(fn: Callable, *args: Any) -> int:
     """Number of ReLUs :func:`evaluate` finds (and would swap) in ``fn(*args)``; traces ``fn`` only."""
     return _count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _first_use(jaxpr: Any, sources: Mapping[Any, set], order: dict, counter: list) -> None:
+    """Records, for every source index, the running equation count at its first use in ``jaxpr``.
+
+    ``sources`` maps variables to the source indices they carry. A call's body takes its operands one to one
+    and is walked in place (its equations count in program order); any other equation (a loop, a branch) uses
+    all its operands at once.
+    """
+    env = dict(sources)
+    for eqn in jaxpr.eqns:
+        here = counter[0]
+        counter[0] += 1
+        used = [env[v] for v in eqn.invars if not isinstance(v, jcore.Literal) and v in env]
+        subs = list(_sub_jaxprs(eqn.params))
+        if used and len(subs) == 1 and eqn.primitive.name in _CALLS | {"remat", "checkpoint", "custom_jvp_call",
+                                                                        "custom_vjp_call", "scan"}:
+            body = _open(subs[0][2])
+            if len(body.invars) == len(eqn.invars):
+                inner = {iv: env[v] for iv, v in zip(body.invars, eqn.invars)
+                         if not isinstance(v, jcore.Literal) and v in env}
+                _first_use(body, inner, order, counter)
+                continue
+        for s in used:
+            for k in s:
+                order.setdefault(k, here)
+
+
+def first_use(fn: Callable, *args: Any) -> list[float]:
+    """For each leaf of ``args`` (flattened), the position in ``fn``'s traced program of the first operation
+    that reads it (``inf`` if none does): the order in which a model uses its parameters, measured."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    closed = jax.make_jaxpr(lambda *flat: fn(*jax.tree_util.tree_unflatten(treedef, list(flat))))(*leaves)
+    jaxpr = closed.jaxpr
+    order: dict = {}
+    _first_use(jaxpr, {v: {i} for i, v in enumerate(jaxpr.invars)}, order, [0])
+    return [float(order.get(i, np.inf)) for i in range(len(leaves))]
