@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxviz import attribution, cli, image, train
+from jaxviz import attribution, cli, image, train, viz
 from jaxviz.commands import demo as demo_cmd
 
 OCCLUSION = {"window": 6, "stride": 2, "baseline": 0.5}
@@ -122,7 +122,7 @@ def test_demo_writes_pictures_and_reuses_work(trained, tmp_path, monkeypatch, ca
         assert pic.shape[1] > 200 and pic.shape[2] > 400  # 2 rows x 4 enlarged overlays
         # titled and labelled: it says what it is when opened on its own
         title = dict((n, t) for n, t, _ in demo_cmd.METHODS)[name]
-        np.testing.assert_allclose(pic[0], demo_cmd.render_method(x, demo_cmd.heat(name, want), title, labels),
+        np.testing.assert_allclose(pic[0], viz.method_grid(x, viz.heat(name, want), title, labels),
                                    atol=1.5 / 255)
         assert pic[0, :28].min() < 0.3 and pic[0, :28].mean() > 0.9  # dark title text on a white band
     overview = image.load(out / "overview.png")
