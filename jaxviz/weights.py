@@ -224,12 +224,24 @@ def _torch_indices(net: VGG) -> dict[str, int]:
 
 
 def _to_numpy(value: Any, key: str) -> np.ndarray:
+    """A weight tensor as float32 NumPy: a WeightsError naming ``key`` for a missing value, an integer or boolean
+    tensor (a counter or a mask is no weight), or NaN/inf values."""
+    if value is None:
+        raise WeightsError(f"{key}: missing")
+    dtype = getattr(value, "dtype", None)
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        if not (value.dtype.is_floating_point or value.dtype.is_complex):
+            raise WeightsError(f"{key}: expected floating-point weights, got {str(value.dtype).removeprefix('torch.')}")
         value = value.detach().cpu().float().numpy()
+    elif dtype is not None and np.dtype(dtype).kind in "biu":
+        raise WeightsError(f"{key}: expected floating-point weights, got {np.dtype(dtype).name}")
     try:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{key}: expected an array, got {type(value).__name__}") from e
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise WeightsError(f"{key}: {bad} NaN or infinite value{'s' * (bad != 1)}; the file is damaged")
     return arr
 
 
@@ -240,7 +252,8 @@ def _layout(state: Mapping[str, Any]) -> str:
     return "torchvision"
 
 
-def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: str = "state dict") -> dict:
+def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: str = "state dict",
+            strict: bool = True) -> dict:
     """Converts a torchvision- or timm-layout VGG state dict to Flax params.
 
     Args:
@@ -253,14 +266,18 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
       arch: ``"vgg16"``, ``"vgg19"``, a VGG module, or None to infer from the
         number of convolutions.
       name: how to refer to the source in error messages.
+      strict: like torch's ``load_state_dict(strict=True)``: a key the
+        architecture does not have is an error. ``strict=False`` ignores such
+        keys (a missing or wrongly shaped key is an error either way).
 
     Returns:
       A Flax params pytree.
 
     Raises:
       ArchitectureError: the state dict holds another architecture (layer count
-        or shapes differ), naming both.
-      WeightsError: keys missing or values unusable.
+        or shapes differ), or a key is missing or (``strict``) unexpected,
+        naming it.
+      WeightsError: values unusable: not floating point, NaN or infinite.
     """
     if not isinstance(state, Mapping):
         raise InputError(f"state: expected a mapping of name -> array, got {type(state).__name__}")
@@ -268,7 +285,7 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
     if arch is None and "layer1.0.conv1.weight" in state:
         arch = _infer_resnet(state, name)
     if _is_resnet(arch):
-        return _convert_resnet(state, arch, name)
+        return _convert_resnet(state, arch, name, strict)
     layout = _layout(state)
     conv_keys = sorted(
         (int(k.split(".")[1]) for k in state if re.fullmatch(r"features\.\d+\.weight", k))
@@ -292,17 +309,24 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
             f"found {found}{guess}"
         )
 
+    used: set[str] = set()
+
+    def take(key: str, shape: tuple | None = None, what: str = "") -> np.ndarray:
+        if key not in state:
+            raise ArchitectureError(f"{name}: wrong architecture: no {key}{what} for {label}")
+        used.add(key)
+        arr = _to_numpy(state[key], key)
+        if shape is not None and arr.shape != shape:
+            raise ArchitectureError(f"{name}: wrong architecture: {key}{what} has shape {arr.shape}, expected {shape} "
+                                    f"for {label}")
+        return arr
+
     params: dict[str, dict[str, np.ndarray]] = {}
     cin = 3
     for conv, i in indices.items():
-        w = _to_numpy(state[f"features.{i}.weight"], f"features.{i}.weight")
-        bias = _to_numpy(state.get(f"features.{i}.bias"), f"features.{i}.bias")
         cout = net._widths()[conv]
-        if w.shape != (cout, cin, 3, 3):
-            raise ArchitectureError(
-                f"{name}: wrong architecture: features.{i}.weight ({conv}) has shape {w.shape}, "
-                f"expected {(cout, cin, 3, 3)} for {label}"
-            )
+        w = take(f"features.{i}.weight", (cout, cin, 3, 3), f" ({conv})")
+        bias = take(f"features.{i}.bias", (cout,), f" ({conv})")
         params[conv] = {"kernel": w.transpose(2, 3, 1, 0), "bias": bias}
         cin = cout
 
@@ -318,8 +342,11 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
             raise WeightsError(f"{name}: classifier incomplete, missing {', '.join(missing)}")
         ph, pw = net.pool_output
         for fc, key in zip(("fc6", "fc7", "fc8"), fc_keys):
-            w = _to_numpy(state[f"{key}.weight"], f"{key}.weight")
-            bias = _to_numpy(state[f"{key}.bias"], f"{key}.bias")
+            w = take(f"{key}.weight")
+            bias = take(f"{key}.bias")
+            if bias.shape != (w.shape[0],):
+                raise ArchitectureError(f"{name}: wrong architecture: {key}.bias has shape {bias.shape}, expected "
+                                        f"{(w.shape[0],)} for {label}")
             if fc == "fc6":
                 w = w.reshape(w.shape[0], cin, ph, pw)  # (F, C, H, W), torch flattening order
                 if w.shape[0] != net.fc_features:
@@ -335,6 +362,13 @@ def convert(state: Mapping[str, Any], arch: str | VGG | None = None, *, name: st
                 f"{name}: classifier has {params['fc8']['kernel'].shape[1]} classes; "
                 f"build the model with models.{label}(num_classes=...) and pass it as arch"
             )
+    extra = sorted(k for k in state if k not in used)
+    if not net.classifier:  # a features-only network: the classifier's keys are expected, and left out
+        extra = [k for k in extra if not k.startswith(tuple(f"{c}." for c in fc_keys))]
+    if extra and strict:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ArchitectureError(f"{name}: wrong architecture: unexpected key {extra[0]}{more} for {label} "
+                                "(strict=False ignores keys the architecture does not have)")
     for layer in params.values():
         for k in layer:
             layer[k] = np.ascontiguousarray(layer[k], dtype=np.float32)
@@ -358,7 +392,7 @@ def _infer_resnet(state: Mapping[str, Any], name: str) -> str:
                             f"none of {', '.join(RESNETS)}")
 
 
-def _convert_resnet(state: Mapping[str, Any], arch: str | ResNet, name: str) -> dict:
+def _convert_resnet(state: Mapping[str, Any], arch: str | ResNet, name: str, strict: bool = True) -> dict:
     """A torchvision/timm ResNet state dict -> Flax params with every BatchNorm folded into its convolution.
 
     Strict like ``load_state_dict``: a missing, unexpected or wrongly shaped key is an ArchitectureError naming
@@ -407,7 +441,7 @@ def _convert_resnet(state: Mapping[str, Any], arch: str | ResNet, name: str) -> 
                                 f"models.{label}(num_classes={w.shape[0]}) and pass it as arch")
     params["fc"] = {"kernel": w.T, "bias": bias}
     extra = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
-    if extra:
+    if extra and strict:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
         raise ArchitectureError(f"{name}: wrong architecture: unexpected key {extra[0]}{more} for {label}")
     return {"params": jax.tree.map(lambda a: jnp.asarray(np.ascontiguousarray(a, np.float32)), params)}
@@ -505,7 +539,8 @@ def _read_state(path: Path) -> dict[str, Any]:
     return dict(state)
 
 
-def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | VGG | None = "vgg19") -> dict:
+def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | VGG | None = "vgg19", *,
+                     strict: bool = True) -> dict:
     """Flax params from a torchvision/timm VGG checkpoint.
 
     Args:
@@ -513,6 +548,7 @@ def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | 
         pickled code runs), a ``.safetensors`` file in torchvision's or timm's
         layout, or a mapping name -> array.
       arch: ``"vgg16"``, ``"vgg19"``, a VGG module, or None to infer.
+      strict: as for :func:`convert` (unexpected keys are an error).
 
     Returns:
       A Flax params pytree.
@@ -524,11 +560,11 @@ def from_torchvision(source: str | os.PathLike | Mapping[str, Any], arch: str | 
       WeightsError: the file is corrupt, truncated or unreadable.
     """
     if isinstance(source, Mapping):
-        return convert(source, arch)
+        return convert(source, arch, strict=strict)
     path = Path(source).expanduser()
     state = _read_state(path)
     _check_name_digest(path)
-    return convert(state, arch, name=str(path))
+    return convert(state, arch, name=str(path), strict=strict)
 
 
 def _flatten(variables: Mapping) -> dict[str, np.ndarray]:

@@ -168,6 +168,61 @@ def test_wrong_shapes_are_named(tiny_ref):
         weights.convert([1, 2], net)
 
 
+def _faulty_states(state):
+    """(what, state dict, error type, message) for every fault a weight file may carry."""
+    missing = {k: v for k, v in state.items() if k != "features.0.bias"}
+    extra = dict(state, **{"features.1.running_mean": torch.zeros(8)})
+    reshaped = dict(state, **{"features.0.bias": torch.zeros(9)})
+    nan = dict(state, **{"classifier.3.weight": state["classifier.3.weight"].clone().fill_(float("nan"))})
+    inf = dict(state, **{"features.0.weight": state["features.0.weight"].clone().fill_(float("inf"))})
+    integer = dict(state, **{"features.0.bias": torch.arange(8, dtype=torch.int64)})
+    return [
+        ("missing", missing, ArchitectureError, r"wrong architecture: no features\.0\.bias \(conv1_1\) for"),
+        ("extra", extra, ArchitectureError, r"unexpected key features\.1\.running_mean for .*strict=False"),
+        ("reshaped", reshaped, ArchitectureError, r"features\.0\.bias \(conv1_1\) has shape \(9,\), expected \(8,\)"),
+        ("nan", nan, WeightsError, r"classifier\.3\.weight: 1024 NaN or infinite values; the file is damaged"),
+        ("inf", inf, WeightsError, r"features\.0\.weight: 216 NaN or infinite values"),
+        ("integer", integer, WeightsError, r"features\.0\.bias: expected floating-point weights, got int64"),
+    ]
+
+
+@pytest.mark.parametrize("form", ["mapping", "pth", "safetensors"])
+def test_faulty_state_dicts_are_refused_by_name(tmp_path, tiny_ref, form):
+    from safetensors.torch import save_file
+
+    net, _, state = tiny_ref
+    for what, bad, error, message in _faulty_states(state):
+        if form == "mapping":
+            source = bad
+        elif form == "pth":
+            source = tmp_path / f"{what}.pth"
+            torch.save(bad, source)
+        else:
+            source = tmp_path / f"{what}.safetensors"
+            save_file({k: v.contiguous() for k, v in bad.items()}, source)
+        with pytest.raises(error, match=message):
+            weights.from_torchvision(source, net)
+    # strict=False ignores an unexpected key, and only that
+    extra = _faulty_states(state)[1][1]
+    assert_same_params(weights.from_torchvision(extra, net, strict=False), weights.from_torchvision(state, net))
+    with pytest.raises(ArchitectureError, match=r"no features\.0\.bias"):
+        weights.from_torchvision(_faulty_states(state)[0][1], net, strict=False)
+
+
+def test_cli_convert_of_a_faulty_file_writes_nothing(tmp_path, monkeypatch, capsys):
+    from jaxviz import cli
+
+    monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "cache"))
+    ref = tr.make("vgg16")
+    state = {k: v for k, v in ref.state_dict().items() if k != "features.0.bias"}
+    torch.save(state, tmp_path / "vgg16.pth")
+    assert cli.main(["convert", str(tmp_path / "vgg16.pth"), "--arch", "vgg16"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"jaxviz convert: error: {tmp_path / 'vgg16.pth'}: wrong architecture: no features.0.bias "
+                   "(conv1_1) for vgg16")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_safetensors_torchvision_and_timm_layouts(tmp_path, tiny_ref):
     from safetensors.numpy import save_file
 

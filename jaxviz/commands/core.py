@@ -14,9 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="devices, JAX backend and cached weights")
     p.set_defaults(func=info, compiles=False)
 
-    p = sub.add_parser("convert", help="convert a torchvision/timm VGG file into the jaxviz cache")
+    from .. import models
+
+    p = sub.add_parser("convert", help="convert a torchvision/timm VGG or ResNet file into the jaxviz cache")
     p.add_argument("file", type=Path, help="torchvision .pth or torchvision/timm .safetensors file")
-    p.add_argument("--arch", default=None, choices=["vgg16", "vgg19"], help="default: inferred from the file")
+    p.add_argument("--arch", default=None, choices=list(models.ALL_ARCHS), help="default: inferred from the file")
+    p.add_argument("--no-strict", dest="strict", action="store_false",
+                   help="ignore keys the architecture does not have (a missing or misshapen key is an error anyway)")
     p.add_argument("--out", type=Path, default=None, help="output file (default: the cache, where weights.load finds it)")
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                    help="overwrite an existing converted file")
@@ -71,7 +75,21 @@ def _small_cnn_state(root: Path) -> str:
     return f"trained, held-out accuracy {accuracy:.1%} ({path.relative_to(root)})"
 
 
+def _arch_of(params) -> str:
+    """The architecture converted params belong to: a VGG by its last convolution, a ResNet by its blocks."""
+    from .. import weights
+
+    inner = params["params"]
+    if "layer1_0" not in inner:
+        return "vgg16" if "conv5_4" not in inner else "vgg19"
+    blocks = tuple(sum(1 for k in inner if k.startswith(f"layer{s}_")) for s in range(1, 5))
+    kind = "bottleneck" if "conv3" in inner["layer1_0"] else "basic"
+    return next(a for a, spec in weights.RESNETS.items() if spec == (kind, blocks))
+
+
 def convert(args: argparse.Namespace) -> int:
+    import jax
+
     from .. import weights
     from ..errors import InputError
 
@@ -89,13 +107,13 @@ def convert(args: argparse.Namespace) -> int:
 
     if (args.out or args.arch) and kept(target(args.arch)):
         return 0  # known before converting (seconds for a 550 MB file)
-    params = weights.from_torchvision(args.file, args.arch)
-    arch = args.arch or ("vgg16" if "conv5_4" not in params["params"] else "vgg19")
+    params = weights.from_torchvision(args.file, args.arch, strict=args.strict)
+    arch = args.arch or _arch_of(params)
     out = target(arch)
     if kept(out):
         return 0
     weights.save(params, out, arch=arch)
-    n = sum(v.size for layer in params["params"].values() for v in layer.values())
+    n = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
     print(f"converted {args.file} ({arch}, {n:,} parameters) -> {out}")
     return 0
 
