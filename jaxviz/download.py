@@ -14,7 +14,10 @@ downloader is built to survive the ways such transfers fail in practice:
   ``Content-Range`` or ``416 Range Not Satisfiable`` make it restart from
   zero rather than splice wrong bytes together;
 * the sha256 of the whole file is checked before it is published; a mismatch
-  deletes the ``.part`` and raises :class:`~jaxviz.errors.ChecksumError`.
+  deletes the ``.part`` and raises :class:`~jaxviz.errors.ChecksumError`;
+* one process at a time downloads a file: ``dest + ".lock"`` (an OS lock, the
+  ``filelock`` package) makes a second process (two CLI runs, several hosts
+  sharing a cache) wait, then find the verified file.
 
 Only the standard library's :mod:`urllib` is used for the network, so a
 custom opener installed with :func:`urllib.request.install_opener` (proxies,
@@ -33,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -252,8 +256,38 @@ def download(
             f"unset {OFFLINE_ENV} or place the file at {dest} yourself"
         )
 
-    part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _owning(dest, progress):
+        if dest.is_file() and (expected is None or sha256_file(dest, chunk_size).startswith(expected)):
+            return dest  # another process downloaded and verified it while this one waited
+        return _download_locked(url, dest, expected, progress=progress, timeout=timeout, retries=retries,
+                                chunk_size=chunk_size)
+
+
+@contextlib.contextmanager
+def _owning(dest: pathlib.Path, progress: bool):
+    """Holds ``dest + ".lock"`` (an OS file lock, :mod:`filelock`): one process at a time downloads into a
+    ``.part``; another (a second CLI run, a host sharing the cache) waits, then finds the verified file."""
+    import filelock
+
+    lock = filelock.FileLock(str(dest.with_name(dest.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        msg = f"{dest.name}: another process is downloading it; waiting for it to finish"
+        _log.warning(msg)
+        if progress:
+            print(msg, file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _download_locked(url: str, dest: pathlib.Path, expected: str | None, *, progress: bool, timeout: float,
+                     retries: int, chunk_size: int) -> pathlib.Path:
+    part = dest.with_name(dest.name + ".part")
     state = _HashState()
     failures = 0
     while True:

@@ -8,11 +8,13 @@ request, so the tests can assert exactly what went over the wire.
 from __future__ import annotations
 
 import hashlib
+import os
 import http.server
 import random
 import re
 import socket
 import threading
+import time
 
 import pytest
 
@@ -39,6 +41,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         corrupt: like normal, with one byte of the payload flipped.
         fail500once: the first request gets 500, later ones are normal.
         slow: waits (up to 5 s) before answering, to provoke a timeout.
+        held: sends the headers, then waits for ``server.release`` (up to 60 s) before the body.
         anything else: 404.
     """
 
@@ -59,7 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if mode == "fail500once" and index == 0:
             return self._send(500, b"boom")
-        if mode not in ("normal", "break", "breakalways", "norange", "corrupt", "fail500once"):
+        if mode not in ("normal", "break", "breakalways", "norange", "corrupt", "fail500once", "held"):
             return self._send(404, b"not found")
 
         start = 0
@@ -84,6 +87,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(chunk)))
         self.send_header("Accept-Ranges", "none" if mode == "norange" else "bytes")
         self.end_headers()
+        if mode == "held":
+            self.wfile.flush()
+            server.release.wait(60.0)
         broken = mode == "breakalways" or (mode == "break" and index == 0)
         if broken:
             self.wfile.write(chunk[: len(chunk) // 2])
@@ -419,3 +425,32 @@ def test_sha256_file_and_verify(tmp_path):
 
 def test_public_api():
     assert sorted(dl.__all__) == ["download", "is_offline", "sha256_file", "verify"]
+
+
+def test_two_processes_downloading_one_file_share_it(server, tmp_path):
+    """The second process waits on the destination's lock while the first downloads, then finds the verified
+    file: one transfer, no clash over the .part, both exit 0."""
+    import subprocess
+    import sys
+
+    dest = tmp_path / "cache" / NAME
+    code = ("import sys; from jaxviz import download as dl; "
+            f"dl.download({server.url('held')!r}, {str(dest)!r}, sha256={DIGEST!r}, progress=True); print('ok')")
+    env = dict(os.environ, no_proxy="*", JAXVIZ_OFFLINE="0")
+    first = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 60
+    while not server.log and time.time() < deadline and first.poll() is None:  # the first holds the lock
+        time.sleep(0.05)
+    assert server.log, f"the first download never reached the server: {first.communicate()}"
+    second = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    waiting = second.stderr.readline()  # blocks until the second says it waits (or exits)
+    assert "another process is downloading it; waiting for it to finish" in waiting
+    server.release.set()
+    out1, err1 = first.communicate(timeout=120)
+    out2, err2 = second.communicate(timeout=120)
+    assert (first.returncode, second.returncode) == (0, 0), err1 + err2
+    assert out1.strip().endswith("ok") and out2.strip().endswith("ok")
+    assert len(server.log) == 1  # one transfer
+    assert dest.read_bytes() == PAYLOAD and not _part(dest).exists()
