@@ -63,12 +63,27 @@ class Terminated(KeyboardInterrupt):
     the same clean-up runs: temporary files removed, progress checkpointed."""
 
 
+#: Set by the SIGTERM handler and kept until the command ends: an exception raised where Python cannot pass it on
+#: (inside a finaliser, which prints "Exception ignored" and goes on) is raised again at the next batch, step or
+#: octave boundary (:func:`check_terminated`), and a run that still completes exits 143, never 0.
+_TERMINATED = {"flag": False}
+
+
 def _terminate(signum, frame):
+    _TERMINATED["flag"] = True
     raise Terminated
+
+
+def check_terminated() -> None:
+    """At a step/batch/octave boundary: raise :class:`Terminated` if a SIGTERM arrived (its first raise may have
+    been swallowed)."""
+    if _TERMINATED["flag"]:
+        raise Terminated
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
+    _TERMINATED["flag"] = False
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (main() called from a thread): leave SIGTERM alone
@@ -82,6 +97,9 @@ def _sigterm_as_interrupt():
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxviz`` console script; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 (Linux allows any bytes) prints as \xNN
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     with _sigterm_as_interrupt():
         return _main(argv)
 
@@ -108,7 +126,9 @@ def _main(argv: list[str] | None) -> int:
             from .commands._common import enable_compile_cache
 
             enable_compile_cache()  # a rerun (resuming, or the same command again) then skips compilation
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        check_terminated()  # a SIGTERM whose exception was swallowed: the run ends as terminated all the same
+        return code
     except KeyboardInterrupt as e:
         # only the commands that keep their progress (checkpoints, finished files) promise a resume
         return _stopped(e, "; run the same command again to resume" if getattr(args, "resumable", False) else "")

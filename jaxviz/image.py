@@ -224,6 +224,8 @@ def _load_hw3(path: PathLike, size: Size | None, mode: str, max_pixels: int | No
     try:
         fp = open(path, "rb")
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageNotFoundError(f"{path}: a symbolic link to a missing file ({os.readlink(path)})") from None
         raise ImageNotFoundError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image file") from None
@@ -547,7 +549,10 @@ def read_text(path: PathLike) -> dict[str, str]:
 def list_images(directory: PathLike, *, recursive: bool = False) -> list[Path]:
     """Lists the image files in a directory, sorted.
 
-    Picks files whose suffix is in :data:`IMAGE_SUFFIXES`, case-insensitively.
+    Picks entries whose suffix is in :data:`IMAGE_SUFFIXES`, case-insensitively,
+    also ones that cannot be read as files (a broken symbolic link, a folder
+    named ``x.jpg`` when not recursing): :func:`load_folder` and the CLI then
+    report them as unreadable rather than leave them out without a word.
     Hidden files and directories (names starting with ``.``, such as macOS
     ``._photo.jpg`` resource forks or :func:`save`'s temporary files) are
     skipped. Symlinked directories are not followed.
@@ -576,14 +581,17 @@ def list_images(directory: PathLike, *, recursive: bool = False) -> list[Path]:
     def wanted(name: str) -> bool:
         return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
+    # every entry named like an image is listed, also one that cannot be read as a file (a broken symbolic link,
+    # a folder named x.jpg when not recursing into folders): the loaders then report it like any unreadable file
+    # instead of leaving it out without a word
     found: list[Path] = []
     if recursive:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             found.extend(Path(dirpath) / n for n in filenames if wanted(n))
     else:
-        found = [root / e.name for e in os.scandir(root) if wanted(e.name) and e.is_file()]
-    return sorted(p for p in found if p.is_file())
+        found = [root / e.name for e in os.scandir(root) if wanted(e.name)]
+    return sorted(found)
 
 
 def load_folder(

@@ -8,6 +8,7 @@ A command module never imports another command; what two commands share lives he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -207,8 +208,11 @@ def iter_batches(paths, size: int, batch_size: int, skipped=None):
     batch but the last is still full; without it they raise :class:`~jaxviz.errors.ImageError`.
     """
     from .. import image
+    from ..cli import check_terminated
 
-    return image._iter_folder(paths, size, batch_size, skipped)
+    for batch in image._iter_folder(paths, size, batch_size, skipped):
+        check_terminated()  # a batch boundary: a SIGTERM whose first raise was swallowed stops the run here
+        yield batch
 
 
 class Skips:
@@ -233,6 +237,26 @@ class Skips:
         """``"; skipped K unreadable file(s)"``, or ``""``."""
         k = len(self.paths)
         return f"; skipped {k} unreadable file{'s' * (k > 1)}" if k else ""
+
+
+@contextlib.contextmanager
+def owning(folder: Path, process: int = 0):
+    """Holds ``folder/.jaxviz.lock`` (``.jaxviz.<process>.lock`` for the other processes of a --distributed run),
+    an OS file lock (the ``filelock`` package), while a command writes into ``folder``. A second run on the same
+    folder (started twice, a scheduler's retry) says it waits and waits; it then reads what the first finished
+    instead of doing it again. The lock goes with the process, however it ends."""
+    import filelock
+
+    lock = filelock.FileLock(str(folder / (".jaxviz.lock" if process == 0 else f".jaxviz.{process}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"jaxviz: {folder} is in use by another jaxviz run; waiting for it to finish", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def checkpoint_path(out: Path, what: str) -> Path:

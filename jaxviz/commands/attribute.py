@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import seed, writable_dir
-from ._outputs import Skips, iter_batches, random_weights_note
+from ._outputs import Skips, iter_batches, owning, random_weights_note
 
 __all__ = ["register", "run", "CSV_FIELDS", "MODELS"]
 
@@ -199,20 +199,65 @@ def _part_path(out: Path, process: int) -> Path:
     return out / ("summary.csv" if process == 0 else f"summary.process{process}.csv")
 
 
+#: CSV files are UTF-8; a file name that is not (Linux allows any bytes) keeps its bytes through
+#: ``surrogateescape``, as Python's own file-system encoding does, so it round-trips into the CSV and back.
+CSV_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+
+
+def _npy_intact(path: Path) -> bool:
+    """The ``.npy`` has a readable header and exactly the bytes it announces (a truncated or partial copy has
+    fewer): checked from the header, without reading the array."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            offset = f.tell()
+        return os.path.getsize(path) == offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError):
+        return False
+
+
+def _png_intact(path: Path) -> bool:
+    """The ``.png`` starts with the PNG signature and ends with its IEND chunk (a truncated copy does not)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(0, size - 12))
+            tail = f.read(12)
+        return head == b"\x89PNG\r\n\x1a\n" and tail[4:8] == b"IEND"
+    except OSError:
+        return False
+
+
 def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
-    """Rows of a previous run whose files are all there (a torn last line is dropped), from ``csv_path`` and
-    the part files other processes of a --distributed run left beside it."""
+    """Rows of a previous run whose files are all there and intact (a torn last line, a malformed row, a map cut
+    short or a damaged picture are dropped: their images are done again), from ``csv_path`` and the part files
+    other processes of a --distributed run left beside it. A CSV that cannot be parsed at all is set aside
+    (``summary.csv.unreadable``) and its images are done again, with one line saying so."""
     done = {}
     for path in [csv_path, *sorted(out.glob(PART_GLOB))]:
         if not path.exists():
             continue
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f, CSV_FIELDS if path != csv_path else None):  # part files: no header
-                if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS):
-                    continue  # torn or malformed row
-                name = row["file"]
-                if (out / f"{name}.npy").exists() and (out / f"{name}.png").exists():
-                    done[name] = row
+        try:
+            with open(path, newline="", **CSV_ENCODING) as f:
+                reader = csv.DictReader(f, CSV_FIELDS if path != csv_path else None)  # part files: no header
+                rows = list(reader)
+                if path == csv_path and tuple(reader.fieldnames or ()) != CSV_FIELDS:
+                    raise csv.Error(f"its header is not {','.join(CSV_FIELDS)}")
+        except (csv.Error, OSError) as e:
+            aside = path.with_name(path.name + ".unreadable")
+            os.replace(path, aside)
+            print(f"jaxviz attribute: {path} is unreadable ({e}); moved it to {aside.name} and doing its images "
+                  "again", file=sys.stderr)
+            continue
+        for row in rows:
+            if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS):
+                continue  # torn or malformed row
+            name = row["file"]
+            if _npy_intact(out / f"{name}.npy") and _png_intact(out / f"{name}.png"):
+                done[name] = row
     return done
 
 
@@ -235,7 +280,7 @@ def image_keys(key, names: Sequence[str]):
     import jax
     import jax.numpy as jnp
 
-    crc = jnp.asarray([zlib.crc32(n.encode("utf-8")) for n in names], jnp.uint32)
+    crc = jnp.asarray([zlib.crc32(n.encode("utf-8", "surrogateescape")) for n in names], jnp.uint32)
     return jax.vmap(lambda c: jax.random.fold_in(key, c))(crc)
 
 
@@ -255,19 +300,19 @@ def _changed_since(paths: Sequence[Path], root: Path, out: Path, done: dict[str,
 
 
 def _rewrite_csv(csv_path: Path, rows: Sequence[dict]) -> None:
-    from .._io import atomic_write_text
+    from .._io import atomic_write_bytes
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_bytes(csv_path, buf.getvalue().encode(**CSV_ENCODING))
 
 
 def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
     buf = io.StringIO()
     csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerows(rows)
-    with open(csv_path, "a", newline="") as f:
+    with open(csv_path, "a", newline="", **CSV_ENCODING) as f:
         f.write(buf.getvalue())
         f.flush()
         os.fsync(f.fileno())
@@ -447,97 +492,100 @@ def run(args: argparse.Namespace) -> int:
             d.is_dir() and d.resolve() != inside for d in root.iterdir()) else ""
         raise InputError(f"IMAGES_DIR: no images in {str(root)!r}{hint}")
     writable_dir(out, "--out")  # created, and a file written in it, or one line naming --out
-    csv_path = out / "summary.csv"
-    done = _read_done(csv_path, out)
-    changed = _changed_since(paths, root, out, done)
-    for name in changed:  # an image edited after its map was written: redone, its old row dropped
-        del done[name]
-    todo = [p for p in paths if p.relative_to(root).as_posix() not in done]
-    # several processes (--distributed): every one has read the same state; the first merges the part files
-    # into summary.csv before anyone appends, and each takes every nprocs-th image (so all finish together)
-    rank, nprocs = jax.process_index(), jax.process_count()
-    parallel.barrier("jaxviz-attribute-read")
-    if rank == 0:  # the rows read above (less the changed ones): nobody appends before the next barrier
-        _merge_parts(csv_path, out, done)
-    parallel.barrier("jaxviz-attribute-merged")
-    if paths and not todo:
-        print(f"all {len(paths)} images already done; results in {out}")
-        return 0
-    ours = todo[rank::nprocs]
+    # one run owns OUT_DIR at a time (per process of a --distributed run): a second waits, then finds the
+    # work done; rows are never written twice
+    with owning(out, jax.process_index()):
+        csv_path = out / "summary.csv"
+        done = _read_done(csv_path, out)
+        changed = _changed_since(paths, root, out, done)
+        for name in changed:  # an image edited after its map was written: redone, its old row dropped
+            del done[name]
+        todo = [p for p in paths if p.relative_to(root).as_posix() not in done]
+        # several processes (--distributed): every one has read the same state; the first merges the part files
+        # into summary.csv before anyone appends, and each takes every nprocs-th image (so all finish together)
+        rank, nprocs = jax.process_index(), jax.process_count()
+        parallel.barrier("jaxviz-attribute-read")
+        if rank == 0:  # the rows read above (less the changed ones): nobody appends before the next barrier
+            _merge_parts(csv_path, out, done)
+        parallel.barrier("jaxviz-attribute-merged")
+        if paths and not todo:
+            print(f"all {len(paths)} images already done; results in {out}")
+            return 0
+        ours = todo[rank::nprocs]
 
-    if args.method == "occlusion" and options.get("groups") is None and options.get("method", "auto") != "full":
-        # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
-        try:
-            default_window = inspect.signature(attribution.occlusion).parameters["window"].default
-            options["groups"] = attribution.occlusion_auto_groups(net, (size, size),
-                                                window=options.get("window", default_window),
-                                                stride=options.get("stride"), images=len(todo),
-                                                approximate=options.get("approximate"))
-        except (InputError, TypeError, ValueError):
-            pass  # malformed window/stride: occlusion() itself reports them
+        if args.method == "occlusion" and options.get("groups") is None and options.get("method", "auto") != "full":
+            # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
+            try:
+                default_window = inspect.signature(attribution.occlusion).parameters["window"].default
+                options["groups"] = attribution.occlusion_auto_groups(net, (size, size),
+                                                    window=options.get("window", default_window),
+                                                    stride=options.get("stride"), images=len(todo),
+                                                    approximate=options.get("approximate"))
+            except (InputError, TypeError, ValueError):
+                pass  # malformed window/stride: occlusion() itself reports them
 
-    # a random method (SmoothGrad) gets one key per image, drawn from its file name: its map then depends on
-    # neither --batch-size nor the number of devices (one key for the batch would follow each image's position
-    # in its batch, and on each device's slice)
-    random_keys = "key" in inspect.signature(method_fn).parameters
-    call_options = {k: v for k, v in options.items() if k != "key"}
-    if random_keys:
-        try:
-            base_key = _checks.prng_key(options.get("key"))
+        # a random method (SmoothGrad) gets one key per image, drawn from its file name: its map then depends on
+        # neither --batch-size nor the number of devices (one key for the batch would follow each image's position
+        # in its batch, and on each device's slice)
+        random_keys = "key" in inspect.signature(method_fn).parameters
+        call_options = {k: v for k, v in options.items() if k != "key"}
+        if random_keys:
+            try:
+                base_key = _checks.prng_key(options.get("key"))
+            except InputError as e:
+                raise InputError(f"--option {e}") from None
+
+        def fn(p, x, t, k):
+            logits = protocol.forward(net, p, x)
+            tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
+            attr = method_fn(net, p, x, tgt, **call_options, **({"key": k} if random_keys else {}))
+            return attr, jax.nn.softmax(logits, -1), tgt
+
+        try:  # the method's own checks of its options, before any image is decoded (tracing only, no compute)
+            jax.eval_shape(fn, params, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+                           jax.ShapeDtypeStruct((1,), jnp.int32), image_keys(jax.random.key(0), ["x"]))
         except InputError as e:
-            raise InputError(f"--option {e}") from None
-
-    def fn(p, x, t, k):
-        logits = protocol.forward(net, p, x)
-        tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
-        attr = method_fn(net, p, x, tgt, **call_options, **({"key": k} if random_keys else {}))
-        return attr, jax.nn.softmax(logits, -1), tgt
-
-    try:  # the method's own checks of its options, before any image is decoded (tracing only, no compute)
-        jax.eval_shape(fn, params, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
-                       jax.ShapeDtypeStruct((1,), jnp.int32), image_keys(jax.random.key(0), ["x"]))
-    except InputError as e:
-        if str(e).split(":", 1)[0] in options:  # e.g. "steps: expected a positive int" from --option steps=0
-            raise InputError(f"--option {e}") from None
-        raise
-    sharded = parallel.data_parallel(fn)
-    params = parallel.replicate(params, sharded.mesh)
-    ndev = sharded.num_devices
-    _check_memory(net, params, size, -(-args.batch_size // ndev), sharded.mesh.devices.flat)
-    again = f", {len(changed)} modified since their maps" if changed else ""
-    hosts = f" (process {rank + 1} of {nprocs}: {len(ours)} of the {len(todo)} images)" if nprocs > 1 else ""
-    print(f"{args.method} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
-          f"{args.model}, batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}{hosts}", file=sys.stderr)
-    written, first_written = 0, None
-    skips = Skips("attribute")
-    rows_path = _part_path(out, rank)
-    with tqdm(total=len(ours), desc=args.method, unit="img", disable=args.no_progress) as bar:
-        skips.bar = bar
-        for batch_paths, x in iter_batches(ours, size, args.batch_size, skips):
-            t = np.full((len(x),), target, np.int32)
-            names = [p.relative_to(root).as_posix() for p in batch_paths]
-            k = image_keys(base_key, names) if random_keys else np.zeros((len(x),), np.uint32)
-            attr, probs, tgt = jax.device_get(sharded(params, x, t, k))
-            if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
-                atomic_write_text(settings_path, json.dumps(settings, indent=2))  # the same text from any process
-            rows = []
-            for i, name in enumerate(names):
-                pred = int(probs[i].argmax())
-                ti = int(tgt[i])
-                label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"
-                _write_outputs(out, name, x[i], attr[i], args.method, label)
-                rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
-                             "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
-                             "target_prob": f"{probs[i, ti]:.6f}"})
-            _append_rows(rows_path, rows)
-            written += len(rows)
-            first_written = first_written or rows[0]["file"]
-            bar.update(len(batch_paths))
-    parallel.barrier("jaxviz-attribute-end")
-    if rank == 0 and nprocs > 1:
-        _merge_parts(csv_path, out)
-    example = out / f"{first_written}.png" if first_written else out
-    print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and NAME.png, "
-          f"the overlay: e.g. {example}) and {csv_path}{skips.note()}")
-    random_weights_note(args)
-    return 0
+            if str(e).split(":", 1)[0] in options:  # e.g. "steps: expected a positive int" from --option steps=0
+                raise InputError(f"--option {e}") from None
+            raise
+        sharded = parallel.data_parallel(fn)
+        params = parallel.replicate(params, sharded.mesh)
+        ndev = sharded.num_devices
+        _check_memory(net, params, size, -(-args.batch_size // ndev), sharded.mesh.devices.flat)
+        again = f", {len(changed)} modified since their maps" if changed else ""
+        hosts = f" (process {rank + 1} of {nprocs}: {len(ours)} of the {len(todo)} images)" if nprocs > 1 else ""
+        print(f"{args.method} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
+              f"{args.model}, batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}{hosts}", file=sys.stderr)
+        written, first_written = 0, None
+        skips = Skips("attribute")
+        rows_path = _part_path(out, rank)
+        with tqdm(total=len(ours), desc=args.method, unit="img", disable=args.no_progress) as bar:
+            skips.bar = bar
+            for batch_paths, x in iter_batches(ours, size, args.batch_size, skips):
+                t = np.full((len(x),), target, np.int32)
+                names = [p.relative_to(root).as_posix() for p in batch_paths]
+                k = image_keys(base_key, names) if random_keys else np.zeros((len(x),), np.uint32)
+                attr, probs, tgt = jax.device_get(sharded(params, x, t, k))
+                if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
+                    atomic_write_text(settings_path, json.dumps(settings, indent=2))  # the same text from any process
+                rows = []
+                for i, name in enumerate(names):
+                    pred = int(probs[i].argmax())
+                    ti = int(tgt[i])
+                    label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"
+                    _write_outputs(out, name, x[i], attr[i], args.method, label)
+                    rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
+                                 "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
+                                 "target_prob": f"{probs[i, ti]:.6f}"})
+                _append_rows(rows_path, rows)
+                written += len(rows)
+                first_written = first_written or rows[0]["file"]
+                bar.update(len(batch_paths))
+        parallel.barrier("jaxviz-attribute-end")
+        if rank == 0 and nprocs > 1:
+            _merge_parts(csv_path, out)
+        example = out / f"{first_written}.png" if first_written else out
+        print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and NAME.png, "
+              f"the overlay: e.g. {example}) and {csv_path}{skips.note()}")
+        random_weights_note(args)
+        return 0

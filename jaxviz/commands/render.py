@@ -89,6 +89,7 @@ def _labelled(tiles, labels):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cli import check_terminated
 
     import jax
     import jax.numpy as jnp
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         for g, group in enumerate(groups):
             if g * bs < len(images):
                 continue
+            check_terminated()  # a group boundary (finished groups are checkpointed)
             padded = group + [group[-1]] * (bs - len(group))  # equal groups share one compiled program
             imgs = R.render_each(net, params, maker, jnp.asarray(padded, jnp.int32), key=jax.random.fold_in(key, g),
                                  size=args.size, steps=args.steps, param=param, transforms=transforms,
