@@ -595,6 +595,21 @@ def _flatten(variables: Mapping) -> dict[str, np.ndarray]:
     return flat
 
 
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: the Rust writer emits the metadata in hash
+    order, which changes from run to run, and a converted file must have the same bytes (and sha256) each time.
+    The header is the format's 8-byte little-endian length, then JSON padded with spaces to 8 bytes; the data
+    offsets in it are relative to the end of the header, so they stay valid."""
+    import json
+    import struct
+
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
+
+
 def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -> Path:
     """Saves params as safetensors (atomically) with a ``.sha256`` sidecar.
 
@@ -619,7 +634,7 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
     meta = {"format": "jaxviz", "layout": "flax-nhwc"}
     if arch:
         meta["arch"] = arch
-    data = save_bytes(_flatten(params), metadata=meta)
+    data = _canonical_safetensors(save_bytes(_flatten(params), metadata=meta))
     sidecar = path.with_name(path.name + ".sha256")
     # Replacing a file: its old sidecar goes first, so an interrupt between the two writes leaves a whole file
     # without a sidecar (loaded unverified), never a new file beside the old checksum (refused as corrupt)

@@ -402,3 +402,21 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.delenv("JAXVIZ_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert weights.cache_dir() == tmp_path / "xdg" / "jaxviz"
+
+
+def test_saved_files_have_the_same_bytes_every_time(tmp_path):
+    """The safetensors writer emits its metadata in hash order (it changed between calls); jaxviz sorts the
+    header, so the same params give the same bytes and sha256 (a converted file can be checked against a
+    published digest), and the file still reads back with safetensors itself."""
+    from safetensors import safe_open
+
+    net = models.VGG(stages=((8,), (16,)), classifier=False)
+    params = weights.random(net, seed=0)
+    digests = set()
+    for i in range(6):
+        path = weights.save(params, tmp_path / f"p{i}.safetensors", arch="vgg19")
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "p0.safetensors"), "np") as f:
+        assert f.metadata() == {"format": "jaxviz", "layout": "flax-nhwc", "arch": "vgg19"}
+        np.testing.assert_array_equal(f.get_tensor("conv1_1.kernel"), params["params"]["conv1_1"]["kernel"])
