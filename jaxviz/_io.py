@@ -25,6 +25,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import WriteError
+
 __all__ = ["atomic_open", "sweep_stale_temps", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "read_checkpoint",
            "fingerprint", "model_key"]
 
@@ -96,10 +98,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from e
         raise
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> OSError:
+    """``e`` (raised while writing ``path``) as a :class:`~jaxviz.errors.WriteError` naming the file and what to
+    do; a full disk or quota says so, whatever the OS or NumPy worded ("49152 requested and 24544 written")."""
+    import errno
+
+    full = e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) or "requested and" in str(e)
+    if full:
+        why = "the disk is full (or the quota reached); free some space and run again: finished files are kept"
+    else:
+        why = f"{e.strerror or e}; nothing was left half-written"
+    return WriteError(e.errno or errno.EIO, f"cannot write {path}: {why}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

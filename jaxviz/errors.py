@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "JaxvizError",
+    "WriteError",
     "InputError",
     "ModelError",
     "CheckpointError",
@@ -67,3 +68,11 @@ class ArchitectureError(WeightsError):
 
 class DownloadError(JaxvizError, OSError):
     """A download failed (network down, server error, broken transfer)."""
+
+
+class WriteError(JaxvizError, OSError):
+    """An output could not be written (a full disk, a quota, an I/O error); the message names the file. Files
+    written before are intact (writes are atomic), so a rerun resumes."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]"
+        return str(self.strerror)

@@ -164,3 +164,62 @@ def test_a_sigterm_swallowed_in_a_finaliser_still_ends_the_run_as_terminated(cap
     monkeypatch.setattr(core, "info", info)
     code, o, e = _run(capsys, "info")
     assert code == 143 and e.strip().endswith("jaxviz: terminated")
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_a_rerun_completes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    imgs, out = tmp_path / "imgs", tmp_path / "out"
+    _pictures(imgs, [f"{i}.png" for i in range(6)])
+    real = os.fsync
+    calls = []
+
+    def full_after_a_while(fd):
+        calls.append(fd)
+        if len(calls) > 9:  # the first batch (4 maps, 4 pictures, the settings) fits; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", full_after_a_while)
+    code, o, e = _run(capsys, "attribute", imgs, "--out", out, *BASE)
+    assert code == 1
+    line = e.strip().splitlines()[-1]
+    assert line.startswith(f"jaxviz attribute: error: cannot write {out}/") and line.endswith(
+        ": the disk is full (or the quota reached); free some space and run again: finished files are kept")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+    monkeypatch.setattr(os, "fsync", real)
+    code, o, e = _run(capsys, "attribute", imgs, "--out", out, *BASE)
+    assert code == 0, e
+    assert sorted(r["file"] for r in _rows(out)) == [f"{i}.png" for i in range(6)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path, capsys, sig):
+    """Killed between batches (SIGKILL: no clean-up at all; SIGTERM: exit 143 after cleaning up), a rerun ends
+    with the same files, byte for byte, and the same rows, each once, as a run that was never stopped."""
+    imgs = tmp_path / "imgs"
+    _pictures(imgs, [f"{i}.png" for i in range(10)])
+    args = ["--model", "small-cnn", "--weights", "random", "--size", "32", "--no-progress", "--batch-size", "1"]
+    clean = tmp_path / "clean"
+    assert _run(capsys, "attribute", imgs, "--out", clean, *args)[0] == 0
+    out = tmp_path / "out"
+    proc = _cli("attribute", imgs, "--out", out, *args)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "summary.csv").exists() and len((out / "summary.csv").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before it could be stopped; the test needs it in flight")
+    assert proc.returncode == (-9 if sig == signal.SIGKILL else 143)
+    if sig == signal.SIGTERM:
+        assert err.strip().endswith("jaxviz: terminated; run the same command again to resume")
+    code, o, e = _run(capsys, "attribute", imgs, "--out", out, *args)
+    assert code == 0, e
+    for i in range(10):
+        for suffix in (".npy", ".png"):
+            assert (out / f"{i}.png{suffix}").read_bytes() == (clean / f"{i}.png{suffix}").read_bytes()
+    assert sorted(map(tuple, (r.values() for r in _rows(out)))) == sorted(map(tuple, (r.values() for r in _rows(clean))))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -17,7 +17,8 @@ index, name and probability, the target class and its probability.
 ``OUT_DIR/attribute.json`` records the settings. SmoothGrad's noise for an
 image comes from its own key, ``fold_in(key, crc32(name))`` (``name``
 relative to IMAGES_DIR; ``key`` from ``--option key=SEED``, default 0), so
-its maps do not depend on ``--batch-size`` or on the number of devices. Rows are appended (and
+its noise does not depend on ``--batch-size`` or on the number of devices (the maps agree to float32
+round-off, which noisy inputs amplify to ~0.3% of a map's maximum; see docs/attribution.md). Rows are appended (and
 fsynced) after each batch's files are written, so an interruption loses at
 most the batch in flight; running the same command again skips every image
 already in the CSV, except one modified since its map was written (redone,
@@ -312,10 +313,15 @@ def _rewrite_csv(csv_path: Path, rows: Sequence[dict]) -> None:
 def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
     buf = io.StringIO()
     csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerows(rows)
-    with open(csv_path, "a", newline="", **CSV_ENCODING) as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
+    from .._io import write_error
+
+    try:
+        with open(csv_path, "a", newline="", **CSV_ENCODING) as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a torn last line is dropped on the next read; its images are done again
+        raise write_error(csv_path, e) from e
 
 
 def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str, label: str | None = None) -> None:
