@@ -558,3 +558,24 @@ def test_an_out_that_cannot_be_written_is_one_line_naming_it(folder, tmp_path, c
     assert cli.main(_args(folder, out, "--no-progress")) == 2
     assert capsys.readouterr().err.strip() == (f"jaxviz attribute: error: --out: cannot write in {str(out)!r} "
                                                "(Not a directory)")
+
+
+def test_guided_backprop_is_drawn_as_the_signed_rgb_gradient_by_default(folder, tmp_path):
+    """Springenberg et al.'s and Zeiler & Fergus' pictures (pytorch-grad-cam's deprocess_image): the map
+    standardised, x0.1, centred on grey; --picture heat gives the heat overlay instead."""
+    out = tmp_path / "out"
+    assert cli.main(_args(folder, out, "--method", "guided_backprop", "--no-label", "--no-progress")) == 0
+    attr = np.load(out / "img0.png.npy")
+    pic = image.load(out / "img0.png.png")[0]
+    want = np.clip((attr - attr.mean()) / (attr.std() + 1e-5) * 0.1 + 0.5, 0, 1)
+    want = np.repeat(np.repeat(want, 4, 0), 4, 1)  # the 32 px map enlarged to 128 px
+    assert pic.shape == (128, 128, 3)
+    np.testing.assert_allclose(pic, want, atol=0.6 / 255)
+    assert json.loads((out / "attribute.json").read_text())["picture"] == "gradient"
+    heat = tmp_path / "heat"
+    assert cli.main(_args(folder, heat, "--method", "guided_backprop", "--no-label", "--no-progress",
+                          "--picture", "heat")) == 0
+    drawn = image.load(heat / "img0.png.png")[0]
+    x = image.load(folder / "img0.png")
+    np.testing.assert_allclose(drawn, viz.overlays(x, viz.heat("guided_backprop", attr[None]), size=128)[0],
+                               atol=1.5 / 255)

@@ -91,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-label", action="store_true",
                    help="bare overlays, the image's size (by default each is labelled with the target class and its "
                    "probability and has its colour scale under it)")
+    p.add_argument("--picture", choices=["auto", "heat", "gradient"], default="auto",
+                   help="how the PNG shows the map: heat over the image, or the signed RGB gradient around grey "
+                   "(as the guided-backprop and deconvnet papers show it); auto: gradient for guided_backprop, "
+                   "deconvnet and guided_grad_cam, heat otherwise")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="several hosts: run the same command on each; they join one JAX run "
@@ -171,7 +175,17 @@ def _settings(args: argparse.Namespace, options: dict, size: int) -> dict:
     return {"method": args.method,
             "options": {k: repr(v) for k, v in sorted(options.items()) if k not in _NOT_SETTINGS},
             "target": args.target, "model": args.model, "weights": args.weights,
-            "seed": args.seed if args.weights == "random" else None, "size": size, "recursive": args.recursive}
+            "seed": args.seed if args.weights == "random" else None, "size": size, "recursive": args.recursive,
+            "picture": _picture(args)}
+
+
+def _picture(args: argparse.Namespace) -> str:
+    """--picture resolved: ``heat`` or ``gradient`` (auto: gradient for the methods viz.GRADIENT_METHODS names)."""
+    if args.picture != "auto":
+        return args.picture
+    from ..viz.figures import GRADIENT_METHODS
+
+    return "gradient" if args.method in GRADIENT_METHODS else "heat"
 
 
 def _effective(settings: dict) -> dict:
@@ -185,7 +199,8 @@ def _effective(settings: dict) -> dict:
         defaults = {k: repr(p.default) for k, p in inspect.signature(fn).parameters.items()
                     if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and k not in _NOT_SETTINGS}
         options = {**defaults, **{k: v for k, v in options.items() if k not in _NOT_SETTINGS}}
-    return {**settings, "options": options}
+    # folders written before --picture existed drew heat
+    return {"picture": "heat", **settings, "options": options}
 
 
 # ----------------------------------------------------------------------------- files
@@ -324,9 +339,11 @@ def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
         raise write_error(csv_path, e) from e
 
 
-def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str, label: str | None = None) -> None:
-    """The .npy and the overlay PNG of one image (each written atomically); with a ``label``, that goes in its
-    corner and the colour scale under it (the map's values at its two ends)."""
+def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str, label: str | None = None,
+                   picture: str = "heat") -> None:
+    """The .npy and the PNG of one image (each written atomically): the heat overlay, with a ``label`` in its
+    corner and the colour scale under it (the map's values at its two ends); or (``picture="gradient"``) the
+    signed RGB gradient around grey (:func:`jaxviz.viz.gradient_image`), with the label."""
     from .. import image, viz
     from .._io import atomic_open
 
@@ -334,6 +351,10 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     with atomic_open(npy, "wb") as f:
         np.save(f, attr.astype(np.float32))
     side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
+    if picture == "gradient":
+        pic = viz.gradient_image(attr, size=side)
+        image.save(pic if label is None else viz.label(pic, label), out / f"{name}.png")
+        return
     pic, (lo, hi) = viz.overlay_and_range(img, viz.heat(method, attr[None])[0], size=side)
     if label is not None:
         pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=viz.heat_title(method))
@@ -470,6 +491,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: expected a folder, got the file {out}")
     settings = _settings(args, options, size)
+    picture = settings["picture"]
     settings_path = out / "attribute.json"
     if settings_path.exists():
         previous, now = _effective(json.loads(settings_path.read_text())), _effective(settings)
@@ -579,7 +601,7 @@ def run(args: argparse.Namespace) -> int:
                     pred = int(probs[i].argmax())
                     ti = int(tgt[i])
                     label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"
-                    _write_outputs(out, name, x[i], attr[i], args.method, label)
+                    _write_outputs(out, name, x[i], attr[i], args.method, label, picture)
                     rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
                                  "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
                                  "target_prob": f"{probs[i, ti]:.6f}"})

@@ -14,6 +14,9 @@ from .grids import grid
 from .blend import overlay
 
 TILE = 128  #: pixels per picture in the figures
+#: Methods whose output is drawn by default as the signed RGB gradient around grey (:func:`gradient_image`), the
+#: way Springenberg et al. and Zeiler & Fergus show them, rather than as heat over the image.
+GRADIENT_METHODS = ("guided_backprop", "deconvnet", "guided_grad_cam")
 OVERLAY_PERCENTILE = 99.0  #: the map's value drawn at the colour scale's top (the top 1% clip to it)
 
 
@@ -122,3 +125,21 @@ def method_grid(images: np.ndarray, maps: np.ndarray, title: str, labels: list[s
     where = [(pad + (i % ncols) * (size + pad), pad + (i // ncols) * (size + pad)) for i in range(len(images))]
     heading = f"{title} (red: most important for the predicted class)"
     return _annotated(body, [(body.shape[1] // 2, heading)], [(x, y, t) for (x, y), t in zip(where, labels)])
+
+
+def gradient_image(attr: np.ndarray, size: int | None = None) -> np.ndarray:
+    """An RGB attribution (H, W, 3) as the coloured picture the guided-backprop and deconvnet papers show:
+    standardised, scaled by 0.1 and centred on grey (pytorch-grad-cam's ``deprocess_image``), so grey is zero
+    and the sign of each colour channel shows. ``size``: enlarged to that many pixels (nearest neighbour).
+
+    Returns:
+      (H, W, 3) float RGB in [0, 1].
+    """
+    a = np.asarray(attr, np.float64)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        from ..errors import InputError
+
+        raise InputError(f"attr: expected an RGB attribution (H, W, 3), got shape {a.shape}")
+    a = (a - a.mean()) / (a.std() + 1e-5) * 0.1 + 0.5
+    pic = np.clip(a, 0.0, 1.0).astype(np.float32)
+    return pic if size is None else _upscale(pic, size, smooth=False)
