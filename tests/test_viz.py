@@ -221,3 +221,16 @@ def test_colorbar_runs_the_colormap_from_lo_to_hi_with_the_values_written():
         viz.colorbar(64, 0, float("nan"))
     with pytest.raises(InputError, match=r"^picture: expected shape \(H, W, 3\), got \(4, 4\)"):
         viz.with_colorbar(np.zeros((4, 4)), 0, 1)
+
+
+def test_a_colorbar_title_too_long_for_its_place_wraps_below_never_cut():
+    short = viz.colorbar(128, 0.0, 0.5, title="score drop")
+    assert short.shape[0] == viz.COLORBAR_HEIGHT  # fits between the two values
+    long = viz.colorbar(64, 0.0, 0.0123, title="Guided backprop |gradient|")
+    lines = 3  # 10 characters to a 64 px line: "Guided", "backprop", "|gradient|"
+    assert long.shape == (viz.COLORBAR_HEIGHT + 12 * lines, 64, 3)
+    np.testing.assert_array_equal(long[:10], viz.colorbar(64, 0.0, 0.0123)[:10])  # the same bar
+    for k in range(lines):  # text (dark pixels) on every extra line
+        band = long[viz.COLORBAR_HEIGHT - 2 + 12 * k: viz.COLORBAR_HEIGHT + 8 + 12 * k]
+        assert band.min() < 0.3
+    assert long[10:21].min() < 0.3  # the two values still under the bar's ends

@@ -146,6 +146,7 @@ def _non_empty(a: np.ndarray, name: str) -> None:
         raise InputError(f"{name}: expected a map of at least 1 x 1 pixels, got shape {a.shape}")
 
 
+_LINE = 12  # pixels per extra line of a colour bar's title
 COLORBAR_HEIGHT = 24  #: rows :func:`colorbar` adds under a picture
 
 
@@ -157,10 +158,13 @@ def colorbar(width: int, lo: float, hi: float, *, cmap: str = "jet", title: str 
       width: the strip's width in pixels (at least 16).
       lo, hi: the values the colormap's ends stand for (see :func:`value_range`).
       cmap: colormap name (see :func:`colormap`).
-      title: what the values are, e.g. ``"|gradient|"``; cut to fit.
+      title: what the values are, e.g. ``"|gradient|"``: between the two
+        values when it fits there, else on lines of its own under them
+        (wrapped to the width), never cut.
 
     Returns:
-      (:data:`COLORBAR_HEIGHT`, width, 3) float RGB in [0, 1], white around the bar.
+      (:data:`COLORBAR_HEIGHT` + 12 per extra line, width, 3) float RGB in
+      [0, 1], white around the bar.
 
     Example:
       >>> from jaxviz import viz
@@ -175,17 +179,22 @@ def colorbar(width: int, lo: float, hi: float, *, cmap: str = "jet", title: str 
     for name, v in (("lo", lo), ("hi", hi)):
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise InputError(f"{name}: expected a finite number, got {v!r}")
-    strip = np.ones((COLORBAR_HEIGHT, width, 3), np.float32)
+    import textwrap
+
+    left, right = f"{lo:.3g}", f"{hi:.3g}"
+    room = (width - 6 * (len(left) + len(right)) - 16) // 6  # characters that fit between the two values
+    per_line = max(1, (width - 4) // 6)  # characters that fit on a line of their own
+    lines = [] if not title or len(title) <= room else textwrap.wrap(title, per_line, break_long_words=True)
+    strip = np.ones((COLORBAR_HEIGHT + _LINE * len(lines), width, 3), np.float32)
     strip[2:10, 2:width - 2] = colormap(np.linspace(0, 1, width - 4), cmap)[None]
     im = Image.fromarray(np.round(strip * 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
-    left, right = f"{lo:.3g}", f"{hi:.3g}"
     draw.text((2, 11), left, fill=(0, 0, 0))
     draw.text((width - 2 - 6 * len(right), 11), right, fill=(0, 0, 0))
-    room = (width - 6 * (len(left) + len(right)) - 16) // 6  # characters that fit between the two values
-    if title and room >= 3:
-        text = title if len(title) <= room else title[: room - 2] + ".."
-        draw.text(((width - 6 * len(text)) // 2, 11), text, fill=(0, 0, 0))
+    if title and not lines:  # beside the values
+        draw.text(((width - 6 * len(title)) // 2, 11), title, fill=(0, 0, 0))
+    for k, text in enumerate(lines):  # too long to sit between the values: on lines of its own, wrapped
+        draw.text(((width - 6 * len(text)) // 2, COLORBAR_HEIGHT - 2 + _LINE * k), text, fill=(0, 0, 0))
     return np.asarray(im, np.float32) / 255.0
 
 
