@@ -223,3 +223,17 @@ def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path, capsy
             assert (out / f"{i}.png{suffix}").read_bytes() == (clean / f"{i}.png{suffix}").read_bytes()
     assert sorted(map(tuple, (r.values() for r in _rows(out)))) == sorted(map(tuple, (r.values() for r in _rows(clean))))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_shapes_model_on_photos_says_so_once(tmp_path, capsys):
+    photos, shapes = tmp_path / "photos", tmp_path / "shapes"
+    rng = np.random.default_rng(1)
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray((rng.uniform(size=(60, 80, 3)) * 255).astype(np.uint8)).save(photos / f"p{i}.jpg")
+    _pictures(shapes, ["a.png", "b.png"])  # 32x32, the model's own kind of picture
+    note = "note: small-cnn is jaxviz's 32 px shapes classifier (circle, square, triangle, cross); it knows nothing"
+    code, o, e = _run(capsys, "attribute", photos, "--out", tmp_path / "o1", *BASE)
+    assert code == 0 and e.count(note) == 1
+    code, o, e = _run(capsys, "attribute", shapes, "--out", tmp_path / "o2", *BASE)
+    assert code == 0 and note not in e

@@ -171,6 +171,27 @@ def _target(text: str, classes: list[str]) -> int:
 _NOT_SETTINGS = ("batch_size",)
 
 
+def _shapes_model_note(paths) -> None:
+    """Once per run: the built-in small CNN is a 32 px shapes classifier; on other pictures (a photo: any of the
+    first files not 32x32, read from its header) its labels and maps mean little."""
+    from PIL import Image
+
+    from .. import datasets
+
+    for p in paths[:8]:
+        try:
+            with Image.open(p) as im:
+                if im.size != (32, 32):
+                    break
+        except OSError:
+            continue
+    else:
+        return
+    print(f"note: small-cnn is jaxviz's 32 px shapes classifier ({', '.join(datasets.CLASSES)}); it knows nothing "
+          "about photos, so its labels and maps on them mean little (for photos: --model vgg19 or resnet50 with "
+          "pretrained weights)", file=sys.stderr)
+
+
 def _settings(args: argparse.Namespace, options: dict, size: int) -> dict:
     return {"method": args.method,
             "options": {k: repr(v) for k, v in sorted(options.items()) if k not in _NOT_SETTINGS},
@@ -519,6 +540,8 @@ def run(args: argparse.Namespace) -> int:
         hint = " (it has sub-folders: add --recursive)" if not args.recursive and any(
             d.is_dir() and d.resolve() != inside for d in root.iterdir()) else ""
         raise InputError(f"IMAGES_DIR: no images in {str(root)!r}{hint}")
+    if args.model == "small-cnn":
+        _shapes_model_note(paths)
     writable_dir(out, "--out")  # created, and a file written in it, or one line naming --out
     # one run owns OUT_DIR at a time (per process of a --distributed run): a second waits, then finds the
     # work done; rows are never written twice
