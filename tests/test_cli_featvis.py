@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import titled
 from jaxviz import cli, image, models, viz, weights
 from jaxviz.commands import dream as dream_cmd
 from jaxviz.commands import _features, featmaps, filters, render, top_patches
@@ -36,6 +37,8 @@ def tiny(monkeypatch, params):
         monkeypatch.setattr(mod, "model_and_params", fake)
     return calls
 
+
+_body = titled.body
 
 def _picture(path, h=40, w=48, seed=0):
     rng = np.random.default_rng(seed)
@@ -68,7 +71,7 @@ def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(ti
     code, text, err = run(capsys, "featmaps", src, "--layer", "relu2_1", "--size", "48", "--limit", "5",
                           "--out", out, "--weights", "random", "--no-progress")
     assert code == 0 and "relu2_1: 16 channels of 20x24, showing 5" in text
-    pic = image.load(out)[0]
+    pic = _body(out)
     assert pic.shape == (2 * 80 + 3 * 2, 3 * 96 + 4 * 2, 3)  # input + 5 maps of 20x24, enlarged x4, 3 per row
     np.testing.assert_allclose(pic[2, 40], (1.0, 0.55, 0.0), atol=0.01)  # the input tile's orange frame (its
     # top-left corner holds the "input" label)
@@ -146,7 +149,7 @@ def test_filters(tiny, tmp_path, capsys):
     code, text, _ = run(capsys, "filters", "--out", out, "--tile", "12", "--weights", "random")
     assert code == 0 and "conv1_1: 8 kernels of 3x3x3" in text
     k = np.asarray(weights.random(NET, seed=0)["params"]["conv1_1"]["kernel"])
-    pic = image.load(out)[0]
+    pic = _body(out)
     assert pic.shape == (3 * 12 + 4 * 2, 3 * 12 + 4 * 2, 3)  # 8 tiles, 3 per row
     want = 0.5 + 0.5 * k[..., 0] / np.abs(k).max()  # kernel 0, enlarged x4
     np.testing.assert_allclose(pic[2:14:4, 2:14:4], want, atol=1 / 255)
@@ -263,7 +266,7 @@ def test_render_channels_grid(tiny, params, channel_renders, tmp_path, capsys):
     out = tmp_path / "r.png"
     code, text, _ = run(capsys, *RENDER, "--channels", "0-2", "--out", out)
     assert code == 0 and "relu2_1: 3 channels (0-2), 4 steps at 32 px" in text
-    pic = image.load(out)[0]
+    pic = _body(out)
     assert pic.shape == (2 * 32 + 3 * 4, 2 * 32 + 3 * 4, 3)  # 3 tiles, 2 per row
     # the tiles are renders of the public channel objective (mean of relu2_1's channel c)
     _assert_tiles(pic, channel_renders)
@@ -283,7 +286,7 @@ def test_render_neuron_maximises_the_centre_position(tiny, params, channel_rende
     out = tmp_path / "n.png"
     code, _, _ = run(capsys, *RENDER, "--channels", "0-1", "--neuron", "--out", out)
     assert code == 0
-    pic = image.load(out)[0]
+    pic = _body(out)
     assert pic.shape == (32 + 2 * 4, 2 * 32 + 3 * 4, 3)
     want = _public_renders(params, lambda c: R.neuron("relu2_1", c), [0, 1])  # the centre of the map by default
     _assert_tiles(pic, want)
@@ -296,7 +299,7 @@ def test_render_resumes_after_finished_groups(tiny, params, channel_renders, tmp
     args = [*RENDER, "--channels", "0-2"]
     code, _, _ = run(capsys, *args, "--out", tmp_path / "whole.png")
     assert code == 0
-    _assert_tiles(image.load(tmp_path / "whole.png")[0], channel_renders)
+    _assert_tiles(_body(tmp_path / "whole.png"), channel_renders)
     real, calls, stop = R.render_each, [], [2]
 
     def interrupted(*a, **k):
@@ -345,7 +348,7 @@ def test_render_classifier_taps(tiny, params, tmp_path, capsys):
     code, _, _ = run(capsys, "render", "--layer", "logits", "--channels", "3,7", "--size", "32", "--steps", "4",
                      "--batch-size", "2", "--no-transforms", "--out", out, "--weights", "random", "--no-progress")
     assert code == 0 and tiny[-1] is True
-    _assert_tiles(image.load(out)[0], _public_renders(params, lambda c: R.channel("fc8", c), [3, 7]))
+    _assert_tiles(_body(out), _public_renders(params, lambda c: R.channel("fc8", c), [3, 7]))
     code, _, err = run(capsys, "render", "--layer", "fc7", "--neuron", "--out", tmp_path / "n.png", "--weights", "random")
     assert code == 2 and err.strip() == ("jaxviz render: error: --neuron: expected a convolutional --layer; "
                                          "fc7 has no positions")
@@ -449,7 +452,7 @@ def test_top_patches_resumes_after_an_interruption(tiny, params, folder, tmp_pat
 
     paths = sorted(folder.rglob("*.png"))
     top = P.top_patches(NET, params, iter_batches(paths, 32, 2), layer="relu2_1", channels=[0, 5], k=3)
-    np.testing.assert_allclose(whole[0], P.patch_grid(top, tile=24, values=True), atol=0.6 / 255)
+    np.testing.assert_allclose(_body(tmp_path / "whole.png"), P.patch_grid(top, tile=24, values=True), atol=0.6 / 255)
     assert "channel 5: best" in text and str(top.names[1][0]).endswith(text.split("channel 5: best ")[1].split()[-1])
     # the listing beside the picture: every patch's activation, file and box, best first per channel
     with open(tmp_path / "whole.csv", newline="") as f:
@@ -519,7 +522,7 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     assert code == 0
     rows = [ln for ln in text.splitlines() if ln.startswith(("a/", "b/"))]
     assert len(rows) == 3 and rows[0].startswith("a/0.png: ")
-    assert image.load(out).shape == (1, 3 * 16 + 4 * 3, 3 * 16 + 4 * 3, 3)
+    assert _body(out)[None].shape == (1, 3 * 16 + 4 * 3, 3 * 16 + 4 * 3, 3)
     # the cached vectors are relu2_1 averaged over space (shortest side to 32, centre crop)
     saved = np.load(tmp_path / "nn.png.features.npz")
     names = [f"{os.path.basename(os.path.dirname(n))}/{os.path.basename(n)}" for n in saved["names"]]
@@ -559,7 +562,7 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
         assert [r["neighbour"] for r in mine] == [str(saved["names"][names.index(n)]) for n in want]
         np.testing.assert_allclose([float(r["distance"]) for r in mine], wd, rtol=1e-4, atol=1e-6)
     dist = np.array([float(r["distance"]) for r in listing]).reshape(3, 2)
-    np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array(order), [0, 1, 2],
+    np.testing.assert_allclose(_body(out), embed.neighbour_grid(thumbs, np.array(order), [0, 1, 2],
                                                                         distances=dist), atol=0.6 / 255)
     # a rerun with other display options reuses the cached features: the network never runs
     real_features = embed.features
@@ -571,7 +574,7 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     want, wd = expected(4, 4, "l1")
     assert got == want
     np.testing.assert_allclose(dist, wd, rtol=2e-3)
-    np.testing.assert_allclose(image.load(out)[0], embed.neighbour_grid(thumbs, np.array([[names.index(n) for n in want]]),
+    np.testing.assert_allclose(_body(out), embed.neighbour_grid(thumbs, np.array([[names.index(n) for n in want]]),
                                                                         [4], distances=dist[None]), atol=0.6 / 255)
     code, _, _ = run(capsys, "embed", folder, *common, "--method", "pca", "--plot-size", "3",
                      "--out", tmp_path / "nn.png", "--overwrite")
@@ -580,7 +583,9 @@ def test_neighbours_and_embed_share_a_resumable_feature_cache(tiny, params, fold
     res = embed.pca(saved["vectors"], 2)
     ratio = np.asarray(res.explained_variance_ratio)
     title = f"PCA of relu2_1 (6 images; {ratio[0]:.0%} + {ratio[1]:.0%} of the variance)"
-    want = embed.scatter_thumbnails(np.asarray(res.points), thumbs, labels=list("aaabbb"), title=title, size=3)
+    full = image.read_text(out)["Title"]  # the picture's title, also in the PNG's text: + the model and weights
+    assert full.startswith(title + " - ") and "random weights (seed 0)" in full
+    want = embed.scatter_thumbnails(np.asarray(res.points), thumbs, labels=list("aaabbb"), title=full, size=3)
     np.testing.assert_allclose(image.load(out)[0], want, atol=0.6 / 255)
     # an image edited since (same name): the cache is stale and every vector is recomputed
     _picture(folder / "b" / "1.png", seed=99)
@@ -741,3 +746,25 @@ def test_folder_commands_never_take_their_own_picture_as_an_image(tiny, tmp_path
         names = [str(n) for n in np.load(root / "nn.png.features.npz")["names"]]
         assert sorted(os.path.basename(n) for n in names) == [f"{i}.png" for i in range(4)]  # not nn.png
         assert "nn.png: " not in text
+
+
+def test_pictures_say_what_they_show(tiny, params, folder, tmp_path, capsys):
+    """Layer, model and weights in the picture and in its PNG Title; top patches of fewer images than --k say
+    so; t-SNE of a few images is a small plot, not a blank 1000 px canvas."""
+    code, text, err = run(capsys, "featmaps", folder / "a" / "0.png", "--layer", "relu2_1", "--size", "48", "--limit",
+                          "5", "--out", tmp_path / "f.png", "--weights", "random", "--seed", "4")
+    assert code == 0, err
+    title = image.read_text(tmp_path / "f.png")["Title"]
+    assert title == "Feature maps of relu2_1 (16 channels, the 5 strongest; 0.png) - vgg19, random weights (seed 4)"
+    titled.body(tmp_path / "f.png")  # and drawn above the grid
+    code, text, err = run(capsys, "top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "0",
+                          "--k", "8", "--size", "32", "--out", tmp_path / "t.png", "--weights", "random",
+                          "--no-progress")
+    assert code == 0, err
+    assert "note: --k 8 but the folder has 6 readable images: each row ends in 2 empty grey cells" in err
+    assert image.read_text(tmp_path / "t.png")["Title"].startswith(
+        "Top 8 patches per channel of relu2_1 over 6 images; only 6 images, so rows end in empty grey cells - ")
+    code, text, err = run(capsys, "embed", folder, "--recursive", "--size", "32", "--method", "pca", "--out",
+                          tmp_path / "e.png", "--weights", "random", "--no-progress")
+    assert code == 0, err
+    assert image.load(tmp_path / "e.png").shape[1:3] == (493, 493)  # 6 points: 1.2 * sqrt(6) + 2 = 4.94 inches at 100 dpi

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import titled
 from jaxviz import attribution as A
 from jaxviz import cli, image, models, weights
 
@@ -93,7 +94,7 @@ def test_user_model_params_from_a_file(user, capsys):
     assert code == 0, err
     code, out2, err = run(capsys, "featmaps", folder / "0.png", "--model", "usernet:build", "--layer", "Conv_0",
                           "--size", "32", "--out", root / "c.png")
-    np.testing.assert_array_equal(image.load(root / "b.png"), image.load(root / "c.png"))
+    np.testing.assert_array_equal(titled.body(root / "b.png"), titled.body(root / "c.png"))
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -141,15 +141,37 @@ def finished(args: argparse.Namespace) -> bool:
     return False
 
 
-def save(picture, path: Path, args: argparse.Namespace | None = None) -> None:
+def describe(args: argparse.Namespace) -> str:
+    """The model and weights a command ran, in words for a picture's title: ``vgg19, pretrained weights``,
+    ``resnet18, random weights (seed 0)``, ``my.py:build, weights from w.safetensors``."""
+    model = getattr(args, "model", None) or getattr(args, "arch", "?")
+    weights = getattr(args, "weights", None)
+    if weights == "pretrained":
+        what = "pretrained weights"
+    elif weights == "random":
+        what = f"random weights (seed {getattr(args, 'seed', 0)})"
+    elif weights:
+        what = f"weights from {Path(weights).name}"
+    else:
+        what = "its own weights"
+    return f"{model}, {what}"
+
+
+def save(picture, path: Path, args: argparse.Namespace | None = None, title: str | None = None, *,
+         drawn: bool = True) -> None:
     """Writes a float RGB picture atomically and reports it; with ``args``, a PNG records the command and
-    settings that made it (:func:`finished` compares them on a rerun)."""
+    settings that made it (:func:`finished` compares them on a rerun). A ``title`` is drawn above the picture
+    (:func:`jaxviz.viz.titled`; ``drawn=False``: the picture shows it already) and kept in the PNG's ``Title``
+    text."""
     import json
 
-    from .. import image
+    from .. import image, viz
 
-    text = None if args is None else {SETTINGS_KEY: json.dumps(settings_of(args))}
-    image.save(picture, path, text=text)
+    text = {} if args is None else {SETTINGS_KEY: json.dumps(settings_of(args))}
+    if title:
+        picture = viz.titled(picture, title) if drawn else picture
+        text["Title"] = title
+    image.save(picture, path, text=text or None)
     print(f"wrote {path} ({picture.shape[1]}x{picture.shape[0]})")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._outputs import add_output_args, finished, random_weights_note, save
+from ._outputs import add_output_args, describe, finished, random_weights_note, save
 from ._common import add_model_args
 from ._features import add_feature_args, folder_features
 
@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_feature_args(p)
     p.add_argument("--method", choices=["pca", "tsne"], default="tsne", help="default %(default)s")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default %(default)s)")
-    p.add_argument("--plot-size", type=float, default=10.0, help="plot size in inches at 100 dpi (default %(default)s)")
+    p.add_argument("--plot-size", type=float, default=None,
+                   help="plot size in inches at 100 dpi (default 10, smaller for a few images)")
     add_output_args(p)
     add_model_args(p, seed_also="t-SNE's start")
     p.set_defaults(func=run, resumable=True)
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # checked before the features are extracted (minutes on a big folder), and by flag: the library's
     # scatter_thumbnails calls --plot-size "size", which is --size here
-    if not (math.isfinite(args.plot_size) and args.plot_size * 100 >= 1):
+    if args.plot_size is not None and not (math.isfinite(args.plot_size) and args.plot_size * 100 >= 1):
         raise InputError(f"--plot-size: expected a finite size of at least 0.01 inches (1 px), got {args.plot_size}")
     if args.method == "tsne" and not (math.isfinite(args.perplexity) and args.perplexity > 0):
         raise InputError(f"--perplexity: expected a positive finite number, got {args.perplexity}")
@@ -61,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.recursive:
         parents = [Path(n).parent.name for n in feats.names]
         labels = parents if len(set(parents)) > 1 else None
-    pic = embed.scatter_thumbnails(xy, feats.thumbnails, labels=labels, title=title, size=args.plot_size)
-    save(pic, args.out, args)
+    title += f" - {describe(args)}"
+    # a few points on the default 10-inch canvas are a few specks on a blank page: the plot shrinks with them
+    size = args.plot_size if args.plot_size is not None else min(10.0, max(4.0, 1.2 * math.sqrt(len(xy)) + 2))
+    pic = embed.scatter_thumbnails(xy, feats.thumbnails, labels=labels, title=title, size=size)
+    save(pic, args.out, args, title, drawn=False)  # the plot carries its title
     random_weights_note(args)
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ._common import add_model_args, check_image_size, model_and_params, picture_layer
-from ._outputs import add_output_args, finished, random_weights_note, save
+from ._outputs import add_output_args, describe, finished, random_weights_note, save
 
 __all__ = ["register", "run"]
 
@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--layer: expected a convolutional tap, got {layer!r}")
     grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x, min_tile=96,
                                  labels=True)
-    save(grid, args.out, args)
+    shown = f", the {min(args.limit, fm.shape[2])} strongest" if args.order == "mean" else ""
+    save(grid, args.out, args, title=f"Feature maps of {layer} ({fm.shape[2]} channels{shown if args.limit < fm.shape[2] else ''}; "
+         f"{args.image.name}) - {describe(args)}")
     print(f"{layer}: {fm.shape[2]} channels of {fm.shape[0]}x{fm.shape[1]}"
           f"{f', showing {min(args.limit, fm.shape[2])}' if args.limit < fm.shape[2] else ''}")
     random_weights_note(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import add_model_args, model_and_params
-from ._outputs import add_output_args, finished, random_weights_note, save
+from ._outputs import add_output_args, describe, finished, random_weights_note, save
 
 __all__ = ["register", "run"]
 
@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     total = maps.filters(params, layer)
     k = total[: args.limit]
     ncols = 8 if k.shape[0] == 64 else None
-    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols, limit=args.limit), args.out, args)
     shown = f"{k.shape[0]} of {total.shape[0]}" if k.shape[0] < total.shape[0] else f"{total.shape[0]}"
+    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols, limit=args.limit), args.out, args,
+         title=f"Filters of {layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]} - {describe(args)}")
     print(f"{layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]}")
     random_weights_note(args)
     return 0

@@ -16,6 +16,7 @@ from ._common import (
 )
 from ._outputs import (
     add_output_args,
+    describe,
     finished,
     folder_paths,
     random_weights_note,
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     save_table(table, ("query", "rank", "neighbour", "distance"),
                [(feats.names[q], r + 1, feats.names[j], f"{v:.6g}")
                 for q, row, d in zip(queries, idx, dist) for r, (j, v) in enumerate(zip(row, d))])
-    save(embed.neighbour_grid(feats.thumbnails, idx, queries, distances=dist), args.out, args)
+    save(embed.neighbour_grid(feats.thumbnails, idx, queries, distances=dist), args.out, args,
+         title=f"Nearest neighbours in {layer} ({args.metric} distance; query framed in orange) - {describe(args)}")
     for q, row, d in zip(queries, idx, dist):
         near = ", ".join(f"{_short(feats.names[j])} ({v:.3g})" for j, v in zip(row, d))
         print(f"{_short(feats.names[q])}: {near}")

@@ -25,6 +25,7 @@ from ._common import (
 from ._outputs import (
     add_output_args,
     checkpoint_path,
+    describe,
     finished,
     load_progress,
     parse_channels,
@@ -166,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(group))
     names = _tile_names(chans, classes, width)
     ncols = min(len(chans), max(1, int(np.ceil(np.sqrt(len(chans))))))
-    save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out, args)
+    what = "classes" if classes else ("centre neurons of channels" if args.neuron else "channels")
+    save(viz.grid(_labelled(images, names), ncols=ncols, pad=4), args.out, args,
+         title=f"Activation maximisation of {layer} {what} ({args.steps} steps, {args.size} px) - {describe(args)}")
     ckpt.unlink(missing_ok=True)
     what = "classes" if classes else ("neurons" if args.neuron else "channels")
     print(f"{layer}: {len(chans)} {what} ({index_ranges(chans)}), {args.steps} steps at {args.size} px")

@@ -19,6 +19,7 @@ from ._outputs import (
     add_folder_args,
     add_output_args,
     checkpoint_path,
+    describe,
     finished,
     folder_paths,
     iter_batches,
@@ -141,7 +142,13 @@ def run(args: argparse.Namespace) -> int:
     save_table(table, ("channel", "rank", "activation", "file", "top", "left", "bottom", "right"),
                [(int(c), r + 1, f"{float(top.values[ci, r]):.6g}", top.names[ci][r], *map(int, top.boxes[ci, r]))
                 for ci, c in enumerate(args.channels) for r in range(top.index.shape[1]) if top.index[ci, r] >= 0])
-    save(P.patch_grid(top, tile=args.tile, values=True), args.out, args)
+    count = int(state.count)
+    fewer = f"; only {count} images, so rows end in empty grey cells" if count < args.k else ""
+    save(P.patch_grid(top, tile=args.tile, values=True), args.out, args,
+         title=f"Top {args.k} patches per channel of {layer} over {count} images{fewer} - {describe(args)}")
+    if count < args.k:
+        print(f"note: --k {args.k} but the folder has {count} readable images: each row ends in "
+              f"{args.k - count} empty grey cell{'s' * (args.k - count > 1)}", file=sys.stderr)
     print(f"wrote {table} (every patch: its activation, file and receptive-field box in the resized picture, which may reach past its edges)")
     ckpt.unlink(missing_ok=True)
     print(f"{layer}: receptive field {rf.size}x{rf.size} px at stride {rf.stride}; {int(state.count)} images"

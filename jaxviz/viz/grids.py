@@ -127,3 +127,40 @@ def label(tile, text: str) -> np.ndarray:
     draw.rectangle((0, 0, 6 * len(text) + 4, 12), fill=(0, 0, 0))
     draw.text((2, 0), text, fill=(255, 255, 255))
     return np.asarray(im, np.float32) / 255.0
+
+
+def titled(picture, text: str, *, size: int = 14) -> np.ndarray:
+    """``picture`` under a white band with ``text`` in it (wrapped to the picture's width, never cut): what a
+    picture shows belongs in the picture, not only on the terminal.
+
+    Returns:
+      (H + band, W, 3) float RGB in [0, 1].
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    p = np.asarray(picture, np.float32)
+    if p.ndim != 3 or p.shape[-1] != 3:
+        raise InputError(f"picture: expected shape (H, W, 3), got {p.shape}")
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = p.shape[1]
+    lines: list[str] = []
+    for word in str(text).split():
+        trial = f"{lines[-1]} {word}" if lines else word
+        if lines and measure.textlength(trial, font=font) <= width - 8:
+            lines[-1] = trial
+        else:
+            while measure.textlength(word, font=font) > width - 8 and len(word) > 1:  # a word wider than the picture
+                cut = max(1, int(len(word) * (width - 8) / measure.textlength(word, font=font)))
+                lines.append(word[:cut])
+                word = word[cut:]
+            lines.append(word)
+    step = size + 4
+    band = Image.new("RGB", (width, 6 + step * max(1, len(lines))), "white")
+    draw = ImageDraw.Draw(band)
+    for k, line in enumerate(lines):
+        draw.text((4, 4 + step * k), line, fill="black", font=font)
+    return np.concatenate([np.asarray(band, np.float32) / 255.0, p], axis=0)
