@@ -45,3 +45,22 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"jaxviz {jaxviz.__version__}"
+
+
+def test_python_run_beside_a_clone_says_why_jaxviz_is_not_the_package(tmp_path):
+    """From the folder that holds a clone named jaxviz/, `import jaxviz` finds the clone's root (a namespace
+    package) and jaxviz.weights its data folder: that import names the cause instead of a later AttributeError."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "jaxviz").symlink_to(root, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; " \
+           "from jaxviz import weights"
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "ImportError: jaxviz was imported from the folder that holds the jaxviz clone, not from the package")
