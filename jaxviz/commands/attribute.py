@@ -52,6 +52,17 @@ CSV_FIELDS = ("file", "predicted", "predicted_name", "predicted_prob", "target",
 MODELS = ("vgg19", "vgg16", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "small-cnn")
 
 
+def method_list(text: str) -> tuple[str, ...]:
+    """argparse type of --method: one name, several separated by commas (in that order), or ``all``."""
+    from ..attribution import METHODS
+
+    names = sorted(METHODS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"expected methods from {', '.join(sorted(METHODS))} or all, got {text!r}")
+    return tuple(dict.fromkeys(names))
+
+
 def model_spec(text: str) -> str:
     """argparse type of attribute's --model: a built-in name or MODULE:FACTORY (the user's own model)."""
     if text in MODELS or ":" in text:
@@ -69,7 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "devices; writes a .npy and a heatmap PNG per image and a summary CSV. Rerun to resume.",
     )
     p.add_argument("images", type=Path, metavar="IMAGES_DIR", help="folder of images")
-    p.add_argument("--method", default="saliency", choices=sorted(METHODS), help="attribution method (default %(default)s)")
+    p.add_argument("--method", default="saliency", type=method_list, metavar="M[,M...]|all",
+                   help=f"attribution method, or several separated by commas, or all: one pass over the folder, "
+                   f"each method's maps in OUT_DIR/METHOD/ and a side-by-side figure per image in OUT_DIR "
+                   f"(default %(default)s; methods: {', '.join(sorted(METHODS))})")
     p.add_argument("--target", default="top1",
                    help="'top1' (the predicted class, default), a class index, or a class name")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
@@ -192,21 +206,28 @@ def _shapes_model_note(paths) -> None:
           "pretrained weights)", file=sys.stderr)
 
 
-def _settings(args: argparse.Namespace, options: dict, size: int) -> dict:
-    return {"method": args.method,
-            "options": {k: repr(v) for k, v in sorted(options.items()) if k not in _NOT_SETTINGS},
+def _settings(args: argparse.Namespace, per: dict[str, dict], size: int) -> dict:
+    """What decides the outputs, for attribute.json: one method as ``method``/``options``; several as lists,
+    their options by method."""
+    def opts(options):
+        return {k: repr(v) for k, v in sorted(options.items()) if k not in _NOT_SETTINGS}
+
+    methods = list(per)
+    one = len(methods) == 1
+    return {"method": methods[0] if one else methods,
+            "options": opts(per[methods[0]]) if one else {m: opts(o) for m, o in per.items()},
             "target": args.target, "model": args.model, "weights": args.weights,
             "seed": args.seed if args.weights == "random" else None, "size": size, "recursive": args.recursive,
-            "picture": _picture(args)}
+            "picture": _picture(args.picture, methods[0]) if one else args.picture}
 
 
-def _picture(args: argparse.Namespace) -> str:
-    """--picture resolved: ``heat`` or ``gradient`` (auto: gradient for the methods viz.GRADIENT_METHODS names)."""
-    if args.picture != "auto":
-        return args.picture
+def _picture(choice: str, method: str) -> str:
+    """--picture resolved for a method: ``heat`` or ``gradient`` (auto: gradient for viz.GRADIENT_METHODS)."""
+    if choice != "auto":
+        return choice
     from ..viz.figures import GRADIENT_METHODS
 
-    return "gradient" if args.method in GRADIENT_METHODS else "heat"
+    return "gradient" if method in GRADIENT_METHODS else "heat"
 
 
 def _effective(settings: dict) -> dict:
@@ -214,14 +235,22 @@ def _effective(settings: dict) -> dict:
     default) matches a run without it."""
     from .. import attribution
 
-    fn = attribution.METHODS.get(settings.get("method"))
-    options = dict(settings.get("options") or {})
-    if fn is not None:
+    def filled(method, options):
+        fn = attribution.METHODS.get(method)
+        options = dict(options or {})
+        if fn is None:
+            return options
         defaults = {k: repr(p.default) for k, p in inspect.signature(fn).parameters.items()
                     if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and k not in _NOT_SETTINGS}
-        options = {**defaults, **{k: v for k, v in options.items() if k not in _NOT_SETTINGS}}
+        return {**defaults, **{k: v for k, v in options.items() if k not in _NOT_SETTINGS}}
+
+    method = settings.get("method")
+    if isinstance(method, list):
+        options = {m: filled(m, (settings.get("options") or {}).get(m)) for m in method}
+    else:
+        options = filled(method, settings.get("options"))
     # folders written before --picture existed drew heat
-    return {"picture": "heat", **settings, "options": options}
+    return {**settings, "picture": settings.get("picture", "heat"), "options": options}
 
 
 # ----------------------------------------------------------------------------- files
@@ -268,7 +297,16 @@ def _png_intact(path: Path) -> bool:
         return False
 
 
-def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
+def _files(out: Path, methods: Sequence[str]):
+    """``name -> (maps, pictures)``: the files an image's outputs are, for one method (``NAME.npy``,
+    ``NAME.png``) or several (``METHOD/NAME.npy`` and ``METHOD/NAME.png`` each, and the figure ``NAME.png``)."""
+    if len(methods) == 1:
+        return lambda name: ([out / f"{name}.npy"], [out / f"{name}.png"])
+    return lambda name: ([out / m / f"{name}.npy" for m in methods],
+                         [*(out / m / f"{name}.png" for m in methods), out / f"{name}.png"])
+
+
+def _read_done(csv_path: Path, out: Path, files) -> dict[str, dict]:
     """Rows of a previous run whose files are all there and intact (a torn last line, a malformed row, a map cut
     short or a damaged picture are dropped: their images are done again), from ``csv_path`` and the part files
     other processes of a --distributed run left beside it. A CSV that cannot be parsed at all is set aside
@@ -293,17 +331,18 @@ def _read_done(csv_path: Path, out: Path) -> dict[str, dict]:
             if None in row or any(row.get(k) in (None, "") for k in CSV_FIELDS):
                 continue  # torn or malformed row
             name = row["file"]
-            if _npy_intact(out / f"{name}.npy") and _png_intact(out / f"{name}.png"):
+            maps, pictures = files(name)
+            if all(map(_npy_intact, maps)) and all(map(_png_intact, pictures)):
                 done[name] = row
     return done
 
 
-def _merge_parts(csv_path: Path, out: Path, done: dict[str, dict] | None = None) -> None:
+def _merge_parts(csv_path: Path, out: Path, files, done: dict[str, dict] | None = None) -> None:
     """summary.csv rewritten with the finished rows, sorted by file, then the part files removed. ``done``:
     those rows when already read (by :func:`_read_done`, nothing appended since); by default they are read."""
     parts = sorted(out.glob(PART_GLOB))
     if done is None:
-        done = _read_done(csv_path, out)
+        done = _read_done(csv_path, out, files)
     _rewrite_csv(csv_path, [done[k] for k in sorted(done)])
     for part in parts:
         part.unlink(missing_ok=True)
@@ -321,7 +360,7 @@ def image_keys(key, names: Sequence[str]):
     return jax.vmap(lambda c: jax.random.fold_in(key, c))(crc)
 
 
-def _changed_since(paths: Sequence[Path], root: Path, out: Path, done: dict[str, dict]) -> list[str]:
+def _changed_since(paths: Sequence[Path], root: Path, files, done: dict[str, dict]) -> list[str]:
     """Names in ``done`` whose image file was modified after its map (``NAME.npy``) was written, as ``make``
     decides (an edited picture would otherwise keep the old map)."""
     changed = []
@@ -329,7 +368,7 @@ def _changed_since(paths: Sequence[Path], root: Path, out: Path, done: dict[str,
         name = p.relative_to(root).as_posix()
         if name in done:
             try:
-                if p.stat().st_mtime_ns > (out / f"{name}.npy").stat().st_mtime_ns:
+                if p.stat().st_mtime_ns > files(name)[0][0].stat().st_mtime_ns:
                     changed.append(name)
             except OSError:
                 pass  # gone or unreadable now: the batch reader reports it
@@ -379,6 +418,18 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     pic, (lo, hi) = viz.overlay_and_range(img, viz.heat(method, attr[None])[0], size=side)
     if label is not None:
         pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=viz.heat_title(method))
+    image.save(pic, out / f"{name}.png")
+
+
+def _write_figure(out: Path, name: str, img: np.ndarray, attrs: dict[str, np.ndarray], label: str | None) -> None:
+    """``OUT_DIR/NAME.png``: the input, then each method's map over it (titled columns; the label in the corner)."""
+    from .. import image, viz
+    from ._common import DEMO_METHODS
+
+    titles = {n: t for n, t, _ in DEMO_METHODS}
+    heats = {m: viz.heat(m, a[None]) for m, a in attrs.items()}
+    side = max(img.shape[0], 128)
+    pic = viz.overview(img[None], heats, {m: titles.get(m, m) for m in attrs}, [label or ""], size=side)
     image.save(pic, out / f"{name}.png")
 
 
@@ -484,23 +535,32 @@ def run(args: argparse.Namespace) -> int:
     if not args.images.is_dir():
         why = ", a file (give its folder)" if args.images.exists() else " (no such folder)"
         raise InputError(f"IMAGES_DIR: expected a folder of images, got {str(args.images)!r}{why}")
-    options = parse_options(args.option)
-    method_fn = attribution.METHODS[args.method]
-    try:
-        attribution._common.check_options(method_fn, options)
-    except InputError as e:  # "options: saliency has no option 'bogus'; ..." in the command line's words
-        raise InputError("--option" + str(e).removeprefix("options")) from None
-    if args.model == "small-cnn":
-        # the demo's settings for the model it trained (occlusion: a 6 px window at stride 2 on its 32 px
-        # pictures, where the library's default 16 px window, made for 224 px, leaves a few coarse blocks)
-        from ._common import DEMO_METHODS as DEMO
+    methods = args.method
+    multi = len(methods) > 1
+    given = parse_options(args.option)
+    per: dict[str, dict[str, Any]] = {}  # each method's options: the --option keys it takes
+    for m in methods:
+        method_fn = attribution.METHODS[m]
+        mine = {k: v for k, v in given.items() if not multi or attribution._common.accepts(method_fn, k)}
+        try:
+            attribution._common.check_options(method_fn, mine)
+        except InputError as e:  # "options: saliency has no option 'bogus'; ..." in the command line's words
+            raise InputError("--option" + str(e).removeprefix("options")) from None
+        if args.model == "small-cnn":
+            # the demo's settings for the model it trained (occlusion: a 6 px window at stride 2 on its 32 px
+            # pictures, where the library's default 16 px window, made for 224 px, leaves a few coarse blocks)
+            from ._common import DEMO_METHODS as DEMO
 
-        for k, v in next((o for name, _, o in DEMO if name == args.method), {}).items():
-            options.setdefault(k, v)
-    if args.method in attribution.LAYER_METHODS:
-        options.setdefault("upsample", True)
-        if not options["upsample"]:
-            raise InputError("--option: upsample=False is not supported here: maps are written at the input's size")
+            for k, v in next((o for name, _, o in DEMO if name == m), {}).items():
+                mine.setdefault(k, v)
+        if m in attribution.LAYER_METHODS:
+            mine.setdefault("upsample", True)
+            if not mine["upsample"]:
+                raise InputError("--option: upsample=False is not supported here: maps are written at the input's size")
+        per[m] = mine
+    unused = [k for k in given if not any(attribution._common.accepts(attribution.METHODS[m], k) for m in methods)]
+    if unused:
+        raise InputError(f"--option: none of {', '.join(methods)} has an option {unused[0]!r}")
 
     net, params, classes, default_size = _model(args)
     size = default_size if args.size is None else args.size
@@ -511,14 +571,14 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: expected a folder, got the file {out}")
-    settings = _settings(args, options, size)
-    picture = settings["picture"]
+    settings = _settings(args, per, size)
+    pictures = {m: _picture(args.picture, m) for m in methods}
     settings_path = out / "attribute.json"
     if settings_path.exists():
         previous, now = _effective(json.loads(settings_path.read_text())), _effective(settings)
         if previous != now:
             flat = [(k, previous.get(k), v) for k, v in now.items() if k != "options" and previous.get(k) != v]
-            if previous["method"] == now["method"]:  # options by name: only those that differ
+            if previous["method"] == now["method"] and isinstance(now["method"], str):  # options: those that differ
                 was, new = previous["options"], now["options"]
                 flat += [(f"option {k}", was.get(k), new.get(k)) for k in sorted({*was, *new}) if was.get(k) != new.get(k)]
             diff = ", ".join(f"{k}={a!r} (now {b!r})" for k, a, b in flat)
@@ -533,7 +593,9 @@ def run(args: argparse.Namespace) -> int:
         r = p.resolve()
         if inside != root.resolve() and inside in r.parents:
             return True
-        return r.parent == inside and p.name.endswith(".png") and p.with_name(p.name[:-4] + ".npy").exists()
+        if r.parent != inside or not p.name.endswith(".png"):
+            return False
+        return any((inside / d / (p.name[:-4] + ".npy")).exists() for d in ("", *methods))  # a map's picture
 
     paths = [p for p in image.list_images(root, recursive=args.recursive) if not is_output(p)]
     if not paths:
@@ -547,8 +609,9 @@ def run(args: argparse.Namespace) -> int:
     # work done; rows are never written twice
     with owning(out, jax.process_index()):
         csv_path = out / "summary.csv"
-        done = _read_done(csv_path, out)
-        changed = _changed_since(paths, root, out, done)
+        files = _files(out, methods)
+        done = _read_done(csv_path, out, files)
+        changed = _changed_since(paths, root, files, done)
         for name in changed:  # an image edited after its map was written: redone, its old row dropped
             del done[name]
         todo = [p for p in paths if p.relative_to(root).as_posix() not in done]
@@ -557,46 +620,50 @@ def run(args: argparse.Namespace) -> int:
         rank, nprocs = jax.process_index(), jax.process_count()
         parallel.barrier("jaxviz-attribute-read")
         if rank == 0:  # the rows read above (less the changed ones): nobody appends before the next barrier
-            _merge_parts(csv_path, out, done)
+            _merge_parts(csv_path, out, files, done)
         parallel.barrier("jaxviz-attribute-merged")
         if paths and not todo:
             print(f"all {len(paths)} images already done; results in {out}")
             return 0
         ours = todo[rank::nprocs]
 
-        if args.method == "occlusion" and options.get("groups") is None and options.get("method", "auto") != "full":
+        occ = per.get("occlusion")
+        if occ is not None and occ.get("groups") is None and occ.get("method", "auto") != "full":
             # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
             try:
                 default_window = inspect.signature(attribution.occlusion).parameters["window"].default
-                options["groups"] = attribution.occlusion_auto_groups(net, (size, size),
-                                                    window=options.get("window", default_window),
-                                                    stride=options.get("stride"), images=len(todo),
-                                                    approximate=options.get("approximate"))
+                occ["groups"] = attribution.occlusion_auto_groups(net, (size, size),
+                                                window=occ.get("window", default_window),
+                                                stride=occ.get("stride"), images=len(todo),
+                                                approximate=occ.get("approximate"))
             except (InputError, TypeError, ValueError):
                 pass  # malformed window/stride: occlusion() itself reports them
 
         # a random method (SmoothGrad) gets one key per image, drawn from its file name: its map then depends on
         # neither --batch-size nor the number of devices (one key for the batch would follow each image's position
         # in its batch, and on each device's slice)
-        random_keys = "key" in inspect.signature(method_fn).parameters
-        call_options = {k: v for k, v in options.items() if k != "key"}
+        random = {m: "key" in inspect.signature(attribution.METHODS[m]).parameters for m in methods}
+        call = {m: {k: v for k, v in per[m].items() if k != "key"} for m in methods}
+        random_keys = any(random.values())
+        base_key = None
         if random_keys:
             try:
-                base_key = _checks.prng_key(options.get("key"))
+                base_key = _checks.prng_key(given.get("key"))
             except InputError as e:
                 raise InputError(f"--option {e}") from None
 
         def fn(p, x, t, k):
             logits = protocol.forward(net, p, x)
             tgt = jnp.where(t < 0, jnp.argmax(logits, -1), t).astype(jnp.int32)
-            attr = method_fn(net, p, x, tgt, **call_options, **({"key": k} if random_keys else {}))
-            return attr, jax.nn.softmax(logits, -1), tgt
+            attrs = tuple(attribution.METHODS[m](net, p, x, tgt, **call[m], **({"key": k} if random[m] else {}))
+                          for m in methods)
+            return attrs, jax.nn.softmax(logits, -1), tgt
 
-        try:  # the method's own checks of its options, before any image is decoded (tracing only, no compute)
+        try:  # the methods' own checks of their options, before any image is decoded (tracing only, no compute)
             jax.eval_shape(fn, params, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
                            jax.ShapeDtypeStruct((1,), jnp.int32), image_keys(jax.random.key(0), ["x"]))
         except InputError as e:
-            if str(e).split(":", 1)[0] in options:  # e.g. "steps: expected a positive int" from --option steps=0
+            if str(e).split(":", 1)[0] in given:  # e.g. "steps: expected a positive int" from --option steps=0
                 raise InputError(f"--option {e}") from None
             raise
         sharded = parallel.data_parallel(fn)
@@ -605,18 +672,18 @@ def run(args: argparse.Namespace) -> int:
         _check_memory(net, params, size, -(-args.batch_size // ndev), sharded.mesh.devices.flat)
         again = f", {len(changed)} modified since their maps" if changed else ""
         hosts = f" (process {rank + 1} of {nprocs}: {len(ours)} of the {len(todo)} images)" if nprocs > 1 else ""
-        print(f"{args.method} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
+        print(f"{', '.join(methods)} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
               f"{args.model}, batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}{hosts}", file=sys.stderr)
         written, first_written = 0, None
         skips = Skips("attribute")
         rows_path = _part_path(out, rank)
-        with tqdm(total=len(ours), desc=args.method, unit="img", disable=args.no_progress) as bar:
+        with tqdm(total=len(ours), desc="+".join(methods), unit="img", disable=args.no_progress) as bar:
             skips.bar = bar
             for batch_paths, x in iter_batches(ours, size, args.batch_size, skips):
                 t = np.full((len(x),), target, np.int32)
                 names = [p.relative_to(root).as_posix() for p in batch_paths]
                 k = image_keys(base_key, names) if random_keys else np.zeros((len(x),), np.uint32)
-                attr, probs, tgt = jax.device_get(sharded(params, x, t, k))
+                attrs, probs, tgt = jax.device_get(sharded(params, x, t, k))
                 if not settings_path.exists():  # recorded with the first results (a run that fails before has none)
                     atomic_write_text(settings_path, json.dumps(settings, indent=2))  # the same text from any process
                 rows = []
@@ -624,7 +691,10 @@ def run(args: argparse.Namespace) -> int:
                     pred = int(probs[i].argmax())
                     ti = int(tgt[i])
                     label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"
-                    _write_outputs(out, name, x[i], attr[i], args.method, label, picture)
+                    for m, attr in zip(methods, attrs):
+                        _write_outputs(out / m if multi else out, name, x[i], attr[i], m, label, pictures[m])
+                    if multi:  # the side-by-side figure: the input, then one column per method
+                        _write_figure(out, name, x[i], {m: a[i] for m, a in zip(methods, attrs)}, label)
                     rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
                                  "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
                                  "target_prob": f"{probs[i, ti]:.6f}"})
@@ -634,9 +704,14 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(len(batch_paths))
         parallel.barrier("jaxviz-attribute-end")
         if rank == 0 and nprocs > 1:
-            _merge_parts(csv_path, out)
+            _merge_parts(csv_path, out, files)
         example = out / f"{first_written}.png" if first_written else out
-        print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and NAME.png, "
-              f"the overlay: e.g. {example}) and {csv_path}{skips.note()}")
+        if multi:
+            print(f"wrote {written} images' attributions by {len(methods)} methods to {out} (per method METHOD/NAME.npy "
+                  f"and METHOD/NAME.png, and per image NAME.png, every method side by side: e.g. {example}) and "
+                  f"{csv_path}{skips.note()}")
+        else:
+            print(f"wrote {written} attribution{'s' * (written != 1)} to {out} (per image NAME.npy, the map, and "
+                  f"NAME.png, the overlay: e.g. {example}) and {csv_path}{skips.note()}")
         random_weights_note(args)
         return 0
