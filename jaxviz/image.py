@@ -647,20 +647,70 @@ def _warn_skipped(path: Path, error: Exception) -> None:
     warnings.warn(f"{path}: skipped, not a readable image ({error})", UserWarning, stacklevel=3)
 
 
+#: How a picture becomes the square an int ``size`` asks for (:func:`fit`).
+FITS = ("crop", "pad", "stretch")
+#: The colour ``fit="pad"`` fills with: ImageNet's mean, which a model's normalisation maps to zero.
+PAD_COLOUR = (0.485, 0.456, 0.406)
+
+
+def _load_fit(path: PathLike, size: int, how: str) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
+    """One picture as a ``size`` x ``size`` square, where its pixels are in it (top, left, height, width), and its
+    original (H, W).
+
+    ``how``: ``"crop"`` resizes the shortest side to ``size`` and cuts the centre square (the longer side's ends
+    are lost); ``"pad"`` resizes the longest side to ``size`` and letterboxes with :data:`PAD_COLOUR` (nothing
+    lost); ``"stretch"`` resizes to the square (the aspect ratio changes).
+    """
+    if how == "crop":
+        img = load(path, size, resize="shortest")[0]
+        h, w = img.shape[:2]
+        return center_crop(img[None], size)[0], (0, 0, size, size), _original_size(path, h, w)
+    if how == "stretch":
+        img = load(path, (size, size))[0]
+        return img, (0, 0, size, size), _original_size(path, size, size)
+    small = load(path, size, resize="longest")[0]
+    h, w = small.shape[:2]
+    top, left = (size - h) // 2, (size - w) // 2
+    out = np.empty((size, size, 3), np.float32)
+    out[...] = np.asarray(PAD_COLOUR, np.float32)
+    out[top:top + h, left:left + w] = small
+    return out, (top, left, h, w), _original_size(path, h, w)
+
+
+def _original_size(path: PathLike, h: int, w: int) -> tuple[int, int]:
+    """(H, W) as the file stores it (its header; EXIF orientation applied), else the loaded shape."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if (im.getexif() or {}).get(0x0112, 1) in (5, 6, 7, 8):  # rotated a quarter turn
+                width, height = height, width
+            return int(height), int(width)
+    except Exception:  # noqa: BLE001 - only a label depends on it
+        return h, w
+
+
 def _iter_folder(
-    paths: Sequence[Path], size: Size, batch_size: int, skipped: Callable[[Path, Exception], None] | None = None
-) -> Iterator[tuple[list[Path], np.ndarray]]:
-    """``(paths, images)`` batches of ``batch_size`` decoded images (an int ``size``: shortest side to it, centre
-    crop; else :func:`load`'s sizing). An unreadable file raises ImageError, or with ``skipped`` is reported to
-    it and left out (every batch but the last stays full)."""
+    paths: Sequence[Path], size: Size, batch_size: int, skipped: Callable[[Path, Exception], None] | None = None,
+    how: str = "crop", boxes: bool = False,
+) -> Iterator[tuple]:
+    """``(paths, images)`` batches of ``batch_size`` decoded images (an int ``size``: a square as ``how`` says
+    (:func:`_load_fit`), centre crop by default; else :func:`load`'s sizing). With ``boxes``, ``(paths, images, boxes,
+    sizes)``: each picture's place in its square and its original (H, W). An unreadable file raises
+    ImageError, or with ``skipped`` is reported to it and left out (every batch but the last stays full)."""
     done: list[Path] = []
     arrays: list[np.ndarray] = []
+    places: list[tuple] = []
+    sizes: list[tuple] = []
     for p in paths:
         try:
             if isinstance(size, int):
-                img = center_crop(load(p, size, resize="shortest"), size)[0]
+                img, box, original = _load_fit(p, size, how)
+                places.append(box)
+                sizes.append(original)
             else:
                 img = load(p, size)[0]
+                places.append((0, 0) + img.shape[:2])
+                sizes.append(img.shape[:2])
         except (ImageError, OSError) as e:
             if skipped is None:
                 if isinstance(e, ImageError):
@@ -671,10 +721,10 @@ def _iter_folder(
         done.append(p)
         arrays.append(img)
         if len(done) == batch_size:
-            yield done, np.stack(arrays)
-            done, arrays = [], []
+            yield (done, np.stack(arrays), places, sizes) if boxes else (done, np.stack(arrays))
+            done, arrays, places, sizes = [], [], [], []
     if done:
-        yield done, np.stack(arrays)
+        yield (done, np.stack(arrays), places, sizes) if boxes else (done, np.stack(arrays))
 
 
 def _batch_source(batches: Any, size: int, batch_size: int, name: str = "batches") -> tuple[Iterator, int | None]:

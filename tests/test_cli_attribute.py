@@ -613,3 +613,41 @@ def test_several_methods_in_one_pass(folder, tmp_path, capsys):
     from jaxviz.commands.attribute import method_list
 
     assert method_list("all") == tuple(sorted(METHODS)) and method_list("cam, saliency,cam") == ("cam", "saliency")
+
+
+def test_resize_modes_crop_pad_stretch(model, tmp_path, capsys):
+    """A 60x80 photo at 32 px: crop cuts its sides (and the label says so), pad letterboxes it with the ImageNet
+    mean and writes the map of the picture's own pixels (24x32), stretch squeezes it; each map is the library's
+    on the square the model saw."""
+    from jaxviz.commands.attribute import _cut
+
+    net, params = model
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(5)
+    image.save(rng.uniform(size=(60, 80, 3)).astype(np.float32), photos / "wide.png")
+    for mode in ("crop", "pad", "stretch"):
+        out = tmp_path / mode
+        assert cli.main(_args(photos, out, "--method", "saliency", "--resize", mode, "--no-progress")) == 0
+        got = np.load(out / "wide.png.npy")
+        if mode == "crop":
+            square = image.center_crop(image.load(photos / "wide.png", 32, resize="shortest"), 32)
+            want = np.asarray(attribution.saliency(net, params, square, net.apply(params, square).argmax(-1)))[0]
+        elif mode == "stretch":
+            square = image.load(photos / "wide.png", (32, 32))
+            want = np.asarray(attribution.saliency(net, params, square, net.apply(params, square).argmax(-1)))[0]
+        else:
+            small = image.load(photos / "wide.png", 32)  # longest side to 32: 24 x 32
+            assert small.shape == (1, 24, 32, 3)
+            square = np.empty((1, 32, 32, 3), np.float32)
+            square[...] = image.PAD_COLOUR
+            square[:, 4:28] = small
+            full = np.asarray(attribution.saliency(net, params, square, net.apply(params, square).argmax(-1)))[0]
+            want = full[4:28]
+            png = image.load(out / "wide.png.png")[0]  # drawn on the whole picture: 96 x 128, the scale under it
+            assert got.shape == (24, 32, 3) and png.shape[1] == 128 and png.shape[0] - 96 in (24, 36)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert json.loads((out / "attribute.json").read_text())["resize"] == mode
+    capsys.readouterr()
+    assert (_cut("crop", (60, 80)), _cut("crop", (80, 60)), _cut("crop", (50, 50)), _cut("pad", (60, 80))) == (
+        " (sides cut)", " (top, bottom cut)", "", "")

@@ -223,7 +223,7 @@ def folder_paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def iter_batches(paths, size: int, batch_size: int, skipped=None):
+def iter_batches(paths, size: int, batch_size: int, skipped=None, how: str = "crop", boxes: bool = False):
     """(paths, (B, size, size, 3) float32) batches: shortest side to ``size``, centre crop (as image.load_folder).
 
     With ``skipped`` (a callable ``(path, error)``), unreadable files are reported to it and left out, and each
@@ -232,7 +232,7 @@ def iter_batches(paths, size: int, batch_size: int, skipped=None):
     from .. import image
     from ..cli import check_terminated
 
-    for batch in image._iter_folder(paths, size, batch_size, skipped):
+    for batch in image._iter_folder(paths, size, batch_size, skipped, how, boxes):
         check_terminated()  # a batch boundary: a SIGTERM whose first raise was swallowed stops the run here
         yield batch
 

@@ -97,7 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed for --weights random (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch, over all devices (default %(default)s)")
     p.add_argument("--size", type=int, default=None,
-                   help="resize the shortest side to SIZE and crop the centre square (default 224; small-cnn 32)")
+                   help="the model sees SIZE x SIZE squares (default 224; small-cnn 32); --resize says how")
+    p.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop",
+                   help="crop: shortest side to SIZE, centre square (the longer side's ends are cut, and the "
+                   "label says so); pad: longest side to SIZE, letterboxed with the ImageNet mean colour, maps "
+                   "written and drawn on the whole picture; stretch: to the square, aspect ratio changed "
+                   "(default %(default)s)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable, e.g. --option window=32 --option stride=16 (with --model "
                    "small-cnn, the demo's options are the defaults: occlusion window=6 stride=2 baseline=0.5)")
@@ -164,6 +169,23 @@ def _model(args: argparse.Namespace):
     return net, params, imagenet_classes(), 224
 
 
+def _cut(resize: str, original: tuple[int, int]) -> str:
+    """What --resize crop left out of a picture that is not square, for its label (nothing otherwise)."""
+    h, w = original
+    if resize != "crop" or h == w:
+        return ""
+    return " (sides cut)" if w > h else " (top, bottom cut)"
+
+
+def _default_size(args: argparse.Namespace) -> int:
+    """--size when not given, known without building the model: the small CNN's training size, else 224."""
+    if args.model == "small-cnn":
+        from .. import train
+
+        return train.Config().size
+    return 224
+
+
 def _target(text: str, classes: list[str]) -> int:
     """-1 for top1, else a class index."""
     from ..errors import InputError
@@ -217,7 +239,8 @@ def _settings(args: argparse.Namespace, per: dict[str, dict], size: int) -> dict
     return {"method": methods[0] if one else methods,
             "options": opts(per[methods[0]]) if one else {m: opts(o) for m, o in per.items()},
             "target": args.target, "model": args.model, "weights": args.weights,
-            "seed": args.seed if args.weights == "random" else None, "size": size, "recursive": args.recursive,
+            "seed": args.seed if args.weights == "random" else None, "size": size, "resize": args.resize,
+            "recursive": args.recursive,
             "picture": _picture(args.picture, methods[0]) if one else args.picture}
 
 
@@ -250,7 +273,8 @@ def _effective(settings: dict) -> dict:
     else:
         options = filled(method, settings.get("options"))
     # folders written before --picture existed drew heat
-    return {**settings, "picture": settings.get("picture", "heat"), "options": options}
+    return {**settings, "picture": settings.get("picture", "heat"), "resize": settings.get("resize", "crop"),
+            "options": options}
 
 
 # ----------------------------------------------------------------------------- files
@@ -410,7 +434,7 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     npy = out / f"{name}.npy"
     with atomic_open(npy, "wb") as f:
         np.save(f, attr.astype(np.float32))
-    side = max(img.shape[0], 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
+    side = max(max(img.shape[:2]), 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
     if picture == "gradient":
         pic = viz.gradient_image(attr, size=side)
         image.save(pic if label is None else viz.label(pic, label), out / f"{name}.png")
@@ -562,11 +586,8 @@ def run(args: argparse.Namespace) -> int:
     if unused:
         raise InputError(f"--option: none of {', '.join(methods)} has an option {unused[0]!r}")
 
-    net, params, classes, default_size = _model(args)
-    size = default_size if args.size is None else args.size
-    if size < net.min_size:
-        raise InputError(f"--size: expected at least {net.min_size} for {args.model}, got {size}")
-    target = _target(args.target, classes)
+    # what is to do is decided before the model is built (a finished folder answers at once)
+    size = args.size if args.size is not None else _default_size(args)
 
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -627,6 +648,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         ours = todo[rank::nprocs]
 
+        net, params, classes, _ = _model(args)
+        if size < net.min_size:
+            raise InputError(f"--size: expected at least {net.min_size} for {args.model}, got {size}")
+        target = _target(args.target, classes)
+
         occ = per.get("occlusion")
         if occ is not None and occ.get("groups") is None and occ.get("method", "auto") != "full":
             # one compiled call serves the whole folder: size the window groups for all of it (same numbers either way)
@@ -679,7 +705,8 @@ def run(args: argparse.Namespace) -> int:
         rows_path = _part_path(out, rank)
         with tqdm(total=len(ours), desc="+".join(methods), unit="img", disable=args.no_progress) as bar:
             skips.bar = bar
-            for batch_paths, x in iter_batches(ours, size, args.batch_size, skips):
+            for batch_paths, x, boxes, originals in iter_batches(ours, size, args.batch_size, skips, args.resize,
+                                                                 boxes=True):
                 t = np.full((len(x),), target, np.int32)
                 names = [p.relative_to(root).as_posix() for p in batch_paths]
                 k = image_keys(base_key, names) if random_keys else np.zeros((len(x),), np.uint32)
@@ -690,9 +717,12 @@ def run(args: argparse.Namespace) -> int:
                 for i, name in enumerate(names):
                     pred = int(probs[i].argmax())
                     ti = int(tgt[i])
-                    label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%"
+                    label = None if args.no_label else f"{classes[ti]} {100 * probs[i, ti]:.0f}%" + _cut(
+                        args.resize, originals[i])
+                    top, left, h, w = boxes[i]  # pad: the picture's pixels in the square, the maps cut to them
                     for m, attr in zip(methods, attrs):
-                        _write_outputs(out / m if multi else out, name, x[i], attr[i], m, label, pictures[m])
+                        _write_outputs(out / m if multi else out, name, x[i, top:top + h, left:left + w],
+                                       attr[i, top:top + h, left:left + w], m, label, pictures[m])
                     if multi:  # the side-by-side figure: the input, then one column per method
                         _write_figure(out, name, x[i], {m: a[i] for m, a in zip(methods, attrs)}, label)
                     rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],

@@ -45,14 +45,17 @@ def heat_title(name: str) -> str:
 
 
 def _upscale(img: np.ndarray, size: int, *, smooth: bool) -> np.ndarray:
+    """``img`` (H, W) or (H, W, C) with its longest side resized to ``size`` (a square to size x size)."""
     from PIL import Image
 
     a = np.asarray(img, np.float32)
+    h, w = a.shape[:2]
+    shape = (size, size) if h == w else (max(1, round(w * size / max(h, w))), max(1, round(h * size / max(h, w))))
     if a.ndim == 2:
-        im = Image.fromarray(a, mode="F").resize((size, size), Image.BILINEAR if smooth else Image.NEAREST)
+        im = Image.fromarray(a, mode="F").resize(shape, Image.BILINEAR if smooth else Image.NEAREST)
         return np.asarray(im, np.float32)
     chans = [np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F").resize(
-        (size, size), Image.BILINEAR if smooth else Image.NEAREST), np.float32) for c in range(a.shape[-1])]
+        shape, Image.BILINEAR if smooth else Image.NEAREST), np.float32) for c in range(a.shape[-1])]
     return np.stack(chans, -1)
 
 
