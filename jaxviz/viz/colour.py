@@ -210,13 +210,13 @@ def with_colorbar(picture, lo: float, hi: float, *, cmap: str = "jet", title: st
 
     Example:
       >>> from jaxviz import viz
-      >>> img = np.full((32, 48, 3), 0.5, np.float32)
-      >>> heat = np.outer(np.arange(32.0), np.ones(48))       # a map (H, W), e.g. |gradient|
+      >>> img = np.full((32, 96, 3), 0.5, np.float32)
+      >>> heat = np.outer(np.arange(32.0), np.ones(96))       # a map (H, W), e.g. |gradient|
       >>> lo, hi = viz.value_range(heat, percentile=100)
       >>> (lo, hi)
       (0.0, 31.0)
       >>> viz.with_colorbar(viz.overlay(img, heat), lo, hi, title="|gradient|").shape
-      (56, 48, 3)
+      (56, 96, 3)
     """
     p = np.asarray(picture, np.float32)
     if p.ndim != 3 or p.shape[-1] != 3:
