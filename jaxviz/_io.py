@@ -27,7 +27,7 @@ from typing import IO, Iterator
 
 from .errors import WriteError
 
-__all__ = ["atomic_open", "sweep_stale_temps", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "read_checkpoint",
+__all__ = ["atomic_open", "holding", "sweep_stale_temps", "atomic_write_bytes", "atomic_write_text", "write_npz", "read_npz", "read_checkpoint",
            "fingerprint", "model_key"]
 
 
@@ -104,6 +104,26 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if isinstance(e, OSError) and not isinstance(e, WriteError):
             raise write_error(path, e) from e
         raise
+
+
+@contextlib.contextmanager
+def holding(lock_path: str | os.PathLike, busy: str):
+    """Holds an OS file lock on ``lock_path`` (the ``filelock`` package) for the block; when another process
+    holds it, prints ``busy`` to stderr once and waits for it. The lock goes with the process, however it ends."""
+    import sys
+
+    import filelock
+
+    lock = filelock.FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(busy, file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_error(path: str | os.PathLike, e: OSError) -> OSError:

@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
@@ -53,6 +52,7 @@ from typing import Optional, Union
 
 from tqdm import tqdm
 
+from ._io import holding
 from .errors import ChecksumError, DownloadError, InputError
 
 __all__ = ["download", "sha256_file", "verify", "is_offline"]
@@ -257,32 +257,14 @@ def download(
         )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _owning(dest, progress):
+    # one process at a time downloads into the .part; another (a second CLI run, a host sharing the cache) waits,
+    # then finds the verified file
+    busy = f"{dest.name}: another process is downloading it; waiting for it to finish"
+    with holding(dest.with_name(dest.name + ".lock"), busy):
         if dest.is_file() and (expected is None or sha256_file(dest, chunk_size).startswith(expected)):
             return dest  # another process downloaded and verified it while this one waited
         return _download_locked(url, dest, expected, progress=progress, timeout=timeout, retries=retries,
                                 chunk_size=chunk_size)
-
-
-@contextlib.contextmanager
-def _owning(dest: pathlib.Path, progress: bool):
-    """Holds ``dest + ".lock"`` (an OS file lock, :mod:`filelock`): one process at a time downloads into a
-    ``.part``; another (a second CLI run, a host sharing the cache) waits, then finds the verified file."""
-    import filelock
-
-    lock = filelock.FileLock(str(dest.with_name(dest.name + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        msg = f"{dest.name}: another process is downloading it; waiting for it to finish"
-        _log.warning(msg)
-        if progress:
-            print(msg, file=sys.stderr)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _download_locked(url: str, dest: pathlib.Path, expected: str | None, *, progress: bool, timeout: float,

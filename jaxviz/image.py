@@ -654,39 +654,24 @@ PAD_COLOUR = (0.485, 0.456, 0.406)
 
 
 def _load_fit(path: PathLike, size: int, how: str) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int]]:
-    """One picture as a ``size`` x ``size`` square, where its pixels are in it (top, left, height, width), and its
-    original (H, W).
+    """One picture as a ``size`` x ``size`` square, where its pixels are in it (top, left, height, width), and the
+    (H, W) it was resized to before any crop or pad (its aspect ratio; for ``"stretch"``, the square's).
 
     ``how``: ``"crop"`` resizes the shortest side to ``size`` and cuts the centre square (the longer side's ends
     are lost); ``"pad"`` resizes the longest side to ``size`` and letterboxes with :data:`PAD_COLOUR` (nothing
     lost); ``"stretch"`` resizes to the square (the aspect ratio changes).
     """
-    if how == "crop":
-        img = load(path, size, resize="shortest")[0]
-        h, w = img.shape[:2]
-        return center_crop(img[None], size)[0], (0, 0, size, size), _original_size(path, h, w)
     if how == "stretch":
-        img = load(path, (size, size))[0]
-        return img, (0, 0, size, size), _original_size(path, size, size)
-    small = load(path, size, resize="longest")[0]
-    h, w = small.shape[:2]
+        return load(path, (size, size))[0], (0, 0, size, size), (size, size)
+    img = load(path, size, resize="shortest" if how == "crop" else "longest")[0]
+    h, w = img.shape[:2]
+    if how == "crop":
+        return center_crop(img[None], size)[0], (0, 0, size, size), (h, w)
     top, left = (size - h) // 2, (size - w) // 2
     out = np.empty((size, size, 3), np.float32)
     out[...] = np.asarray(PAD_COLOUR, np.float32)
-    out[top:top + h, left:left + w] = small
-    return out, (top, left, h, w), _original_size(path, h, w)
-
-
-def _original_size(path: PathLike, h: int, w: int) -> tuple[int, int]:
-    """(H, W) as the file stores it (its header; EXIF orientation applied), else the loaded shape."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if (im.getexif() or {}).get(0x0112, 1) in (5, 6, 7, 8):  # rotated a quarter turn
-                width, height = height, width
-            return int(height), int(width)
-    except Exception:  # noqa: BLE001 - only a label depends on it
-        return h, w
+    out[top:top + h, left:left + w] = img
+    return out, (top, left, h, w), (h, w)
 
 
 def _iter_folder(
@@ -695,7 +680,7 @@ def _iter_folder(
 ) -> Iterator[tuple]:
     """``(paths, images)`` batches of ``batch_size`` decoded images (an int ``size``: a square as ``how`` says
     (:func:`_load_fit`), centre crop by default; else :func:`load`'s sizing). With ``boxes``, ``(paths, images, boxes,
-    sizes)``: each picture's place in its square and its original (H, W). An unreadable file raises
+    sizes)``: each picture's place in its square and the (H, W) it had before the crop (its aspect ratio). An unreadable file raises
     ImageError, or with ``skipped`` is reported to it and left out (every batch but the last stays full)."""
     done: list[Path] = []
     arrays: list[np.ndarray] = []

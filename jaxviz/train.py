@@ -176,9 +176,11 @@ def fit(
         ``batch_size`` larger than the data, or ``warmup`` outside [0, 1).
 
     Example:
-      >>> data = datasets.shapes(9600, size=32)
+      >>> data = datasets.shapes(512, size=32)
       >>> net = small_cnn(num_classes=4)
-      >>> params, losses = fit(net, data.images, data.labels)
+      >>> params, losses = fit(net, data.images, data.labels, epochs=2, progress=False)
+      >>> len(losses), bool(losses[1] < losses[0])       # one mean loss per epoch, falling
+      (2, True)
     """
     images, labels = _check_data(images, labels, getattr(net, "num_classes", None))
     epochs = _checks.positive_int(epochs, "epochs")

@@ -8,7 +8,6 @@ A command module never imports another command; what two commands share lives he
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -261,24 +260,15 @@ class Skips:
         return f"; skipped {k} unreadable file{'s' * (k > 1)}" if k else ""
 
 
-@contextlib.contextmanager
 def owning(folder: Path, process: int = 0):
-    """Holds ``folder/.jaxviz.lock`` (``.jaxviz.<process>.lock`` for the other processes of a --distributed run),
-    an OS file lock (the ``filelock`` package), while a command writes into ``folder``. A second run on the same
-    folder (started twice, a scheduler's retry) says it waits and waits; it then reads what the first finished
-    instead of doing it again. The lock goes with the process, however it ends."""
-    import filelock
+    """Holds ``folder/.jaxviz.lock`` (``.jaxviz.<process>.lock`` for the other processes of a --distributed run)
+    while a command writes into ``folder``: a second run on the same folder (started twice, a scheduler's retry)
+    says it waits and waits (:func:`jaxviz._io.holding`); it then reads what the first finished instead of doing
+    it again."""
+    from .._io import holding
 
-    lock = filelock.FileLock(str(folder / (".jaxviz.lock" if process == 0 else f".jaxviz.{process}.lock")))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        print(f"jaxviz: {folder} is in use by another jaxviz run; waiting for it to finish", file=sys.stderr)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+    name = ".jaxviz.lock" if process == 0 else f".jaxviz.{process}.lock"
+    return holding(folder / name, f"jaxviz: {folder} is in use by another jaxviz run; waiting for it to finish")
 
 
 def checkpoint_path(out: Path, what: str) -> Path:

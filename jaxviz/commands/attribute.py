@@ -169,9 +169,10 @@ def _model(args: argparse.Namespace):
     return net, params, imagenet_classes(), 224
 
 
-def _cut(resize: str, original: tuple[int, int]) -> str:
-    """What --resize crop left out of a picture that is not square, for its label (nothing otherwise)."""
-    h, w = original
+def _cut(resize: str, shape: tuple[int, int]) -> str:
+    """What --resize crop left out of a picture that is not square (``shape``: its (H, W) before the crop), for
+    its label (nothing otherwise)."""
+    h, w = shape
     if resize != "crop" or h == w:
         return ""
     return " (sides cut)" if w > h else " (top, bottom cut)"

@@ -242,6 +242,17 @@ def spatial_layers(net: Any, params: Any, image_shape: Sequence[int]) -> tuple[s
     return tuple(k for k, s in tap_shapes(net, params, image_shape).items() if len(s) == 4)
 
 
+def _maps(model: Any, params: Any, image_shape: Sequence[int], advice: str) -> list[str]:
+    """The taps whose activations are maps larger than 1x1, input to output (measured); a ModelError naming the
+    model's taps when it has none."""
+    shapes = tap_shapes(model, params, image_shape)
+    spatial = [k for k in model.layers if k in shapes and len(shapes[k]) == 4 and shapes[k][1] * shapes[k][2] > 1]
+    if not spatial:
+        raise ModelError(f"layer: {name_of(model)} has no spatial tap (N, h, w, C) at {tuple(image_shape)[1:3]} px; "
+                         f"{advice} one of {', '.join(model.layers)}")
+    return spatial
+
+
 def default_layer(net: Any, params: Any, image_shape: Sequence[int]) -> str:
     """The tap Grad-CAM and friends use by default: the model's ``default_layer``, else its ``cam_layers[0]``,
     else the deepest spatial tap whose map is larger than 1x1 (measured).
@@ -253,12 +264,7 @@ def default_layer(net: Any, params: Any, image_shape: Sequence[int]) -> str:
     named = getattr(model, "default_layer", None) or (getattr(model, "cam_layers", None) or (None,))[0]
     if named:
         return model.resolve(named, "layer")
-    shapes = tap_shapes(model, params, image_shape)
-    spatial = [k for k, s in shapes.items() if len(s) == 4 and s[1] * s[2] > 1]
-    if not spatial:
-        raise ModelError(f"layer: {name_of(model)} has no spatial tap (N, h, w, C) at {tuple(image_shape)[1:3]} px; "
-                         f"pass layer= one of {', '.join(model.layers)}")
-    return spatial[-1]
+    return _maps(model, params, image_shape, "pass layer=")[-1]
 
 
 def embedding_layer(net: Any, params: Any, image_shape: Sequence[int]) -> str:
@@ -309,11 +315,8 @@ def suggested_layers(net: Any, params: Any, image_shape: Sequence[int], role: st
     if named:
         names = (named,) if isinstance(named, str) else tuple(named)
         return tuple(model.resolve(n, "layer") for n in names)
+    spatial = _maps(model, params, image_shape, "pass a layer,")
     shapes = tap_shapes(model, params, image_shape)
-    spatial = [k for k in model.layers if k in shapes and len(shapes[k]) == 4 and shapes[k][1] * shapes[k][2] > 1]
-    if not spatial:
-        raise ModelError(f"layer: {name_of(model)} has no spatial tap (N, h, w, C) at {tuple(image_shape)[1:3]} px; "
-                         f"pass a layer, one of {', '.join(model.layers)}")
     if role == "style":
         firsts = {}
         for k in spatial:
