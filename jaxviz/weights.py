@@ -48,6 +48,7 @@ from .models.resnet import RESNETS, ResNet
 from .models.vgg import VGG
 
 __all__ = [
+    "torchvision_keys",
     "SOURCES",
     "Source",
     "cache_dir",
@@ -220,6 +221,31 @@ def _torch_indices(net: VGG) -> dict[str, int]:
             out[f"conv{b}_{n}"] = i
             i += 2  # Conv2d, ReLU
         i += 1  # MaxPool2d
+    return out
+
+
+def torchvision_keys(arch: str | VGG = "vgg19", *, classifier: bool = True) -> dict[str, str]:
+    """jaxviz layer name -> the prefix of its tensors in torchvision's VGG state dict (``PREFIX.weight``,
+    ``PREFIX.bias``): what a user converting another layout (Keras, ONNX, a custom checkpoint) renames to, before
+    handing the dict to :func:`from_torchvision`, which transposes (OIHW -> HWIO) and permutes ``fc6``'s inputs.
+
+    Args:
+      arch: ``"vgg16"``, ``"vgg19"`` or a VGG module (its stages).
+      classifier: include ``fc6``..``fc8`` (``classifier.0/3/6``).
+
+    Example:
+      >>> from jaxviz import weights
+      >>> keys = weights.torchvision_keys("vgg16")
+      >>> keys["conv1_1"], keys["conv5_3"], keys["fc8"]
+      ('features.0', 'features.28', 'classifier.6')
+      >>> keras = {"block1_conv1": "conv1_1", "block5_conv3": "conv5_3"}   # Keras' names -> jaxviz's
+      >>> {k: keys[v] for k, v in keras.items()}
+      {'block1_conv1': 'features.0', 'block5_conv3': 'features.28'}
+    """
+    net = _net_for(arch)
+    out = {conv: f"features.{i}" for conv, i in _torch_indices(net).items()}
+    if classifier:
+        out.update(fc6="classifier.0", fc7="classifier.3", fc8="classifier.6")
     return out
 
 

@@ -420,3 +420,22 @@ def test_saved_files_have_the_same_bytes_every_time(tmp_path):
     with safe_open(str(tmp_path / "p0.safetensors"), "np") as f:
         assert f.metadata() == {"format": "jaxviz", "layout": "flax-nhwc", "arch": "vgg19"}
         np.testing.assert_array_equal(f.get_tensor("conv1_1.kernel"), params["params"]["conv1_1"]["kernel"])
+
+
+def test_torchvision_keys_name_every_tensor_of_the_reference_state_dict():
+    """The public map users rename other layouts to: exactly torchvision's keys, for both VGGs and a custom one."""
+    for arch in ("vgg16", "vgg19"):
+        keys = weights.torchvision_keys(arch)
+        state = tr.make(arch).state_dict()
+        assert {f"{p}.{leaf}" for p in keys.values() for leaf in ("weight", "bias")} == set(state)
+        features = weights.torchvision_keys(arch, classifier=False)
+        assert set(features) == {k for k in keys if k.startswith("conv")}
+    net = models.VGG(**TINY)
+    ref = tr.make(TINY["stages"], seed=0, num_classes=10, fc_features=32, pool_output=(2, 2))
+    keys = weights.torchvision_keys(net)
+    assert {f"{p}.{leaf}" for p in keys.values() for leaf in ("weight", "bias")} == set(ref.state_dict())
+    # renamed from a stranger's names back to torchvision's, the dict converts to the same params
+    renamed = {f"my.{layer}.{leaf}": ref.state_dict()[f"{p}.{leaf}"] for layer, p in keys.items()
+               for leaf in ("weight", "bias")}
+    back = {f"{keys[k.split('.')[1]]}.{k.split('.')[2]}": v for k, v in renamed.items()}
+    assert_same_params(weights.from_torchvision(back, net), weights.from_torchvision(ref.state_dict(), net))
