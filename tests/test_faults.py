@@ -116,8 +116,7 @@ def test_two_runs_on_one_folder_never_do_the_work_twice(tmp_path):
     _pictures(imgs, [f"{i}.png" for i in range(6)])
     first = _cli("attribute", imgs, "--out", out, *BASE)
     lock = FileLock(str(out / ".jaxviz.lock"))
-    deadline = time.time() + 120
-    while time.time() < deadline and first.poll() is None:
+    while first.poll() is None:  # until the first run is inside (it ends by itself if never seen there)
         if (out / ".jaxviz.lock").exists():
             try:
                 lock.acquire(timeout=0)
@@ -204,8 +203,7 @@ def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path, capsy
     assert _run(capsys, "attribute", imgs, "--out", clean, *args)[0] == 0
     out = tmp_path / "out"
     proc = _cli("attribute", imgs, "--out", out, *args)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # until a few rows are written (or the run ends by itself)
         if (out / "summary.csv").exists() and len((out / "summary.csv").read_text().splitlines()) >= 3:
             break
         time.sleep(0.01)
