@@ -548,7 +548,7 @@ def test_no_progress_reaches_the_small_cnn_training(monkeypatch):
                         lambda config, **kw: calls.append(kw) or SimpleNamespace(net="net", params="params"))
     for flag, want in ((True, False), (False, True)):
         got = attribute_cmd._model(attribute_cmd.argparse.Namespace(model="small-cnn", weights="pretrained", seed=0,
-                                                                    no_progress=flag))
+                                                                    no_progress=flag), 32)
         assert got[:2] == ("net", "params") and calls.pop() == {"progress": want}
 
 

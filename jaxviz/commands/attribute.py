@@ -142,31 +142,29 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _model(args: argparse.Namespace):
-    """(net, params, class names, default size)."""
-    from .. import datasets, train
+def _model(args: argparse.Namespace, size: int):
+    """(net, params, class names) for the run's --model at ``size`` px (see :func:`_default_size`)."""
+    from .. import datasets
 
     if args.model == "small-cnn":
         from ._common import small_cnn_and_params
 
         net, params = small_cnn_and_params(args)
-        return net, params, list(datasets.CLASSES), train.Config().size
+        return net, params, list(datasets.CLASSES)
     from ._common import imagenet_classes, model_and_params
 
     if ":" in args.model:  # the user's own: its classes are its output's indices
-        ns = argparse.Namespace(arch=None, model=args.model, weights=args.weights, seed=args.seed,
-                                size=args.size or 224)
+        ns = argparse.Namespace(arch=None, model=args.model, weights=args.weights, seed=args.seed, size=size)
         net, params = model_and_params(ns)
         import jax
         import jax.numpy as jnp
 
         from ..models import protocol
 
-        size = args.size or 224
         k = jax.eval_shape(lambda p: protocol.forward(net, p, jnp.zeros((1, size, size, 3))), params).shape[-1]
-        return net, params, [str(i) for i in range(k)], size
+        return net, params, [str(i) for i in range(k)]
     net, params = model_and_params(argparse.Namespace(arch=args.model, weights=args.weights, seed=args.seed))
-    return net, params, imagenet_classes(), 224
+    return net, params, imagenet_classes()
 
 
 def _cut(resize: str, shape: tuple[int, int]) -> str:
@@ -649,7 +647,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         ours = todo[rank::nprocs]
 
-        net, params, classes, _ = _model(args)
+        net, params, classes = _model(args, size)
         if size < net.min_size:
             raise InputError(f"--size: expected at least {net.min_size} for {args.model}, got {size}")
         target = _target(args.target, classes)
