@@ -55,6 +55,9 @@ __all__ = [
     "cached",
     "convert",
     "from_torchvision",
+    "from_keras",
+    "keras_names",
+    "file_info",
     "load",
     "load_file",
     "random",
@@ -500,6 +503,230 @@ def to_torchvision(params: Mapping, arch: str | VGG = "vgg19") -> dict[str, np.n
     return state
 
 
+# --------------------------------------------------------------------------- Keras and ONNX
+
+
+#: Keras applications' VGG head -> jaxviz's
+_KERAS_HEAD = {"fc1": "fc6", "fc2": "fc7", "predictions": "fc8"}
+_KERAS_LEAF = re.compile(r"(?:^|/)(block\d+_conv\d+|fc1|fc2|predictions)(?:_\d+)?/(kernel|bias)(?::0)?$")
+#: the shapes that mark an ONNX graph's first dense layers as Keras' VGG classifier: (7 * 7 * 512, 4096)
+_VGG_HEAD_INPUTS = (7 * 7 * 512, 4096)
+_KERAS3_LEAF = re.compile(r"(?:^|/)(block\d+_conv\d+|fc1|fc2|predictions)(?:_\d+)?/vars/([01])$")
+
+
+def keras_names(arch: str | VGG = "vgg19", *, classifier: bool = True) -> dict[str, str]:
+    """Keras applications' layer name -> jaxviz's (``block1_conv1`` -> ``conv1_1``, ``fc1`` -> ``fc6``,
+    ``predictions`` -> ``fc8``).
+
+    Example:
+      >>> from jaxviz import weights
+      >>> names = weights.keras_names("vgg16")
+      >>> names["block1_conv1"], names["block5_conv3"], names["predictions"]
+      ('conv1_1', 'conv5_3', 'fc8')
+    """
+    net = _net_for(arch)
+    out = {f"block{b}_conv{n}": f"conv{b}_{n}" for b, stage in enumerate(net.stages, 1)
+           for n in range(1, len(stage) + 1)}
+    if classifier:
+        out.update(_KERAS_HEAD)
+    return out
+
+
+def _read_h5(path: Path) -> dict[str, np.ndarray]:
+    """The VGG arrays of a Keras ``.h5`` file as ``{"block1_conv1/kernel": array, ...}``: Keras 2's
+    ``save_weights`` files (keras.applications' ``vgg16_weights_tf_dim_ordering_tf_kernels*.h5``), whole-model
+    files (under ``model_weights/``) and Keras 3's ``.weights.h5`` (``layers/NAME/vars/0``)."""
+    try:
+        import h5py
+    except ImportError:
+        raise WeightsError(f"{path}: reading Keras .h5 files needs h5py: pip install 'jaxviz[keras]' "
+                           "(or pip install h5py)") from None
+    out: dict[str, np.ndarray] = {}
+    other: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        m = _KERAS_LEAF.search(name)
+        if m:
+            out[f"{m.group(1)}/{m.group(2)}"] = obj[()]
+            return
+        m = _KERAS3_LEAF.search(name)
+        if m:
+            out[f"{m.group(1)}/{('kernel', 'bias')[int(m.group(2))]}"] = obj[()]
+            return
+        other.append(name)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as e:
+        raise WeightsError(f"{path}: corrupt or not an HDF5 file ({e})") from None
+    if not out:
+        raise WeightsError(f"{path}: no Keras VGG layers (block1_conv1/kernel ...) in this file"
+                           + (f"; it holds {other[0]} ..." if other else ""))
+    return out
+
+
+def _read_onnx(path: Path) -> dict[str, np.ndarray]:
+    """A Keras VGG exported to ONNX as ``{"block1_conv1/kernel": HWIO array, ...}``: the ``Conv`` nodes'
+    initializers in graph order (13 or 16; a pretrained base under any head), and the first three ``MatMul``/``Gemm``
+    initializers after them as ``fc1``, ``fc2``, ``predictions`` when their shapes are VGG's classifier's."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise WeightsError(f"{path}: reading ONNX files needs onnx: pip install 'jaxviz[keras]' "
+                           "(or pip install onnx)") from None
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # onnx raises DecodeError, ValueError ... for a damaged file
+        raise WeightsError(f"{path}: corrupt or not an ONNX file ({type(e).__name__}: {e})") from None
+    init = {t.name: t for t in model.graph.initializer}
+
+    def array(node, i: int) -> np.ndarray:
+        if len(node.input) <= i or node.input[i] not in init:
+            raise WeightsError(f"{path}: {node.op_type} node {node.name or node.output[0]!r} takes its weights from "
+                               "the graph, not from an initializer; export the model with constant weights")
+        return numpy_helper.to_array(init[node.input[i]])
+
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if not convs:
+        raise WeightsError(f"{path}: no convolutions in this ONNX graph")
+    out: dict[str, np.ndarray] = {}
+    # a block ends where the next convolution reads a pooled map
+    pooled = {n.output[0] for n in model.graph.node if n.op_type in ("MaxPool", "AveragePool")}
+    b, n_in_block = 1, 0
+    for i, node in enumerate(convs):
+        if i and node.input[0] in pooled:
+            b, n_in_block = b + 1, 0
+        n_in_block += 1
+        kernel = array(node, 1)
+        if kernel.ndim != 4:
+            raise WeightsError(f"{path}: convolution {i + 1} has a {kernel.ndim}-d kernel, expected (O, I, kH, kW)")
+        out[f"block{b}_conv{n_in_block}/kernel"] = kernel.transpose(2, 3, 1, 0)
+        out[f"block{b}_conv{n_in_block}/bias"] = (array(node, 2) if len(node.input) > 2
+                                                   else np.zeros(kernel.shape[0], kernel.dtype))
+    last = max(i for i, n in enumerate(model.graph.node) if n.op_type == "Conv")
+    dense = []
+    for node in model.graph.node[last + 1:]:
+        if node.op_type == "MatMul" and node.input[1] in init:
+            dense.append((node, numpy_helper.to_array(init[node.input[1]]), None))
+        elif node.op_type == "Gemm" and node.input[1] in init:
+            w = numpy_helper.to_array(init[node.input[1]])
+            trans = any(a.name == "transB" and a.i for a in node.attribute)
+            bias = numpy_helper.to_array(init[node.input[2]]) if len(node.input) > 2 and node.input[2] in init else None
+            dense.append((node, w.T if trans else w, bias))
+    inputs, width = _VGG_HEAD_INPUTS
+    if len(dense) >= 3 and dense[0][1].shape[0] == inputs and dense[0][1].shape[1] == dense[1][1].shape[0] == width:
+        for (node, w, bias), name in zip(dense[:3], _KERAS_HEAD):
+            if bias is None:  # MatMul then Add(bias initializer)
+                adds = [n for n in model.graph.node if n.op_type == "Add" and node.output[0] in n.input]
+                names = [x for a in adds for x in a.input if x in init]
+                bias = numpy_helper.to_array(init[names[0]]) if names else np.zeros(w.shape[1], w.dtype)
+            out[f"{name}/kernel"], out[f"{name}/bias"] = w, bias
+    return out
+
+
+def from_keras(source: str | os.PathLike | Mapping[str, Any], arch: str | VGG | None = None, *,
+               strict: bool = True) -> dict:
+    """Flax params from Keras applications' VGG16/VGG19 weights (for ``models.vgg16(preprocess="caffe")``).
+
+    Keras' VGG weights (converted from the original Caffe models) expect BGR
+    input, 0-255, minus the BGR mean; their ``conv1_1`` kernel reads the
+    channels in B, G, R order. The params are returned as Keras stores them,
+    so build the model with ``preprocess="caffe"`` (RGB [0, 1] in, the
+    conversion done inside), or ``preprocess="none"`` for a network that was
+    fine-tuned on raw inputs. :func:`save` records the convention with
+    ``preprocess=``, and ``jaxviz ... --weights FILE`` reads it back.
+
+    Args:
+      source: a Keras ``.h5`` file (keras.applications' ``vgg16_weights_tf_dim_ordering_tf_kernels.h5`` or
+        ``..._notop.h5``, a whole saved model, or Keras 3's ``.weights.h5``; needs ``h5py``), an ``.onnx``
+        export of such a model (its convolutions in graph order, whatever the head; needs ``onnx``), or a
+        mapping ``"block1_conv1/kernel"`` (HWIO) / ``"block1_conv1/bias"`` / ``"fc1/kernel"`` ... -> array.
+      arch: ``"vgg16"``, ``"vgg19"``, a VGG module, or None to infer from the number of convolutions.
+      strict: a key the architecture does not have is an error (``strict=False`` ignores it). A file's
+        layers other than VGG's (an ONNX export's own head) are not keys and are left out either way.
+
+    Returns:
+      ``{"params": {...}}``: features only, or with ``fc6``..``fc8`` when the source has Keras' classifier.
+
+    Raises:
+      ArchitectureError: another architecture, or a missing, unexpected or misshapen key (named).
+      WeightsError: unreadable file, missing optional reader, NaN/inf or integer values.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxviz import weights, models
+      >>> net = models.vgg16(classifier=False, preprocess="caffe")
+      >>> keras = {f"{k}/{leaf}": np.asarray(v) for k, layer in zip(weights.keras_names("vgg16", classifier=False),
+      ...          weights.random(net)["params"].values()) for leaf, v in (("kernel", layer["kernel"]),
+      ...                                                                   ("bias", layer["bias"]))}
+      >>> params = weights.from_keras(keras)
+      >>> params["params"]["conv1_1"]["kernel"].shape
+      (3, 3, 3, 64)
+    """
+    if isinstance(source, Mapping):
+        name, arrays = "keras dict", {str(k).removesuffix(":0"): v for k, v in source.items()}
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{path}: no such file")
+        name = str(path)
+        arrays = _read_onnx(path) if path.suffix.lower() == ".onnx" else _read_h5(path)
+    pattern = re.compile(r"(block(\d+)_conv(\d+)|fc1|fc2|predictions)/(kernel|bias)")
+    known = {k: v for k, v in arrays.items() if pattern.fullmatch(k)}
+    extra = [k for k in arrays if k not in known]
+    if arch is None:
+        found = sum(1 for k in known if k.startswith("block") and k.endswith("/kernel"))
+        arch = {13: "vgg16", 16: "vgg19"}.get(found)
+        if arch is None:
+            raise ArchitectureError(f"{name}: found {found} convolutions (block*_conv*), which is neither VGG16 (13) "
+                                    "nor VGG19 (16)")
+    net = _net_for(arch)
+    names = keras_names(net)
+    extra += [k for k in known if k.split("/")[0] not in names]
+    if extra and strict:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ArchitectureError(f"{name}: wrong architecture: unexpected key {extra[0]}{more} for "
+                                f"{_arch_name(arch)} (strict=False ignores keys the architecture does not have)")
+    prefixes = torchvision_keys(net)
+    state: dict[str, np.ndarray] = {}
+    for key, value in known.items():
+        layer, leaf = key.split("/")
+        if layer not in names:
+            continue
+        ours = names[layer]
+        arr = _to_numpy(value, key)
+        if leaf == "kernel":
+            if ours.startswith("conv"):
+                if arr.ndim != 4:
+                    raise ArchitectureError(f"{name}: wrong architecture: {key} has shape {arr.shape}, expected "
+                                            "(3, 3, in, out)")
+                arr = arr.transpose(3, 2, 0, 1)  # HWIO -> torch's OIHW
+            elif ours == "fc6":
+                ph, pw = net.pool_output
+                cin = net.stages[-1][-1]
+                if arr.ndim != 2 or arr.shape[0] != ph * pw * cin:
+                    raise ArchitectureError(f"{name}: wrong architecture: {key} has shape {arr.shape}, expected "
+                                            f"({ph * pw * cin}, {net.fc_features})")
+                # Keras flattens (H, W, C); torch (C, H, W): converted back by convert()
+                arr = arr.reshape(ph, pw, cin, -1).transpose(3, 2, 0, 1).reshape(arr.shape[1], -1)
+            else:
+                arr = arr.T
+        state[f"{prefixes[ours]}.{'weight' if leaf == 'kernel' else 'bias'}"] = arr
+    try:
+        return convert(state, net, name=name)
+    except ArchitectureError as e:  # torchvision's key in the message -> Keras' name
+        text = str(e)
+        for keras, ours in names.items():
+            prefix = re.escape(prefixes[ours])
+            text = re.sub(prefix + r"\.weight\b", f"{keras}/kernel", text)
+            text = re.sub(prefix + r"\.bias\b", f"{keras}/bias", text)
+        raise ArchitectureError(text) from None
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -636,7 +863,8 @@ def _canonical_safetensors(data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + n:]
 
 
-def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -> Path:
+def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None,
+         preprocess: str | None = None) -> Path:
     """Saves params as safetensors (atomically) with a ``.sha256`` sidecar.
 
     Args:
@@ -645,6 +873,9 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
         which are saved) or the params' inner mapping.
       path: the file to write (its sidecar is ``path + ".sha256"``).
       arch: recorded in the file's metadata (e.g. "vgg19").
+      preprocess: the input convention the weights expect (``VGG.preprocess``:
+        ``"torchvision"``, ``"caffe"``, ``"none"``), recorded likewise; the CLI's
+        ``--weights FILE`` builds the model with both.
 
     Returns:
       ``path`` as a :class:`~pathlib.Path`.
@@ -660,6 +891,11 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
     meta = {"format": "jaxviz", "layout": "flax-nhwc"}
     if arch:
         meta["arch"] = arch
+    if preprocess is not None:
+        if preprocess not in models.PREPROCESSING:
+            raise InputError(f"preprocess: expected one of {', '.join(map(repr, models.PREPROCESSING))}, "
+                             f"got {preprocess!r}")
+        meta["preprocess"] = preprocess
     data = _canonical_safetensors(save_bytes(_flatten(params), metadata=meta))
     sidecar = path.with_name(path.name + ".sha256")
     # Replacing a file: its old sidecar goes first, so an interrupt between the two writes leaves a whole file
@@ -668,6 +904,28 @@ def save(params: Mapping, path: str | os.PathLike, *, arch: str | None = None) -
     atomic_write_bytes(path, data)
     atomic_write_text(sidecar, f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
     return path
+
+
+def file_info(path: str | os.PathLike) -> dict[str, str]:
+    """What :func:`save` recorded beside the weights of a ``.safetensors`` file: ``{"arch": "vgg16",
+    "preprocess": "caffe", ...}`` (empty for a file written by another program; nothing is verified or loaded).
+
+    Raises:
+      WeightsError: the file is not a readable safetensors file.
+    """
+    path = Path(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "numpy") as f:
+            meta = f.metadata() or {}
+    except (OSError, ValueError, RuntimeError) as e:  # SafetensorError derives from Exception: caught below
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+    return {k: v for k, v in meta.items() if k in ("arch", "preprocess", "format", "layout")}
 
 
 def load_file(path: str | os.PathLike, arch: str | VGG | None = None) -> dict:

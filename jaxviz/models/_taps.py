@@ -76,11 +76,14 @@ def resolve(layers: Sequence[str], aliases: Mapping[str, str], name: Any, arg: s
 
 
 def prepare_images(x: Any, *, min_size: int, normalize: bool, mean: Sequence[float], std: Sequence[float],
-                   dtype: Any = jnp.float32) -> jax.Array:
-    """Checks (N, H, W, 3) float images, applies mean/std when ``normalize``, casts to ``dtype``."""
+                   dtype: Any = jnp.float32, bgr: bool = False) -> jax.Array:
+    """Checks (N, H, W, 3) float images, applies mean/std when ``normalize`` (after reversing the colour channels,
+    RGB -> BGR, when ``bgr``), casts to ``dtype``."""
     _checks.images(x, "images", min_size=min_size, unit_range=normalize)
     x = jnp.asarray(x, jnp.float32)
     if normalize:
+        if bgr:
+            x = x[..., ::-1]
         x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
     return x.astype(dtype)
 

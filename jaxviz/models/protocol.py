@@ -347,6 +347,7 @@ class PlainStack:
       mean, std: the input normalisation the model applies (None: none).
       dtype: the compute dtype.
       relu: the model's ReLU.
+      bgr: the colour channels are reversed (RGB -> BGR) before ``mean``/``std``.
     """
 
     layers: tuple[tuple[str, str], ...]
@@ -356,6 +357,7 @@ class PlainStack:
     std: tuple[float, ...] | None
     dtype: Any
     relu: Callable
+    bgr: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,6 +56,8 @@ __all__ = [
     "VGG19_STAGES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "CAFFE_MEAN_BGR",
+    "PREPROCESSING",
     "ALIASES",
     "vgg16",
     "vgg19",
@@ -67,6 +69,14 @@ VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 VGG19_STAGES = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Keras applications' "caffe" mode (VGG16/VGG19, ResNet50 v1): BGR, 0-255, minus this mean (B, G, R)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: ``VGG.preprocess`` values: what the model does to its RGB [0, 1] input before ``conv1_1``
+PREPROCESSING = {
+    "torchvision": "RGB, minus the ImageNet mean, over its std (torchvision's and timm's weights)",
+    "caffe": "BGR, 0-255, minus the BGR mean 103.939, 116.779, 123.68 (Keras applications' and Caffe's weights)",
+    "none": "the input as given",
+}
 ALIASES = {"logits": "fc8"}
 #: ``VGG.conv_grad`` values -> the convolution flax's ``nn.Conv`` is given (None: ``lax.conv_general_dilated``)
 CONV_GRADS = {"jax": None, "flipped": conv_flipped_grad, "auto": conv_auto_grad}
@@ -126,9 +136,14 @@ class VGG(_taps.Tapped, nn.Module):
       classifier: build ``avgpool``..``fc8``; False gives a features-only net.
       pooling: ``"max"`` (torchvision) or ``"avg"`` (Gatys et al. prefer it
         for image synthesis).
-      normalize: apply the ImageNet mean/std inside the model, so inputs are
-        RGB in [0, 1]. Off: inputs go to ``conv1_1`` unchanged.
-      mean, std: the normalisation constants.
+      preprocess: the input convention of the weights, applied inside the
+        model to RGB in [0, 1] (see :data:`PREPROCESSING`): ``"torchvision"``
+        (``(x - mean) / std``), ``"caffe"`` (``x[..., ::-1] * 255 - CAFFE_MEAN_BGR``,
+        as Keras' VGG weights expect; their ``conv1_1`` reads BGR) or
+        ``"none"`` (inputs go to ``conv1_1`` unchanged). :func:`jaxviz.weights.save`
+        records it beside the weights.
+      normalize: False is ``preprocess="none"`` (kept from before ``preprocess``).
+      mean, std: the ``"torchvision"`` normalisation constants.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
       relu: the activation used at every ReLU tap.
       dropout_rate: classifier dropout, used only when called with ``train=True``.
@@ -151,6 +166,7 @@ class VGG(_taps.Tapped, nn.Module):
     pool_output: tuple[int, int] = (7, 7)
     classifier: bool = True
     pooling: str = "max"
+    preprocess: str = "torchvision"
     normalize: bool = True
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
@@ -179,8 +195,27 @@ class VGG(_taps.Tapped, nn.Module):
         kinds = {"conv": "conv", "relu": "relu", "pool": "pool"}
         layers = tuple((n, kinds[n[:4]]) for n in self.layers if n not in CLASSIFIER_LAYERS)
         widths = tuple(int(c) for stage in self.stages for c in stage)
-        return PlainStack(layers, widths, self.pooling, tuple(self.mean) if self.normalize else None,
-                          tuple(self.std) if self.normalize else None, self.dtype, self.relu)
+        convention = self.input_convention
+        mean, std, bgr = convention if convention else (None, None, False)
+        return PlainStack(layers, widths, self.pooling, mean, std, self.dtype, self.relu, bgr)
+
+    @property
+    def input_convention(self) -> tuple[tuple[float, ...], tuple[float, ...], bool] | None:
+        """``(mean, std, bgr)`` applied to the RGB [0, 1] input (channels reversed first when ``bgr``), or None
+        when the input goes to ``conv1_1`` unchanged."""
+        if self.preprocess not in PREPROCESSING:
+            raise InputError(f"preprocess: expected one of {', '.join(map(repr, PREPROCESSING))}, "
+                             f"got {self.preprocess!r}")
+        if not self.normalize or self.preprocess == "none":
+            return None
+        if self.preprocess == "caffe":
+            return tuple(m / 255.0 for m in CAFFE_MEAN_BGR), (1 / 255.0,) * 3, True
+        return tuple(self.mean), tuple(self.std), False
+
+    @property
+    def unit_range(self) -> bool:
+        """Inputs are RGB in [0, 1] (the model applies its weights' convention itself)."""
+        return self.input_convention is not None
 
     @property
     def default_layer(self) -> str:
@@ -243,9 +278,11 @@ class VGG(_taps.Tapped, nn.Module):
         """
         relu = self.relu if relu is None else relu
         widths = self._widths()
+        convention = self.input_convention
+        mean, std, bgr = convention if convention else (None, None, False)
         prepare = functools.partial(
-            _taps.prepare_images, min_size=self.min_size, normalize=self.normalize,
-            mean=self.mean, std=self.std, dtype=self.dtype,
+            _taps.prepare_images, min_size=self.min_size, normalize=convention is not None,
+            mean=mean, std=std, dtype=self.dtype, bgr=bgr,
         )
         return _taps.run(self, x, taps, start, lambda name, x: self._layer(name, x, widths, relu, train), prepare,
                          perturb)
