@@ -126,6 +126,9 @@ def _main(argv: list[str] | None) -> int:
             from .commands._common import enable_compile_cache
 
             enable_compile_cache()  # a rerun (resuming, or the same command again) then skips compilation
+        from .commands._common import settle_model_args
+
+        settle_model_args(args)  # --arch/--preprocess from a --weights FILE's record, else the defaults
         code = int(args.func(args) or 0)
         check_terminated()  # a SIGTERM whose exception was swallowed: the run ends as terminated all the same
         return code

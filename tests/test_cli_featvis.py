@@ -175,7 +175,9 @@ def test_dream_reports_a_rising_objective_per_octave(tiny, params, tmp_path, cap
                        octaves=2, steps=3, jitter=4, tile_size=None)
     got = image.load(out)
     assert got.shape == (1, 44, 52, 3)
-    np.testing.assert_allclose(got, np.clip(np.asarray(want), 0, 1), atol=0.6 / 255)  # the dream, saved as 8 bits
+    # the dream, saved as 8 bits, marked as made with random weights in its corner
+    np.testing.assert_allclose(got[0], viz.corner_mark(np.clip(np.asarray(want[0]), 0, 1)), atol=0.6 / 255)
+    assert np.abs(got[0, -6, -2] - np.array([190, 20, 20]) / 255).max() < 1e-6
     assert np.abs(got - image.load(src)).mean() > 0.01  # and not the input
     lines = [ln for ln in text.splitlines() if ln.startswith("octave")]
     assert len(lines) == 2

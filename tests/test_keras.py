@@ -255,3 +255,60 @@ def test_save_records_arch_and_preprocess(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(WeightsError, match="not a readable safetensors file"):
         weights.file_info(tmp_path / "junk.safetensors")
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def _parsed(*argv):
+    from jaxviz import cli
+    from jaxviz.commands import _common
+
+    args = cli.build_parser().parse_args([str(a) for a in argv] + ["--out", "o.png"])
+    _common.settle_model_args(args)
+    return args
+
+
+def test_cli_takes_arch_and_preprocess_from_the_file(tmp_path, capsys):
+    from jaxviz import cli
+    from jaxviz.commands import _common
+
+    net = models.vgg16(classifier=False)
+    path = weights.save(weights.random(net, seed=0), tmp_path / "keras.safetensors", arch="vgg16",
+                        preprocess="caffe")
+    args = _parsed("featmaps", "in.png", "--weights", path)
+    assert (args.arch, args.preprocess) == ("vgg16", "caffe")
+    built, params = _common.model_and_params(args, classifier=False)
+    assert built.preprocess == "caffe" and len(built.stages[2]) == 3  # VGG16's
+    # the flags win over the record; a file without a record falls back to the defaults
+    assert _parsed("featmaps", "in.png", "--weights", path, "--preprocess", "none").preprocess == "none"
+    plain = weights.save(weights.random(net, seed=0), tmp_path / "plain.safetensors")
+    assert (_parsed("featmaps", "in.png", "--weights", plain).arch,
+            _parsed("featmaps", "in.png", "--weights", plain).preprocess) == ("vgg19", "torchvision")
+    assert _parsed("featmaps", "in.png", "--weights", "random").preprocess == "torchvision"
+    # a convention for a network that has its own: one line, exit 2
+    code = cli.main(["featmaps", "in.png", "--arch", "resnet18", "--preprocess", "caffe", "--weights", "random",
+                     "--out", str(tmp_path / "o.png")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("jaxviz featmaps: error: --preprocess: only the VGGs take an input "
+                                               "convention; --arch resnet18 applies its own")
+    # the resume key tells the conventions apart
+    a, b = _parsed("featmaps", "in.png", "--weights", path), _parsed("featmaps", "in.png", "--weights", path,
+                                                                    "--preprocess", "torchvision")
+    assert _common.weights_key(a) != _common.weights_key(b)
+
+
+def test_cli_convert_keras_onnx(tumor, tmp_path, capsys, monkeypatch):
+    from jaxviz import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["convert", str(tumor.onnx_path())]) == 0
+    out = tmp_path / "Tumor_classification_vgg16.safetensors"
+    text = capsys.readouterr().out
+    assert "(vgg16, 14,714,688 parameters, caffe input)" in text and f"--weights {out.name}" in text
+    assert weights.file_info(out)["preprocess"] == "caffe" and weights.file_info(out)["arch"] == "vgg16"
+    _same(weights.load_file(out), tumor.features())
+    assert cli.main(["convert", str(tumor.onnx_path())]) == 0
+    assert "exists; kept it" in capsys.readouterr().out
+    code = cli.main(["convert", str(tumor.onnx_path()), "--arch", "resnet50", "--out", str(tmp_path / "r.safetensors")])
+    assert code == 2 and "--arch: a Keras file holds a VGG" in capsys.readouterr().err

@@ -86,9 +86,14 @@ def check_writable(folder: Path, flag: str) -> None:
 def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19", seed_also: str | None = None) -> None:
     """--arch, --model, --weights and --seed; ``seed_also`` names what else --seed draws (``render``'s start and
     transforms...), for its help and so a picture's settings keep it with pretrained weights."""
-    p.add_argument("--arch", default=default_arch, choices=sorted(models.ALL_ARCHS) + [SMALL_CNN],
-                   help="network (default %(default)s); small-cnn is the built-in shapes classifier (32 px; "
-                   "pretrained: the one `jaxviz demo` trains)")
+    p.add_argument("--arch", default=None, choices=sorted(models.ALL_ARCHS) + [SMALL_CNN],
+                   help=f"network (default: the one a --weights FILE.safetensors names, else {default_arch}); "
+                   "small-cnn is the built-in shapes classifier (32 px; pretrained: the one `jaxviz demo` trains)")
+    p.add_argument("--preprocess", default=None, choices=sorted(models.PREPROCESSING),
+                   help="a VGG's input convention: torchvision (ImageNet mean/std; torchvision's and timm's weights), "
+                   "caffe (BGR, 0-255, minus the mean; Keras' weights) or none (default: what a --weights "
+                   "FILE.safetensors records, else torchvision)")
+    p.set_defaults(_default_arch=default_arch)
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="your own model instead of --arch: FACTORY() in MODULE (importable, or a .py file) returns "
                    "(module, params) or a module whose params come from --weights FILE.safetensors (or random); "
@@ -105,6 +110,28 @@ def add_model_args(p: argparse.ArgumentParser, *, default_arch: str = "vgg19", s
     p.set_defaults(_seed_only_weights=seed_also is None)
 
 
+def settle_model_args(args: argparse.Namespace) -> None:
+    """Fills --arch and --preprocess left unset: from what a ``--weights FILE.safetensors`` records (``weights.save``
+    writes the arch and input convention beside the weights), else the command's defaults. A --preprocess given for
+    a network that is not a VGG is refused."""
+    if not hasattr(args, "_default_arch"):
+        return
+    info: dict = {}
+    if args.weights not in ("pretrained", "random") and not getattr(args, "model", None):
+        path = Path(args.weights)
+        if path.suffix == ".safetensors" and path.is_file():
+            info = weights.file_info(path)
+    if args.arch is None:
+        recorded = info.get("arch")
+        args.arch = recorded if recorded in models.ALL_ARCHS or recorded == SMALL_CNN else args._default_arch
+    vgg = args.arch in models.ARCHS and not getattr(args, "model", None)
+    if args.preprocess is not None and not vgg:
+        what = "--model's network" if getattr(args, "model", None) else f"--arch {args.arch}"
+        raise InputError(f"--preprocess: only the VGGs take an input convention; {what} applies its own")
+    if args.preprocess is None:
+        args.preprocess = info.get("preprocess", "torchvision") if vgg else None
+
+
 def classifier_tap(args: argparse.Namespace, layer: str) -> bool:
     """True for a tap that only the network with its classifier has (a VGG's ``avgpool``, ``fc6`` ..
     ``fc8``/``logits``): asked of the features-only network --arch builds (models without that option have every
@@ -112,7 +139,7 @@ def classifier_tap(args: argparse.Namespace, layer: str) -> bool:
     if getattr(args, "model", None) or args.arch == SMALL_CNN or args.arch in models.RESNET_ARCHS:
         return True
     try:
-        models.get(args.arch, classifier=False).resolve(layer, "layer")
+        models.get(args.arch, classifier=False, **vgg_options(args)).resolve(layer, "layer")
     except InputError:
         return True
     return False
@@ -140,7 +167,14 @@ def network(args: argparse.Namespace):
         return user_model(args)[0]
     if args.arch == SMALL_CNN:
         return _small_cnn()[0]
-    return models.get(args.arch)
+    return models.get(args.arch, **vgg_options(args))
+
+
+def vgg_options(args: argparse.Namespace) -> dict:
+    """The VGG fields the command line sets (``preprocess``); empty for other networks."""
+    if args.arch in models.ARCHS and getattr(args, "preprocess", None):
+        return {"preprocess": args.preprocess}
+    return {}
 
 
 def user_model(args: argparse.Namespace):
@@ -267,7 +301,7 @@ def model_and_params(args: argparse.Namespace, *, classifier: bool = True, downl
     if args.arch in models.RESNET_ARCHS:
         classifier, model_kwargs = True, {}
     else:
-        model_kwargs = dict(model_kwargs, classifier=classifier)
+        model_kwargs = dict(model_kwargs, classifier=classifier, **vgg_options(args))
     net = models.get(args.arch, **model_kwargs)
     choice = args.weights
     if choice == "pretrained":
@@ -295,11 +329,13 @@ def model_and_params(args: argparse.Namespace, *, classifier: bool = True, downl
 def weights_key(args: argparse.Namespace) -> list:
     """What of --weights/--seed decides the network's outputs, for a resume key: the seed only for random
     weights, and a weights FILE by path, size and modification time (replacing the file is noticed)."""
+    convention = [getattr(args, "preprocess", None)] if getattr(args, "preprocess", None) not in (None,
+                                                                                             "torchvision") else []
     if args.weights == "random":
-        return ["random", args.seed]
+        return ["random", args.seed, *convention]
     if args.weights == "pretrained":
-        return ["pretrained"]
-    return ["file", *file_stamps([Path(args.weights)])[0]]
+        return ["pretrained", *convention]
+    return ["file", *file_stamps([Path(args.weights)])[0], *convention]
 
 
 def file_stamps(paths) -> list[list]:

@@ -167,6 +167,8 @@ def save(picture, path: Path, args: argparse.Namespace | None = None, title: str
     from .. import image, viz
 
     text = {} if args is None else {SETTINGS_KEY: json.dumps(settings_of(args))}
+    if getattr(args, "weights", None) == "random" and not title:
+        picture = viz.corner_mark(picture)  # no title to say so (a dream, a stylised photo): the picture does
     if title:
         picture = viz.titled(picture, title) if drawn else picture
         text["Title"] = title

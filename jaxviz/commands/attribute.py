@@ -423,10 +423,11 @@ def _append_rows(csv_path: Path, rows: Sequence[dict]) -> None:
 
 
 def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, method: str, label: str | None = None,
-                   picture: str = "heat") -> None:
+                   picture: str = "heat", mark: str | None = None) -> None:
     """The .npy and the PNG of one image (each written atomically): the heat overlay, with a ``label`` in its
     corner and the colour scale under it (the map's values at its two ends); or (``picture="gradient"``) the
-    signed RGB gradient around grey (:func:`jaxviz.viz.gradient_image`), with the label."""
+    signed RGB gradient around grey (:func:`jaxviz.viz.gradient_image`), with the label. ``mark`` ("random
+    weights") goes in the picture's bottom-right corner."""
     from .. import image, viz
     from .._io import atomic_open
 
@@ -436,15 +437,19 @@ def _write_outputs(out: Path, name: str, img: np.ndarray, attr: np.ndarray, meth
     side = max(max(img.shape[:2]), 128)  # tiny inputs (the 32 px small CNN) are shown enlarged
     if picture == "gradient":
         pic = viz.gradient_image(attr, size=side)
-        image.save(pic if label is None else viz.label(pic, label), out / f"{name}.png")
+        pic = pic if label is None else viz.label(pic, label)
+        image.save(pic if mark is None else viz.corner_mark(pic, mark), out / f"{name}.png")
         return
     pic, (lo, hi) = viz.overlay_and_range(img, viz.heat(method, attr[None])[0], size=side)
+    if mark is not None:
+        pic = viz.corner_mark(pic, mark)
     if label is not None:
         pic = viz.with_colorbar(viz.label(pic, label), lo, hi, cmap="jet", title=viz.heat_title(method))
     image.save(pic, out / f"{name}.png")
 
 
-def _write_figure(out: Path, name: str, img: np.ndarray, attrs: dict[str, np.ndarray], label: str | None) -> None:
+def _write_figure(out: Path, name: str, img: np.ndarray, attrs: dict[str, np.ndarray], label: str | None,
+                  mark: str | None = None) -> None:
     """``OUT_DIR/NAME.png``: the input, then each method's map over it (titled columns; the label in the corner)."""
     from .. import image, viz
     from ._common import DEMO_METHODS
@@ -453,7 +458,7 @@ def _write_figure(out: Path, name: str, img: np.ndarray, attrs: dict[str, np.nda
     heats = {m: viz.heat(m, a[None]) for m, a in attrs.items()}
     side = max(img.shape[0], 128)
     pic = viz.overview(img[None], heats, {m: titles.get(m, m) for m in attrs}, [label or ""], size=side)
-    image.save(pic, out / f"{name}.png")
+    image.save(pic if mark is None else viz.corner_mark(pic, mark), out / f"{name}.png")
 
 
 # ----------------------------------------------------------------------------- main
@@ -700,6 +705,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{', '.join(methods)} on {len(todo)} image{'s' * (len(todo) != 1)} ({len(done)} already done{again}) with "
               f"{args.model}, batches of {args.batch_size} over {ndev} device{'s' * (ndev > 1)}{hosts}", file=sys.stderr)
         written, first_written = 0, None
+        mark = "random weights" if args.weights == "random" else None  # said on each picture, not only here
         skips = Skips("attribute")
         rows_path = _part_path(out, rank)
         with tqdm(total=len(ours), desc="+".join(methods), unit="img", disable=args.no_progress) as bar:
@@ -721,9 +727,9 @@ def run(args: argparse.Namespace) -> int:
                     top, left, h, w = boxes[i]  # pad: the picture's pixels in the square, the maps cut to them
                     for m, attr in zip(methods, attrs):
                         _write_outputs(out / m if multi else out, name, x[i, top:top + h, left:left + w],
-                                       attr[i, top:top + h, left:left + w], m, label, pictures[m])
+                                       attr[i, top:top + h, left:left + w], m, label, pictures[m], mark)
                     if multi:  # the side-by-side figure: the input, then one column per method
-                        _write_figure(out, name, x[i], {m: a[i] for m, a in zip(methods, attrs)}, label)
+                        _write_figure(out, name, x[i], {m: a[i] for m, a in zip(methods, attrs)}, label, mark)
                     rows.append({"file": name, "predicted": pred, "predicted_name": classes[pred],
                                  "predicted_prob": f"{probs[i, pred]:.6f}", "target": ti, "target_name": classes[ti],
                                  "target_prob": f"{probs[i, ti]:.6f}"})

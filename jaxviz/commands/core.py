@@ -16,12 +16,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     from .. import models
 
-    p = sub.add_parser("convert", help="convert a torchvision/timm VGG or ResNet file into the jaxviz cache")
-    p.add_argument("file", type=Path, help="torchvision .pth or torchvision/timm .safetensors file")
+    p = sub.add_parser("convert", help="convert a torchvision/timm VGG or ResNet file into the jaxviz cache, or a "
+                       "Keras VGG (.h5, .onnx) into a jaxviz file")
+    p.add_argument("file", type=Path, help="torchvision .pth or torchvision/timm .safetensors file; Keras .h5 or an "
+                   ".onnx export of a Keras VGG (needs h5py / onnx: pip install 'jaxviz[keras]')")
+    p.add_argument("--preprocess", default=None, choices=sorted(models.PREPROCESSING),
+                   help="the input convention recorded with the weights (default: torchvision for torchvision/timm "
+                   "files, caffe for Keras'); --weights FILE builds the model with it")
     p.add_argument("--arch", default=None, choices=list(models.ALL_ARCHS), help="default: inferred from the file")
     p.add_argument("--no-strict", dest="strict", action="store_false",
                    help="ignore keys the architecture does not have (a missing or misshapen key is an error anyway)")
-    p.add_argument("--out", type=Path, default=None, help="output file (default: the cache, where weights.load finds it)")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: the cache, where weights.load finds "
+                   "it; for a Keras file: FILE's name with .safetensors, in the current folder)")
     p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                    help="overwrite an existing converted file")
     p.set_defaults(func=convert, compiles=False)
@@ -96,8 +102,15 @@ def convert(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.suffix != ".safetensors":
         raise InputError(f"--out: expected a file name ending in .safetensors, got {str(args.out)!r}")
 
+    keras = args.file.suffix.lower() in (".h5", ".hdf5", ".keras", ".onnx")
+    preprocess = args.preprocess or ("caffe" if keras else "torchvision")
+
     def target(arch: str | None) -> Path:
-        return args.out or weights.cache_dir() / weights.SOURCES[arch].converted_name
+        if args.out:
+            return args.out
+        if keras or preprocess != "torchvision":  # not torchvision's ImageNet weights: not where weights.load looks
+            return Path(args.file.name.removesuffix(".weights.h5")).with_suffix(".safetensors")
+        return weights.cache_dir() / weights.SOURCES[arch].converted_name
 
     def kept(out: Path) -> bool:
         if out.exists() and not args.overwrite:
@@ -105,16 +118,27 @@ def convert(args: argparse.Namespace) -> int:
             return True
         return False
 
-    if (args.out or args.arch) and kept(target(args.arch)):
+    if keras and args.arch is not None and args.arch not in weights.models.ARCHS:
+        raise InputError(f"--arch: a Keras file holds a VGG (vgg16 or vgg19), not {args.arch}")
+    if preprocess != "torchvision" and args.arch is not None and args.arch not in weights.models.ARCHS:
+        raise InputError(f"--preprocess: only the VGGs take an input convention, not {args.arch}")
+    if (args.out or args.arch or keras) and kept(target(args.arch)):
         return 0  # known before converting (seconds for a 550 MB file)
-    params = weights.from_torchvision(args.file, args.arch, strict=args.strict)
+    if keras:
+        params = weights.from_keras(args.file, args.arch, strict=args.strict)
+    else:
+        params = weights.from_torchvision(args.file, args.arch, strict=args.strict)
     arch = args.arch or _arch_of(params)
+    if preprocess != "torchvision" and arch not in weights.models.ARCHS:
+        raise InputError(f"--preprocess: only the VGGs take an input convention, not {arch}")
     out = target(arch)
     if kept(out):
         return 0
-    weights.save(params, out, arch=arch)
+    weights.save(params, out, arch=arch, preprocess=preprocess if arch in weights.models.ARCHS else None)
     n = sum(int(v.size) for v in jax.tree_util.tree_leaves(params))
-    print(f"converted {args.file} ({arch}, {n:,} parameters) -> {out}")
+    print(f"converted {args.file} ({arch}, {n:,} parameters, {preprocess} input) -> {out}")
+    if out != weights.cache_dir() / weights.SOURCES[arch].converted_name:
+        print(f"use it with: jaxviz COMMAND ... --weights {out}")
     return 0
 
 

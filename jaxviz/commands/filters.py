@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     k = total[: args.limit]
     ncols = 8 if k.shape[0] == 64 else None
     shown = f"{k.shape[0]} of {total.shape[0]}" if k.shape[0] < total.shape[0] else f"{total.shape[0]}"
-    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols, limit=args.limit), args.out, args,
+    convention = getattr(net, "input_convention", None)  # (mean, std, bgr): Keras' kernels read B, G, R
+    bgr = bool(convention and convention[2])
+    save(maps.filter_grid(params, layer, tile=args.tile, ncols=ncols, limit=args.limit, bgr=bgr), args.out, args,
          title=f"Filters of {layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]} - {describe(args)}")
     print(f"{layer}: {shown} kernels of {k.shape[1]}x{k.shape[2]}x{k.shape[3]}")
     random_weights_note(args)

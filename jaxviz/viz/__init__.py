@@ -33,7 +33,7 @@ from __future__ import annotations
 from .colour import COLORBAR_HEIGHT, colorbar, colormap, heatmap, normalize, reduce_channels, value_range, with_colorbar
 from .features import feature_map_grid, filter_grid, neighbour_grid, patch_grid, scatter_thumbnails
 from .figures import GRADIENT_METHODS, gradient_image, heat, heat_title, method_grid, overlay_and_range, overlays, overview
-from .grids import channel_grid, grid, label, titled
+from .grids import channel_grid, corner_mark, grid, label, titled
 from .blend import overlay, upsample_nearest
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "channel_grid",
     "upsample_nearest",
     "label",
+    "corner_mark",
     "value_range",
     "colorbar",
     "with_colorbar",

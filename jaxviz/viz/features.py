@@ -101,7 +101,7 @@ def feature_map_grid(
 
 
 def filter_grid(params, layer: str | None = None, *, tile: int = 48, ncols: int | None = None,
-                pad: int = 2, limit: int | None = None) -> np.ndarray:
+                pad: int = 2, limit: int | None = None, bgr: bool = False) -> np.ndarray:
     """A layer's kernels as a grid of tiles.
 
     ``conv1_1``'s kernels (three input channels) are drawn in colour: RGB
@@ -120,6 +120,9 @@ def filter_grid(params, layer: str | None = None, *, tile: int = 48, ncols: int 
         dark grey around the diverging-colour ones (whose zero is white, so
         a white gap would merge neighbouring tiles).
       limit: draw only the first ``limit`` kernels (the scale is theirs).
+      bgr: the 3-channel kernels read B, G, R (Keras' and Caffe's VGG weights,
+        ``VGG(preprocess="caffe")``): drawn with the channels reversed, so a
+        kernel that responds to red shows red.
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
@@ -127,6 +130,8 @@ def filter_grid(params, layer: str | None = None, *, tile: int = 48, ncols: int 
     from ..featvis.maps import filters  # the technique (this module only draws)
 
     k = filters(params, layer)
+    if bgr and k.shape[-1] == 3:
+        k = k[..., ::-1]
     if limit is not None:
         k = k[:_checks.positive_int(limit, "limit")]
     scale = np.abs(k).max()

@@ -129,6 +129,28 @@ def label(tile, text: str) -> np.ndarray:
     return np.asarray(im, np.float32) / 255.0
 
 
+def corner_mark(picture, text: str = "random weights") -> np.ndarray:
+    """``text`` in white on a red box in the picture's bottom-right corner: a picture made with random weights
+    says so on itself, since a PNG copied into a slide leaves the terminal behind.
+
+    Returns:
+      A marked copy, (H, W, 3) float32 (text wider than the picture is cut, as :func:`label` cuts it).
+    """
+    from PIL import Image, ImageDraw
+
+    p = np.asarray(picture, np.float32)
+    if p.ndim != 3 or p.shape[-1] != 3:
+        raise InputError(f"picture: expected shape (H, W, 3), got {p.shape}")
+    im = Image.fromarray(np.round(np.clip(p, 0, 1) * 255).astype(np.uint8))
+    fits = max(1, (im.width - 4) // 6)
+    text = str(text) if len(str(text)) <= fits else str(text)[: max(1, fits - 2)] + ".."
+    w = 6 * len(text) + 4
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((im.width - w, im.height - 13, im.width, im.height), fill=(190, 20, 20))
+    draw.text((im.width - w + 2, im.height - 12), text, fill=(255, 255, 255))
+    return np.asarray(im, np.float32) / 255.0
+
+
 def titled(picture, text: str, *, size: int = 14) -> np.ndarray:
     """``picture`` under a white band with ``text`` in it (wrapped to the picture's width, never cut): what a
     picture shows belongs in the picture, not only on the terminal.
