@@ -151,8 +151,29 @@ def test_dream_step_is_compiled_once_and_matches_a_manual_step(params):
     # eager re-computation of the same step
     rolled, shift = dream.roll(x, jax.random.fold_in(jax.random.key(1), 0), 3)
     g = dream.unroll(dream.gradient(NET, params, rolled, layers="relu2_1")[1], shift)
-    want = jnp.clip(x + 0.01 * g / (jnp.abs(g).mean() + 1e-8), 0, 1)
+    lap = dream.laplacian_normalize(g)  # the default smoothing
+    want = jnp.clip(x + 0.01 * lap / (jnp.abs(lap).mean() + 1e-8), 0, 1)
     np.testing.assert_allclose(out, want, atol=1e-5)
+    raw = dream.dream_step(NET, params, x, jax.random.key(1), layers="relu2_1", jitter=3, smoothing="none")
+    np.testing.assert_allclose(raw, jnp.clip(x + 0.01 * g / (jnp.abs(g).mean() + 1e-8), 0, 1), atol=1e-5)
+    with pytest.raises(InputError, match="smoothing: expected one of 'laplacian', 'none', got 'gauss'"):
+        dream.dream_step(NET, params, x, jax.random.key(1), layers="relu2_1", smoothing="gauss")
+
+
+def test_laplacian_normalize():
+    g = _uniform(11, 2, 40, 48, 3) - 0.5
+    # one level: the gradient over its standard deviation, per image
+    one = dream.laplacian_normalize(g, levels=1)
+    np.testing.assert_allclose(one, g / g.std(axis=(1, 2, 3), keepdims=True), rtol=1e-5, atol=1e-6)
+    # each image on its own, whatever its scale
+    scaled = g * jnp.array([5.0, 0.01])[:, None, None, None]
+    np.testing.assert_allclose(dream.laplacian_normalize(scaled), dream.laplacian_normalize(g), rtol=1e-4, atol=1e-5)
+    # a smooth ramp under strong pixel noise: the ramp's share of the result grows (the bands weigh equally)
+    y = jnp.linspace(-1, 1, 40)[None, :, None, None] * jnp.ones((1, 40, 48, 3))
+    mixed = y + 20 * g[:1]
+    out = dream.laplacian_normalize(mixed)
+    share = lambda a: float(jnp.abs(jnp.sum(a * y)) / (jnp.linalg.norm(a) * jnp.linalg.norm(y)))
+    assert share(out) > 3 * share(mixed)
 
 
 # --------------------------------------------------------------------------- errors

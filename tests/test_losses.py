@@ -171,14 +171,15 @@ def test_gram_target_and_cost_match_layer_cost_and_allow_other_sizes():
 def test_style_cost_scale_laws(norm):
     a_S, a_G = rng_acts((1, 4, 4, 3), 15), rng_acts((1, 4, 4, 3), 16)
     base = float(losses.layer_style_cost(a_S, a_G, normalization=norm))
-    # activations x s: Gram x s^2, squared differences x s^4
-    assert float(losses.layer_style_cost(3 * a_S, 3 * a_G, normalization=norm)) == pytest.approx(81 * base, rel=1e-5)
+    # activations x s: Gram x s^2, squared differences x s^4; a relative cost does not change
+    scale = 1.0 if norm == "relative" else 81.0
+    assert float(losses.layer_style_cost(3 * a_S, 3 * a_G, normalization=norm)) == pytest.approx(scale * base, rel=1e-5)
     # tiling both images 2x2: every normalisation is size-invariant
     t = lambda a: jnp.tile(a, (1, 2, 2, 1))
     assert float(losses.layer_style_cost(t(a_S), t(a_G), normalization=norm)) == pytest.approx(base, rel=1e-5)
     # duplicating the channels: G becomes [[G, G], [G, G]]
     d = lambda a: jnp.concatenate([a, a], axis=-1)
-    factor = {"course": 1.0, "chw": 0.25, "hw": 1.0}[norm]
+    factor = {"course": 1.0, "chw": 0.25, "hw": 1.0, "relative": 1.0}[norm]
     assert float(losses.layer_style_cost(d(a_S), d(a_G), normalization=norm)) == pytest.approx(factor * base, rel=1e-5)
 
 
@@ -192,11 +193,14 @@ def test_gram_scale_laws():
     np.testing.assert_allclose(losses.gram_matrix(t, normalize="chw"), G / 36, rtol=1e-5)
 
 
-@pytest.mark.parametrize("norm, tile_factor", [("course", 1.0), ("mse", 1.0), ("half_sum", 4.0)])
+@pytest.mark.parametrize("norm, tile_factor", [("course", 1.0), ("mse", 1.0), ("half_sum", 4.0), ("relative", 1.0)])
 def test_content_cost_scale_laws(norm, tile_factor):
     a_C, a_G = rng_acts((1, 4, 4, 3), 18), rng_acts((1, 4, 4, 3), 19)
     base = float(losses.content_cost(a_C, a_G, normalization=norm))
-    assert float(losses.content_cost(2 * a_C, 2 * a_G, normalization=norm)) == pytest.approx(4 * base, rel=1e-6)
+    scale = 1.0 if norm == "relative" else 4.0
+    assert float(losses.content_cost(2 * a_C, 2 * a_G, normalization=norm)) == pytest.approx(scale * base, rel=1e-6)
+    if norm == "relative":  # by hand
+        assert base == pytest.approx(float(jnp.sum((a_C - a_G) ** 2) / jnp.sum(a_C ** 2)), rel=1e-6)
     t = lambda a: jnp.tile(a, (1, 2, 2, 1))
     assert float(losses.content_cost(t(a_C), t(a_G), normalization=norm)) == pytest.approx(
         tile_factor * base, rel=1e-5
@@ -265,7 +269,7 @@ def test_errors_name_the_argument():
         losses.content_cost(a, jnp.zeros((1, 2, 3, 3)))
     with pytest.raises(InputError, match=r"^a_G: expected 3 channels like a_S"):
         losses.layer_style_cost(a, jnp.zeros((1, 2, 2, 4)))
-    with pytest.raises(InputError, match=r"^normalization: expected one of 'course', 'chw', 'hw'; got 'l2'"):
+    with pytest.raises(InputError, match=r"^normalization: expected one of 'course', 'chw', 'hw', 'relative'; got 'l2'"):
         losses.layer_style_cost(a, a, normalization="l2")
     with pytest.raises(InputError, match=r"^a: expected activations of shape \(\.\.\., H, W, C\), got shape \(3, 3\)"):
         losses.gram_matrix(jnp.zeros((3, 3)))

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxviz import losses, models, style, weights
+from jaxviz import losses, models, style, weights, viz
 from jaxviz.errors import CheckpointError, InputError
 
 NET = models.VGG(stages=((8,), (16,)), classifier=False)
 LAYERS = dict(content_layers=["relu2_1"], style_layers=[("relu1_1", 0.5), ("relu2_1", 0.5)])
 ADAM = dict(preset="course", **LAYERS)  # Adam lr 2.0 on 0-255 pixels, noisy init
-LBFGS = dict(preset="gatys", **LAYERS)
+LBFGS = dict(preset="pytorch-tutorial", **LAYERS)  # gatys' L-BFGS with the absolute costs these tests were sized on
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_config_overrides_and_errors():
     assert cfg.steps == 7 and cfg.style_layers == (("relu1_1", 0.5), ("relu2_1", 0.5)) and cfg.optimizer == "lbfgs"
     assert style.config("gatys", style_layers="relu1_1,relu2_1").style_layers == (("relu1_1", 0.5), ("relu2_1", 0.5))
     assert style.config("gatys", content_layers={"relu3_1": 2.0}).content_layers == (("relu3_1", 2.0),)
-    with pytest.raises(InputError, match=r"^preset: expected one of 'gatys', 'course', 'tf-tutorial'; got 'x'"):
+    with pytest.raises(InputError, match=r"^preset: expected one of 'gatys', 'pytorch-tutorial', 'course', 'tf-tutorial'; got 'x'"):
         style.config("x")
     with pytest.raises(InputError, match=r"^alpha: unknown option; expected one of content_layers, "):
         style.config("course", alpha=3)
@@ -378,7 +378,8 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
                                 preset="course", steps=2, size=40, content_layers="relu1_2",
                                 style_layers="relu1_1,relu1_2", seed=0, checkpoint_every=1, progress=False))
     assert got.shape == want.shape == (1, 40, 32, 3)
-    np.testing.assert_allclose(got, want, atol=0.6 / 255)
+    # random weights: said in the picture's corner
+    np.testing.assert_allclose(got[0], viz.corner_mark(want[0]), atol=0.6 / 255)
     assert np.abs(got - content).mean() > 0.01  # and not the content
     assert not out.with_name("out.png.ckpt.npz").exists()  # removed once the result is written
     assert cli.main(["stylize", *args]) == 0
@@ -414,7 +415,7 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     text = capsys.readouterr()
     assert text.out.strip() == f"wrote {tmp_path / 'parts.png'} (32x40)"
     assert f"resumed from {tmp_path / 'parts.png.ckpt.npz'}" in text.err
-    np.testing.assert_allclose(image.load(tmp_path / "parts.png"), want, atol=0.6 / 255)
+    np.testing.assert_allclose(image.load(tmp_path / "parts.png")[0], viz.corner_mark(want[0]), atol=0.6 / 255)
     assert not (tmp_path / "parts.png.ckpt.npz").exists() and not (tmp_path / "parts.png.ckpt.png").exists()
     monkeypatch.setenv("JAXVIZ_CACHE", str(tmp_path / "empty"))
     code = cli.main(["stylize", *args[:2], "--out", str(tmp_path / "o2.png"), "--no-download", "--steps", "1"])
@@ -438,7 +439,7 @@ def test_cli_stylize_offline_writes_resumes_and_errors(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip()
     assert "was written by a run with other inputs" in err and err.endswith("delete it or run with --fresh")
     assert cli.main(["stylize", *o5, "--fresh"]) == 0
-    np.testing.assert_allclose(image.load(tmp_path / "o5.png"), want, atol=0.6 / 255)  # the same run, afresh
+    np.testing.assert_allclose(image.load(tmp_path / "o5.png")[0], viz.corner_mark(want[0]), atol=0.6 / 255)  # the same run, afresh
 
 
 def test_api_surface():

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=512, metavar="PX",
                    help="gradient tile size in px, 0 for none (default %(default)s; exact either way)")
     p.add_argument("--guide", type=Path, default=None, help="guide image: dream towards its features")
+    p.add_argument("--smoothing", default="laplacian", choices=["laplacian", "none"],
+                   help="each step's gradient: laplacian = every band of its Laplacian pyramid at unit std (less "
+                   "grainy speckle in flat regions; the TF tutorial's), none = as computed (default %(default)s)")
     add_output_args(p)
     add_model_args(p, seed_also="the jitter shifts")
     p.set_defaults(func=run, resumable=True)
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(key=jax.random.key(args.seed), layers=args.layers, octaves=args.octaves,
               octave_scale=args.octave_scale, steps=args.steps, step_size=args.step_size, jitter=args.jitter,
               tile_size=args.tile or None, guide=guide, progress=not args.no_progress, return_objectives=True,
-              checkpoint=ckpt)
+              checkpoint=ckpt, smoothing=args.smoothing)
     resumed = ckpt.exists()
     try:
         out, objectives = dream.dream(net, params, x, **kw)

@@ -23,10 +23,16 @@ Presets (:data:`PRESETS`), every field overridable by keyword:
   each, as in the paper) on a VGG; on any other model the taps it suggests
   (:func:`jaxviz.models.protocol.suggested_layers`: one style tap per stage,
   measured), L-BFGS with a zoom line search, content init,
-  500 steps. The loss scaling is the one of neural-style and the PyTorch
-  tutorial (Gram / (C H W), mean squared errors, content weight 1, style
-  weight 5e6 x 1/5 = the tutorial's 1e6 per layer), which suits
-  torchvision's VGG19 on [0, 1] images.
+  500 steps. Costs are relative (:mod:`jaxviz.losses`, ``"relative"``: each
+  layer's squared error over its target's summed square), content weight 1,
+  style weight 3: no layer's or network's activation scale decides the
+  balance, so it holds on torchvision's VGGs, Keras/Caffe's and fine-tuned
+  copies alike (chosen on trained VGG16 features; see ``PRESETS``).
+* ``"pytorch-tutorial"``: what ``"gatys"`` was before: neural-style's and the
+  PyTorch tutorial's scaling (Gram / (C H W), mean squared errors, content
+  weight 1, style weight 5e6 x 1/5 = the tutorial's 1e6 per layer), tuned on
+  torchvision's VGG19 on [0, 1] images; on other weights it takes all
+  content away or no style.
 * ``"course"``: the deeplearning.ai course (seed 003): the course's costs
   (:mod:`jaxviz.losses` defaults), alpha 10, beta 40, style layers at 0.2
   each, Adam with learning rate 2.0 on 0-255 pixels, init 0.6 * uniform(-20,

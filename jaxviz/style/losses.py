@@ -24,13 +24,27 @@ name           Gram matrix, then distance                  used by
                                                            PyTorch tutorial
 ``"hw"``       G / (H W), mean squared difference          Gatys' own PyTorch code,
                                                            pystiche, the TF/Keras tutorial
+``"relative"``  G / (C H W), summed squared difference      jaxviz's ``gatys`` preset: each
+               over the target's summed square             layer's term is a relative error,
+                                                           so no layer's or network's
+                                                           activation scale sets the balance
 =============  ==========================================  ===============================
 
 ``"course"`` written as ``G / (2 C H W)`` is the same number as the course's
 formula when the style and generated activations have the same size, and
 stays meaningful when they do not (a style image at another scale). Content
-costs: ``"course"`` (above), ``"mse"`` (mean squared error) and ``"half_sum"``
-(the paper's ``0.5 * sum``).
+costs: ``"course"`` (above), ``"mse"`` (mean squared error), ``"half_sum"``
+(the paper's ``0.5 * sum``) and ``"relative"`` (``sum((a_C - a_G)**2) / sum(a_C**2)``).
+
+Why ``"relative"``: with the other normalisations a layer's cost grows with
+the square (content) or fourth power (style) of its activations' scale, which
+differs from layer to layer and from one set of VGG weights to another
+(torchvision's, Keras/Caffe's, a fine-tuned copy): a style weight tuned for
+one set takes all content away, or no style, on another. Divided by the
+target's own size, each term is scale-free: multiplying any layer's
+activations by a constant leaves the objective as it was. (crowsonkb's
+style-transfer balances its terms for the same reason, by the difference's
+L1 norm.)
 
 Example:
     >>> import jax.numpy as jnp
@@ -75,9 +89,11 @@ __all__ = [
     "total_variation",
 ]
 
-CONTENT_NORMALIZATIONS = ("course", "mse", "half_sum")
-STYLE_NORMALIZATIONS = ("course", "chw", "hw")
+CONTENT_NORMALIZATIONS = ("course", "mse", "half_sum", "relative")
+STYLE_NORMALIZATIONS = ("course", "chw", "hw", "relative")
 GRAM_NORMALIZATIONS = (None, "hw", "chw")
+#: keeps a relative cost finite against an all-zero target (a layer that never fires on the content image)
+_TINY = 1e-30
 TV_KINDS = ("l1", "squared")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -166,7 +182,7 @@ def gram_target(a_S: jax.Array, *, normalization: str = "course") -> jax.Array:
     h, w, c = a_S.shape[-3:]
     if normalization == "course":
         return gram_matrix(a_S) / (2.0 * c * h * w)
-    return gram_matrix(a_S, normalize=normalization)
+    return gram_matrix(a_S, normalize="chw" if normalization == "relative" else normalization)
 
 
 @functools.partial(jax.jit, static_argnames=("normalization",))
@@ -178,7 +194,8 @@ def gram_cost(target: jax.Array, a_G: jax.Array, *, normalization: str = "course
         or a weighted blend of several.
       a_G: (..., H, W, C) activations of the generated image.
       normalization: ``"course"`` sums the squared differences; ``"chw"`` and
-        ``"hw"`` average them over the C*C entries (and any leading axes).
+        ``"hw"`` average them over the C*C entries (and any leading axes);
+        ``"relative"`` divides their sum by the target's summed square.
 
     Returns:
       A scalar.
@@ -188,6 +205,8 @@ def gram_cost(target: jax.Array, a_G: jax.Array, *, normalization: str = "course
     if target.shape[-2:] != (c, c):
         raise InputError(f"target: expected a ({c}, {c}) Gram matrix for a_G's {c} channels, got {tuple(target.shape)}")
     d = gram_target(a_G, normalization=normalization) - target
+    if normalization == "relative":
+        return jnp.sum(d * d) / (jnp.sum(target * target) + _TINY)
     return jnp.sum(d * d) if normalization == "course" else jnp.mean(d * d)
 
 
@@ -228,6 +247,8 @@ def content_cost(a_C: jax.Array, a_G: jax.Array, *, normalization: str = "course
         return jnp.mean(d * d)
     if normalization == "half_sum":
         return 0.5 * jnp.sum(d * d)
+    if normalization == "relative":
+        return jnp.sum(d * d) / (jnp.sum(a_C * a_C) + _TINY)
     return jnp.sum(d * d) / (4.0 * h * w * c)
 
 
