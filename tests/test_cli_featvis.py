@@ -72,15 +72,16 @@ def test_featmaps_writes_a_grid_with_the_input_first_and_a_rerun_does_nothing(ti
                           "--out", out, "--weights", "random", "--no-progress")
     assert code == 0 and "relu2_1: 16 channels of 20x24, showing 5" in text
     pic = _body(out)
-    assert pic.shape == (2 * 80 + 3 * 2, 3 * 96 + 4 * 2, 3)  # input + 5 maps of 20x24, enlarged x4, 3 per row
+    # input + 5 maps of 20x24, enlarged x6 (8 px per cell up to 128 px: 24 -> 144), 3 per row
+    assert pic.shape == (2 * 120 + 3 * 2, 3 * 144 + 4 * 2, 3)
     np.testing.assert_allclose(pic[2, 40], (1.0, 0.55, 0.0), atol=0.01)  # the input tile's orange frame (its
     # top-left corner holds the "input" label)
-    # every tile is the library's: the input (longest side 48) and relu2_1's 5 strongest maps, viridis, >= 96 px
+    # every tile is the library's: the input (longest side 48) and relu2_1's 5 strongest maps, viridis, tiles as the map's size asks
     from jaxviz.featvis import maps
 
     x = image.load(src, 48)
     fm = np.asarray(maps.feature_maps(NET, params, x, "relu2_1"))[0]
-    want = maps.feature_map_grid(fm, order="mean", limit=5, cmap="viridis", image=x, min_tile=96, labels=True)
+    want = maps.feature_map_grid(fm, order="mean", limit=5, cmap="viridis", image=x, labels=True)
     np.testing.assert_allclose(pic, want, atol=1 / 255)  # PNG stores 8 bits, tiles labelled with their channel
     assert fm[..., np.argsort(-fm.mean((0, 1)))[:5]].std((0, 1)).min() > 0  # the tiles are maps, not flat colour
     mtime = os.path.getmtime(out)

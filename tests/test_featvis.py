@@ -49,6 +49,10 @@ def test_feature_maps_are_the_tap_and_the_grid_puts_the_strongest_channel_first(
     explicit = maps.feature_map_grid(m, order=[1, 2], min_tile=1, pad=1)
     np.testing.assert_allclose(explicit[1:5, 7:12], ramp, atol=1e-6)
     assert maps.feature_map_grid(m, min_tile=20, pad=0, ncols=3).shape == (16, 60, 3)  # 4x5 maps enlarged x4
+    # by default the tile depends on the map: 8 px per cell for small maps, at least 48 px, at most 128
+    for side, tile in ((5, 50), (7, 56), (15, 120), (28, 140), (128, 128), (200, 200)):
+        one = np.random.default_rng(side).uniform(size=(side, side, 1)).astype(np.float32)
+        assert maps.feature_map_grid(one, pad=0).shape == (tile, tile, 3), side
     # labels: each tile's channel index in its corner ("input" on the image), in the order drawn
     big = maps.feature_map_grid(m, order="mean", min_tile=40, pad=0, ncols=4, labels=True, image=np.ones((8, 10, 3)))
     plain = maps.feature_map_grid(m, order="mean", min_tile=40, pad=0, ncols=4, image=np.ones((8, 10, 3)))

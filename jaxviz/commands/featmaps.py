@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     fm = np.asarray(maps.feature_maps(net, params, x, layer))[0]
     if fm.ndim != 3:
         raise InputError(f"--layer: expected a convolutional tap, got {layer!r}")
-    grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x, min_tile=96,
+    grid = maps.feature_map_grid(fm, order=args.order, limit=args.limit, cmap=args.cmap, image=x,
                                  labels=True)
     shown = f", the {min(args.limit, fm.shape[2])} strongest" if args.order == "mean" else ""
     save(grid, args.out, args, title=f"Feature maps of {layer} ({fm.shape[2]} channels{shown if args.limit < fm.shape[2] else ''}; "

@@ -27,7 +27,7 @@ def feature_map_grid(
     limit: int | None = 64,
     cmap: str = "viridis",
     ncols: int | None = None,
-    min_tile: int = 48,
+    min_tile: int | None = None,
     pad: int = 2,
     image=None,
     labels: bool = False,
@@ -43,7 +43,10 @@ def feature_map_grid(
         (a constant map is drawn at the colormap's low end).
       ncols: grid columns (default about square).
       min_tile: small maps are enlarged (nearest neighbour, integer factor) to
-        at least this many pixels so they are visible.
+        at least this many pixels so they are visible. None (default): it
+        depends on the map, ``max(48, min(8 * side, 128))``: a deep layer's
+        15x15 map gets 8 px per cell (a 120 px tile, not 60), a 7x7 one 56 px,
+        and maps of 128 px or more are drawn as they are.
       pad: white gap between tiles in pixels.
       image: optionally the input image (H, W, 3) or (1, H, W, 3), shown
         as the first tile (resized to the tile size, framed in orange) so
@@ -69,7 +72,10 @@ def feature_map_grid(
         if bad:
             raise InputError(f"order: channels must be in [0, {m.shape[-1]}), got {bad}")
         picked, order, channels = m[..., idx], "index", np.asarray(idx)
-    factor = max(1, -(-min_tile // max(m.shape[0], m.shape[1])))
+    side = max(m.shape[0], m.shape[1])
+    if min_tile is None:
+        min_tile = max(48, min(8 * side, 128))
+    factor = max(1, -(-_checks.positive_int(min_tile, "min_tile") // side))
     if factor > 1:
         picked = np.repeat(np.repeat(picked, factor, 0), factor, 1)
     if order == "mean":  # channel_grid's order, applied here so that each tile's channel is known
