@@ -771,3 +771,21 @@ def test_pictures_say_what_they_show(tiny, params, folder, tmp_path, capsys):
                           tmp_path / "e.png", "--weights", "random", "--no-progress")
     assert code == 0, err
     assert image.load(tmp_path / "e.png").shape[1:3] == (493, 493)  # 6 points: 1.2 * sqrt(6) + 2 = 4.94 inches at 100 dpi
+
+
+def test_top_patches_projection_draws_the_librarys_projections(tiny, params, folder, tmp_path, capsys):
+    """--projection deconvnet: each row is the k deconvnet projections, then the k patches, as the library's
+    top_patches(projection="deconvnet") computes them (the command reads the chosen files again at the end)."""
+    out = tmp_path / "zf.png"
+    code, text, _ = run(capsys, "top-patches", folder, "--recursive", "--layer", "relu2_1", "--channels", "0,5",
+                        "--k", "3", "--size", "32", "--batch-size", "2", "--tile", "24", "--projection", "deconvnet",
+                        "--weights", "random", "--no-progress", "--out", out)
+    assert code == 0, text
+    from jaxviz.commands._outputs import iter_batches
+    from jaxviz.featvis import patches as P
+
+    paths = sorted(folder.rglob("*.png"))
+    top = P.top_patches(NET, params, iter_batches(paths, 32, 2), layer="relu2_1", channels=[0, 5], k=3,
+                        projection="deconvnet")
+    np.testing.assert_allclose(_body(out), P.patch_grid(top, tile=24, values=True), atol=0.6 / 255)
+    assert np.abs(top.projections).max() > 0

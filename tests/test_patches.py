@@ -163,3 +163,79 @@ def test_errors():
         P.top_patches(net, params, iter([]), layer="relu2_1")
     with pytest.raises(InputError, match=r"^batches: got 2 names for 3 images"):
         P.top_patches(net, params, [(["a", "b"], imgs[:3])], layer="relu2_1")
+
+
+# --------------------------------------------------------------------------- Zeiler & Fergus projections
+
+
+def test_projections_equal_captums_neuron_deconvolution():
+    """Each unit's projection is Captum's NeuronDeconvolution of that unit (same weights), cropped to its box."""
+    torch = pytest.importorskip("torch")
+    captum_attr = pytest.importorskip("captum.attr")
+    import torch_reference as tr
+
+    stages = ((4,), (8,))
+    net = models.VGG(stages=stages, classifier=False)
+    ref = tr.make(stages, seed=3, num_classes=10, fc_features=16, pool_output=(2, 2))
+    params = weights.from_torchvision(ref.state_dict(), models.VGG(stages=stages, fc_features=16, num_classes=10,
+                                                                  pool_output=(2, 2)))
+    params = weights.features_only(params)
+    x = _uniform(5, 3, 20, 20, 3)
+    units = [(0, 2, 3, 4), (1, 5, 0, 9), (2, 7, 9, 9)]  # (image, channel, y, x) at relu2_1 (10 x 10)
+    rf = P.receptive_field(net, "relu2_1")
+    got = P.projections(net, params, x[[u[0] for u in units]], "relu2_1", [u[1] for u in units],
+                        [(u[2], u[3]) for u in units])
+    assert got.shape == (3, rf.size, rf.size, 3)
+
+    class Wrapped(torch.nn.Module):  # the reference's own input normalisation, as jaxviz applies it
+        def __init__(self):
+            super().__init__()
+            self.ref = ref
+
+        def forward(self, t):
+            return self.ref(t)
+
+    model = Wrapped().eval()
+    layer = model.ref.features[4]  # Conv, ReLU, MaxPool, Conv, ReLU: relu2_1
+    deconv = captum_attr.NeuronDeconvolution(model, layer)
+    for u, (i, c, yy, xx) in enumerate(units):
+        xt = tr.to_nchw(x[i:i + 1]).clone().requires_grad_()
+        want = tr.to_nhwc(deconv.attribute(xt, neuron_selector=(c, yy, xx)).detach())[0]
+        top, left = rf.stride * yy + rf.offset, rf.stride * xx + rf.offset
+        box = np.zeros((rf.size, rf.size, 3), np.float32)
+        t0, l0 = max(top, 0), max(left, 0)
+        t1, l1 = min(top + rf.size, 20), min(left + rf.size, 20)
+        box[t0 - top:t1 - top, l0 - left:l1 - left] = want[t0:t1, l0:l1]
+        np.testing.assert_allclose(got[u], box, rtol=1e-4, atol=1e-5 * np.abs(box).max())
+        assert np.abs(want).sum() == pytest.approx(np.abs(box).sum(), rel=1e-5)  # nothing outside the box
+
+
+def test_top_patches_projections_follow_their_entries():
+    """Streamed in small batches, each (channel, rank) holds its own unit's projection: entries that move down
+    the ranking or leave it take theirs along."""
+    net = models.VGG(stages=((4,), (8,)), classifier=False)
+    params = weights.random(net, seed=2)
+    x = _uniform(6, 10, 24, 24, 3)
+    top = P.top_patches(net, params, _batches([f"i{n}" for n in range(10)], x, 3), layer="relu2_1",
+                        channels=[1, 6], k=3, projection="deconvnet", batch_size=3)
+    assert top.projections.shape == top.patches.shape
+    for c in range(2):
+        for j in range(3):
+            i = int(top.index[c, j])
+            want = P.projections(net, params, x[i:i + 1], "relu2_1", [top.channels[c]], top.position[c, j][None])[0]
+            np.testing.assert_allclose(top.projections[c, j], want, rtol=1e-5, atol=1e-7)
+            assert np.abs(want).max() > 0
+    plain = P.top_patches(net, params, _batches([f"i{n}" for n in range(10)], x, 3), layer="relu2_1",
+                          channels=[1, 6], k=3)
+    assert plain.projections is None
+    np.testing.assert_array_equal(plain.index, top.index)
+    # drawn as Zeiler & Fergus did: k projections, then k patches, per row
+    pic = P.patch_grid(top, tile=8, pad=1, labels=False)
+    assert pic.shape == (2 * 8 + 3, 6 * 8 + 7, 3)
+    from jaxviz import viz
+
+    np.testing.assert_allclose(pic[1:9, 1:9], viz.gradient_image(top.projections[0, 0], size=8), atol=1e-6)
+    with pytest.raises(InputError, match="projections: top has none"):
+        P.patch_grid(plain, projections=True)
+    with pytest.raises(InputError, match="projection: expected None or 'deconvnet', got 'guided'"):
+        P.top_patches(net, params, x, layer="relu2_1", projection="guided")

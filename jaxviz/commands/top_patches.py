@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="channels, e.g. 0-7 or 3,5 (default 0-7)")
     p.add_argument("--k", type=int, default=9, help="patches per channel (default %(default)s)")
     p.add_argument("--tile", type=int, default=64, help="small patches are enlarged to about this (default %(default)s)")
+    p.add_argument("--projection", default=None, choices=["deconvnet"],
+                   help="also draw each patch's deconvnet projection (Zeiler & Fergus: that one activation "
+                   "projected back to pixels, grey = 0) to the left of the patches")
     add_output_args(p)
     add_model_args(p)
     p.set_defaults(func=run, resumable=True)
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         boxes=np.concatenate([rf.stride * pos + rf.offset] * 2, -1) + np.array([0, 0, rf.size, rf.size]),
         patches=np.asarray(state.patches), field=rf,
     )
+    if args.projection:
+        top = top._replace(projections=_projections(args, net, params, top))
     table = args.out.with_suffix(".csv")
     save_table(table, ("channel", "rank", "activation", "file", "top", "left", "bottom", "right"),
                [(int(c), r + 1, f"{float(top.values[ci, r]):.6g}", top.names[ci][r], *map(int, top.boxes[ci, r]))
@@ -158,3 +163,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"  channel {c}: best {vals[0]:.4g} in {best}")
     random_weights_note(args)
     return 0
+
+
+def _projections(args, net, params, top):
+    """Each entry's deconvnet projection, from its file read again as the stream read it (only the files in the
+    final top-k: at most channels x k, and the folder's size)."""
+    import numpy as np
+
+    from .. import image
+    from ..featvis import patches as P
+
+    slots = [(c, j) for c in range(top.index.shape[0]) for j in range(top.index.shape[1]) if top.index[c, j] >= 0]
+    files = sorted({top.names[c][j] for c, j in slots})
+    pictures = {}
+    for batch_paths, x in image._iter_folder([type(args.folder)(f) for f in files], args.size, args.batch_size,
+                                            None, "crop", False):
+        pictures.update(zip(map(str, batch_paths), np.asarray(x)))
+    out = np.zeros(top.patches.shape, np.float32)
+    if slots:
+        proj = P.projections(net, params, np.stack([pictures[top.names[c][j]] for c, j in slots]), top.layer,
+                             [top.channels[c] for c, _ in slots], [top.position[c, j] for c, j in slots],
+                             batch_size=args.batch_size)
+        for (c, j), v in zip(slots, proj):
+            out[c, j] = v
+    return out

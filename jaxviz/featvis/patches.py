@@ -47,6 +47,8 @@ __all__ = [
     "top_patches_init",
     "top_patches_update",
     "top_patches",
+    "projections",
+    "PROJECTIONS",
     "patch_grid",
 ]
 
@@ -144,6 +146,8 @@ class TopPatches(NamedTuple):
     boxes: np.ndarray  # (C, k, 4) (top, left, bottom, right) in image pixels, not clipped
     patches: np.ndarray  # (C, k, P, P, 3)
     field: ReceptiveField
+    #: (C, k, P, P, 3) with ``projection="deconvnet"``: each unit's deconvnet projection, cropped like its patch
+    projections: np.ndarray | None = None
 
 
 def top_patches_init(net: Any, layer: str, num_channels: int, *, k: int = 9, params: Any = None) -> TopState:
@@ -222,6 +226,73 @@ def top_patches_update(net: Any, params, state: TopState, images, *, layer: str,
     return _update(net, params, state, jnp.asarray(x, jnp.float32), valid, ch, layer=name, rf=rf)
 
 
+#: ``top_patches(projection=...)`` values
+PROJECTIONS = (None, "deconvnet")
+
+
+@functools.partial(jax.jit, static_argnames=("net", "layer", "rf", "batch_size"))
+def _project(net, params, images, chans, pos, *, layer: str, rf: ReceptiveField, batch_size: int):
+    """Deconvnet projections of single units: for each u, the gradient of ``tap[u, y_u, x_u, c_u]`` with respect
+    to ``images[u]`` with every ReLU's backward pass rectifying (Zeiler & Fergus; Captum's
+    ``NeuronDeconvolution``), cropped to the unit's receptive-field box (zero outside the image). ``lax.map``
+    runs ``batch_size`` units at a time, vmapped."""
+    from ..models.relus import deconv_relu
+
+    p, s, off = rf.size, rf.stride, rf.offset
+
+    def one(args):
+        img, c, yx = args
+
+        def unit(x):
+            a = protocol.taps(net, params, x[None], layer, relu=deconv_relu)[layer][0]
+            return a[yx[0], yx[1], c].astype(jnp.float32)
+
+        g = jax.grad(unit)(img)
+        padded = jnp.pad(g.astype(jnp.float32), ((p, p), (p, p), (0, 0)))
+        return lax.dynamic_slice(padded, (s * yx[0] + off + p, s * yx[1] + off + p, 0), (p, p, 3))
+
+    return lax.map(one, (images, chans, pos), batch_size=batch_size)
+
+
+def projections(net: Any, params, images, layer: str, channels, positions, *, batch_size: int = 8) -> np.ndarray:
+    """Deconvnet projections of units back to pixels (Zeiler & Fergus' grey pictures), cropped to each unit's
+    receptive field.
+
+    Args:
+      net, params: the model (its ReLUs take the deconvnet rule through the model contract's ReLU seam).
+      images: (U, H, W, 3), one image per unit.
+      layer: a spatial tap.
+      channels: (U,) the units' channels.
+      positions: (U, 2) the units' (y, x) in the tap's grid.
+      batch_size: units computed together (vmapped); memory grows with it.
+
+    Returns:
+      (U, P, P, 3) float32, P the receptive-field size: the projection inside the unit's box (zero outside
+      the image).
+    """
+    model = protocol.as_model(net, images)
+    name = model.resolve(layer, "layer")
+    rf = receptive_field(model, name, params)
+    x = jnp.asarray(_checks.images(images, "images", min_size=protocol.min_size(model),
+                                   unit_range=protocol.unit_range(model)), jnp.float32)
+    ch = np.asarray(channels, np.int32).reshape(-1)
+    pos = np.asarray(positions, np.int32).reshape(-1, 2)
+    if not (x.shape[0] == ch.shape[0] == pos.shape[0]):
+        raise InputError(f"channels, positions: expected one per image ({x.shape[0]}), got {ch.shape[0]} and "
+                         f"{pos.shape[0]}")
+    u = x.shape[0]
+    if u == 0:
+        return np.zeros((0, rf.size, rf.size, 3), np.float32)
+    bs = _checks.positive_int(batch_size, "batch_size")
+    size = 1 << max(0, (u - 1).bit_length())  # padded to a power of two: few shapes, few compilations
+    pad = size - u
+    if pad:
+        x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)])
+        ch, pos = np.concatenate([ch, np.repeat(ch[-1:], pad)]), np.concatenate([pos, np.repeat(pos[-1:], pad, 0)])
+    out = _project(model, params, x, jnp.asarray(ch), jnp.asarray(pos), layer=name, rf=rf, batch_size=min(bs, size))
+    return np.asarray(out)[:u]
+
+
 def top_patches(
     net: Any,
     params,
@@ -234,6 +305,7 @@ def top_patches(
     batch_size: int = 16,
     progress: bool = False,
     max_bytes: int = 2**30,
+    projection: str | None = None,
 ) -> TopPatches:
     """For each channel, the k images of a collection that activate it most, as receptive-field patches.
 
@@ -256,6 +328,12 @@ def top_patches(
       size, batch_size: for a folder path: centre-crop size and batch size.
       progress: show a tqdm bar over batches.
       max_bytes: refuse to allocate a patch buffer larger than this.
+      projection: ``"deconvnet"`` also fills ``TopPatches.projections``: for
+        each (channel, rank), the deconvnet projection of that one activation
+        back to pixels, cropped to the patch's box (:func:`projections`;
+        Zeiler & Fergus' grey pictures). Computed as entries enter the
+        running top-k, while their image is at hand: about ``C * k * log(N / k)``
+        single-unit backward passes for N images, vmapped ``batch_size`` at a time.
 
     Returns:
       :class:`TopPatches`, channels in the order given, patches ranked by
@@ -269,9 +347,12 @@ def top_patches(
     name = net.resolve(layer, "layer")
     rf = receptive_field(net, name, params)
     k = _checks.positive_int(k, "k")
+    if projection not in PROJECTIONS:
+        raise InputError(f"projection: expected None or 'deconvnet', got {projection!r}")
     from .. import image
 
     stream, total = image._batch_source(batches, size, batch_size)
+    projected: dict[tuple[int, int], np.ndarray] = {}  # (channel slot, stream index) -> projection
     bar = tqdm(total=total, desc=f"top patches {name}", unit="img", disable=not progress, leave=False)
     state = chans = None
     names: dict[int, Any] = {}
@@ -304,8 +385,16 @@ def top_patches(
             for i, nm in enumerate(batch_names):
                 names[start + i] = nm
             state = top_patches_update(net, params, state, x, layer=name, channels=chans, valid=valid)
-            keep = set(np.asarray(state.index).ravel().tolist())
+            index = np.asarray(state.index)
+            keep = set(index.ravel().tolist())
             names = {i: nm for i, nm in names.items() if i in keep}
+            if projection is not None:  # the entries this batch brought in, while their images are here
+                slot, rank = np.nonzero(index >= start)
+                if slot.size:
+                    new = projections(net, params, np.asarray(x)[index[slot, rank] - start], name, chans[slot],
+                                      np.asarray(state.position)[slot, rank], batch_size=batch_size)
+                    projected.update({(int(c), int(i)): v for c, i, v in zip(slot, index[slot, rank], new)})
+                projected = {key: v for key, v in projected.items() if index[key[0]].tolist().count(key[1])}
             bar.update(n)
     finally:
         bar.close()
@@ -315,6 +404,11 @@ def top_patches(
     pos = np.asarray(state.position)
     top = rf.stride * pos + rf.offset
     boxes = np.concatenate([top, top + rf.size], axis=-1)
+    proj = None
+    if projection is not None:
+        proj = np.zeros(np.asarray(state.patches).shape, np.float32)
+        for (c, i), v in projected.items():
+            proj[c, int(np.nonzero(index[c] == i)[0][0])] = v
     return TopPatches(
         layer=name,
         channels=chans,
@@ -325,5 +419,6 @@ def top_patches(
         boxes=boxes,
         patches=np.asarray(state.patches),
         field=rf,
+        projections=proj,
     )
 

@@ -152,7 +152,7 @@ def filter_grid(params, layer: str | None = None, *, tile: int = 48, ncols: int 
 
 
 def patch_grid(top: "TopPatches", *, tile: int = 64, pad: int = 2, labels: bool = True,
-               values: bool = False) -> np.ndarray:
+               values: bool = False, projections: bool | None = None) -> np.ndarray:
     """Top patches as a picture: one row per channel, best patch first.
 
     Args:
@@ -162,25 +162,47 @@ def patch_grid(top: "TopPatches", *, tile: int = 64, pad: int = 2, labels: bool 
       pad: white gap between tiles.
       labels: write the channel index at the start of each row.
       values: write each patch's activation on its tile
-        (:func:`jaxviz.viz.label`, 3 significant digits).
+        (:func:`jaxviz.viz.label`, 3 significant digits: ``4.53k``, ``0.12``).
+      projections: draw ``top.projections`` (``top_patches(projection="deconvnet")``)
+        as Zeiler & Fergus did: each row is the k projections (grey is zero,
+        :func:`jaxviz.viz.gradient_image`), then the k patches. Default: when
+        ``top`` has them.
 
     Returns:
       (H, W, 3) float RGB in [0, 1].
     """
+    from .figures import gradient_image
+
     c, k, p = top.patches.shape[:3]
+    if projections is None:
+        projections = top.projections is not None
+    if projections and top.projections is None:
+        raise InputError("projections: top has none; call top_patches(..., projection='deconvnet')")
     factor = max(1, tile // p)
+    empty = np.full((p * factor, p * factor, 3), 0.85, np.float32)
     tiles = []
     for ci in range(c):
+        if projections:
+            tiles += [gradient_image(top.projections[ci, j], size=p * factor) if top.index[ci, j] >= 0 else empty
+                      for j in range(k)]
         for j in range(k):
             t = top.patches[ci, j] if top.index[ci, j] >= 0 else np.full((p, p, 3), 0.85, np.float32)
             t = np.repeat(np.repeat(t, factor, 0), factor, 1)
             if values and top.index[ci, j] >= 0:
-                t = label(t, f"{float(top.values[ci, j]):.3g}")
+                t = label(t, _compact(float(top.values[ci, j])))
             tiles.append(t)
-    pic = grid(tiles, ncols=k, pad=pad)
+    pic = grid(tiles, ncols=2 * k if projections else k, pad=pad)
     if not labels:
         return pic
     return _label_rows(pic, [f"{int(ch)}" for ch in top.channels], p * factor, pad)
+
+
+def _compact(v: float) -> str:
+    """3 significant digits in at most 6 characters, so a label fits a 40 px patch: ``4530`` -> ``4.53k``."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if 1e3 <= abs(v) / scale * 1e3 < 1e6 and abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
 
 
 def _label_rows(pic: np.ndarray, texts: Sequence[str], cell: int, pad: int) -> np.ndarray:
