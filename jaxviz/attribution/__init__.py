@@ -34,6 +34,19 @@ from typing import Callable
 
 from . import metrics
 from .cam import cam, grad_cam, guided_grad_cam
+from .cams import (
+    CAM_METHODS,
+    ablation_cam,
+    cam_map,
+    eigen_cam,
+    eigen_grad_cam,
+    grad_cam_elementwise,
+    grad_cam_plus_plus,
+    hires_cam,
+    layer_cam,
+    score_cam,
+    xgrad_cam,
+)
 from .guided import deconv_relu, deconvnet, guided_backprop, guided_relu
 from .integrated import integrated_gradients, quadrature
 from .occlusion import AUTO_GROUPS, AUTO_GROUPS_SAVED_MACS, AUTO_THRESHOLD, OCCLUSION_METHODS, occlusion, window_starts
@@ -53,14 +66,23 @@ METHODS: dict[str, Callable] = {
     "cam": cam,
     "guided_grad_cam": guided_grad_cam,
     "occlusion": occlusion,
+    "grad_cam_plus_plus": grad_cam_plus_plus,
+    "xgrad_cam": xgrad_cam,
+    "hires_cam": hires_cam,
+    "grad_cam_elementwise": grad_cam_elementwise,
+    "layer_cam": layer_cam,
+    "eigen_cam": eigen_cam,
+    "eigen_grad_cam": eigen_grad_cam,
+    "score_cam": score_cam,
+    "ablation_cam": ablation_cam,
 }
 
 #: Methods returning (N, h, w) layer maps (upsample=True gives (N, H, W)).
-LAYER_METHODS = frozenset({"grad_cam", "cam"})
+LAYER_METHODS = frozenset({"grad_cam", "cam", *CAM_METHODS})
 #: Methods that accept any f(params, images) -> logits in place of a jaxviz model.
 CALLABLE_METHODS = frozenset({"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion"})
 #: Methods with a batch_size knob.
-SAMPLING_METHODS = frozenset({"integrated_gradients", "smoothgrad", "occlusion"})
+SAMPLING_METHODS = frozenset({"integrated_gradients", "smoothgrad", "occlusion", "score_cam", "ablation_cam"})
 
 __all__ = [
     "METHODS",
@@ -72,6 +94,17 @@ __all__ = [
     "AUTO_THRESHOLD",
     "OCCLUSION_METHODS",
     "cam",
+    "CAM_METHODS",
+    "cam_map",
+    "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "grad_cam_elementwise",
+    "layer_cam",
+    "eigen_cam",
+    "eigen_grad_cam",
+    "score_cam",
+    "ablation_cam",
     "deconv_relu",
     "deconvnet",
     "grad_cam",

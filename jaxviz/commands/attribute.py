@@ -454,7 +454,7 @@ def _write_figure(out: Path, name: str, img: np.ndarray, attrs: dict[str, np.nda
     from .. import image, viz
     from ._common import DEMO_METHODS
 
-    titles = {n: t for n, t, _ in DEMO_METHODS}
+    titles = {**viz.METHOD_TITLES, **{n: t for n, t, _ in DEMO_METHODS}}
     heats = {m: viz.heat(m, a[None]) for m, a in attrs.items()}
     side = max(img.shape[0], 128)
     pic = viz.overview(img[None], heats, {m: titles.get(m, m) for m in attrs}, [label or ""], size=side)

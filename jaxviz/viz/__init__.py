@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from .colour import COLORBAR_HEIGHT, colorbar, colormap, heatmap, normalize, reduce_channels, value_range, with_colorbar
 from .features import feature_map_grid, filter_grid, neighbour_grid, patch_grid, scatter_thumbnails
-from .figures import GRADIENT_METHODS, gradient_image, heat, heat_title, method_grid, overlay_and_range, overlays, overview
+from .figures import GRADIENT_METHODS, METHOD_TITLES, gradient_image, heat, heat_title, method_grid, overlay_and_range, overlays, overview
 from .grids import channel_grid, corner_mark, grid, label, titled
 from .blend import overlay, upsample_nearest
 
@@ -46,6 +46,7 @@ __all__ = [
     "channel_grid",
     "upsample_nearest",
     "label",
+    "METHOD_TITLES",
     "corner_mark",
     "value_range",
     "colorbar",

@@ -38,10 +38,28 @@ def heat(name: str, attr: np.ndarray) -> np.ndarray:
     return np.abs(a).sum(-1)
 
 
+#: how pictures title each attribution method
+METHOD_TITLES = {
+    "saliency": "Saliency", "input_x_gradient": "Input x gradient", "integrated_gradients": "Integrated gradients",
+    "smoothgrad": "SmoothGrad", "guided_backprop": "Guided backprop", "deconvnet": "Deconvnet",
+    "grad_cam": "Grad-CAM", "cam": "CAM", "guided_grad_cam": "Guided Grad-CAM", "occlusion": "Occlusion",
+    "grad_cam_plus_plus": "Grad-CAM++", "xgrad_cam": "XGrad-CAM", "hires_cam": "HiResCAM",
+    "grad_cam_elementwise": "Grad-CAM (element-wise)", "layer_cam": "LayerCAM", "eigen_cam": "Eigen-CAM",
+    "eigen_grad_cam": "Eigen-Grad-CAM", "score_cam": "Score-CAM", "ablation_cam": "Ablation-CAM",
+}
+
+
+_LAYER_MAPS = {"grad_cam", "cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "grad_cam_elementwise", "layer_cam",
+               "eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam"}
+
+
 def heat_title(name: str) -> str:
     """What :func:`heat`'s values are for method ``name``, for a colour bar's title."""
-    return {"saliency": "max |grad|", "occlusion": "score drop", "grad_cam": "Grad-CAM", "cam": "CAM"}.get(
-        name, "sum |attr|")
+    if name in ("saliency", "occlusion"):
+        return {"saliency": "max |grad|", "occlusion": "score drop"}[name]
+    if name in _LAYER_MAPS:  # the map itself, named
+        return METHOD_TITLES[name]
+    return "sum |attr|"
 
 
 def _upscale(img: np.ndarray, size: int, *, smooth: bool) -> np.ndarray:
