@@ -62,10 +62,18 @@ def _pick(run_: Any, per_class: int) -> np.ndarray:
     return np.asarray(picked)
 
 
+def _cam_family():
+    """(name, title, options) of the CAM family beyond Grad-CAM, drawn in ``cam_family.png`` beside Grad-CAM."""
+    from ..attribution import CAM_METHODS
+    from ..viz import METHOD_TITLES
+
+    return tuple((n, METHOD_TITLES[n], {"upsample": True}) for n in CAM_METHODS if n != "grad_cam")
+
+
 def _html(out: Path, info: dict) -> str:
     rows = "\n".join(
         f'<h2>{html.escape(title)}</h2><img src="{name}.png" alt="{html.escape(title)}">'
-        for name, title, _ in METHODS
+        for name, title, _ in METHODS + _cam_family()
     )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>jaxviz demo</title>
@@ -77,6 +85,7 @@ def _html(out: Path, info: dict) -> str:
 held-out accuracy {100 * info['accuracy']:.1f}%. Each row is a held-out picture with the model's
 prediction and probability; each column a method explaining the predicted class (red: most important).</p>
 <img src="overview.png" alt="overview">
+<h2>The CAM family</h2><img src="cam_family.png" alt="the CAM family">
 {rows}
 </body></html>
 """
@@ -109,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
           f"in {train_seconds:.1f} s; {where})")
 
     manifest_path = out / "demo.json"
-    key = {"model": config.key(), "per_class": args.per_class, "methods": [[n, o] for n, _, o in METHODS]}
+    family = _cam_family()
+    key = {"model": config.key(), "per_class": args.per_class,
+           "methods": [[n, o] for n, _, o in METHODS + family]}
     manifest: dict[str, Any] = {}
     if manifest_path.exists() and not args.overwrite:
         try:
@@ -127,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     labels = [f"{r.test.classes[p]} {100 * probs[i, p]:.0f}%" for i, p in enumerate(pred)]
 
     maps: dict[str, np.ndarray] = {}
-    titles = {n: t for n, t, _ in METHODS}
-    for name, title, options in METHODS:
+    titles = {n: t for n, t, _ in METHODS + family}
+    for name, title, options in METHODS + family:
         npy = out / "maps" / f"{name}.npy"
         png = out / f"{name}.png"
         if name in done and npy.exists() and png.exists():
@@ -145,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {title:16s} {time.time() - t:5.1f} s -> {png}")
 
     overview = out / "overview.png"
-    image.save(viz.overview(images, maps, titles, labels), overview)
+    image.save(viz.overview(images, {n: maps[n] for n, _, _ in METHODS}, titles, labels), overview)
+    cams = ["grad_cam", *(n for n, _, _ in family)]
+    image.save(viz.overview(images, {n: maps[n] for n in cams}, titles, labels), out / "cam_family.png")
     info = {"accuracy": r.accuracy, "classes": list(r.test.classes), "train_seconds": r.seconds}
     atomic_write_text(out / "index.html", _html(out, info))
-    print(f"wrote {overview}, one PNG per method and {out / 'index.html'} (total {time.time() - t0:.1f} s)")
+    print(f"wrote {overview}, {out / 'cam_family.png'}, one PNG per method and {out / 'index.html'} "
+          f"(total {time.time() - t0:.1f} s)")
     return 0
