@@ -179,3 +179,25 @@ def test_errors(setup):
         A.layer_cam(net, params, x, 0, layer=[])
     with pytest.raises(InputError, match="batch_size"):
         A.score_cam(net, params, x, 0, batch_size=0)
+
+
+def test_full_grad_equals_pytorch_grad_cam(setup):
+    """FullGrad: every convolution's bias-gradient plus the input-gradient term (pytorch-grad-cam finds the biased
+    Conv2d modules; jaxviz the biased convolutions its model exposes as taps: the same 3 here)."""
+    net, ref, params, x, xt = setup
+    assert [t for t, _ in cams._biased_convolutions(net, params)] == ["conv1_1", "conv1_2", "conv2_1"]
+    with pgc.FullGrad(model=ref, target_layers=[]) as cam:
+        want = cam(input_tensor=xt, targets=[ClassifierOutputTarget(t) for t in TARGET])
+    got = A.full_grad(net, params, x, TARGET)
+    assert got.shape == want.shape == (2, SIZE, SIZE)
+    assert rel_err(got, want) < 1e-4, rel_err(got, want)
+
+
+def test_full_grad_needs_exposed_biases():
+    from jaxviz.errors import ModelError
+
+    net = models.resnet18()
+    params = weights.random(net, seed=0)
+    with pytest.raises(ModelError, match="full_grad needs the output of every convolution with a bias as a tap; "
+                                         "'layer1_0/conv1' of"):
+        A.full_grad(net, params, jnp.zeros((1, 32, 32, 3)), 0)

@@ -94,6 +94,7 @@ __all__ = [
     "eigen_grad_cam",
     "score_cam",
     "ablation_cam",
+    "full_grad",
     "principal_projection",
 ]
 
@@ -237,6 +238,103 @@ def _ablation_core(net, params, images, target_idx, *, target_fn, layer, batch_s
     ablated_scores = chunked_map(body, n * c, batch_size).reshape(n, c)
     weights = (base[:, None] - ablated_scores) / base[:, None]
     return _weighted_sum(a32, weights, eigen_smooth)
+
+
+# --------------------------------------------------------------------------- FullGrad
+
+
+def _biased_convolutions(net, params) -> tuple[tuple[str, str], ...]:
+    """``(tap, params path)`` of every convolution with a bias (the kernel's module path is its tap: ``conv1_1``
+    on a VGG, ``Conv_0`` on a user's linen CNN). A bias whose convolution is not a tap is a ModelError: FullGrad
+    without it would be a partial sum that looks whole."""
+    from ..errors import ModelError
+    from ..featvis.maps import convolutions
+
+    out = []
+    inner = params.get("params", params)
+    for path in convolutions(params):
+        node = inner
+        for part in path.split("/"):
+            node = node[part]
+        if "bias" not in node:
+            continue
+        try:
+            tap = net.resolve(path, "layer")
+        except InputError:
+            raise ModelError(f"net: full_grad needs the output of every convolution with a bias as a tap; "
+                             f"{path!r} of {protocol.name_of(net)} is not one") from None
+        out.append((tap, path))
+    return tuple(out)
+
+
+def _scale_each(x: jax.Array, size) -> jax.Array:
+    """(N, h, w, C): each (image, channel) min-max scaled, then resized to ``size`` (pytorch-grad-cam's
+    ``scale_accross_batch_and_channels``)."""
+    x = x - x.min(axis=(1, 2), keepdims=True)
+    x = x / (1e-7 + x.max(axis=(1, 2), keepdims=True))
+    if x.shape[1:3] != tuple(size):
+        x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "linear")
+    return x
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "convs"))
+def _full_grad_core(net, params, images, target_idx, *, target_fn, convs):
+    _common.count_trace("full_grad")
+    model = protocol.as_model(net)
+    taps = tuple(t for t, _ in convs)
+    shapes = jax.eval_shape(lambda p, x: model.run(p, x, taps, output=False)[1], params, images)
+    zeros = {t: jnp.zeros(shapes[t].shape, shapes[t].dtype) for t in taps}
+
+    def total(x, deltas):
+        out = model.run(params, x, (), perturb=deltas)[0]
+        return jnp.sum(_common.scores(out, target_fn, target_idx))
+
+    gx, gd = jax.grad(total, argnums=(0, 1))(images, zeros)
+    size = images.shape[1:3]
+    cam = jnp.sum(_scale_each(jnp.abs(images * gx), size), axis=-1)
+    inner = params.get("params", params)
+    for tap, path in convs:
+        bias = inner
+        for part in path.split("/"):
+            bias = bias[part]
+        bias = bias["bias"].astype(jnp.float32)
+        cam = cam + jnp.sum(_scale_each(jnp.abs(bias * gd[tap].astype(jnp.float32)), size), axis=-1)
+    return cam
+
+
+def full_grad(net: Any, params: Any, images: Any, target: Any, *, normalize: bool = True) -> jax.Array:
+    """FullGrad (Srinivas & Fleuret 2019), as pytorch-grad-cam computes it: ``|x * d score / dx|`` plus, for
+    every convolution whose bias the model exposes, ``|b * d score / d conv output|``, each (image, channel)
+    min-max scaled and resized to the input, summed.
+
+    Needs the biases: the convolutions found in ``params`` (a rank-4 ``kernel`` with a ``bias`` beside it), each
+    of whose outputs the model exposes as a tap under the kernel's module path (jaxviz's VGGs, a user's linen
+    CNN). A model that hides some (jaxviz's ResNets fold their BatchNorms into biases of convolutions inside
+    blocks, which are not taps) or has none is refused rather than given a partial sum.
+
+    Args:
+      net, params, images, target: as for every attribution method.
+      normalize: min-max scale the sum per image (pytorch-grad-cam does; default True here too: the sum of
+        separately scaled terms has no unit of its own).
+
+    Returns:
+      (N, H, W) maps at the input's resolution.
+
+    Raises:
+      ModelError: no convolution with a bias is exposed as a tap.
+    """
+    from ..errors import ModelError
+
+    _common.check_net(net, "full_grad", model_only=True)
+    net = _common.model(net, images)
+    images = _common.check_images(images, net)
+    convs = _biased_convolutions(net, params)
+    if not convs:
+        raise ModelError(f"net: full_grad needs convolutions with biases that {protocol.name_of(net)} exposes as "
+                         "taps (kernel and bias under the tap's module path); this model has none")
+    fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
+    cam = _full_grad_core(net, params, images, idx, target_fn=fn, convs=convs)
+    return _finish(cam, None, False, bool(normalize))
 
 
 # --------------------------------------------------------------------------- the common driver
