@@ -267,11 +267,17 @@ def _biased_convolutions(net, params) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _minmax(x: jax.Array) -> jax.Array:
+    """Each map of (N, h, w) or (N, h, w, C) scaled to [0, 1] over its positions (axes 1, 2), as pytorch-grad-cam's
+    ``scale_cam_image`` scales: ``(x - min) / (1e-7 + max of that)``."""
+    x = x - x.min(axis=(1, 2), keepdims=True)
+    return x / (1e-7 + x.max(axis=(1, 2), keepdims=True))
+
+
 def _scale_each(x: jax.Array, size) -> jax.Array:
     """(N, h, w, C): each (image, channel) min-max scaled, then resized to ``size`` (pytorch-grad-cam's
     ``scale_accross_batch_and_channels``)."""
-    x = x - x.min(axis=(1, 2), keepdims=True)
-    x = x / (1e-7 + x.max(axis=(1, 2), keepdims=True))
+    x = _minmax(x)
     if x.shape[1:3] != tuple(size):
         x = jax.image.resize(x, (x.shape[0], *size, x.shape[3]), "linear")
     return x
@@ -345,8 +351,7 @@ def _finish(maps: jax.Array, size, relu: bool, normalize: bool) -> jax.Array:
     if relu:
         maps = jnp.maximum(maps, 0)
     if normalize:
-        maps = maps - maps.min(axis=(1, 2), keepdims=True)
-        maps = maps / (1e-7 + maps.max(axis=(1, 2), keepdims=True))
+        maps = _minmax(maps)
     if size is not None:
         maps = _common.upsample(maps, size, "bilinear")
     return maps

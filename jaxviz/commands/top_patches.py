@@ -170,14 +170,12 @@ def _projections(args, net, params, top):
     final top-k: at most channels x k, and the folder's size)."""
     import numpy as np
 
-    from .. import image
     from ..featvis import patches as P
 
     slots = [(c, j) for c in range(top.index.shape[0]) for j in range(top.index.shape[1]) if top.index[c, j] >= 0]
     files = sorted({top.names[c][j] for c, j in slots})
     pictures = {}
-    for batch_paths, x in image._iter_folder([type(args.folder)(f) for f in files], args.size, args.batch_size,
-                                            None, "crop", False):
+    for batch_paths, x in iter_batches([type(args.folder)(f) for f in files], args.size, args.batch_size):
         pictures.update(zip(map(str, batch_paths), np.asarray(x)))
     out = np.zeros(top.patches.shape, np.float32)
     if slots:
