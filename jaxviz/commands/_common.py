@@ -329,8 +329,8 @@ def model_and_params(args: argparse.Namespace, *, classifier: bool = True, downl
 def weights_key(args: argparse.Namespace) -> list:
     """What of --weights/--seed decides the network's outputs, for a resume key: the seed only for random
     weights, and a weights FILE by path, size and modification time (replacing the file is noticed)."""
-    convention = [getattr(args, "preprocess", None)] if getattr(args, "preprocess", None) not in (None,
-                                                                                             "torchvision") else []
+    preprocess = getattr(args, "preprocess", None)
+    convention = [] if preprocess in (None, "torchvision") else [preprocess]  # old keys stay valid
     if args.weights == "random":
         return ["random", args.seed, *convention]
     if args.weights == "pretrained":

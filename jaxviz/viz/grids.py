@@ -102,6 +102,25 @@ def channel_grid(maps, *, order: str = "mean", limit: int | None = 64, cmap: str
     return grid(tiles, ncols=ncols, pad=pad)
 
 
+def _text_box(picture, text: str, name: str, place, fill) -> np.ndarray:
+    """``text`` in white on a ``fill`` box (PIL's default font, 6 px a character; text wider than the picture cut
+    to fit, ending in ".."); ``place(width, height, box_width)`` gives the box and the text's origin."""
+    from PIL import Image, ImageDraw
+
+    p = np.asarray(picture, np.float32)
+    if p.ndim != 3 or p.shape[-1] != 3:
+        raise InputError(f"{name}: expected shape (H, W, 3), got {p.shape}")
+    im = Image.fromarray(np.round(np.clip(p, 0, 1) * 255).astype(np.uint8))
+    fits = max(1, (im.width - 4) // 6)
+    text = str(text)
+    text = text if len(text) <= fits else text[: max(1, fits - 2)] + ".."
+    box, origin = place(im.width, im.height, 6 * len(text) + 4)
+    draw = ImageDraw.Draw(im)
+    draw.rectangle(box, fill=fill)
+    draw.text(origin, text, fill=(255, 255, 255))
+    return np.asarray(im, np.float32) / 255.0
+
+
 def label(tile, text: str) -> np.ndarray:
     """``text`` in white on a dark box in the tile's top-left corner (PIL's default font, 6 px a character).
 
@@ -114,19 +133,7 @@ def label(tile, text: str) -> np.ndarray:
     Returns:
       A labelled copy, (H, W, 3) float32.
     """
-    from PIL import Image, ImageDraw
-
-    t = np.asarray(tile, np.float32)
-    if t.ndim != 3 or t.shape[-1] != 3:
-        raise InputError(f"tile: expected shape (H, W, 3), got {t.shape}")
-    im = Image.fromarray(np.round(np.clip(t, 0, 1) * 255).astype(np.uint8))
-    fits = max(1, (im.width - 4) // 6)
-    text = str(text)
-    text = text if len(text) <= fits else text[: max(1, fits - 2)] + ".."
-    draw = ImageDraw.Draw(im)
-    draw.rectangle((0, 0, 6 * len(text) + 4, 12), fill=(0, 0, 0))
-    draw.text((2, 0), text, fill=(255, 255, 255))
-    return np.asarray(im, np.float32) / 255.0
+    return _text_box(tile, text, "tile", lambda w, h, bw: ((0, 0, bw, 12), (2, 0)), (0, 0, 0))
 
 
 def corner_mark(picture, text: str = "random weights") -> np.ndarray:
@@ -136,19 +143,8 @@ def corner_mark(picture, text: str = "random weights") -> np.ndarray:
     Returns:
       A marked copy, (H, W, 3) float32 (text wider than the picture is cut, as :func:`label` cuts it).
     """
-    from PIL import Image, ImageDraw
-
-    p = np.asarray(picture, np.float32)
-    if p.ndim != 3 or p.shape[-1] != 3:
-        raise InputError(f"picture: expected shape (H, W, 3), got {p.shape}")
-    im = Image.fromarray(np.round(np.clip(p, 0, 1) * 255).astype(np.uint8))
-    fits = max(1, (im.width - 4) // 6)
-    text = str(text) if len(str(text)) <= fits else str(text)[: max(1, fits - 2)] + ".."
-    w = 6 * len(text) + 4
-    draw = ImageDraw.Draw(im)
-    draw.rectangle((im.width - w, im.height - 13, im.width, im.height), fill=(190, 20, 20))
-    draw.text((im.width - w + 2, im.height - 12), text, fill=(255, 255, 255))
-    return np.asarray(im, np.float32) / 255.0
+    return _text_box(picture, text, "picture", lambda w, h, bw: ((w - bw, h - 13, w, h), (w - bw + 2, h - 12)),
+                     (190, 20, 20))
 
 
 def titled(picture, text: str, *, size: int = 14) -> np.ndarray:
