@@ -44,6 +44,12 @@ __all__ = [
     "max_sensitivity",
     "model_randomization",
     "spearman",
+    "Road",
+    "road",
+    "noisy_linear_imputation",
+    "confidence_change",
+    "drop_in_confidence",
+    "increase_in_confidence",
 ]
 
 
@@ -492,3 +498,16 @@ def model_randomization(net: Any, params: Any, images: jax.Array, target: Any, *
             maps.append(np.asarray(m))
     return Randomization(tuple(order), np.stack(rho) if rho else np.zeros((0, images.shape[0])),
                          np.stack(maps) if return_maps and maps else None)
+
+
+# --------------------------------------------------------------------------------------------
+# ROAD and the confidence changes (pytorch-grad-cam's metrics): see _road.py
+
+from ._road import (  # noqa: E402
+    Road,
+    confidence_change,
+    drop_in_confidence,
+    increase_in_confidence,
+    noisy_linear_imputation,
+    road,
+)
