@@ -125,3 +125,138 @@ def test_confidence_changes_equal_pytorch_grad_cams(setup, pgc_metrics):
     np.testing.assert_allclose(metrics.drop_in_confidence(net, params, x, TARGET, heat), drop, atol=1e-6)
     np.testing.assert_array_equal(metrics.increase_in_confidence(net, params, x, TARGET, heat), inc)
     assert np.abs(change).max() > 1e-4
+
+
+# --------------------------------------------------------------------------- Quantus
+
+
+@pytest.fixture(scope="module")
+def quantus():
+    return pytest.importorskip("quantus")
+
+
+def _nchw(a):
+    a = np.asarray(a, np.float32)
+    return a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2)
+
+
+def _channel_attr(x, seed=3):
+    return np.random.default_rng(seed).normal(size=np.shape(x)).astype(np.float32)  # distinct values: no ties
+
+
+def test_pixel_flipping_equals_quantus(setup, quantus):
+    net, ref, params, x, _ = setup
+    attr = _channel_attr(x)
+    ours = metrics.pixel_flipping(net, params, x, TARGET, attr, features_in_step=64, baseline=0.3, batch_size=7)
+    want = quantus.PixelFlipping(features_in_step=64, perturb_baseline=0.3, normalise=False, disable_warnings=True)(
+        model=ref, x_batch=tr.to_nchw(np.asarray(x)).numpy(), y_batch=TARGET, a_batch=_nchw(attr), device="cpu")
+    want = np.asarray(want)
+    assert ours.scores.shape == want.shape == (2, 48)
+    np.testing.assert_allclose(ours.scores, want, rtol=1e-4, atol=1e-6)
+    assert np.ptp(want) > 0.05  # the curve moves
+    steps = want.shape[1]
+    np.testing.assert_allclose(ours.auc * steps, np.trapezoid(want, dx=1, axis=1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("patch", [8, 12])
+def test_region_perturbation_equals_quantus(setup, quantus, patch):
+    net, ref, params, x, heat = setup
+    ours = metrics.region_perturbation(net, params, x, TARGET, heat, patch_size=patch, regions=6, baseline=0.3)
+    want = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=6, perturb_baseline=0.3, normalise=False,
+                                      disable_warnings=True)(
+        model=ref, x_batch=tr.to_nchw(np.asarray(x)).numpy(), y_batch=TARGET, a_batch=_nchw(heat), device="cpu")
+    want = np.asarray(want)
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-6)
+    assert np.abs(want).max() > 1e-3
+
+
+def test_irof_equals_quantus_on_slic_segments(setup, quantus, monkeypatch):
+    from quantus.functions.perturb_func import baseline_replacement_by_mask
+
+    if not hasattr(np, "trapz"):  # Quantus 0.6 integrates with np.trapz, which NumPy 2.4 removed
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+
+    def by_mask(arr, mask, **kw):  # Quantus 0.6 hands its (N, 1, H, W) segment mask to a function that
+        return baseline_replacement_by_mask(arr, np.broadcast_to(mask, arr.shape), **kw)  # wants (N, C, H, W)
+
+    net, ref, params, x, heat = setup
+    for i in range(2):  # one image per call: Quantus pads a batch's curves to the longest and integrates the padding
+        xi, hi = x[i:i + 1], heat[i:i + 1]
+        ours = metrics.irof(net, params, xi, TARGET[i:i + 1], hi, segments="slic", baseline=0.3)
+        want = quantus.IROF(perturb_func=by_mask, perturb_baseline=0.3, normalise=False, disable_warnings=True, return_aggregate=False)(
+            model=ref, x_batch=tr.to_nchw(np.asarray(xi)).numpy(), y_batch=TARGET[i:i + 1], a_batch=_nchw(hi),
+            device="cpu")
+        np.testing.assert_allclose(ours, np.asarray(want), rtol=1e-4)
+
+
+def test_sparseness_complexity_and_localisation_equal_quantus(setup, quantus):
+    _, _, _, x, heat = setup
+    xt = tr.to_nchw(np.asarray(x)).numpy()
+    attr = _channel_attr(x)
+    kw = dict(normalise=False, disable_warnings=True)
+    for a in (heat, attr):
+        np.testing.assert_allclose(metrics.sparseness(a), quantus.Sparseness(**kw)(
+            model=None, x_batch=xt, y_batch=TARGET, a_batch=_nchw(a)), rtol=1e-5)
+        np.testing.assert_allclose(metrics.complexity(a), quantus.Complexity(**kw)(
+            model=None, x_batch=xt, y_batch=TARGET, a_batch=_nchw(a)), rtol=1e-5)
+    boxes = np.array([[8, 12, 20, 26], [20, 2, 30, 14]])
+    masks = metrics.box_masks(boxes, x.shape)
+    want = quantus.PointingGame(**kw)(model=None, x_batch=xt, y_batch=TARGET, a_batch=_nchw(heat),
+                                      s_batch=masks[:, None])
+    np.testing.assert_allclose(metrics.pointing_game(heat, boxes=boxes), want, rtol=1e-6)
+    assert metrics.pointing_game(heat, boxes=boxes).tolist() == [1.0, 1.0]  # the blobs sit in the boxes
+    # weighted (Quantus 0.6's weighted branch fails on its own array shapes): a hit scores 1 - box area / image
+    np.testing.assert_allclose(metrics.pointing_game(heat, boxes=boxes, weighted=True),
+                               1 - masks.sum((1, 2)) / (SIZE * SIZE), rtol=1e-6)
+    want = quantus.RelevanceMassAccuracy(**kw)(model=None, x_batch=xt, y_batch=TARGET, a_batch=_nchw(heat),
+                                               s_batch=masks[:, None])
+    np.testing.assert_allclose(metrics.relevance_mass(heat, masks=masks), want, rtol=1e-5)
+
+
+def _quantus_explain(net, params, method, **options):
+    def explain(model, inputs, targets, **kwargs):
+        x = jnp.asarray(np.asarray(inputs).transpose(0, 2, 3, 1))
+        return _nchw(A.METHODS[method](net, params, x, jnp.asarray(np.asarray(targets), jnp.int32), **options))
+    return explain
+
+
+def test_random_logit_equals_quantus(setup, quantus):
+    net, ref, params, x, _ = setup
+    np.random.seed(42)  # Quantus' draw of the other class (its seed argument), repeated here
+    draw = np.random.randint(0, 10 - 1, len(TARGET))
+    other = np.array([[c for c in range(10) if c != t][d] for t, d in zip(TARGET, draw)])
+    explain = _quantus_explain(net, params, "grad_cam", layer="relu2_1", upsample=True)
+    want = quantus.RandomLogit(num_classes=10, seed=42, normalise=False, disable_warnings=True)(
+        model=ref, x_batch=tr.to_nchw(np.asarray(x)).numpy(), y_batch=TARGET, a_batch=None, explain_func=explain,
+        device="cpu")
+    ours = metrics.random_logit(net, params, x, TARGET, method="grad_cam", options={"layer": "relu2_1", "upsample": True},
+                                other=other)
+    np.testing.assert_allclose(ours, want, rtol=1e-4)
+    assert np.all(np.asarray(ours) < 0.999)
+    # drawn classes are never the target and follow the key
+    drawn = [metrics.random_logit(net, params, x, TARGET, method="saliency", key=s, similarity="pearson")
+             for s in range(3)]
+    assert all(np.isfinite(d).all() for d in drawn)
+
+
+@pytest.mark.parametrize("name", ["avg_sensitivity", "local_lipschitz"])
+def test_sensitivities_agree_with_quantus_in_distribution(setup, quantus, name):
+    """Different noise draws (Quantus draws with numpy): the averages over 64 draws agree to a few percent, and
+    the exact formula is checked by hand in test_conformance."""
+    net, ref, params, x, _ = setup
+    explain = _quantus_explain(net, params, "saliency")
+    xt = tr.to_nchw(np.asarray(x)).numpy()
+    np.random.seed(0)
+    if name == "avg_sensitivity":
+        want = quantus.AvgSensitivity(nr_samples=64, lower_bound=0.1, normalise=False, disable_warnings=True)(
+            model=ref, x_batch=xt, y_batch=TARGET, a_batch=None, explain_func=explain, device="cpu")
+        ours = metrics.avg_sensitivity(net, params, x, TARGET, samples=64, radius=0.1, key=1)
+        tol = 0.05
+    else:
+        want = quantus.LocalLipschitzEstimate(nr_samples=64, perturb_std=0.05, normalise=False,
+                                              disable_warnings=True)(
+            model=ref, x_batch=xt, y_batch=TARGET, a_batch=None, explain_func=explain, device="cpu")
+        ours = metrics.local_lipschitz(net, params, x, TARGET, samples=64, stdev=0.05, key=1)
+        tol = 0.15  # a maximum over draws
+    np.testing.assert_allclose(ours, want, rtol=tol)
+    assert np.all(np.asarray(want) > 0)

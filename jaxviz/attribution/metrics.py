@@ -44,12 +44,29 @@ __all__ = [
     "max_sensitivity",
     "model_randomization",
     "spearman",
+    "avg_sensitivity",
+    "local_lipschitz",
     "Road",
     "road",
     "noisy_linear_imputation",
     "confidence_change",
     "drop_in_confidence",
     "increase_in_confidence",
+    "Flipping",
+    "pixel_flipping",
+    "region_perturbation",
+    "irof",
+    "monotonicity",
+    "faithfulness_correlation",
+    "grid_segments",
+    "slic_segments",
+    "sparseness",
+    "complexity",
+    "pointing_game",
+    "relevance_mass",
+    "box_masks",
+    "random_logit",
+    "ssim",
 ]
 
 
@@ -256,7 +273,7 @@ def infidelity(net: Any, params: Any, images: jax.Array, target: Any, attributio
 # max-sensitivity
 
 
-_SENS_STATIC = ("net", "target_fn", "base", "static_opts", "samples", "batch_size", "pass_batch")
+_SENS_STATIC = ("net", "target_fn", "base", "static_opts", "samples", "batch_size", "pass_batch", "lipschitz")
 
 
 def _sens_options(static_opts, dyn_opts, pass_batch, batch_size):
@@ -268,7 +285,7 @@ def _sens_options(static_opts, dyn_opts, pass_batch, batch_size):
 
 @functools.partial(jax.jit, static_argnames=_SENS_STATIC)
 def _sens_reference(net, params, images, target_idx, dyn_opts, *, target_fn, base, static_opts, samples, batch_size,
-                    pass_batch):
+                    pass_batch, lipschitz):
     _common.count_trace("max_sensitivity")
     opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
     ref = base(net, params, images, target_fn if target_fn is not None else target_idx, **opts)
@@ -277,31 +294,38 @@ def _sens_reference(net, params, images, target_idx, dyn_opts, *, target_fn, bas
     return ref_flat, jnp.where(norm == 0, 1.0, norm)
 
 
-def _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn, base, samples):
+def _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn, base, samples,
+                lipschitz):
     i = k // samples
-    x = images[i] + _common.uniform_noise(key, k, images.shape[1:], 1.0, samples) * radius
+    if lipschitz:  # Gaussian noise of standard deviation `radius`; ||a' - a|| / (||x' - x|| + 1e-10)
+        d = _common.normal_noise(key, k, images.shape[1:], samples) * radius
+    else:  # uniform noise in [-radius, radius); ||a' - a|| / ||a||
+        d = _common.uniform_noise(key, k, images.shape[1:], 1.0, samples) * radius
     t = target_fn if target_fn is not None else target_idx[i]
-    a = base(net, params, x, t, **opts).reshape(k.shape[0], -1)
-    return jnp.linalg.norm(a - ref_flat[i], axis=1) / ref_norm[i]
+    a = base(net, params, images[i] + d, t, **opts).reshape(k.shape[0], -1)
+    change = jnp.linalg.norm(a - ref_flat[i], axis=1)
+    if lipschitz:
+        return change / (jnp.linalg.norm(d.reshape(k.shape[0], -1), axis=1) + 1e-10)
+    return change / ref_norm[i]
 
 
 @functools.partial(jax.jit, static_argnames=_SENS_STATIC)
 def _sens_chunk(net, params, images, radius, key, target_idx, dyn_opts, ref_flat, ref_norm, k, *, target_fn, base,
-                static_opts, samples, batch_size, pass_batch):
+                static_opts, samples, batch_size, pass_batch, lipschitz):
     _common.count_trace("max_sensitivity")
     opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
     return _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn, base,
-                       samples)
+                       samples, lipschitz)
 
 
 @functools.partial(jax.jit, static_argnames=_SENS_STATIC)
 def _sens_traced(net, params, images, radius, key, target_idx, dyn_opts, ref_flat, ref_norm, *, target_fn, base,
-                 static_opts, samples, batch_size, pass_batch):
+                 static_opts, samples, batch_size, pass_batch, lipschitz):
     _common.count_trace("max_sensitivity")
     opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
     return execution.chunked_map(
         lambda k: _sens_items(net, params, images, radius, key, target_idx, opts, ref_flat, ref_norm, k, target_fn,
-                              base, samples),
+                              base, samples, lipschitz),
         images.shape[0] * samples, batch_size, unroll=True)
 
 
@@ -330,19 +354,26 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
 
         metrics.max_sensitivity(net, params, images, 3, method="saliency", radius=0.02)
     """
+    return jnp.max(_sensitivity(net, params, images, target, method, options, key, samples, radius, batch_size,
+                                False), axis=1)
+
+
+def _sensitivity(net, params, images, target, method, options, key, samples, radius, batch_size, lipschitz):
+    """(N, samples) per-perturbation values of max_sensitivity / avg_sensitivity (relative change of the map
+    under uniform noise) or local_lipschitz (map change over input change under Gaussian noise)."""
     images = _common.check_images(images, net)
     base = _common.resolve_method(method)
     samples = _checks.positive_int(samples, "samples")
     batch_size = _common.check_batch_size(batch_size)
     key = _checks.prng_keys(key, images.shape[0])
     options = _common.check_options(base, options)
-    _checks.positive_number(radius, "radius")
+    _checks.positive_number(radius, "stdev" if lipschitz else "radius")
     if "batch_size" in options:
         raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
     static_opts, dyn_opts = _common.split_options(options)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     kw = dict(target_fn=fn, base=base, static_opts=static_opts, samples=samples, batch_size=batch_size,
-              pass_batch=_common.accepts(base, "batch_size"))
+              pass_batch=_common.accepts(base, "batch_size"), lipschitz=lipschitz)
     ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, **kw)
     radius = jnp.float32(radius)
     n = images.shape[0]
@@ -352,7 +383,58 @@ def max_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, me
         sens = execution.host_map(
             lambda k: _sens_chunk(net, params, images, radius, key, idx, dyn_opts, ref_flat, ref_norm, k, **kw),
             n * samples, batch_size)
-    return jnp.max(sens.reshape(n, samples), axis=1)
+    return sens.reshape(n, samples)
+
+
+def avg_sensitivity(net: Any, params: Any, images: jax.Array, target: Any, *, method: str | Callable = "saliency",
+                    options: Mapping[str, Any] | None = None, key: jax.Array | None = None, samples: int = 200,
+                    radius: float = 0.2, batch_size: int = 16) -> jax.Array:
+    """Average sensitivity of an attribution method (Yeh et al. 2019), Quantus' ``AvgSensitivity``.
+
+    ``mean_s ||attr(x + d_s) - attr(x)|| / ||attr(x)||`` with ``d_s`` uniform in ``[-radius, radius]`` per
+    value (Frobenius norms; a zero map counts as norm 1). Quantus' defaults: 200 samples, ``lower_bound``
+    0.2 (its name for the radius).
+
+    Args:
+      net, params, images, target, method, options, key, batch_size: as for :func:`max_sensitivity`.
+      samples: perturbations per image.
+      radius: half-width of the uniform noise.
+
+    Returns:
+      (N,) average sensitivity (lower is better).
+
+    Example::
+
+        metrics.avg_sensitivity(net, params, images, 3, method="saliency", samples=50)
+    """
+    return jnp.mean(_sensitivity(net, params, images, target, method, options, key, samples, radius, batch_size,
+                                 False), axis=1)
+
+
+def local_lipschitz(net: Any, params: Any, images: jax.Array, target: Any, *, method: str | Callable = "saliency",
+                    options: Mapping[str, Any] | None = None, key: jax.Array | None = None, samples: int = 200,
+                    stdev: float = 0.1, batch_size: int = 16) -> jax.Array:
+    """Local Lipschitz estimate of an attribution method (Alvarez-Melis and Jaakkola 2018), Quantus'
+    ``LocalLipschitzEstimate``.
+
+    ``max_s ||attr(x + d_s) - attr(x)|| / (||d_s|| + 1e-10)`` with Gaussian ``d_s ~ N(0, stdev^2)`` per value
+    (Euclidean norms). Quantus' defaults: 200 samples, ``perturb_std`` 0.1; Quantus also rescales each map by
+    its largest absolute value first (``normalise=True``): give it ``normalise=False`` to compare.
+
+    Args:
+      net, params, images, target, method, options, key, batch_size: as for :func:`max_sensitivity`.
+      samples: perturbations per image.
+      stdev: standard deviation of the noise.
+
+    Returns:
+      (N,) Lipschitz estimate (lower is better).
+
+    Example::
+
+        metrics.local_lipschitz(net, params, images, 3, method="saliency", samples=50)
+    """
+    return jnp.max(_sensitivity(net, params, images, target, method, options, key, samples, stdev, batch_size,
+                                True), axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,3 +593,14 @@ from ._road import (  # noqa: E402
     noisy_linear_imputation,
     road,
 )
+from ._faithfulness import (  # noqa: E402
+    Flipping,
+    faithfulness_correlation,
+    grid_segments,
+    irof,
+    monotonicity,
+    pixel_flipping,
+    region_perturbation,
+    slic_segments,
+)
+from ._properties import box_masks, complexity, pointing_game, random_logit, relevance_mass, sparseness, ssim  # noqa: E402,E501
