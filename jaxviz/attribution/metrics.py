@@ -15,6 +15,16 @@
   with the Spearman rank correlation of each map to the original one. A
   method that explains the model (not just the image) decorrelates fast.
 
+* :func:`road` (Rong et al. 2022) with :func:`noisy_linear_imputation`, and
+  :func:`confidence_change` / :func:`drop_in_confidence` /
+  :func:`increase_in_confidence`: pytorch-grad-cam's metrics, equal to its numbers.
+* Quantus' metrics (Hedström et al. 2023), equal to its numbers where it
+  defines them: :func:`pixel_flipping`, :func:`region_perturbation`,
+  :func:`irof`, :func:`monotonicity`, :func:`faithfulness_correlation`,
+  :func:`avg_sensitivity`, :func:`local_lipschitz`, :func:`sparseness`,
+  :func:`complexity`, :func:`pointing_game`, :func:`relevance_mass`,
+  :func:`random_logit` (docs/attribution.md lists where and why they differ).
+
 All perturbations are evaluated in chunks of ``batch_size`` images per
 forward pass inside one jitted function, and drawn from an explicit key
 (item ``i * samples + s`` uses ``fold_in(key, i * samples + s)``), so the
