@@ -195,12 +195,15 @@ def test_ssim_equals_scikit_images():
 
 
 def test_imputation_reproduces_planes_and_constants():
-    yy, xx = np.mgrid[:16, :16].astype(np.float32)
-    plane = np.stack([0.02 * yy + 0.01 * xx, 0.5 - 0.01 * yy, 0.3 + 0 * xx], -1)[None]
-    removed = np.zeros((1, 16, 16), bool)
-    removed[0, 4:11, 5:12] = True  # interior: the stencil's weights are symmetric, so a plane is harmonic
-    out = metrics.noisy_linear_imputation(plane, removed, noise=0.0)
-    np.testing.assert_allclose(out, plane, atol=1e-5)
+    for h, w in ((16, 16), (37, 21)):  # 37 x 21: padded to 48 x 32 for the multigrid levels
+        yy, xx = np.mgrid[:h, :w].astype(np.float32)
+        plane = np.stack([0.02 * yy + 0.01 * xx, 0.5 - 0.01 * yy, 0.3 + 0 * xx], -1)[None]
+        removed = np.zeros((1, h, w), bool)
+        removed[0, 4:h - 5, 5:w - 4] = True  # interior: the stencil's weights are symmetric, a plane is harmonic
+        out = metrics.noisy_linear_imputation(plane, removed, noise=0.0)
+        np.testing.assert_allclose(out, plane, atol=1e-5)
+    nothing = metrics.noisy_linear_imputation(plane, np.zeros((1, h, w), bool), noise=0.0)
+    np.testing.assert_array_equal(nothing, plane)
     # a constant image survives ROAD untouched: every score change is 0
     const = jnp.full((2, 16, 16, 3), 0.4)
     maps = jnp.asarray(RNG.random((2, 16, 16)), jnp.float32)

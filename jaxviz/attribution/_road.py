@@ -9,8 +9,9 @@ noise. pytorch-grad-cam solves the system on the host with SuperLU
 (``scipy.sparse.linalg.spsolve``), one image and one percentile at a time;
 here it is solved by conjugate gradients on the image grid (the system is
 symmetric positive definite: the weights are symmetric and every removed
-region touches a kept pixel), as part of the same jitted, vmapped program
-that scores the imputed images.
+region touches a kept pixel), preconditioned by one multigrid V-cycle
+(Galerkin coarse grids of 2x2 aggregates), as part of the same jitted,
+vmapped program that scores the imputed images.
 
 The two answers agree to float32 round-off amplified by the system's
 conditioning: ~1e-6 relative at 32 px, up to ~4e-4 at 224 px with 90% of
@@ -52,38 +53,118 @@ def _neighbour_sum(z: jax.Array) -> jax.Array:
     return out
 
 
+#: Coarser grids of the multigrid preconditioner (each halves the grid); the fine grid is padded with
+#: kept pixels to a multiple of 2**LEVELS so that every grid halves evenly.
+LEVELS = 4
+#: Damped-Jacobi sweeps before and after each coarse correction, and on the coarsest grid.
+SMOOTHING, COARSEST_SWEEPS, JACOBI_DAMPING = 2, 30, 0.8
+
+
+def _apply(k: jax.Array, z: jax.Array) -> jax.Array:
+    """A 3x3 stencil with per-pixel coefficients: ``out[p] = sum_d k[d][p] z[p + d]`` (zero outside).
+    k: (9, h, w) (d row-major over the 3x3 offsets), z: (h, w, C)."""
+    h, w = z.shape[0], z.shape[1]
+    p = jnp.pad(z, ((1, 1), (1, 1), (0, 0)))
+    out = k[4][:, :, None] * z
+    for d in range(9):
+        if d != 4:
+            dy, dx = divmod(d, 3)
+            out = out + k[d][:, :, None] * p[dy:dy + h, dx:dx + w]
+    return out
+
+
+def _fine_stencil(r: jax.Array, s: jax.Array) -> jax.Array:
+    """The imputation's operator on the (padded) grid as a stencil: ``S_p`` on the diagonal and ``-w_d``
+    between two removed pixels; identity on kept pixels. r: (h, w) 1.0 where removed; s: summed weights."""
+    h, w = r.shape
+    rp = jnp.pad(r, 1)
+    k = [None] * 9
+    for d in range(9):
+        dy, dx = divmod(d, 3)
+        if d == 4:
+            k[d] = s * r + (1.0 - r)
+        else:
+            k[d] = -float(NEIGHBOUR_WEIGHTS[dy, dx]) * r * rp[dy:dy + h, dx:dx + w]
+    return jnp.stack(k)
+
+
+def _coarsen(k: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Galerkin coarse operator ``P^T A P`` for piecewise-constant aggregation of 2x2 blocks, restricted to
+    removed pixels (a coarse pixel is removed when any of its four is), as a 3x3 stencil again."""
+    h, w = r.shape
+    kr = k.at[4].add(-(1.0 - r))  # the kept pixels' identity is not part of the aggregated operator
+    kc = [0.0] * 9
+    for py in range(2):
+        for px in range(2):
+            for d in range(9):
+                dy, dx = divmod(d, 3)
+                cy, cx = (py + dy - 1) // 2 + 1, (px + dx - 1) // 2 + 1
+                kc[cy * 3 + cx] = kc[cy * 3 + cx] + kr[d, py::2, px::2]
+    rc = jnp.max(r.reshape(h // 2, 2, w // 2, 2), axis=(1, 3))
+    kc[4] = kc[4] + (1.0 - rc)
+    return jnp.stack(kc), rc
+
+
+def _jacobi(k: jax.Array, b: jax.Array, x: jax.Array, sweeps: int) -> jax.Array:
+    # a loop, not unrolled sweeps: XLA would fuse unrolled stencils and recompute each one's neighbours
+    diag = k[4][:, :, None]
+    return jax.lax.fori_loop(0, sweeps, lambda _, v: v + JACOBI_DAMPING * (b - _apply(k, v)) / diag, x)
+
+
+def _vcycle(levels: list, b: jax.Array, level: int = 0) -> jax.Array:
+    """One symmetric V-cycle (damped Jacobi smoothing): an SPD approximation of the operator's inverse."""
+    k, r = levels[level]
+    if level == len(levels) - 1:
+        return _jacobi(k, b, jnp.zeros_like(b), COARSEST_SWEEPS)
+    x = _jacobi(k, b, jnp.zeros_like(b), SMOOTHING)
+    res = (b - _apply(k, x)) * r[..., None]
+    h, w, c = res.shape
+    coarse = _vcycle(levels, res.reshape(h // 2, 2, w // 2, 2, c).sum((1, 3)), level + 1)
+    up = jnp.broadcast_to(coarse[:, None, :, None, :], (h // 2, 2, w // 2, 2, c)).reshape(h, w, c)
+    return _jacobi(k, b, x + up * r[..., None], SMOOTHING)
+
+
 def _solve(image: jax.Array, removed: jax.Array, tol: float, max_iter: int) -> jax.Array:
     """The linear imputation of one (H, W, C) image: removed (H, W) bool -> the filled image.
 
     For each removed pixel p: ``S_p x_p - sum_{q removed} w_q x_q = sum_{q kept} w_q v_q`` (``S_p`` the summed
-    weights of p's neighbours inside the image), solved by conjugate gradients with the kept pixels pinned by
-    an identity block (so the operator is SPD on the whole grid).
+    weights of p's neighbours inside the image), solved by conjugate gradients preconditioned with one
+    multigrid V-cycle (~20-30 iterations at 224 px where plain CG takes ~350), with the kept pixels pinned
+    by an identity block so the operator is SPD on the whole grid.
     """
-    r = removed[..., None].astype(image.dtype)
-    s = _neighbour_sum(jnp.ones_like(image))
-
-    def op(z):
-        return r * (s * z - _neighbour_sum(r * z)) + (1.0 - r) * z
-
-    b = r * _neighbour_sum((1.0 - r) * image)
+    h, w, _ = image.shape
+    r = removed.astype(image.dtype)
+    s = _neighbour_sum(jnp.ones((h, w, 1), image.dtype))[..., 0]
+    b = r[..., None] * _neighbour_sum((1.0 - r[..., None]) * image)
+    # pad with kept pixels (no couplings, zero right-hand side) to a size that halves LEVELS times
+    m = 2 ** LEVELS
+    ph, pw = (-h) % m, (-w) % m
+    r_p, s_p = jnp.pad(r, ((0, ph), (0, pw))), jnp.pad(s, ((0, ph), (0, pw)))
+    b = jnp.pad(b, ((0, ph), (0, pw), (0, 0)))
+    k = _fine_stencil(r_p, s_p)
+    levels = [(k, r_p)]
+    while len(levels) <= LEVELS and min(levels[-1][1].shape) >= 16:
+        levels.append(_coarsen(*levels[-1]))
     bb = jnp.vdot(b, b)
 
     def cond(state):
-        _, _, _, rs, k = state
-        return (rs > (tol * tol) * bb) & (k < max_iter)
+        _, res, _, _, _, it = state
+        return (jnp.vdot(res, res) > (tol * tol) * bb) & (it < max_iter)
 
     def body(state):
-        x, res, p, rs, k = state
-        ap = op(p)
-        alpha = rs / jnp.vdot(p, ap)
+        x, res, z, p, rz, it = state
+        ap = _apply(k, p)
+        alpha = rz / jnp.vdot(p, ap)
         x = x + alpha * p
         res = res - alpha * ap
-        rs_new = jnp.vdot(res, res)
-        return x, res, res + (rs_new / rs) * p, rs_new, k + 1
+        z = _vcycle(levels, res)
+        rz_new = jnp.vdot(res, z)
+        return x, res, z, z + (rz_new / rz) * p, rz_new, it + 1
 
-    x0 = jnp.zeros_like(image)
-    x, *_ = jax.lax.while_loop(cond, body, (x0, b, b, bb, jnp.int32(0)))
-    return jnp.where(r > 0, x, image)
+    z0 = _vcycle(levels, b)
+    start = (jnp.zeros_like(b), b, z0, z0, jnp.vdot(b, z0), jnp.int32(0))
+    x = jax.lax.while_loop(cond, body, start)[0]  # nothing removed: b = 0 and the loop does not run
+    return jnp.where(r[..., None] > 0, x[:h, :w], image)
 
 
 def noisy_linear_imputation(images: jax.Array, removed: jax.Array, *, noise: float = 0.01,
@@ -195,7 +276,7 @@ def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *
         x = jnp.where(removed[..., None], filled + noise * eps, images[i])
         return _target_score(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
 
-    after = execution.chunked_map(body, n * 2 * p, batch_size).reshape(n, 2, p)
+    after = execution.chunked_map(body, n * 2 * p, batch_size, even=True).reshape(n, 2, p)
     diff = after - before[:, None, None]
     morf, lerf = diff[:, 0], diff[:, 1]
     return morf, lerf, (jnp.mean(lerf, axis=1) - jnp.mean(morf, axis=1)) / 2
@@ -203,7 +284,7 @@ def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *
 
 def road(net: Any, params: Any, images: jax.Array, target: Any, maps: jax.Array, *,
          percentiles: Sequence[float] = PERCENTILES, noise: float = 0.01, key: jax.Array | None = None,
-         probabilities: bool = True, batch_size: int = 16, tol: float = 1e-6, max_iter: int = 10_000) -> Road:
+         probabilities: bool = True, batch_size: int = 8, tol: float = 1e-6, max_iter: int = 10_000) -> Road:
     """ROAD: RemOve And Debias (Rong et al. 2022), pytorch-grad-cam's ``ROADCombined`` and its parts.
 
     For each percentile p and each order, the pixels ranked most (MoRF) or least (LeRF) relevant by the map
@@ -226,7 +307,8 @@ def road(net: Any, params: Any, images: jax.Array, target: Any, maps: jax.Array,
         (image i, order o = 0 MoRF / 1 LeRF, percentile j) uses ``fold_in(key, item)``.
       probabilities: score the softmax probability (pytorch-grad-cam's ``ClassifierOutputSoftmaxTarget``,
         as its ROAD tutorial does) rather than the logit (``ClassifierOutputTarget``).
-      batch_size: imputed images per forward pass (results do not depend on it).
+      batch_size: imputed images per forward pass (results do not depend on it); the chunks are evened out
+        (18 items at 8 run as 3 of 6: one compiled program).
       tol, max_iter: the conjugate-gradient solve (see :func:`noisy_linear_imputation`).
 
     Returns:
