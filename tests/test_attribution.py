@@ -289,11 +289,26 @@ def _call(name, net, params, x, t=2):
     return out
 
 
+@pytest.fixture(scope="module")
+def biased():
+    """FullGrad needs convolutions (GapNet's 1x1 "conv" is a Dense): a small VGG, 3 classes like GapNet."""
+    from jaxviz import weights
+
+    net = models.VGG(stages=((4,), (4,)), fc_features=8, num_classes=3, pool_output=(1, 1))
+    params = weights.random(net, seed=3)
+    x = jnp.asarray(np.random.RandomState(0).rand(2, H, W, 3), jnp.float32)
+    return net, params, x
+
+
+def _model_for(name, gap, request):
+    return request.getfixturevalue("biased") if name == "full_grad" else gap
+
+
 @pytest.mark.parametrize("name", sorted(A.METHODS))
-def test_conformance(gap, name):
-    net, params, x = gap
+def test_conformance(gap, name, request):
+    net, params, x = _model_for(name, gap, request)
     out = _call(name, net, params, x)
-    expect_shape = (2, H // 2, W // 2) if name in A.LAYER_METHODS else x.shape
+    expect_shape = (2, H // 2, W // 2) if name in A.LAYER_METHODS else x.shape[:3] if name == "full_grad" else x.shape
     assert out.shape == expect_shape and out.dtype == jnp.float32
     assert np.all(np.isfinite(out)) and np.any(out != 0)
     # jit == eager
@@ -311,10 +326,10 @@ def test_conformance(gap, name):
 
 
 @pytest.mark.parametrize("name", sorted(set(A.METHODS) - TARGET_FREE))
-def test_traced_out_of_range_target_gives_nan_not_a_plausible_map(gap, name):
+def test_traced_out_of_range_target_gives_nan_not_a_plausible_map(gap, name, request):
     """Under the caller's jit the target cannot be checked: the bad image's map is all NaN, the good one unchanged."""
-    net, params, x = gap
-    k = params["params"]["fc"]["kernel"].shape[1]
+    net, params, x = _model_for(name, gap, request)
+    k = 3
     for bad in (k, -1):
         out = np.asarray(jax.jit(lambda t: _call(name, net, params, x, t))(jnp.array([1, bad])))
         assert np.isnan(out[1]).all()
@@ -337,7 +352,8 @@ def test_batch_size_independence(gap, name):
 
 def test_registry_and_exports():
     assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
-                              "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", *A.CAM_METHODS}
+                              "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", "full_grad",
+                              *A.CAM_METHODS}
     for name in A.__all__:
         assert hasattr(A, name), name
     assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)

@@ -652,3 +652,18 @@ def test_resize_modes_crop_pad_stretch(model, tmp_path, capsys):
     capsys.readouterr()
     assert (_cut("crop", (60, 80)), _cut("crop", (80, 60)), _cut("crop", (50, 50)), _cut("pad", (60, 80))) == (
         " (sides cut)", " (top, bottom cut)", "", "")
+
+
+def test_full_grad_writes_input_resolution_maps_equal_to_the_library(folder, model, tmp_path):
+    from jaxviz import attribution
+
+    net, params = model
+    out = tmp_path / "fg"
+    assert cli.main(_args(folder, out, "--method", "full_grad", "--target", "1", "--no-progress")) == 0
+    x = _load_all(folder)
+    want = np.asarray(attribution.full_grad(net, params, x, 1))
+    for i in range(N):
+        got = np.load(out / f"img{i}.png.npy")
+        assert got.shape == (32, 32)
+        np.testing.assert_allclose(got, want[i], rtol=1e-4, atol=1e-5)
+        assert image.load(out / f"img{i}.png.png").shape[-1] == 3

@@ -115,7 +115,7 @@ def test_demo_writes_pictures_and_reuses_work(trained, tmp_path, monkeypatch, ca
     probs = np.asarray(jax.nn.softmax(train.predict(run.net, run.params, x), -1))
     labels = [f"{run.test.classes[p]} {100 * probs[i, p]:.0f}%" for i, p in enumerate(pred)]
     family = demo_cmd._cam_family()
-    assert [n for n, _, _ in family] == [n for n in attribution.CAM_METHODS if n != "grad_cam"]
+    assert [n for n, _, _ in family] == [n for n in attribution.CAM_METHODS if n != "grad_cam"] + ["full_grad"]
     for name, _, options in demo_cmd.METHODS + family:
         got = np.load(out / "maps" / f"{name}.npy")
         want = np.asarray(attribution.METHODS[name](run.net, run.params, x, pred, **options))

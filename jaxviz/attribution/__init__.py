@@ -76,6 +76,7 @@ METHODS: dict[str, Callable] = {
     "eigen_grad_cam": eigen_grad_cam,
     "score_cam": score_cam,
     "ablation_cam": ablation_cam,
+    "full_grad": full_grad,
 }
 
 #: Methods returning (N, h, w) layer maps (upsample=True gives (N, H, W)).

@@ -63,11 +63,13 @@ def _pick(run_: Any, per_class: int) -> np.ndarray:
 
 
 def _cam_family():
-    """(name, title, options) of the CAM family beyond Grad-CAM, drawn in ``cam_family.png`` beside Grad-CAM."""
+    """(name, title, options) of the CAM family beyond Grad-CAM (and FullGrad), drawn in ``cam_family.png`` beside
+    Grad-CAM."""
     from ..attribution import CAM_METHODS
     from ..viz import METHOD_TITLES
 
-    return tuple((n, METHOD_TITLES[n], {"upsample": True}) for n in CAM_METHODS if n != "grad_cam")
+    layer = tuple((n, METHOD_TITLES[n], {"upsample": True}) for n in CAM_METHODS if n != "grad_cam")
+    return layer + (("full_grad", METHOD_TITLES["full_grad"], {}),)  # input-resolution maps already
 
 
 def _html(out: Path, info: dict) -> str:

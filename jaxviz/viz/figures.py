@@ -46,11 +46,12 @@ METHOD_TITLES = {
     "grad_cam_plus_plus": "Grad-CAM++", "xgrad_cam": "XGrad-CAM", "hires_cam": "HiResCAM",
     "grad_cam_elementwise": "Grad-CAM (element-wise)", "layer_cam": "LayerCAM", "eigen_cam": "Eigen-CAM",
     "eigen_grad_cam": "Eigen-Grad-CAM", "score_cam": "Score-CAM", "ablation_cam": "Ablation-CAM",
+    "full_grad": "FullGrad",
 }
 
 
 _LAYER_MAPS = {"grad_cam", "cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "grad_cam_elementwise", "layer_cam",
-               "eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam"}
+               "eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "full_grad"}
 
 
 def heat_title(name: str) -> str:
