@@ -201,3 +201,21 @@ def test_full_grad_needs_exposed_biases():
     with pytest.raises(ModelError, match="full_grad needs the output of every convolution with a bias as a tap; "
                                          "'layer1_0/conv1' of"):
         A.full_grad(net, params, jnp.zeros((1, 32, 32, 3)), 0)
+
+
+def test_score_cam_runs_dead_channels_once_and_still_equals_pytorch_grad_cam(setup):
+    """Channels constant over the map (here killed by a large negative bias) share one forward pass of the zero
+    image; the map stays pytorch-grad-cam's, for any batch size (the last chunk overlapping the previous)."""
+    net, ref, params, x, xt = setup
+    import copy
+
+    dead = copy.deepcopy(ref)
+    with torch.no_grad():
+        dead.features[5].bias[:5] = -1e3  # conv2_1: relu2_1 channels 0-4 are all zero
+    p2 = weights.from_torchvision(dead.state_dict(), net)
+    a = np.asarray(jax.jit(lambda p, v: net.apply(p, v, taps=LAYER))(p2, x)[LAYER])
+    assert (a[..., :5] == 0).all() and (a.max((1, 2)) > a.min((1, 2))).sum() == 2 * (a.shape[-1] - 5)
+    want = peer("score_cam", dead, [INDEX], xt, [ClassifierOutputTarget(t) for t in TARGET])
+    for b in (3, 5, 64):
+        got = A.cam_map("score_cam", net, p2, x, TARGET, layer=LAYER, normalize=True, upsample=True, batch_size=b)
+        assert rel_err(got, want) < 1e-4, (b, rel_err(got, want))

@@ -202,14 +202,30 @@ def _score_core(net, params, images, target_idx, *, target_fn, layer, batch_size
     lo, hi = up.min(axis=(1, 2), keepdims=True), up.max(axis=(1, 2), keepdims=True)
     masks = (up - lo) / (hi - lo + 1e-8)  # (N, H, W, C)
 
-    def body(idx):
+    def score(idx):
         i, ch = idx // c, idx % c
         masked = images[i] * jnp.take_along_axis(masks[i], ch[:, None, None, None], axis=-1)
         out = protocol.forward(net, params, masked)
         return _common.scores(out, target_fn, None if target_idx is None else target_idx[i])
 
-    scores = chunked_map(body, n * c, batch_size).reshape(n, c)
-    return _weighted_sum(a, jax.nn.softmax(scores, axis=-1), eigen_smooth)
+    # A channel that is constant over the map (dead ReLUs: ~6% of relu5_3's on a random VGG16, ~15% on a
+    # trained one) has an all-zero mask, so its masked image is the zero image for every such channel: one
+    # forward pass of it serves them all, and only the other channels are run, in chunks of batch_size.
+    flat = (hi == lo).reshape(n * c)
+    zero = protocol.forward(net, params, jnp.zeros((1,) + images.shape[1:], images.dtype))
+    zero_scores = _common.scores(jnp.broadcast_to(zero, (n,) + zero.shape[1:]), target_fn, target_idx)
+    order = jnp.argsort(flat, stable=True).astype(jnp.int32)  # the varying channels first
+    todo = n * c - jnp.sum(flat, dtype=jnp.int32)
+    b = min(batch_size, n * c)
+    scores = jnp.repeat(zero_scores, c).astype(jnp.float32)
+
+    def step(state):
+        start, acc = state
+        idx = jax.lax.dynamic_slice(order, (jnp.minimum(start, n * c - b),), (b,))  # the last chunk may overlap
+        return start + b, acc.at[idx].set(score(idx).astype(acc.dtype))
+
+    _, scores = jax.lax.while_loop(lambda st: st[0] < todo, step, (jnp.int32(0), scores))
+    return _weighted_sum(a, jax.nn.softmax(scores.reshape(n, c), axis=-1), eigen_smooth)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "layer", "batch_size", "eigen_smooth", "suffix"))
