@@ -279,6 +279,8 @@ OPTIONS = {
     "occlusion": dict(window=3, stride=2, batch_size=4),
     "score_cam": dict(batch_size=3),
     "ablation_cam": dict(batch_size=3),
+    "feature_ablation": dict(segments=3, batch_size=4),
+    "rise": dict(masks=10, cells=2, batch_size=6),
 }
 #: methods whose map does not depend on the target (Eigen-CAM: the activation's principal component)
 TARGET_FREE = {"eigen_cam"}
@@ -308,7 +310,7 @@ def _model_for(name, gap, request):
 def test_conformance(gap, name, request):
     net, params, x = _model_for(name, gap, request)
     out = _call(name, net, params, x)
-    expect_shape = (2, H // 2, W // 2) if name in A.LAYER_METHODS else x.shape[:3] if name == "full_grad" else x.shape
+    expect_shape = (2, H // 2, W // 2) if name in A.LAYER_METHODS else x.shape[:3] if name in A.PIXEL_MAP_METHODS else x.shape
     assert out.shape == expect_shape and out.dtype == jnp.float32
     assert np.all(np.isfinite(out)) and np.any(out != 0)
     # jit == eager
@@ -353,7 +355,7 @@ def test_batch_size_independence(gap, name):
 def test_registry_and_exports():
     assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
                               "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", "full_grad",
-                              *A.CAM_METHODS}
+                              "feature_ablation", "rise", *A.CAM_METHODS}
     for name in A.__all__:
         assert hasattr(A, name), name
     assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)
@@ -363,7 +365,7 @@ def test_registry_and_exports():
 def test_callable_models_accepted(lin, name):
     params, x = lin
     out = A.METHODS[name](linear, params, x, 0, **OPTIONS.get(name, {}))
-    assert out.shape == x.shape
+    assert out.shape == (x.shape[:3] if name in A.PIXEL_MAP_METHODS else x.shape)
 
 
 # ------------------------------------------------------------------ errors

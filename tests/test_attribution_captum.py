@@ -155,3 +155,25 @@ def test_occlusion(setup, window, stride, baseline, method):
     # each value is a difference f(x) - f(x occluded) of two nearly equal logits: float32 round-off of the
     # logits (~1e-7 relative) is amplified by |logit| / |difference|, hence the looser bound
     assert rel_err(ours, nhwc(cap)) < 1e-3
+
+
+@pytest.mark.parametrize("segments", [8, "labels", "slic"])
+def test_feature_ablation(setup, segments):
+    """Captum's FeatureAblation with the segments as its feature_mask (broadcast over channels)."""
+    from jaxviz.attribution import metrics
+
+    net, ref, params, x, xt = setup
+    if segments == "labels":  # one label image per image, different counts
+        rng = np.random.default_rng(1)
+        segments = np.stack([rng.integers(0, 5, (SIZE, SIZE)), rng.integers(0, 9, (SIZE, SIZE))]).astype(np.int32)
+        mask = segments
+    elif segments == "slic":
+        pytest.importorskip("skimage")
+        mask = metrics.slic_segments(x)
+    else:
+        mask = np.broadcast_to(metrics.grid_segments(x.shape, segments), (2, SIZE, SIZE))
+    ours = A.feature_ablation(net, params, x, TARGET, segments=segments, baseline=0.25, batch_size=7)
+    cap = captum_attr.FeatureAblation(ref).attribute(xt, target=TARGET, baselines=0.25,
+                                                     feature_mask=torch.from_numpy(np.asarray(mask))[:, None].long())
+    assert rel_err(ours, nhwc(cap)) < 1e-3
+    assert np.abs(np.asarray(ours)).max() > 0

@@ -667,3 +667,27 @@ def test_full_grad_writes_input_resolution_maps_equal_to_the_library(folder, mod
         assert got.shape == (32, 32)
         np.testing.assert_allclose(got, want[i], rtol=1e-4, atol=1e-5)
         assert image.load(out / f"img{i}.png.png").shape[-1] == 3
+
+
+def test_rise_and_feature_ablation_through_the_cli(folder, model, tmp_path):
+    """RISE (one key per image, from its file name: a lone image gets the same map) and feature ablation."""
+    from jaxviz import attribution
+
+    net, params = model
+    out = tmp_path / "rf"
+    opts = ["--method", "rise,feature_ablation", "--target", "2", "--option", "masks=12", "--option", "cells=4",
+            "--option", "segments=8", "--no-progress", "--batch-size", "3"]
+    assert cli.main(_args(folder, out, *opts)) == 0
+    x = _load_all(folder)
+    want = np.asarray(attribution.feature_ablation(net, params, x, 2, segments=8))
+    for i in range(N):
+        np.testing.assert_allclose(np.load(out / "feature_ablation" / f"img{i}.png.npy"), want[i], rtol=1e-4,
+                                   atol=1e-5)
+        assert np.load(out / "rise" / f"img{i}.png.npy").shape == (32, 32)
+    # the same image alone in a folder: the same RISE map (its key follows its name, not its batch position)
+    solo = tmp_path / "solo"
+    solo.mkdir()
+    (solo / "img3.png").write_bytes((folder / "img3.png").read_bytes())
+    assert cli.main(_args(solo, tmp_path / "solo_out", *opts)) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "solo_out" / "rise" / "img3.png.npy"),
+                               np.load(out / "rise" / "img3.png.npy"), rtol=1e-4, atol=1e-5)

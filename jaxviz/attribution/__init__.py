@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import metrics
+from .ablation import feature_ablation, rise, rise_masks
 from .cam import cam, grad_cam, guided_grad_cam
 from .cams import (
     CAM_METHODS,
@@ -77,20 +78,30 @@ METHODS: dict[str, Callable] = {
     "score_cam": score_cam,
     "ablation_cam": ablation_cam,
     "full_grad": full_grad,
+    "feature_ablation": feature_ablation,
+    "rise": rise,
 }
 
 #: Methods returning (N, h, w) layer maps (upsample=True gives (N, H, W)).
 LAYER_METHODS = frozenset({"grad_cam", "cam", *CAM_METHODS})
 #: Methods that accept any f(params, images) -> logits in place of a jaxviz model.
-CALLABLE_METHODS = frozenset({"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion"})
+CALLABLE_METHODS = frozenset({"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion",
+                              "feature_ablation", "rise"})
+#: Methods returning one value per input pixel, (N, H, W) (the rest of the pixel methods give (N, H, W, 3)).
+PIXEL_MAP_METHODS = frozenset({"full_grad", "rise"})
 #: Methods with a batch_size knob.
-SAMPLING_METHODS = frozenset({"integrated_gradients", "smoothgrad", "occlusion", "score_cam", "ablation_cam"})
+SAMPLING_METHODS = frozenset({"integrated_gradients", "smoothgrad", "occlusion", "score_cam", "ablation_cam",
+                              "feature_ablation", "rise"})
 
 __all__ = [
     "METHODS",
     "LAYER_METHODS",
     "CALLABLE_METHODS",
     "SAMPLING_METHODS",
+    "PIXEL_MAP_METHODS",
+    "feature_ablation",
+    "rise",
+    "rise_masks",
     "AUTO_GROUPS",
     "AUTO_GROUPS_SAVED_MACS",
     "AUTO_THRESHOLD",

@@ -31,7 +31,7 @@ def heat(name: str, attr: np.ndarray) -> np.ndarray:
     a = np.asarray(attr, np.float32)
     if a.ndim == 3:
         return np.maximum(a, 0)
-    if name == "occlusion":
+    if name in ("occlusion", "feature_ablation"):
         return np.maximum(a.mean(-1), 0)
     if name == "saliency":
         return np.abs(a).max(-1)
@@ -46,18 +46,18 @@ METHOD_TITLES = {
     "grad_cam_plus_plus": "Grad-CAM++", "xgrad_cam": "XGrad-CAM", "hires_cam": "HiResCAM",
     "grad_cam_elementwise": "Grad-CAM (element-wise)", "layer_cam": "LayerCAM", "eigen_cam": "Eigen-CAM",
     "eigen_grad_cam": "Eigen-Grad-CAM", "score_cam": "Score-CAM", "ablation_cam": "Ablation-CAM",
-    "full_grad": "FullGrad",
+    "full_grad": "FullGrad", "rise": "RISE", "feature_ablation": "Feature ablation",
 }
 
 
 _LAYER_MAPS = {"grad_cam", "cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "grad_cam_elementwise", "layer_cam",
-               "eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "full_grad"}
+               "eigen_cam", "eigen_grad_cam", "score_cam", "ablation_cam", "full_grad", "rise"}
 
 
 def heat_title(name: str) -> str:
     """What :func:`heat`'s values are for method ``name``, for a colour bar's title."""
-    if name in ("saliency", "occlusion"):
-        return {"saliency": "max |grad|", "occlusion": "score drop"}[name]
+    if name in ("saliency", "occlusion", "feature_ablation"):
+        return {"saliency": "max |grad|", "occlusion": "score drop", "feature_ablation": "score drop"}[name]
     if name in _LAYER_MAPS:  # the map itself, named
         return METHOD_TITLES[name]
     return "sum |attr|"
