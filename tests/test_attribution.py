@@ -54,6 +54,25 @@ def test_input_x_gradient_linear(lin):
     np.testing.assert_allclose(A.input_x_gradient(linear, params, x, 1), x * wmap(params, 1), rtol=1e-6)
 
 
+def test_gradient_shap_linear_is_exact_and_complete(lin):
+    """On a linear model every draw's gradient is w: the map is w * (x - mean of the drawn baselines); with one
+    baseline, exactly w * (x - b), whose sum is the score difference (completeness)."""
+    params, x = lin
+    got = A.gradient_shap(linear, params, x, 1, baselines=0.25, samples=3, key=2)
+    np.testing.assert_allclose(got, (x - 0.25) * wmap(params, 1), rtol=1e-5, atol=1e-6)
+    diff = np.asarray(linear(params, x))[:, 1] - np.asarray(linear(params, jnp.full_like(x, 0.25)))[:, 1]
+    np.testing.assert_allclose(np.asarray(got).sum((1, 2, 3)), diff, rtol=1e-4)
+    bases = jnp.stack([jnp.zeros_like(x[0]), jnp.ones_like(x[0])])
+    from jaxviz.attribution import shap
+
+    which = np.asarray(shap.shap_draws(jax.random.key(5), jnp.arange(2 * 8), x.shape[1:], 8, 2)[0]).reshape(2, 8)
+    got = A.gradient_shap(linear, params, x, 1, baselines=bases, samples=8, key=5, batch_size=3)
+    mean_base = which.mean(1)[:, None, None, None]  # the drawn baselines' mean image (0 or 1 each)
+    np.testing.assert_allclose(got, (x - mean_base) * wmap(params, 1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="baselines"):
+        A.gradient_shap(linear, params, x, 1, baselines=np.zeros((2, 3, 3, 3)))
+
+
 def test_targets_int_per_image_and_callable_agree(lin):
     params, x = lin
     per_image = A.saliency(linear, params, x, [0, 2], abs=False)
@@ -281,6 +300,7 @@ OPTIONS = {
     "ablation_cam": dict(batch_size=3),
     "feature_ablation": dict(segments=3, batch_size=4),
     "rise": dict(masks=10, cells=2, batch_size=6),
+    "gradient_shap": dict(samples=3, stdev=0.1, key=jax.random.key(0), batch_size=2),
 }
 #: methods whose map does not depend on the target (Eigen-CAM: the activation's principal component)
 TARGET_FREE = {"eigen_cam"}
@@ -355,7 +375,7 @@ def test_batch_size_independence(gap, name):
 def test_registry_and_exports():
     assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
                               "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", "full_grad",
-                              "feature_ablation", "rise", *A.CAM_METHODS}
+                              "feature_ablation", "rise", "gradient_shap", *A.CAM_METHODS}
     for name in A.__all__:
         assert hasattr(A, name), name
     assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)

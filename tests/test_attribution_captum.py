@@ -177,3 +177,30 @@ def test_feature_ablation(setup, segments):
                                                      feature_mask=torch.from_numpy(np.asarray(mask))[:, None].long())
     assert rel_err(ours, nhwc(cap)) < 1e-3
     assert np.abs(np.asarray(ours)).max() > 0
+
+
+@pytest.mark.parametrize("stdev", [0.0, 0.05])
+def test_gradient_shap(setup, monkeypatch, stdev):
+    """Captum draws the baselines with np.random.choice, the path points with np.random.uniform and the noise
+    with torch.normal in NoiseTunnel._add_noise_to_input: each is handed jaxviz's documented draws."""
+    from captum.attr._core.noise_tunnel import NoiseTunnel
+
+    from jaxviz.attribution import shap
+
+    net, ref, params, x, xt = setup
+    n, samples = x.shape[0], 4
+    baselines = np.random.RandomState(3).rand(3, SIZE, SIZE, 3).astype(np.float32) * 0.5
+    key = jax.random.key(11)
+    ours = A.gradient_shap(net, params, x, TARGET, baselines=baselines, samples=samples, stdev=stdev, key=key,
+                           batch_size=3)
+    which, alpha, eps = (np.asarray(v) for v in shap.shap_draws(key, jnp.arange(n * samples), x.shape[1:], samples,
+                                                                  len(baselines)))
+    monkeypatch.setattr(np.random, "choice", lambda *a, **k: which)
+    monkeypatch.setattr(np.random, "uniform", lambda *a, **k: alpha.astype(np.float64))
+    noise = torch.from_numpy(eps.transpose(0, 3, 1, 2).copy())
+    monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input",
+                        staticmethod(lambda inp, sd, part: inp.repeat_interleave(part, dim=0) + sd * noise))
+    cap = captum_attr.GradientShap(ref).attribute(xt.clone().requires_grad_(), baselines=tr.to_nchw(baselines),
+                                                  n_samples=samples, stdevs=stdev, target=TARGET)
+    assert rel_err(ours, nhwc(cap)) < 1e-4, rel_err(ours, nhwc(cap))
+    assert np.abs(np.asarray(ours)).max() > 0
