@@ -204,3 +204,40 @@ def test_gradient_shap(setup, monkeypatch, stdev):
                                                   n_samples=samples, stdevs=stdev, target=TARGET)
     assert rel_err(ours, nhwc(cap)) < 1e-4, rel_err(ours, nhwc(cap))
     assert np.abs(np.asarray(ours)).max() > 0
+
+
+def test_kernel_shap(setup, monkeypatch):
+    """Captum's KernelShap draws its coalitions from kernel_shap_perturb_generator: it is handed jaxviz's
+    (image i's from fold_in(key, i)); the weighted regressions (scikit-learn's for Captum) then agree."""
+    from captum.attr._core.kernel_shap import KernelShap
+
+    from jaxviz.attribution import metrics, shap
+
+    net, ref, params, x, xt = setup
+    samples, key = 40, jax.random.key(4)
+    labels = metrics.grid_segments(x.shape, 8)  # 16 squares
+    ours = A.kernel_shap(net, params, x, TARGET, segments=8, samples=samples, baseline=0.3, key=key, batch_size=9)
+    draws = iter([np.asarray(shap.kernel_shap_samples(jax.random.fold_in(key, i), 16, samples, 16))
+                  for i in range(len(TARGET))])
+
+    def generator(self, original_inp, **kwargs):
+        for row in next(draws):
+            yield torch.from_numpy(row[None].astype(np.int64))
+
+    monkeypatch.setattr(KernelShap, "kernel_shap_perturb_generator", generator)
+    mask = torch.from_numpy(np.broadcast_to(labels, (2, SIZE, SIZE)).copy())[:, None].long()
+    cap = KernelShap(ref).attribute(xt, target=TARGET, baselines=0.3, feature_mask=mask, n_samples=samples)
+    assert rel_err(ours, nhwc(cap)) < 1e-4, rel_err(ours, nhwc(cap))
+    assert np.abs(np.asarray(ours)).max() > 0
+
+
+def test_kernel_shap_samples_follow_the_shapley_kernel():
+    from jaxviz.attribution import shap
+
+    z = np.asarray(shap.kernel_shap_samples(jax.random.key(0), 6, 4002, 9))
+    assert (z[0, :6] == 1).all() and (z[1] == 0).all() and (z[:, 6:] == 0).all()
+    sizes = z[2:].sum(1).astype(int)
+    p = np.array([5 / (k * (6 - k)) for k in range(1, 6)])
+    p /= p.sum()
+    np.testing.assert_allclose(np.bincount(sizes, minlength=6)[1:] / len(sizes), p, atol=0.02)
+    assert abs(z[2:, :6].mean(0) - z[2:, :6].mean()).max() < 0.03  # every segment equally likely

@@ -27,7 +27,7 @@ from ..errors import InputError
 from . import _common
 from .saliency import gradients
 
-__all__ = ["gradient_shap", "shap_draws"]
+__all__ = ["gradient_shap", "shap_draws", "kernel_shap", "kernel_shap_samples", "INF_WEIGHT"]
 
 
 def shap_draws(key: jax.Array, items: jax.Array, shape: tuple[int, ...], samples: int, baselines: int):
@@ -124,3 +124,125 @@ def gradient_shap(net: Any, params: Any, images: jax.Array, target: Any, *, base
             lambda k: _chunk(net, params, images, base, sd, key, idx, k, target_fn=fn, samples=samples),
             n * samples, batch_size)
     return total / samples
+
+
+# --------------------------------------------------------------------------------------------
+# KernelSHAP over segments
+
+#: The weight KernelSHAP gives its all-present and all-absent samples (Captum's ``inf_weight``): the fitted
+#: model then (almost) meets both end points, ``f(x)`` and ``f(baseline)``.
+INF_WEIGHT = 1e6
+
+
+def kernel_shap_samples(key: jax.Array, features: jax.Array, samples: int, width: int) -> jax.Array:
+    """The coalitions (samples, width) of one image with ``features`` segments (<= width; the rest of the
+    columns stay 0): all present, all absent, then per sample a size ``k`` in 1..M-1 drawn with
+    ``p(k) ~ (M - 1) / (k (M - k))`` and ``k`` segments drawn uniformly (Captum's KernelShap sampler).
+    Sample j >= 2 uses ``fold_in(key, j)``."""
+    m = features
+    ks = jnp.arange(width + 1, dtype=jnp.float32)
+    ok = (ks >= 1) & (ks <= m - 1)
+    logits = jnp.where(ok, jnp.log(jnp.maximum(m - 1, 1) / jnp.where(ok, ks * (m - ks), 1.0)), -jnp.inf)
+    cols = jnp.arange(width)
+
+    def one(j):
+        k1, k2 = jax.random.split(jax.random.fold_in(key, j))
+        k = jnp.where(m > 1, jax.random.categorical(k1, logits), 0)
+        vals = jnp.where(cols < m, jax.random.normal(k2, (width,)), -jnp.inf)
+        rank = jnp.argsort(jnp.argsort(-vals))
+        return (rank < k).astype(jnp.float32)
+
+    rest = jax.vmap(one)(jnp.arange(2, samples))
+    ones = (cols < m).astype(jnp.float32)[None]
+    return jnp.concatenate([ones, jnp.zeros_like(ones), rest])[:samples]
+
+
+def _wls(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares with an intercept, in float64 on the host (as scikit-learn's LinearRegression,
+    which Captum uses): per image, (S, M), (S,), (S,) -> (M,) coefficients (min-norm: unused columns 0)."""
+    z, y, w = np.asarray(z, np.float64), np.asarray(y, np.float64), np.asarray(w, np.float64)
+    out = np.zeros(z.shape[:-2] + z.shape[-1:], np.float64)
+    for idx in np.ndindex(*z.shape[:-2]):
+        zi, yi, sw = z[idx], y[idx], np.sqrt(w[idx])
+        if not np.isfinite(yi).all():  # a traced out-of-range target: NaN scores give a NaN map
+            out[idx] = np.nan
+            continue
+        zm = np.average(zi, axis=0, weights=w[idx])
+        ym = np.average(yi, weights=w[idx])
+        coef, *_ = np.linalg.lstsq((zi - zm) * sw[:, None], (yi - ym) * sw, rcond=None)
+        out[idx] = coef
+    return out.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "width", "batch_size"))
+def _kernel_shap_core(net, params, images, labels, counts, baseline, key, target_idx, *, target_fn, samples, width,
+                      batch_size):
+    _common.count_trace("kernel_shap")
+    n = images.shape[0]
+    f = _common.forward(net)
+    keys = key if key.ndim == 1 else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    z = jax.vmap(lambda k, m: kernel_shap_samples(k, m, samples, width))(keys, counts)  # (N, S, width)
+
+    def body(k):
+        i, s = k // samples, k % samples
+        present = jnp.take_along_axis(z[i, s], labels[i].reshape(k.shape[0], -1), axis=1).reshape(labels[i].shape)
+        x = jnp.where(present[..., None] > 0, images[i], baseline[i])
+        return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
+
+    y = execution.chunked_map(body, n * samples, batch_size).reshape(n, samples)
+    w = jnp.ones((n, samples), jnp.float32).at[:, :2].set(INF_WEIGHT)
+    coef = jax.pure_callback(_wls, jax.ShapeDtypeStruct((n, width), jnp.float32), z, y, w,
+                             vmap_method="sequential")
+    per_pixel = jnp.take_along_axis(coef, labels.reshape(n, -1), axis=1).reshape(labels.shape)
+    return jnp.broadcast_to(per_pixel[..., None], images.shape)
+
+
+def kernel_shap(net: Any, params: Any, images: jax.Array, target: Any, *, segments: Any = 16, samples: int = 200,
+                baseline: Any = 0.0, key: Any = None, batch_size: int = 32) -> jax.Array:
+    """KernelSHAP over segments (Lundberg and Lee 2017), as Captum's ``KernelShap`` computes it.
+
+    ``samples`` coalitions of segments (all present and all absent first, weighted 1e6; the rest drawn from
+    the Shapley kernel's distribution, weighted 1) are scored with the absent segments set to the baseline;
+    a weighted linear regression with an intercept of the scores on the coalitions gives each segment its
+    Shapley value estimate, which every pixel of the segment gets. The forward passes run on device in one
+    jitted program, ``batch_size`` at a time; the (samples x segments) regression runs in float64 on the
+    host (``jax.pure_callback``; scikit-learn's ``LinearRegression`` does the same for Captum).
+
+    Captum's default is 25 samples, few for an image's dozens of segments; jaxviz's is 200.
+
+    Args:
+      net: a jaxviz model, or any ``f(params, images) -> logits``.
+      params: the model's parameters.
+      images: (N, H, W, 3) float RGB in [0, 1].
+      target: class index, one index per image (N,), or a callable logits (N, K) -> (N,).
+      segments: a segment size in px, "slic", or integer labels (N, H, W) or (H, W), as for
+        :func:`feature_ablation`.
+      samples: coalitions per image (at least 3).
+      baseline: what an absent segment becomes: a number or an image broadcastable to the input.
+      key: PRNG key or int seed (None: ``jax.random.key(0)``): image i's coalition j uses
+        ``fold_in(fold_in(key, i), j)``; or one key per image (N,): ``fold_in(key[i], j)``.
+      batch_size: perturbed images per forward pass (results do not depend on it).
+
+    Returns:
+      (N, H, W, 3) attributions, a segment's value on each of its pixels and channels.
+
+    Example::
+
+        attribution.kernel_shap(net, params, images, 207, segments="slic", samples=500, key=0)
+    """
+    from ._faithfulness import _segments
+
+    _common.check_net(net, "kernel_shap")
+    images = _common.check_images(images, net)
+    n = images.shape[0]
+    samples = _checks.positive_int(samples, "samples")
+    if samples < 3:
+        raise InputError(f"samples: expected at least 3 (the two end points and one coalition), got {samples}")
+    labels, counts = _segments(segments, images)
+    base = _common.broadcast_baseline(baseline, images, "baseline")
+    batch_size = _common.check_batch_size(batch_size)
+    key = _checks.prng_keys(key, n)
+    fn, idx = _common.prepare_target(target, n, net, params, images)
+    width = int(counts.max()) if counts.size else 1
+    return _kernel_shap_core(net, params, images, jnp.asarray(labels), jnp.asarray(counts), base, key, idx,
+                             target_fn=fn, samples=samples, width=width, batch_size=batch_size)
