@@ -91,3 +91,22 @@ def test_kernel_shap_of_an_additive_model_is_exact(setup):
             np.testing.assert_allclose(got[i][labels == s], want, rtol=1e-3, atol=1e-3)
     with pytest.raises(InputError, match="samples"):
         A.kernel_shap(box_score, params, x, 0, samples=2)
+
+
+def test_lasso_by_coordinate_descent():
+    from jaxviz.attribution.lime import lasso
+
+    rng = np.random.default_rng(3)
+    z = rng.integers(0, 2, (40, 5)).astype(float)
+    y = z @ np.array([1.0, -2.0, 0.0, 0.5, 3.0]) + 0.7 + 0.01 * rng.normal(size=40)
+    w = rng.random(40) + 0.5
+    # alpha 0: weighted least squares with an intercept
+    a = np.c_[np.ones(40), z] * np.sqrt(w)[:, None]
+    want = np.linalg.lstsq(a, y * np.sqrt(w), rcond=None)[0][1:]
+    np.testing.assert_allclose(lasso(z, y, w, 0.0), want, rtol=1e-6, atol=1e-8)
+    assert np.all(lasso(z, y, w, 100.0) == 0)  # a large L1 weight keeps nothing
+    small = lasso(z, y, w, 0.05)
+    assert small[2] == 0 and np.all(np.abs(small[[0, 1, 4]]) > 0.5)  # the zero coefficient is dropped first
+    skl = pytest.importorskip("sklearn.linear_model")
+    ref = skl.Lasso(alpha=0.05, tol=1e-12, max_iter=100_000).fit(z, y, sample_weight=w).coef_
+    np.testing.assert_allclose(small, ref, rtol=1e-6, atol=1e-9)

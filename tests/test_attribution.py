@@ -302,6 +302,7 @@ OPTIONS = {
     "rise": dict(masks=10, cells=2, batch_size=6),
     "gradient_shap": dict(samples=3, stdev=0.1, key=jax.random.key(0), batch_size=2),
     "kernel_shap": dict(segments=3, samples=12, batch_size=5),
+    "lime": dict(segments=3, samples=12, batch_size=5, alpha=0.001),
 }
 #: methods whose map does not depend on the target (Eigen-CAM: the activation's principal component)
 TARGET_FREE = {"eigen_cam"}
@@ -377,7 +378,7 @@ def test_registry_and_exports():
     assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
                               "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", "full_grad",
                               "feature_ablation", "rise", "gradient_shap", "kernel_shap",
-                              *A.CAM_METHODS}
+                              "lime", *A.CAM_METHODS}
     for name in A.__all__:
         assert hasattr(A, name), name
     assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)

@@ -241,3 +241,38 @@ def test_kernel_shap_samples_follow_the_shapley_kernel():
     p /= p.sum()
     np.testing.assert_allclose(np.bincount(sizes, minlength=6)[1:] / len(sizes), p, atol=0.02)
     assert abs(z[2:, :6].mean(0) - z[2:, :6].mean()).max() < 0.03  # every segment equally likely
+
+
+def test_lime(setup):
+    """Captum's Lime with its defaults (exponential cosine kernel, Lasso alpha 0.01; tol 1e-10 so it converges
+    like jaxviz's), handed jaxviz's coalitions (image i's from fold_in(key, i)) as its perturbation generator.
+    The classifier is scaled up so that the logits move by more than the L1 term's threshold."""
+    import copy
+
+    from captum._utils.models.linear_model import SkLearnLasso
+
+    from jaxviz.attribution import metrics
+    from jaxviz.attribution.lime import lime_samples
+
+    net, ref, _, x, xt = setup
+    ref = copy.deepcopy(ref)
+    with torch.no_grad():
+        for name in ("classifier.0", "classifier.3", "classifier.6"):
+            ref.get_submodule(name).weight.mul_(30.0)
+    params = weights.from_torchvision(ref.state_dict(), net)
+    samples, key = 60, jax.random.key(8)
+    labels = metrics.grid_segments(x.shape, 8)
+    ours = A.lime(net, params, x, TARGET, segments=8, samples=samples, baseline=0.3, key=key, batch_size=11)
+    draws = iter([np.asarray(lime_samples(jax.random.fold_in(key, i), 16, samples, 16)) for i in range(len(TARGET))])
+
+    def generator(original_inp, **kwargs):
+        for row in next(draws):
+            yield torch.from_numpy(row[None].astype(np.int64))
+
+    lime = captum_attr.Lime(ref, interpretable_model=SkLearnLasso(alpha=0.01, tol=1e-10, max_iter=100_000),
+                            perturb_func=generator)
+    mask = torch.from_numpy(np.broadcast_to(labels, (2, SIZE, SIZE)).copy())[:, None].long()
+    cap = lime.attribute(xt, target=TARGET, baselines=0.3, feature_mask=mask, n_samples=samples)
+    assert rel_err(ours, nhwc(cap)) < 1e-3, rel_err(ours, nhwc(cap))
+    nonzero = np.abs(np.asarray(ours)[:, ::8, ::8, 0]) > 0
+    assert 4 <= nonzero.sum() < nonzero.size  # some segments kept, some zeroed by the L1 term

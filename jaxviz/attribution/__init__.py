@@ -34,6 +34,7 @@ from typing import Callable
 
 from . import metrics
 from .ablation import feature_ablation, rise, rise_masks
+from .lime import lime
 from .shap import gradient_shap, kernel_shap
 from .cam import cam, grad_cam, guided_grad_cam
 from .cams import (
@@ -83,18 +84,19 @@ METHODS: dict[str, Callable] = {
     "rise": rise,
     "gradient_shap": gradient_shap,
     "kernel_shap": kernel_shap,
+    "lime": lime,
 }
 
 #: Methods returning (N, h, w) layer maps (upsample=True gives (N, H, W)).
 LAYER_METHODS = frozenset({"grad_cam", "cam", *CAM_METHODS})
 #: Methods that accept any f(params, images) -> logits in place of a jaxviz model.
 CALLABLE_METHODS = frozenset({"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion",
-                              "feature_ablation", "rise", "gradient_shap", "kernel_shap"})
+                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime"})
 #: Methods returning one value per input pixel, (N, H, W) (the rest of the pixel methods give (N, H, W, 3)).
 PIXEL_MAP_METHODS = frozenset({"full_grad", "rise"})
 #: Methods with a batch_size knob.
 SAMPLING_METHODS = frozenset({"integrated_gradients", "smoothgrad", "occlusion", "score_cam", "ablation_cam",
-                              "feature_ablation", "rise", "gradient_shap", "kernel_shap"})
+                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime"})
 
 __all__ = [
     "METHODS",
@@ -107,6 +109,7 @@ __all__ = [
     "rise_masks",
     "gradient_shap",
     "kernel_shap",
+    "lime",
     "AUTO_GROUPS",
     "AUTO_GROUPS_SAVED_MACS",
     "AUTO_THRESHOLD",
