@@ -14,8 +14,14 @@ median is reported. Printed per method: seconds, the speed ratio (Captum time
 the maps. SmoothGrad feeds Captum's NoiseTunnel jaxviz's noise (the same
 override the tests use) so the two maps are comparable.
 
+The reference methods of issue 20 (--methods rise,feature_ablation,kernel_shap,lime,gradient_shap): Captum's
+FeatureAblation, KernelShap, Lime and GradientShap with jaxviz's draws handed to them (the tests' overrides) and
+Captum's perturbations_per_eval at --captum-batch; RISE against a plain PyTorch loop over the same masks in
+batches of --captum-batch (Captum has no RISE; xplique's and TorchRay's are such loops).
+
 Goals: issue 4, >= 2x Captum on every method on the CPU; issue 6, occlusion >= 5x Captum at 224 px with a 32 px
-window and stride 16, >= 15x at 512 px (e.g. --size 512 --captum-stride 32 --captum-no-warmup).
+window and stride 16, >= 15x at 512 px (e.g. --size 512 --captum-stride 32 --captum-no-warmup); issue 20, RISE with
+4000 masks and KernelSHAP >= 2x (e.g. --methods rise,kernel_shap --masks 4000 --arch vgg16).
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ def main() -> None:
                          "call; more groups do less work and compile 2 * groups - 1 programs)")
     ap.add_argument("--approximate", type=float, default=None,
                     help="also time occlusion(approximate=FRACTION) and print its error against the exact map")
+    ap.add_argument("--masks", type=int, default=4000, help="RISE masks")
+    ap.add_argument("--segments", type=int, default=32, help="segment size (px) of the segment methods")
+    ap.add_argument("--coalitions", type=int, default=200, help="KernelSHAP / LIME samples per image")
     ap.add_argument("--batch", type=int, default=16, help="jaxviz batch_size")
     ap.add_argument("--captum-batch", type=int, default=16,
                     help="Captum perturbations_per_eval / internal_batch_size / nt_samples_batch_size")
@@ -160,6 +169,7 @@ def main() -> None:
         "occlusion": (occ(None, args.stride), captum_occlusion, windows(args.stride), windows(cstride)),
         "occlusion_full": (occ("full", cstride), captum_occlusion, windows(cstride), windows(cstride)),
     }
+    cases.update(_reference_cases(args, net, params, ref, xj, xt, target))
     rows, captum_done, results = [], {}, {}
     if "occlusion" in args.methods:
         g = args.groups or A.occlusion_auto_groups(net, (args.size, args.size), window=args.window,
@@ -227,6 +237,104 @@ def main() -> None:
         print("goal >= 2x Captum on every method (the lower of the cpu and wall ratios): "
               + ("met" if all(r >= 2 for _, r in rows) else "NOT met: " + ", ".join(
                   f"{k} {r:.2f}x" for k, r in rows if r < 2)))
+
+
+def _reference_cases(args, net, params, ref, xj, xt, target) -> dict:
+    """Issue 20's methods: (jaxviz call, peer call, evaluations by each)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from captum.attr import FeatureAblation, GradientShap, KernelShap, Lime
+    from captum.attr._core.noise_tunnel import NoiseTunnel
+
+    from jaxviz import attribution as A
+    from jaxviz.attribution import metrics, shap
+    from jaxviz.attribution.lime import lime_samples
+
+    n, size = xj.shape[0], args.size
+    labels = metrics.grid_segments(xj.shape, args.segments)
+    m = int(labels.max()) + 1
+    mask = torch.from_numpy(np.broadcast_to(labels, (n, size, size)).copy())[:, None].long()
+    key = jax.random.key(0)
+    ppe = args.captum_batch
+
+    def rise_torch():  # a plain loop over the same masks, batch by batch, as xplique / TorchRay run RISE
+        masks = torch.from_numpy(np.array(A.rise_masks(key, args.masks, (size, size))))
+        total = torch.zeros(n, size, size)
+        with torch.no_grad():
+            for start in range(0, args.masks, ppe):
+                mb = masks[start:start + ppe]
+                for i in range(n):
+                    out = torch.softmax(ref(xt[i:i + 1] * mb[:, None]), -1)[:, target]
+                    total[i] += torch.einsum("m,mhw->hw", out, mb)
+        return (total / (args.masks * 0.5))[:, None].repeat(1, 3, 1, 1)
+
+    def generator_for(draw):
+        rows = iter([np.asarray(draw(jax.random.fold_in(key, i), m, args.coalitions, m)) for i in range(n)])
+
+        def gen(*a, **k):
+            for row in next(rows):
+                yield torch.from_numpy(row[None].astype(np.int64))
+        return gen
+
+    def kernel_shap_captum():
+        saved = KernelShap.kernel_shap_perturb_generator  # bound into LimeBase when KernelShap is built
+        KernelShap.kernel_shap_perturb_generator = generator_for(shap.kernel_shap_samples)
+        try:
+            ks = KernelShap(ref)
+        finally:
+            KernelShap.kernel_shap_perturb_generator = saved
+        with torch.no_grad():
+            return ks.attribute(xt, target=target, feature_mask=mask, n_samples=args.coalitions,
+                                perturbations_per_eval=ppe)
+
+    # random weights move the logits by little: a small L1 weight, so the maps compared are not all zero
+    alpha = 1e-6
+
+    def lime_captum():
+        from captum._utils.models.linear_model import SkLearnLasso
+
+        with torch.no_grad():
+            return Lime(ref, interpretable_model=SkLearnLasso(alpha=alpha, tol=1e-10, max_iter=100_000),
+                        perturb_func=generator_for(lime_samples)).attribute(
+                xt, target=target, feature_mask=mask, n_samples=args.coalitions, perturbations_per_eval=ppe)
+
+    samples = args.samples
+
+    def gradient_shap_captum():
+        which, alpha, _ = (np.asarray(v) for v in shap.shap_draws(key, jnp.arange(n * samples), xj.shape[1:], samples,
+                                                                    1))
+        orig_choice, orig_uniform = np.random.choice, np.random.uniform
+        np.random.choice, np.random.uniform = (lambda *a, **k: which), (lambda *a, **k: alpha.astype(np.float64))
+        saved = NoiseTunnel._add_noise_to_input
+        NoiseTunnel._add_noise_to_input = staticmethod(lambda inp, sd, part: inp.repeat_interleave(part, dim=0))
+        try:
+            return GradientShap(ref).attribute(xt.clone().requires_grad_(), baselines=torch.zeros_like(xt[:1]),
+                                               n_samples=samples, target=target)
+        finally:
+            np.random.choice, np.random.uniform = orig_choice, orig_uniform
+            NoiseTunnel._add_noise_to_input = saved
+
+    return {
+        "rise": (lambda: jnp.broadcast_to(A.rise(net, params, xj, target, masks=args.masks, key=key,
+                                                  batch_size=args.batch)[..., None], xj.shape),
+                 rise_torch, n * args.masks, n * args.masks),
+        "feature_ablation": (
+            lambda: A.feature_ablation(net, params, xj, target, segments=args.segments, batch_size=args.batch),
+            lambda: FeatureAblation(ref).attribute(xt, target=target, feature_mask=mask, perturbations_per_eval=ppe),
+            n * m, n * m),
+        "kernel_shap": (
+            lambda: A.kernel_shap(net, params, xj, target, segments=args.segments, samples=args.coalitions, key=key,
+                                  batch_size=args.batch),
+            kernel_shap_captum, n * args.coalitions, n * args.coalitions),
+        "lime": (
+            lambda: A.lime(net, params, xj, target, segments=args.segments, samples=args.coalitions, key=key,
+                           batch_size=args.batch, alpha=alpha),
+            lime_captum, n * args.coalitions, n * args.coalitions),
+        "gradient_shap": (
+            lambda: A.gradient_shap(net, params, xj, target, samples=samples, key=key, batch_size=args.batch),
+            gradient_shap_captum, n * samples, n * samples),
+    }
 
 
 if __name__ == "__main__":
