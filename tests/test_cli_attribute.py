@@ -669,14 +669,16 @@ def test_full_grad_writes_input_resolution_maps_equal_to_the_library(folder, mod
         assert image.load(out / f"img{i}.png.png").shape[-1] == 3
 
 
-def test_rise_and_feature_ablation_through_the_cli(folder, model, tmp_path):
-    """RISE (one key per image, from its file name: a lone image gets the same map) and feature ablation."""
+def test_reference_methods_through_the_cli(folder, model, tmp_path):
+    """RISE, feature ablation, KernelSHAP, LIME and GradientSHAP in one pass; the random ones get one key per image
+    (from its file name), so a lone image gets the same maps."""
     from jaxviz import attribution
 
     net, params = model
     out = tmp_path / "rf"
-    opts = ["--method", "rise,feature_ablation", "--target", "2", "--option", "masks=12", "--option", "cells=4",
-            "--option", "segments=8", "--no-progress", "--batch-size", "3"]
+    opts = ["--method", "rise,feature_ablation,kernel_shap,lime,gradient_shap", "--target", "2", "--option", "masks=12",
+            "--option", "cells=4", "--option", "segments=8", "--option", "samples=24", "--no-progress",
+            "--batch-size", "3"]
     assert cli.main(_args(folder, out, *opts)) == 0
     x = _load_all(folder)
     want = np.asarray(attribution.feature_ablation(net, params, x, 2, segments=8))
@@ -689,5 +691,7 @@ def test_rise_and_feature_ablation_through_the_cli(folder, model, tmp_path):
     solo.mkdir()
     (solo / "img3.png").write_bytes((folder / "img3.png").read_bytes())
     assert cli.main(_args(solo, tmp_path / "solo_out", *opts)) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "solo_out" / "rise" / "img3.png.npy"),
-                               np.load(out / "rise" / "img3.png.npy"), rtol=1e-4, atol=1e-5)
+    for m in ("rise", "kernel_shap", "lime", "gradient_shap"):  # the random ones
+        got = np.load(tmp_path / "solo_out" / m / "img3.png.npy")
+        np.testing.assert_allclose(got, np.load(out / m / "img3.png.npy"), rtol=1e-4, atol=1e-5)
+        assert np.abs(got).max() > 0, m
