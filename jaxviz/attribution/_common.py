@@ -179,6 +179,11 @@ def scores(logits: jax.Array, fn: Callable | None, idx: jax.Array | None) -> jax
     return jnp.take_along_axis(logits, idx[:, None], axis=1)[:, 0] * poison.astype(logits.dtype)
 
 
+def target_scores(logits: jax.Array, fn: Callable | None, idx: jax.Array | None, probabilities: bool) -> jax.Array:
+    """:func:`scores` of the softmax probabilities (``probabilities``) or of the logits (the metrics' choice)."""
+    return scores(jax.nn.softmax(logits, axis=-1) if probabilities else logits, fn, idx)
+
+
 def in_range(idx: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Class indices clipped into [0, k), and a factor per index: 1 where it was in range, NaN where not.
 

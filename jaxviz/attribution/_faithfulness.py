@@ -83,12 +83,6 @@ def _ranks(order_scores: jax.Array) -> jax.Array:
     return ranks.reshape(order_scores.shape)
 
 
-def _score(out, fn, idx, probabilities):
-    if probabilities:
-        out = jax.nn.softmax(out, axis=-1)
-    return _common.scores(out, fn, idx)
-
-
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "batch_size", "insert", "probabilities"))
 def _progressive(net, params, images, ranks, base, counts, target_idx, *, target_fn, batch_size, insert,
                  probabilities):
@@ -97,7 +91,7 @@ def _progressive(net, params, images, ranks, base, counts, target_idx, *, target
     _common.count_trace("progressive_perturbation")
     n, steps = images.shape[0], counts.shape[0]
     f = _common.forward(net)
-    clean = _score(f(params, images), target_fn, target_idx, probabilities)
+    clean = _common.target_scores(f(params, images), target_fn, target_idx, probabilities)
 
     def build(i, s):
         changed = ranks[i] < counts[s]
@@ -105,7 +99,8 @@ def _progressive(net, params, images, ranks, base, counts, target_idx, *, target
 
     def body(k):
         i, s = k // steps, k % steps
-        return _score(f(params, jax.vmap(build)(i, s)), target_fn, _common.gather_target(target_idx, i), probabilities)
+        return _common.target_scores(f(params, jax.vmap(build)(i, s)), target_fn, _common.gather_target(target_idx, i),
+                                     probabilities)
 
     return execution.chunked_map(body, n * steps, batch_size).reshape(n, steps), clean
 
@@ -392,7 +387,7 @@ def _fc_core(net, params, images, a, base, key, target_idx, *, target_fn, runs, 
     _common.count_trace("faithfulness_correlation")
     n = images.shape[0]
     f = _common.forward(net)
-    clean = _score(f(params, images), target_fn, target_idx, probabilities)
+    clean = _common.target_scores(f(params, images), target_fn, target_idx, probabilities)
     flat = a.reshape(n, -1)
     size = flat.shape[1]
 
@@ -403,7 +398,7 @@ def _fc_core(net, params, images, a, base, key, target_idx, *, target_fn, runs, 
         chosen = jnp.zeros((k.shape[0], size), bool).at[jnp.arange(k.shape[0])[:, None], pick].set(True)
         chosen = chosen.reshape((k.shape[0],) + a.shape[1:])
         x = jnp.where(chosen, base[i], images[i])
-        out = _score(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
+        out = _common.target_scores(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
         return clean[i] - out, jnp.sum(jnp.where(chosen, a[i], 0.0).reshape(k.shape[0], -1), axis=1)
 
     delta, sums = execution.chunked_map(body, n * runs, batch_size)

@@ -247,12 +247,6 @@ def _pixel_map(maps: Any, n: int, h: int, w: int, name: str = "maps") -> jax.Arr
     return m
 
 
-def _target_score(out, fn, idx, probabilities):
-    if probabilities:
-        out = jax.nn.softmax(out, axis=-1)
-    return _common.scores(out, fn, idx)
-
-
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "batch_size", "probabilities", "tol", "max_iter"))
 def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *, target_fn, batch_size,
                probabilities, tol, max_iter):
@@ -260,7 +254,7 @@ def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *
     n = images.shape[0]
     p = percentiles.shape[0]
     f = _common.forward(net)
-    before = _target_score(f(params, images), target_fn, target_idx, probabilities)
+    before = _common.target_scores(f(params, images), target_fn, target_idx, probabilities)
     flat = maps.reshape(n, -1)
     # pytorch-grad-cam: keep = map < percentile(map, p); LeRF runs the same on 1 - map
     thr_m = jnp.percentile(flat, percentiles, axis=1).T  # (n, p)
@@ -274,7 +268,7 @@ def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *
         filled = jax.vmap(lambda x, r: _solve(x, r, tol, max_iter))(images[i], removed)
         eps = _common.normal_noise(key, k, images.shape[1:], 1)
         x = jnp.where(removed[..., None], filled + noise * eps, images[i])
-        return _target_score(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
+        return _common.target_scores(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
 
     after = execution.chunked_map(body, n * 2 * p, batch_size, even=True).reshape(n, 2, p)
     diff = after - before[:, None, None]
@@ -347,11 +341,11 @@ def road(net: Any, params: Any, images: jax.Array, target: Any, maps: jax.Array,
 def _confidence_core(net, params, images, maps, baseline, target_idx, *, target_fn, batch_size, probabilities):
     _common.count_trace("confidence_change")
     f = _common.forward(net)
-    before = _target_score(f(params, images), target_fn, target_idx, probabilities)
+    before = _common.target_scores(f(params, images), target_fn, target_idx, probabilities)
 
     def body(i):
         x = baseline[i] + (images[i] - baseline[i]) * maps[i][..., None]
-        return _target_score(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
+        return _common.target_scores(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
 
     return execution.chunked_map(body, images.shape[0], batch_size) - before
 

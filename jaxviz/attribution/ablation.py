@@ -127,10 +127,8 @@ def _rise_core(net, params, images, key, target_idx, *, target_fn, masks, cells,
         # one mask set for the batch (chunk, H, W), or one per image's own key (N, chunk, H, W)
         m = jax.vmap(draw, in_axes=(0, None))(key, ms) if per_image else draw(key, ms)[None]
         x = (images[:, None] * m[..., None]).reshape((n * chunk,) + images.shape[1:])
-        out = f(params, x)
-        if probabilities:
-            out = jax.nn.softmax(out, axis=-1)
-        s = _common.scores(out, target_fn, None if target_idx is None else jnp.repeat(target_idx, chunk))
+        s = _common.target_scores(f(params, x), target_fn, None if target_idx is None else jnp.repeat(target_idx, chunk),
+                                  probabilities)
         s = s.reshape(n, chunk) * valid[None]
         return acc + jnp.einsum("nm,nmhw->nhw", s, jnp.broadcast_to(m, (n,) + m.shape[1:])), None
 

@@ -23,6 +23,7 @@ import numpy as np
 from .. import _checks, execution
 from ..errors import InputError
 from . import _common
+from .shap import coalition_images
 
 __all__ = ["lime", "lime_samples", "lasso"]
 
@@ -85,8 +86,7 @@ def _lime_core(net, params, images, labels, counts, baseline, key, alpha, kernel
 
     def body(k):
         i, s = k // samples, k % samples
-        present = jnp.take_along_axis(z[i, s], labels[i].reshape(k.shape[0], -1), axis=1).reshape(labels[i].shape)
-        x = jnp.where(present[..., None] > 0, images[i], baseline[i])
+        x = coalition_images(z[i, s], labels[i], images[i], baseline[i])
         a, b = images[i].reshape(k.shape[0], -1), x.reshape(k.shape[0], -1)
         cos = jnp.sum(a * b, 1) / jnp.maximum(jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1), 1e-8)
         weight = jnp.exp(-((1.0 - cos) ** 2) / (2.0 * kernel_width**2))

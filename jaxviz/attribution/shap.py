@@ -157,6 +157,13 @@ def kernel_shap_samples(key: jax.Array, features: jax.Array, samples: int, width
     return jnp.concatenate([ones, jnp.zeros_like(ones), rest])[:samples]
 
 
+def coalition_images(z: jax.Array, labels: jax.Array, images: jax.Array, baseline: jax.Array) -> jax.Array:
+    """Images with the segments absent from their coalition set to the baseline: z (m, M) coalitions, labels
+    (m, H, W), images and baselines (m, H, W, C)."""
+    present = jnp.take_along_axis(z, labels.reshape(labels.shape[0], -1), axis=1).reshape(labels.shape)
+    return jnp.where(present[..., None] > 0, images, baseline)
+
+
 def _wls(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted least squares with an intercept, in float64 on the host (as scikit-learn's LinearRegression,
     which Captum uses): per image, (S, M), (S,), (S,) -> (M,) coefficients (min-norm: unused columns 0)."""
@@ -185,8 +192,7 @@ def _kernel_shap_core(net, params, images, labels, counts, baseline, key, target
 
     def body(k):
         i, s = k // samples, k % samples
-        present = jnp.take_along_axis(z[i, s], labels[i].reshape(k.shape[0], -1), axis=1).reshape(labels[i].shape)
-        x = jnp.where(present[..., None] > 0, images[i], baseline[i])
+        x = coalition_images(z[i, s], labels[i], images[i], baseline[i])
         return _common.scores(f(params, x), target_fn, _common.gather_target(target_idx, i))
 
     y = execution.chunked_map(body, n * samples, batch_size).reshape(n, samples)
