@@ -39,3 +39,17 @@ def real_vgg16(tumor):
 def tumor_net(tumor):
     """The whole MRI classifier as a user's linen module on jaxviz's VGG16: ``(net, params)``."""
     return tumor.tumor_net()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Each XLA:CPU executable holds ~3 memory mappings and
+    the kernel allows 65530 per process (vm.max_map_count): the whole suite in one process compiled past that and
+    XLA crashed (a segfault inside backend_compile) late in the run. Later modules recompile what they share."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
