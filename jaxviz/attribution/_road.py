@@ -197,18 +197,26 @@ def noisy_linear_imputation(images: jax.Array, removed: jax.Array, *, noise: flo
                          f"got {tuple(removed.shape)}")
     _checks.positive_number(tol, "tol")
     max_iter = _checks.positive_int(max_iter, "max_iter")
-    if float(noise) < 0:
-        raise InputError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    _check_noise(noise)
     key = _checks.prng_key(key)
     return _impute(images.astype(jnp.float32), removed.astype(bool), jnp.float32(noise), key, float(tol), max_iter)
 
 
+def _fill(images, removed, noise, key, items, tol, max_iter):
+    """Noisy linear imputation of a stack of images; item ``items[m]``'s noise from ``fold_in(key, items[m])``."""
+    filled = jax.vmap(lambda x, r: _solve(x, r, tol, max_iter))(images, removed)
+    eps = _common.normal_noise(key, items, images.shape[1:], 1)
+    return jnp.where(removed[..., None], filled + noise * eps, images)
+
+
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter"))
 def _impute(images, removed, noise, key, tol, max_iter):
-    filled = jax.vmap(lambda x, m: _solve(x, m, tol, max_iter))(images, removed)
-    eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), images.shape[1:]))(
-        jnp.arange(images.shape[0]))
-    return jnp.where(removed[..., None], filled + noise * eps, images)
+    return _fill(images, removed, noise, key, jnp.arange(images.shape[0]), tol, max_iter)
+
+
+def _check_noise(noise: Any) -> None:
+    if float(noise) < 0:
+        raise InputError(f"noise: expected a standard deviation >= 0, got {noise!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,10 +272,7 @@ def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *
         i, o, j = k // (2 * p), (k // p) % 2, k % p
         m = jnp.where(o[:, None, None] == 0, maps[i], 1.0 - maps[i])
         thr = jnp.where(o == 0, thr_m[i, j], thr_l[i, j])
-        removed = m >= thr[:, None, None]
-        filled = jax.vmap(lambda x, r: _solve(x, r, tol, max_iter))(images[i], removed)
-        eps = _common.normal_noise(key, k, images.shape[1:], 1)
-        x = jnp.where(removed[..., None], filled + noise * eps, images[i])
+        x = _fill(images[i], m >= thr[:, None, None], noise, key, k, tol, max_iter)
         return _common.target_scores(f(params, x), target_fn, _common.gather_target(target_idx, i), probabilities)
 
     after = execution.chunked_map(body, n * 2 * p, batch_size, even=True).reshape(n, 2, p)
@@ -320,8 +325,7 @@ def road(net: Any, params: Any, images: jax.Array, target: Any, maps: jax.Array,
     pct = np.asarray(percentiles, np.float64).ravel()
     if pct.size == 0 or not np.all((pct > 0) & (pct < 100)):
         raise InputError(f"percentiles: expected one or more values in (0, 100), got {percentiles!r}")
-    if float(noise) < 0:
-        raise InputError(f"noise: expected a standard deviation >= 0, got {noise!r}")
+    _check_noise(noise)
     batch_size = _common.check_batch_size(batch_size)
     _checks.positive_number(tol, "tol")
     max_iter = _checks.positive_int(max_iter, "max_iter")
