@@ -23,7 +23,7 @@ import numpy as np
 from .. import _checks, execution
 from ..errors import InputError
 from . import _common
-from .shap import coalition_images
+from .shap import coalition_images, fit_per_image
 
 __all__ = ["lime", "lime_samples", "lasso"]
 
@@ -66,13 +66,7 @@ def lasso(z: Any, y: Any, w: Any, alpha: float, *, tol: float = 1e-10, max_iter:
 
 
 def _fit(z, y, w, alpha):
-    out = np.zeros(z.shape[:-2] + z.shape[-1:], np.float32)
-    for idx in np.ndindex(*z.shape[:-2]):
-        if not np.isfinite(np.asarray(y[idx])).all():  # a traced out-of-range target: a NaN map
-            out[idx] = np.nan
-        else:
-            out[idx] = lasso(z[idx], y[idx], w[idx], float(alpha))
-    return out
+    return fit_per_image(lambda zi, yi, wi: lasso(zi, yi, wi, float(alpha)), z, y, w)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "width", "batch_size"))

@@ -164,21 +164,24 @@ def coalition_images(z: jax.Array, labels: jax.Array, images: jax.Array, baselin
     return jnp.where(present[..., None] > 0, images, baseline)
 
 
-def _wls(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least squares with an intercept, in float64 on the host (as scikit-learn's LinearRegression,
-    which Captum uses): per image, (S, M), (S,), (S,) -> (M,) coefficients (min-norm: unused columns 0)."""
+def fit_per_image(solve: Any, z: Any, y: Any, w: Any) -> np.ndarray:
+    """Host side of the surrogate fits (KernelSHAP, LIME): ``solve(z_i, y_i, w_i) -> (M,)`` in float64 for every
+    image of (..., S, M) coalitions, (..., S) scores and weights; an image whose scores are not finite (a traced
+    out-of-range target) gets a NaN map."""
     z, y, w = np.asarray(z, np.float64), np.asarray(y, np.float64), np.asarray(w, np.float64)
-    out = np.zeros(z.shape[:-2] + z.shape[-1:], np.float64)
+    out = np.zeros(z.shape[:-2] + z.shape[-1:], np.float32)
     for idx in np.ndindex(*z.shape[:-2]):
-        zi, yi, sw = z[idx], y[idx], np.sqrt(w[idx])
-        if not np.isfinite(yi).all():  # a traced out-of-range target: NaN scores give a NaN map
-            out[idx] = np.nan
-            continue
-        zm = np.average(zi, axis=0, weights=w[idx])
-        ym = np.average(yi, weights=w[idx])
-        coef, *_ = np.linalg.lstsq((zi - zm) * sw[:, None], (yi - ym) * sw, rcond=None)
-        out[idx] = coef
-    return out.astype(np.float32)
+        out[idx] = solve(z[idx], y[idx], w[idx]) if np.isfinite(y[idx]).all() else np.nan
+    return out
+
+
+def _wls(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares with an intercept (as scikit-learn's LinearRegression, which Captum uses):
+    (S, M), (S,), (S,) -> (M,) coefficients (min-norm: unused columns 0)."""
+    sw = np.sqrt(w)
+    zm, ym = np.average(z, axis=0, weights=w), np.average(y, weights=w)
+    coef, *_ = np.linalg.lstsq((z - zm) * sw[:, None], (y - ym) * sw, rcond=None)
+    return coef
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "width", "batch_size"))
@@ -197,8 +200,8 @@ def _kernel_shap_core(net, params, images, labels, counts, baseline, key, target
 
     y = execution.chunked_map(body, n * samples, batch_size).reshape(n, samples)
     w = jnp.ones((n, samples), jnp.float32).at[:, :2].set(INF_WEIGHT)
-    coef = jax.pure_callback(_wls, jax.ShapeDtypeStruct((n, width), jnp.float32), z, y, w,
-                             vmap_method="sequential")
+    coef = jax.pure_callback(functools.partial(fit_per_image, _wls), jax.ShapeDtypeStruct((n, width), jnp.float32),
+                             z, y, w, vmap_method="sequential")
     per_pixel = jnp.take_along_axis(coef, labels.reshape(n, -1), axis=1).reshape(labels.shape)
     return jnp.broadcast_to(per_pixel[..., None], images.shape)
 
