@@ -378,7 +378,7 @@ def test_registry_and_exports():
     assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
                               "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", "full_grad",
                               "feature_ablation", "rise", "gradient_shap", "kernel_shap",
-                              "lime", *A.CAM_METHODS}
+                              "lime", "lrp", *A.CAM_METHODS}
     for name in A.__all__:
         assert hasattr(A, name), name
     assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)

@@ -35,6 +35,8 @@ from typing import Callable
 from . import metrics
 from .ablation import feature_ablation, rise, rise_masks
 from .lime import lime
+from . import propagation
+from .propagation import lrp
 from .shap import gradient_shap, kernel_shap
 from .cam import cam, grad_cam, guided_grad_cam
 from .cams import (
@@ -85,13 +87,14 @@ METHODS: dict[str, Callable] = {
     "gradient_shap": gradient_shap,
     "kernel_shap": kernel_shap,
     "lime": lime,
+    "lrp": lrp,
 }
 
 #: Methods returning (N, h, w) layer maps (upsample=True gives (N, H, W)).
 LAYER_METHODS = frozenset({"grad_cam", "cam", *CAM_METHODS})
 #: Methods that accept any f(params, images) -> logits in place of a jaxviz model.
 CALLABLE_METHODS = frozenset({"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion",
-                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime"})
+                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime", "lrp"})
 #: Methods returning one value per input pixel, (N, H, W) (the rest of the pixel methods give (N, H, W, 3)).
 PIXEL_MAP_METHODS = frozenset({"full_grad", "rise"})
 #: Methods with a batch_size knob.
@@ -110,6 +113,8 @@ __all__ = [
     "gradient_shap",
     "kernel_shap",
     "lime",
+    "lrp",
+    "propagation",
     "AUTO_GROUPS",
     "AUTO_GROUPS_SAVED_MACS",
     "AUTO_THRESHOLD",
