@@ -695,3 +695,19 @@ def test_reference_methods_through_the_cli(folder, model, tmp_path):
         got = np.load(tmp_path / "solo_out" / m / "img3.png.npy")
         np.testing.assert_allclose(got, np.load(out / m / "img3.png.npy"), rtol=1e-4, atol=1e-5)
         assert np.abs(got).max() > 0, m
+
+
+def test_lrp_through_the_cli_with_a_named_composite(folder, model, tmp_path):
+    from jaxviz import attribution
+
+    net, params = model
+    out = tmp_path / "lrp"
+    assert cli.main(_args(folder, out, "--method", "lrp", "--target", "1", "--option", "composite=epsilon_plus_flat",
+                          "--no-progress")) == 0
+    x = _load_all(folder)
+    want = np.asarray(attribution.lrp(net, params, x, 1, composite="epsilon_plus_flat"))
+    assert np.abs(want).max() > 0
+    for i in range(N):
+        np.testing.assert_allclose(np.load(out / f"img{i}.png.npy"), want[i], rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    assert cli.main(_args(folder, tmp_path / "bad", "--method", "lrp", "--option", "composite=gamma",
+                          "--no-progress")) == 2
