@@ -330,3 +330,29 @@ def test_equals_zennit_on_resnet18_with_its_canonizer(name):
     with jax.default_matmul_precision("highest"):
         got = P.lrp(net, params, x, TARGET, composite=name)
     assert rel_err(got, want) < 1e-3
+
+
+def test_equals_captums_lrp_with_its_epsilon_rule(zennit_vgg):
+    """Captum's LRP (EpsilonRule, epsilon 1e-9, on every convolution, linear and pooling layer; ReLUs pass) is
+    the composite of Epsilon(1e-9) rules; Captum also starts from the target's output value."""
+    captum_attr = pytest.importorskip("captum.attr")
+    import torch
+    import torch_reference as tr
+
+    model, net, params, x = zennit_vgg
+    ref = model.m
+
+    class Plain(torch.nn.Module):  # Captum's LRP needs every operation to be a module: no normalisation inside
+        def __init__(self):
+            super().__init__()
+            self.features, self.avgpool, self.classifier = ref.features, ref.avgpool, ref.classifier
+
+        def forward(self, v):
+            return self.classifier(torch.flatten(self.avgpool(self.features(v)), 1))
+
+    xn = tr.to_nchw((np.asarray(x) - MEAN) / STD)
+    want = tr.to_nhwc(captum_attr.LRP(Plain().eval()).attribute(xn.requires_grad_(), target=TARGET))
+    comp = {"conv": P.Epsilon(1e-9), "dense": P.Epsilon(1e-9), "avg_pool": P.Epsilon(1e-9), "activation": P.Pass()}
+    with jax.default_matmul_precision("highest"):
+        got = P.lrp(net, params, x, TARGET, composite=comp)
+    assert rel_err(got, want) < 1e-5
