@@ -303,6 +303,9 @@ OPTIONS = {
     "gradient_shap": dict(samples=3, stdev=0.1, key=jax.random.key(0), batch_size=2),
     "kernel_shap": dict(segments=3, samples=12, batch_size=5),
     "lime": dict(segments=3, samples=12, batch_size=5, alpha=0.001),
+    "deeplift": dict(baselines=0.2, batch_size=1),
+    "deeplift_shap": dict(baselines=np.stack([np.full((H, W, 3), v, np.float32) for v in (0.1, 0.6, 0.3)]),
+                          batch_size=4),
 }
 #: methods whose map does not depend on the target (Eigen-CAM: the activation's principal component)
 TARGET_FREE = {"eigen_cam"}
@@ -378,7 +381,7 @@ def test_registry_and_exports():
     assert set(A.METHODS) == {"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop",
                               "deconvnet", "grad_cam", "cam", "guided_grad_cam", "occlusion", "full_grad",
                               "feature_ablation", "rise", "gradient_shap", "kernel_shap",
-                              "lime", "lrp", *A.CAM_METHODS}
+                              "lime", "lrp", "deeplift", "deeplift_shap", *A.CAM_METHODS}
     for name in A.__all__:
         assert hasattr(A, name), name
     assert A.LAYER_METHODS <= set(A.METHODS) and A.SAMPLING_METHODS <= set(A.METHODS)

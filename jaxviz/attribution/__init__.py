@@ -37,6 +37,7 @@ from .ablation import feature_ablation, rise, rise_masks
 from .lime import lime
 from . import propagation
 from .propagation import lrp
+from .rescale import deeplift, deeplift_shap
 from .shap import gradient_shap, kernel_shap
 from .cam import cam, grad_cam, guided_grad_cam
 from .cams import (
@@ -88,18 +89,22 @@ METHODS: dict[str, Callable] = {
     "kernel_shap": kernel_shap,
     "lime": lime,
     "lrp": lrp,
+    "deeplift": deeplift,
+    "deeplift_shap": deeplift_shap,
 }
 
 #: Methods returning (N, h, w) layer maps (upsample=True gives (N, H, W)).
 LAYER_METHODS = frozenset({"grad_cam", "cam", *CAM_METHODS})
 #: Methods that accept any f(params, images) -> logits in place of a jaxviz model.
 CALLABLE_METHODS = frozenset({"saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "occlusion",
-                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime", "lrp"})
+                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime", "lrp",
+                              "deeplift", "deeplift_shap"})
 #: Methods returning one value per input pixel, (N, H, W) (the rest of the pixel methods give (N, H, W, 3)).
 PIXEL_MAP_METHODS = frozenset({"full_grad", "rise"})
 #: Methods with a batch_size knob.
 SAMPLING_METHODS = frozenset({"integrated_gradients", "smoothgrad", "occlusion", "score_cam", "ablation_cam",
-                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime"})
+                              "feature_ablation", "rise", "gradient_shap", "kernel_shap", "lime", "deeplift",
+                              "deeplift_shap"})
 
 __all__ = [
     "METHODS",
@@ -115,6 +120,8 @@ __all__ = [
     "lime",
     "lrp",
     "propagation",
+    "deeplift",
+    "deeplift_shap",
     "AUTO_GROUPS",
     "AUTO_GROUPS_SAVED_MACS",
     "AUTO_THRESHOLD",

@@ -239,6 +239,21 @@ def broadcast_baseline(baselines: Any, images: jax.Array, name: str = "baselines
     return out
 
 
+def baseline_set(baselines: Any, images: jax.Array) -> jax.Array:
+    """A distribution of baselines shared by all images: a number, one image (H, W, 3) or (B, H, W, 3) -> (B, ...)."""
+    if isinstance(baselines, (int, float, np.integer, np.floating)) and not isinstance(baselines, bool):
+        base = jnp.full((1,) + images.shape[1:], float(baselines), images.dtype)
+    else:
+        base = jnp.asarray(baselines, images.dtype) if hasattr(baselines, "shape") else None
+        if base is not None and base.shape == images.shape[1:]:
+            base = base[None]
+        if base is None or base.ndim != 4 or base.shape[1:] != images.shape[1:] or base.shape[0] < 1:
+            raise InputError(f"baselines: expected a number, an image {tuple(images.shape[1:])} or images "
+                             f"(B, {', '.join(map(str, images.shape[1:]))}), got "
+                             f"{getattr(baselines, 'shape', type(baselines).__name__)}")
+    return base
+
+
 # --------------------------------------------------------------------------------------------
 # methods as arguments (smoothgrad, metrics)
 

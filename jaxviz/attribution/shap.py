@@ -99,16 +99,7 @@ def gradient_shap(net: Any, params: Any, images: jax.Array, target: Any, *, base
     _common.check_net(net, "gradient_shap")
     images = _common.check_images(images, net)
     n = images.shape[0]
-    if isinstance(baselines, (int, float, np.integer, np.floating)) and not isinstance(baselines, bool):
-        base = jnp.full((1,) + images.shape[1:], float(baselines), images.dtype)
-    else:
-        base = jnp.asarray(baselines, images.dtype) if hasattr(baselines, "shape") else None
-        if base is not None and base.shape == images.shape[1:]:
-            base = base[None]
-        if base is None or base.ndim != 4 or base.shape[1:] != images.shape[1:] or base.shape[0] < 1:
-            raise InputError(f"baselines: expected a number, an image {tuple(images.shape[1:])} or images "
-                             f"(B, {', '.join(map(str, images.shape[1:]))}), got "
-                             f"{getattr(baselines, 'shape', type(baselines).__name__)}")
+    base = _common.baseline_set(baselines, images)
     samples = _checks.positive_int(samples, "samples")
     if isinstance(stdev, bool) or not isinstance(stdev, (int, float, np.number)) or stdev < 0:
         raise InputError(f"stdev: expected a non-negative number, got {stdev!r}")

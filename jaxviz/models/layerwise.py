@@ -98,6 +98,8 @@ class Affine:
     ``nonneg``: the input is known to be non-negative (it comes out of a ReLU
     or a max pool of one), so rules may skip the terms of its negative part.
     ``low``/``high``: bounds of the input, for ZBox (None where not known).
+    ``own``: the layer's own function of its input, where ``lin`` stands in for it (a max pool, whose ``lin``
+    is the matching sum pool; its gradient routes to the first maximum of each window, as PyTorch's does).
     """
 
     lin: Callable
@@ -108,6 +110,7 @@ class Affine:
     low: Any = None
     high: Any = None
     layer: Layer | None = None
+    own: Callable | None = None
 
     def vjp(self, x: Any, weight: Any, bias: Any) -> tuple[Any, Callable]:
         """``(z, pull)`` for ``z = lin(x, weight) * scale + bias``; ``pull(s)`` is the linear part's transpose."""
@@ -253,9 +256,10 @@ def _passing(fn: Callable, x: Any, *consts: Any) -> Any:
 
 
 class _State:
-    def __init__(self, choose: Callable[[Layer], Any], max_pool_rule: bool):
+    def __init__(self, choose: Callable[[Layer], Any], max_pool_rule: bool, pass_scaling: bool):
         self.choose = choose
         self.max_pool_rule = max_pool_rule
+        self.pass_scaling = pass_scaling
         self.index = 0
         self.found: list[tuple[Layer, Any]] = []
         self.uses: dict = {}
@@ -412,8 +416,8 @@ def _eval(state: _State, jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
         if relu_pos is not None or (name in _ACTIVATIONS and len(eqn.invars) == 1):
             rule = state.rule(Layer("activation", _name(eqn), -1))
             if relu_pos is not None:
-                def fn(x):
-                    return jnp.maximum(x, jnp.zeros((), x.dtype))
+                def fn(x):  # max(x, 0); the gradient at 0 is 0, as PyTorch's ReLU's
+                    return jnp.where(x > 0, x, jnp.zeros((), x.dtype))
             else:
                 def fn(x, _e=eqn):
                     return _jaxpr._bind(_e, [x])[0]
@@ -455,7 +459,7 @@ def _eval(state: _State, jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
                     data.discard(v)
                 if pp:
                     positive.add(v)
-        elif name in ("mul", "div", "neg") and sum(d) == 1 and len(outv) == 1 and \
+        elif state.pass_scaling and name in ("mul", "div", "neg") and sum(d) == 1 and len(outv) == 1 and \
                 tuple(outv[0].aval.shape) == tuple(eqn.invars[d.index(True)].aval.shape):
             pos = d.index(True)
 
@@ -523,7 +527,18 @@ def _max_with_rule(rule: Any, eqn: Any, x: Any) -> Any:
     if eqn.primitive.name == "reduce_max":
         def pool(x_, _w):
             return jnp.sum(x_, axis=tuple(p["axes"]))
+
+        def own(x_):  # reduce_max's own gradient splits ties; PyTorch's pools route to the first maximum
+            axes = tuple(p["axes"])
+            rest = [a for a in range(x_.ndim) if a not in axes]
+            moved = jnp.transpose(x_, rest + list(axes))
+            flat = moved.reshape(moved.shape[:len(rest)] + (-1,))
+            hot = jax.nn.one_hot(jnp.argmax(jax.lax.stop_gradient(flat), axis=-1), flat.shape[-1], dtype=x_.dtype)
+            return jnp.sum(flat * hot, axis=-1)
     else:
+        def own(x_):
+            return _jaxpr._bind(eqn, [x_])[0]
+
         def pool(x_, _w):
             return jax.lax.reduce_window(x_, np.zeros((), x_.dtype), jax.lax.add, p["window_dimensions"],
                                          p["window_strides"], p["padding"], p["base_dilation"], p["window_dilation"])
@@ -533,14 +548,15 @@ def _max_with_rule(rule: Any, eqn: Any, x: Any) -> Any:
         return _jaxpr._bind(eqn, [x])[0]
 
     def bwd(x, r):
-        return (rule.relevance(Affine(pool, None, None, None, False), x, r).astype(x.dtype),)
+        return (rule.relevance(Affine(pool, None, None, None, False, own=own), x, r).astype(x.dtype),)
 
-    mx.defvjp(lambda x: (mx(x), x), bwd)
+    mx.defvjp(lambda x: (_jaxpr._bind(eqn, [x])[0], x), bwd)
     return mx(x)
 
 
 def propagate(fn: Callable, args: tuple, data: int, choose: Callable[[Layer], Any], *,
-              bounds: tuple[Any, Any] | None = None, max_pool_rule: bool = False) -> tuple[Any, list]:
+              bounds: tuple[Any, Any] | None = None, max_pool_rule: bool = False,
+              pass_scaling: bool = True) -> tuple[Any, list]:
     """``fn(*args)`` with every layer computed by a custom-VJP function whose backward pass is its chosen rule.
 
     Args:
@@ -551,6 +567,8 @@ def propagate(fn: Callable, args: tuple, data: int, choose: Callable[[Layer], An
       bounds: ``(low, high)`` arrays (broadcastable to the input) carried through the elementwise steps in
         front of the first layer, for rules that need the bounds of a layer's input (ZBox).
       max_pool_rule: look inside custom-derivative functions for max pools (their own rule is replaced).
+      pass_scaling: elementwise multiplications and divisions by constants outside layers hand relevance on
+        unchanged (LRP); False keeps their gradient (DeepLIFT's multipliers).
 
     Returns:
       ``(outputs, layers)``: ``fn``'s outputs (values unchanged) and ``[(Layer, rule)]`` in program order.
@@ -565,7 +583,7 @@ def propagate(fn: Callable, args: tuple, data: int, choose: Callable[[Layer], An
         return fn(*jax.tree_util.tree_unflatten(treedef, list(xs)))
 
     closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
-    state = _State(choose, max_pool_rule)
+    state = _State(choose, max_pool_rule, pass_scaling)
     n = len(leaves)
     x = leaves[start]
     b = None

@@ -47,7 +47,7 @@ METHOD_TITLES = {
     "grad_cam_elementwise": "Grad-CAM (element-wise)", "layer_cam": "LayerCAM", "eigen_cam": "Eigen-CAM",
     "eigen_grad_cam": "Eigen-Grad-CAM", "score_cam": "Score-CAM", "ablation_cam": "Ablation-CAM",
     "full_grad": "FullGrad", "rise": "RISE", "feature_ablation": "Feature ablation",
-    "gradient_shap": "GradientSHAP", "kernel_shap": "KernelSHAP", "lime": "LIME", "lrp": "LRP",
+    "gradient_shap": "GradientSHAP", "kernel_shap": "KernelSHAP", "lime": "LIME", "lrp": "LRP", "deeplift": "DeepLIFT", "deeplift_shap": "DeepLIFT-SHAP",
 }
 
 
