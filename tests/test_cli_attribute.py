@@ -711,3 +711,19 @@ def test_lrp_through_the_cli_with_a_named_composite(folder, model, tmp_path):
         np.testing.assert_allclose(np.load(out / f"img{i}.png.npy"), want[i], rtol=1e-4, atol=1e-6 * np.abs(want).max())
     assert cli.main(_args(folder, tmp_path / "bad", "--method", "lrp", "--option", "composite=gamma",
                           "--no-progress")) == 2
+
+
+def test_deeplift_through_the_cli(folder, model, tmp_path):
+    from jaxviz import attribution
+
+    net, params = model
+    out = tmp_path / "dl"
+    assert cli.main(_args(folder, out, "--method", "deeplift,deeplift_shap", "--target", "1", "--option",
+                          "baselines=0.5", "--no-progress", "--batch-size", "2")) == 0
+    x = _load_all(folder)
+    want = np.asarray(attribution.deeplift(net, params, x, 1, baselines=0.5))
+    assert np.abs(want).max() > 0
+    for m in ("deeplift", "deeplift_shap"):  # one baseline: DeepLIFT-SHAP is DeepLIFT
+        for i in range(N):
+            np.testing.assert_allclose(np.load(out / m / f"img{i}.png.npy"), want[i], rtol=1e-4,
+                                       atol=1e-6 * np.abs(want).max())
