@@ -19,7 +19,8 @@ FeatureAblation, KernelShap, Lime and GradientShap with jaxviz's draws handed to
 Captum's perturbations_per_eval at --captum-batch; RISE against a plain PyTorch loop over the same masks in
 batches of --captum-batch (Captum has no RISE; xplique's and TorchRay's are such loops).
 
-LRP (--methods lrp --composite NAME) runs against zennit 0.5's Gradient attributor with the same composite on the
+DeepLIFT and DeepLIFT-SHAP (--methods deeplift,deeplift_shap --baselines B) against Captum's DeepLift and
+DeepLiftShap (jaxviz with max_pool="gradient", Captum's numbers on VGG). LRP (--methods lrp --composite NAME) runs against zennit 0.5's Gradient attributor with the same composite on the
 normalised image (zennit installed --no-deps, tests/stand_ins/ for its torchvision import).
 
 Goals: issue 4, >= 2x Captum on every method on the CPU; issue 6, occlusion >= 5x Captum at 224 px with a 32 px
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="jaxviz batch_size")
     ap.add_argument("--captum-batch", type=int, default=16,
                     help="Captum perturbations_per_eval / internal_batch_size / nt_samples_batch_size")
+    ap.add_argument("--baselines", type=int, default=4, help="DeepLIFT-SHAP baselines")
     ap.add_argument("--composite", default="epsilon_gamma_box", help="LRP composite (jaxviz's and zennit's)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-captum", action="store_true")
@@ -356,7 +358,24 @@ def _reference_cases(args, net, params, ref, xj, xt, target) -> dict:
         with Gradient(model, made) as attributor:
             return attributor(xn.requires_grad_(), lambda out: out * one_hot)[1]
 
+    bases = torch.from_numpy(np.random.RandomState(1).rand(args.baselines, 3, size, size).astype(np.float32))
+    bases_j = jnp.asarray(bases.numpy().transpose(0, 2, 3, 1))
+
+    def deeplift_captum():
+        from captum.attr import DeepLift
+        return DeepLift(ref).attribute(xt.clone().requires_grad_(), baselines=torch.zeros_like(xt), target=target)
+
+    def deeplift_shap_captum():
+        from captum.attr import DeepLiftShap
+        return DeepLiftShap(ref).attribute(xt.clone().requires_grad_(), baselines=bases, target=target)
+
     return {
+        # max_pool="gradient": Captum's numbers on VGG (see attribution.rescale), so the maps compare
+        "deeplift": (lambda: A.deeplift(net, params, xj, target, batch_size=args.batch, max_pool="gradient"),
+                     deeplift_captum, n, n),
+        "deeplift_shap": (lambda: A.deeplift_shap(net, params, xj, target, baselines=bases_j, batch_size=args.batch,
+                                                  max_pool="gradient"),
+                          deeplift_shap_captum, n * args.baselines, n * args.baselines),
         "lrp": (lambda: A.lrp(net, params, xj, target, composite=args.composite), lrp_zennit, n, n),
         "rise": (lambda: jnp.broadcast_to(A.rise(net, params, xj, target, masks=args.masks, key=key,
                                                   batch_size=args.batch)[..., None], xj.shape),
