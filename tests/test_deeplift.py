@@ -134,3 +134,20 @@ def test_errors(vgg):
         A.deeplift_shap(net, params, xj, 0, baselines=np.zeros((2, 8, 8, 3)))
     with pytest.raises(InputError, match="return_delta"):
         A.deeplift(net, params, xj, 0, return_delta="yes")
+
+
+def test_resnet_sums_to_the_output_difference():
+    """jaxviz's ResNet-18 (residual adds keep their gradient, the 3x3/2 max pool gets the rule): the
+    attributions sum to f(x) - f(x0). Captum cannot run DeepLift on torchvision's ResNet (each block reuses
+    one ReLU module, which its hooks refuse)."""
+    net = models.resnet18(num_classes=10)
+    params = weights.random(net, seed=0)
+    x = jnp.asarray(np.random.RandomState(5).rand(2, 32, 32, 3), jnp.float32)
+    with jax.default_matmul_precision("highest"):
+        attr, delta = A.deeplift(net, params, x, [1, 4], baselines=0.1, return_delta=True)
+        logits = np.asarray(net.apply(params, x))
+        base = np.asarray(net.apply(params, jnp.full_like(x, 0.1)))
+    diff = (logits - base)[[0, 1], [1, 4]]
+    scale = float(np.abs(logits).max())
+    np.testing.assert_allclose(np.asarray(attr).sum(axis=(1, 2, 3)), diff, rtol=0, atol=1e-5 * scale)
+    assert np.all(np.abs(delta) < 1e-5 * scale) and np.all(np.abs(diff) > 1e-3 * scale)

@@ -25,8 +25,10 @@ def heat(name: str, attr: np.ndarray) -> np.ndarray:
 
     Saliency: max |gradient| over channels (Simonyan et al.); guided
     backprop: sum of |gradient| over channels; occlusion: the score drop
-    (positive part; all channels carry the same value); CAM and Grad-CAM are
-    already (N, H, W) and non-negative after their ReLU (CAM's is applied here).
+    (positive part; all channels carry the same value); LRP and DeepLIFT: the
+    evidence for the target, the positive part of the channel sum (their
+    relevance sums to the score); CAM and Grad-CAM are already (N, H, W) and
+    non-negative after their ReLU (CAM's is applied here).
     """
     a = np.asarray(attr, np.float32)
     if a.ndim == 3:
@@ -35,6 +37,8 @@ def heat(name: str, attr: np.ndarray) -> np.ndarray:
         return np.maximum(a.mean(-1), 0)
     if name == "saliency":
         return np.abs(a).max(-1)
+    if name in ("lrp", "deeplift", "deeplift_shap"):
+        return np.maximum(a.sum(-1), 0)
     return np.abs(a).sum(-1)
 
 
