@@ -173,6 +173,16 @@ def main():
          f"{tumor_model.SOURCE}")
     strip["Grad-CAM (MRI model)"] = tiles[1]
 
+    # 8. relevance propagation on the same classifier: LRP composites and DeepLIFT, signed (red for, blue against)
+    relevance = [np.asarray(A.lrp(tnet, tparams, x, target, composite=c))[0]
+                 for c in ("epsilon_gamma_box", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat")]
+    relevance.append(np.asarray(A.deeplift(tnet, tparams, x, target, baselines=0.0))[0])
+    names = ["LRP EpsilonGammaBox", "LRP EpsilonPlusFlat", "LRP EpsilonAlpha2Beta1Flat", "DeepLIFT (black)"]
+    tiles = [x[0]] + [viz.heatmap(m, signed=True) for m in relevance]
+    pic = viz.grid([viz.label(t, n) for t, n in zip(tiles, ["drawn input"] + names)], ncols=5, pad=4)
+    save(pic, "relevance.png", f"LRP and DeepLIFT through the whole MRI classifier (channel sums; red for "
+         f"{tumor_model.CLASSES[target]}, blue against) - {tumor_model.SOURCE}")
+
     # the README's strip: one tile per technique, 160 px high
     tiles = []
     for name, pic in strip.items():

@@ -232,7 +232,7 @@ def _sum_with_rule(rule: Any, eqn: Any, a: Any, b: Any, layer: Layer) -> Any:
         return _jaxpr._bind(eqn, [a, b])[0]
 
     def fwd(a, b):
-        return add(a, b), (a, b)
+        return _jaxpr._bind(eqn, [a, b])[0], (a, b)
 
     def bwd(res, r):
         rel = rule.relevance(Affine(lin, None, None, None, False, layer=layer), res, r)
@@ -294,7 +294,7 @@ class _State:
         zeros: set = set()
         for eqn in body.eqns:
             name = eqn.primitive.name
-            if (name in _LINEAR or name in _POOLS or name in _ACTIVATIONS or name == "add"
+            if (name in _LINEAR or name in _POOLS or name in _ACTIVATIONS
                     or (name in _MAXES and self.max_pool_rule) or _jaxpr._relu_operand(eqn, zeros) is not None):
                 want = True
             for _, _, sub in _jaxpr._sub_jaxprs(eqn.params):
