@@ -79,6 +79,24 @@ def forward(net: Any, relu: Callable | None = None) -> Callable[[Any, jax.Array]
     return fast_pools(f if relu is None else relus.swap(f, relu))
 
 
+def rule_model(net: Any, images: Any, method: str) -> tuple[Any, jax.Array]:
+    """For the methods that rewrite a model's backward rules (LRP, DeepLIFT): ``(net, images)`` with a model
+    or linen module behind the contract and the images checked; their cores run :func:`plain_forward` (no
+    reverse-mode convolutions or fast pools: the rule seam needs the program's own layers)."""
+    check_net(net, method)
+    if is_model(net) or isinstance(net, nn.Module):
+        net = model(net, images)
+    images = check_images(images, net)
+    return net, images
+
+
+def plain_forward(net: Any) -> Callable[[Any, jax.Array], jax.Array]:
+    """``f(params, x) -> logits`` of a model behind the contract, or the callable itself."""
+    if is_model(net):
+        return lambda params, x: net.run(params, x)[0]
+    return net
+
+
 def check_images(images: Any, net: Any = None) -> jax.Array:
     """(N, H, W, 3) float images, as float32 (the maps' dtype); in [0, 1] when ``net`` normalises its inputs."""
     x = _checks.images(images, "images", unit_range=net is not None and protocol.unit_range(net))

@@ -52,7 +52,6 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -412,14 +411,8 @@ def composite(spec: Any) -> Composite:
                      f"kinds/names to rules, got {type(spec).__name__}")
 
 
-def _forward(net: Any) -> Callable:
-    if _common.is_model(net):
-        return lambda params, x: net.run(params, x)[0]
-    return net.apply if isinstance(net, nn.Module) else net
-
-
 def _relevance(net, params, images, target_idx, target_fn, comp):
-    f = _forward(net)
+    f = _common.plain_forward(net)
     found: list = []
 
     def run(x):
@@ -462,18 +455,10 @@ def layers(net: Any, params: Any, images: Any, composite: Any = "epsilon_gamma_b
     Traces the network once (no computation). Use it to check what a composite does to your model.
     """
     comp = globals()["composite"](composite)
-    net = _prepare(net, images)
-    images = _common.check_images(images, net)
+    net, images = _common.rule_model(net, images, "lrp")
     key = (protocol._params_key(params), tuple(images.shape), str(images.dtype))
     return [(("first" if layer.index == 0 else layer.kind), layer.name, rule if rule is not None else Gradient())
             for layer, rule in _layers(net, comp, key)]
-
-
-def _prepare(net: Any, images: Any) -> Any:
-    _common.check_net(net, "lrp")
-    if _common.is_model(net) or isinstance(net, nn.Module):
-        net = _common.model(net, images)
-    return net
 
 
 def lrp(net: Any, params: Any, images: jax.Array, target: Any, *, composite: Any = "epsilon_gamma_box") -> jax.Array:
@@ -505,8 +490,7 @@ def lrp(net: Any, params: Any, images: jax.Array, target: Any, *, composite: Any
         heat = viz.reduce_channels(rel, "sum")
     """
     comp = globals()["composite"](composite)
-    net = _prepare(net, images)
-    images = _common.check_images(images, net)
+    net, images = _common.rule_model(net, images, "lrp")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     key = (protocol._params_key(params), tuple(images.shape), str(images.dtype))
     try:

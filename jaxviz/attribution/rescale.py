@@ -39,7 +39,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,15 +108,9 @@ class _FirstMax:
         return jax.vjp(aff.own, z)[1](g)[0]
 
 
-def _forward(net: Any):
-    if _common.is_model(net):
-        return lambda params, x: net.run(params, x)[0]
-    return net.apply if isinstance(net, nn.Module) else net
-
-
 def _pairs(net, params, x, x0, idx, target_fn, eps, max_pool):
     """Multipliers of m image/baseline pairs (m, H, W, 3) and ``f(x) - f(x0)`` of their targets (m,)."""
-    f = _forward(net)
+    f = _common.plain_forward(net)
     rescale, maxpool = _Rescale(eps), (_MaxPool(eps) if max_pool == "rescale" else _FirstMax())
 
     def choose(layer):
@@ -200,13 +193,6 @@ def _run(name, net, params, images, target, base, shared, eps, return_delta, bat
     return attr, (delta.reshape(n, per) if shared else delta)
 
 
-def _prepare(net: Any, images: Any, method: str):
-    _common.check_net(net, method)
-    if _common.is_model(net) or isinstance(net, nn.Module):
-        net = _common.model(net, images)
-    return net, _common.check_images(images, net)
-
-
 def deeplift(net: Any, params: Any, images: jax.Array, target: Any, *, baselines: Any = 0.0, eps: float = 1e-10,
              return_delta: bool = False, batch_size: int = 16, max_pool: str = "rescale") -> Any:
     """DeepLIFT with the rescale rule (Shrikumar et al. 2017), equal to Captum's ``DeepLift``.
@@ -236,7 +222,7 @@ def deeplift(net: Any, params: Any, images: jax.Array, target: Any, *, baselines
         attr, delta = deeplift(net, params, images, 207, baselines=image.gaussian_blur(images, 8),
                                return_delta=True)
     """
-    net, images = _prepare(net, images, "deeplift")
+    net, images = _common.rule_model(net, images, "deeplift")
     base = _common.broadcast_baseline(baselines, images)
     return _run("deeplift", net, params, images, target, base, False, eps, return_delta, batch_size, max_pool)
 
@@ -261,6 +247,6 @@ def deeplift_shap(net: Any, params: Any, images: jax.Array, target: Any, *, base
         blurred = jnp.stack([image.gaussian_blur(x, s) for s in (4, 8, 16)])  # one image x, three baselines
         attr = deeplift_shap(net, params, images, 207, baselines=blurred)
     """
-    net, images = _prepare(net, images, "deeplift_shap")
+    net, images = _common.rule_model(net, images, "deeplift_shap")
     base = _common.baseline_set(baselines, images)
     return _run("deeplift_shap", net, params, images, target, base, True, eps, return_delta, batch_size, max_pool)
