@@ -334,8 +334,12 @@ def test_equals_zennit_on_resnet18_with_its_canonizer(name):
 
 def test_equals_captums_lrp_with_its_epsilon_rule(zennit_vgg):
     """Captum's LRP (EpsilonRule, epsilon 1e-9, on every convolution, linear and pooling layer; ReLUs pass) is
-    the composite of Epsilon(1e-9) rules; Captum also starts from the target's output value."""
+    the composite of Epsilon(1e-9) rules; Captum also starts from the target's output value. (Captum's
+    GammaRule is another gamma rule than zennit's: it keeps the bias and one denominator for both signs.)"""
     captum_attr = pytest.importorskip("captum.attr")
+    import copy
+
+    import captum.attr._utils.lrp_rules as captum_rules
     import torch
     import torch_reference as tr
 
@@ -351,8 +355,19 @@ def test_equals_captums_lrp_with_its_epsilon_rule(zennit_vgg):
             return self.classifier(torch.flatten(self.avgpool(self.features(v)), 1))
 
     xn = tr.to_nchw((np.asarray(x) - MEAN) / STD)
-    want = tr.to_nhwc(captum_attr.LRP(Plain().eval()).attribute(xn.requires_grad_(), target=TARGET))
+    want = tr.to_nhwc(captum_attr.LRP(Plain().eval()).attribute(xn.clone().requires_grad_(), target=TARGET))
     comp = {"conv": P.Epsilon(1e-9), "dense": P.Epsilon(1e-9), "avg_pool": P.Epsilon(1e-9), "activation": P.Pass()}
+    with jax.default_matmul_precision("highest"):
+        got = P.lrp(net, params, x, TARGET, composite=comp)
+    assert rel_err(got, want) < 1e-5
+    # Captum's Alpha1_Beta0_Rule without biases is ZPlus without biases on non-negative inputs (every convolution
+    # after the first: Captum's rule clamps the weights but not the inputs, so the first keeps Epsilon)
+    plain = copy.deepcopy(Plain().eval())
+    for m in list(plain.features)[1:]:
+        if isinstance(m, torch.nn.Conv2d):
+            m.rule = captum_rules.Alpha1_Beta0_Rule(set_bias_to_zero=True)
+    want = tr.to_nhwc(captum_attr.LRP(plain).attribute(xn.clone().requires_grad_(), target=TARGET))
+    comp = {**comp, "conv": P.ZPlus(1e-9, zero_bias=True), "first": P.Epsilon(1e-9)}
     with jax.default_matmul_precision("highest"):
         got = P.lrp(net, params, x, TARGET, composite=comp)
     assert rel_err(got, want) < 1e-5
