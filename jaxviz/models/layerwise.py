@@ -438,9 +438,9 @@ def _eval(state: _State, jaxpr: Any, consts: Sequence[Any], args: Sequence[Any],
                 positive.add(outv[0])
         elif name == "add" and all(d) and len(eqn.invars) == 2 and \
                 tuple(eqn.invars[0].aval.shape) == tuple(eqn.invars[1].aval.shape):
-            rule = state.rule(Layer("sum", _name(eqn), -1))
-            outs = _jaxpr._bind(eqn, invals) if rule is None else [_sum_with_rule(rule, eqn, *invals,
-                                                                                  Layer("sum", _name(eqn), -1))]
+            layer = Layer("sum", _name(eqn), -1)
+            rule = state.rule(layer)
+            outs = _jaxpr._bind(eqn, invals) if rule is None else [_sum_with_rule(rule, eqn, *invals, layer)]
             if all(v in positive for v in eqn.invars):
                 positive.add(outv[0])
         elif (name in _jaxpr._CALLS or (name in _jaxpr._CUSTOM and state.wants_inline(
