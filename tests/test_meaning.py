@@ -114,8 +114,10 @@ def test_demo_writes_pictures_and_reuses_work(trained, tmp_path, monkeypatch, ca
     pred = train.predict(run.net, run.params, x).argmax(-1)
     probs = np.asarray(jax.nn.softmax(train.predict(run.net, run.params, x), -1))
     labels = [f"{run.test.classes[p]} {100 * probs[i, p]:.0f}%" for i, p in enumerate(pred)]
-    family = demo_cmd._cam_family()
-    assert [n for n, _, _ in family] == [n for n in attribution.CAM_METHODS if n != "grad_cam"] + ["full_grad"]
+    cam_family = demo_cmd._cam_family()
+    assert [n for n, _, _ in cam_family] == [n for n in attribution.CAM_METHODS if n != "grad_cam"] + ["full_grad"]
+    assert [n for n, _, _ in demo_cmd._relevance_family()] == ["lrp", "deeplift"]
+    family = cam_family + demo_cmd._relevance_family()
     for name, _, options in demo_cmd.METHODS + family:
         got = np.load(out / "maps" / f"{name}.npy")
         want = np.asarray(attribution.METHODS[name](run.net, run.params, x, pred, **options))
@@ -129,14 +131,16 @@ def test_demo_writes_pictures_and_reuses_work(trained, tmp_path, monkeypatch, ca
         assert pic[0, :28].min() < 0.3 and pic[0, :28].mean() > 0.9  # dark title text on a white band
     overview = image.load(out / "overview.png")
     assert overview.shape[1] > 8 * 128 and 6 * 128 < overview.shape[2] < 7 * 128  # 8 rows, input + 5 methods
-    cams = {n: viz.heat(n, np.load(out / "maps" / f"{n}.npy")) for n in ["grad_cam", *(n for n, _, _ in family)]}
-    np.testing.assert_allclose(image.load(out / "cam_family.png")[0],  # Grad-CAM and the family, side by side
-                               viz.overview(x, cams, {n: t for n, t, _ in demo_cmd.METHODS + family}, labels),
-                               atol=1.5 / 255)
+    titles = {n: t for n, t, _ in demo_cmd.METHODS + family}
+    for page, lead, members in (("cam_family", "grad_cam", cam_family),
+                                ("relevance", "saliency", demo_cmd._relevance_family())):
+        shown = {n: viz.heat(n, np.load(out / "maps" / f"{n}.npy")) for n in [lead, *(n for n, _, _ in members)]}
+        np.testing.assert_allclose(image.load(out / f"{page}.png")[0],  # the lead method and the family, side by side
+                                   viz.overview(x, shown, titles, labels), atol=1.5 / 255)
     names += [n for n, _, _ in family]
     html = (out / "index.html").read_text()
     assert all(f'src="{n}.png"' in html for n in names) and 'src="overview.png"' in html
-    assert 'src="cam_family.png"' in html
+    assert 'src="cam_family.png"' in html and 'src="relevance.png"' in html
     assert json.loads((out / "demo.json").read_text())["done"] == sorted(names)
 
     # a rerun computes nothing

@@ -72,10 +72,18 @@ def _cam_family():
     return layer + (("full_grad", METHOD_TITLES["full_grad"], {}),)  # input-resolution maps already
 
 
+def _relevance_family():
+    """(name, title, options) of the relevance methods, drawn in ``relevance.png`` beside saliency: LRP (zennit's
+    EpsilonGammaBox) and DeepLIFT against the grey the occlusion uses."""
+    from ..viz import METHOD_TITLES
+
+    return (("lrp", METHOD_TITLES["lrp"], {}), ("deeplift", METHOD_TITLES["deeplift"], {"baselines": 0.5}))
+
+
 def _html(out: Path, info: dict) -> str:
     rows = "\n".join(
         f'<h2>{html.escape(title)}</h2><img src="{name}.png" alt="{html.escape(title)}">'
-        for name, title, _ in METHODS + _cam_family()
+        for name, title, _ in METHODS + _cam_family() + _relevance_family()
     )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>jaxviz demo</title>
@@ -88,6 +96,7 @@ held-out accuracy {100 * info['accuracy']:.1f}%. Each row is a held-out picture 
 prediction and probability; each column a method explaining the predicted class (red: most important).</p>
 <img src="overview.png" alt="overview">
 <h2>The CAM family</h2><img src="cam_family.png" alt="the CAM family">
+<h2>Relevance propagation: LRP and DeepLIFT beside saliency</h2><img src="relevance.png" alt="LRP and DeepLIFT">
 {rows}
 </body></html>
 """
@@ -120,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
           f"in {train_seconds:.1f} s; {where})")
 
     manifest_path = out / "demo.json"
-    family = _cam_family()
+    family = _cam_family() + _relevance_family()
     key = {"model": config.key(), "per_class": args.per_class,
            "methods": [[n, o] for n, _, o in METHODS + family]}
     manifest: dict[str, Any] = {}
@@ -159,10 +168,12 @@ def run(args: argparse.Namespace) -> int:
 
     overview = out / "overview.png"
     image.save(viz.overview(images, {n: maps[n] for n, _, _ in METHODS}, titles, labels), overview)
-    cams = ["grad_cam", *(n for n, _, _ in family)]
+    cams = ["grad_cam", *(n for n, _, _ in _cam_family())]
     image.save(viz.overview(images, {n: maps[n] for n in cams}, titles, labels), out / "cam_family.png")
+    relevance = ["saliency", *(n for n, _, _ in _relevance_family())]
+    image.save(viz.overview(images, {n: maps[n] for n in relevance}, titles, labels), out / "relevance.png")
     info = {"accuracy": r.accuracy, "classes": list(r.test.classes), "train_seconds": r.seconds}
     atomic_write_text(out / "index.html", _html(out, info))
-    print(f"wrote {overview}, {out / 'cam_family.png'}, one PNG per method and {out / 'index.html'} "
+    print(f"wrote {overview}, {out / 'cam_family.png'}, {out / 'relevance.png'}, one PNG per method and {out / 'index.html'} "
           f"(total {time.time() - t0:.1f} s)")
     return 0
