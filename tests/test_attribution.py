@@ -69,6 +69,16 @@ def test_gradient_shap_linear_is_exact_and_complete(lin):
     got = A.gradient_shap(linear, params, x, 1, baselines=bases, samples=8, key=5, batch_size=3)
     mean_base = which.mean(1)[:, None, None, None]  # the drawn baselines' mean image (0 or 1 each)
     np.testing.assert_allclose(got, (x - mean_base) * wmap(params, 1), rtol=1e-4, atol=1e-5)
+    # every draw is exact on a linear model: its convergence delta is round-off, also under jit
+    _, delta = A.gradient_shap(linear, params, x, 1, baselines=bases, samples=8, key=5, batch_size=3, stdev=0.1,
+                               return_delta=True)
+    _, traced = jax.jit(lambda p: A.gradient_shap(linear, p, x, 1, baselines=bases, samples=8, key=5, batch_size=3,
+                                                  stdev=0.1, return_delta=True))(params)
+    scale = float(np.abs(np.asarray(linear(params, x))).max())
+    assert delta.shape == (2, 8) and np.abs(np.asarray(delta)).max() < 1e-5 * scale
+    np.testing.assert_allclose(traced, delta, atol=1e-5 * scale)
+    with pytest.raises(InputError, match="return_delta"):
+        A.gradient_shap(linear, params, x, 1, return_delta=1)
     with pytest.raises(InputError, match="baselines"):
         A.gradient_shap(linear, params, x, 1, baselines=np.zeros((2, 3, 3, 3)))
 

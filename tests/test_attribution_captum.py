@@ -191,8 +191,8 @@ def test_gradient_shap(setup, monkeypatch, stdev):
     n, samples = x.shape[0], 4
     baselines = np.random.RandomState(3).rand(3, SIZE, SIZE, 3).astype(np.float32) * 0.5
     key = jax.random.key(11)
-    ours = A.gradient_shap(net, params, x, TARGET, baselines=baselines, samples=samples, stdev=stdev, key=key,
-                           batch_size=3)
+    ours, delta = A.gradient_shap(net, params, x, TARGET, baselines=baselines, samples=samples, stdev=stdev,
+                                  key=key, batch_size=3, return_delta=True)
     which, alpha, eps = (np.asarray(v) for v in shap.shap_draws(key, jnp.arange(n * samples), x.shape[1:], samples,
                                                                   len(baselines)))
     monkeypatch.setattr(np.random, "choice", lambda *a, **k: which)
@@ -200,10 +200,16 @@ def test_gradient_shap(setup, monkeypatch, stdev):
     noise = torch.from_numpy(eps.transpose(0, 3, 1, 2).copy())
     monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input",
                         staticmethod(lambda inp, sd, part: inp.repeat_interleave(part, dim=0) + sd * noise))
-    cap = captum_attr.GradientShap(ref).attribute(xt.clone().requires_grad_(), baselines=tr.to_nchw(baselines),
-                                                  n_samples=samples, stdevs=stdev, target=TARGET)
+    cap, cap_delta = captum_attr.GradientShap(ref).attribute(
+        xt.clone().requires_grad_(), baselines=tr.to_nchw(baselines), n_samples=samples, stdevs=stdev, target=TARGET,
+        return_convergence_delta=True)
     assert rel_err(ours, nhwc(cap)) < 1e-4, rel_err(ours, nhwc(cap))
     assert np.abs(np.asarray(ours)).max() > 0
+    # each draw's convergence delta, image-major as Captum's (N * samples,)
+    assert delta.shape == (n, samples)
+    np.testing.assert_allclose(np.asarray(delta).reshape(-1), cap_delta.detach().numpy(), rtol=1e-3,
+                               atol=1e-4 * np.abs(cap_delta.detach().numpy()).max())
+    assert np.abs(cap_delta.detach().numpy()).max() > 0
 
 
 def test_kernel_shap(setup, monkeypatch):

@@ -42,35 +42,44 @@ def shap_draws(key: jax.Array, items: jax.Array, shape: tuple[int, ...], samples
     return jax.vmap(one)(items)
 
 
-def _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn, samples):
+def _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn, samples, delta):
+    """Draws ``k``: their attributions, and with ``delta`` each draw's convergence delta in its column
+    ``k % samples`` of an (m, samples) array (summed per image by the callers)."""
     i = k // samples
     which, alpha, eps = shap_draws(key, k, images.shape[1:], samples, baselines.shape[0])
     x = images[i] + stdev * eps
     b = baselines[which]
     point = b + alpha[:, None, None, None] * (x - b)
-    g = gradients(net, params, point, target_fn, None if target_idx is None else target_idx[i])
-    return g * (x - b)
+    idx = None if target_idx is None else target_idx[i]
+    a = gradients(net, params, point, target_fn, idx) * (x - b)
+    if not delta:
+        return a, None
+    f = _common.forward(net)
+    change = _common.scores(f(params, x), target_fn, idx) - _common.scores(f(params, b), target_fn, idx)
+    d = jnp.sum(a, axis=tuple(range(1, a.ndim))) - change
+    return a, d[:, None] * jax.nn.one_hot(k % samples, samples, dtype=d.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples"))
-def _chunk(net, params, images, baselines, stdev, key, target_idx, k, *, target_fn, samples):
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "delta"))
+def _chunk(net, params, images, baselines, stdev, key, target_idx, k, *, target_fn, samples, delta):
     _common.count_trace("gradient_shap")
-    a = _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn, samples)
-    return jax.ops.segment_sum(a, k // samples, images.shape[0])
+    out = _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn, samples, delta)
+    return jax.tree.map(lambda v: jax.ops.segment_sum(v, k // samples, images.shape[0]), out)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "batch_size"))
-def _traced(net, params, images, baselines, stdev, key, target_idx, *, target_fn, samples, batch_size):
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "batch_size", "delta"))
+def _traced(net, params, images, baselines, stdev, key, target_idx, *, target_fn, samples, batch_size, delta):
     _common.count_trace("gradient_shap")
     n = images.shape[0]
     img_of = jnp.arange(n * samples, dtype=jnp.int32) // samples
     return execution.chunked_sum(
-        lambda k: _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn, samples),
+        lambda k: _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn, samples, delta),
         n * samples, batch_size, img_of, n)
 
 
 def gradient_shap(net: Any, params: Any, images: jax.Array, target: Any, *, baselines: Any = 0.0,
-                  samples: int = 5, stdev: float = 0.0, key: Any = None, batch_size: int = 16) -> jax.Array:
+                  samples: int = 5, stdev: float = 0.0, key: Any = None, batch_size: int = 16,
+                  return_delta: bool = False) -> Any:
     """GradientSHAP: the mean over random baselines and path points of gradient x (input - baseline).
 
     Equal to Captum's ``GradientShap(f).attribute(x, baselines, n_samples=samples, stdevs=stdev, target=t)``
@@ -87,9 +96,11 @@ def gradient_shap(net: Any, params: Any, images: jax.Array, target: Any, *, base
       stdev: standard deviation of the Gaussian noise added to the image (Captum's ``stdevs``, default 0).
       key: PRNG key or int seed (None: ``jax.random.key(0)``), or one key per image (N,); see the module.
       batch_size: draws per backward pass (results do not depend on it).
+      return_delta: also return each draw's convergence delta, ``sum(attr_draw) - (f(x + noise) - f(baseline))``,
+        as (N, samples) (Captum's ``return_convergence_delta``; its (N * samples,) are the same numbers, flat).
 
     Returns:
-      (N, H, W, 3) attributions (signed).
+      (N, H, W, 3) attributions (signed), or ``(attributions, delta)``.
 
     Example::
 
@@ -106,15 +117,19 @@ def gradient_shap(net: Any, params: Any, images: jax.Array, target: Any, *, base
     batch_size = _common.check_batch_size(batch_size)
     key = _checks.prng_keys(key, n)
     fn, idx = _common.prepare_target(target, n, net, params, images)
+    if not isinstance(return_delta, (bool, np.bool_)):
+        raise InputError(f"return_delta: expected True or False, got {return_delta!r}")
     sd = jnp.float32(stdev)
+    delta = bool(return_delta)
     if execution.is_traced(params, images, base, key, idx):
-        total = _traced(net, params, images, base, sd, key, idx, target_fn=fn, samples=samples,
-                        batch_size=batch_size)
+        total, deltas = _traced(net, params, images, base, sd, key, idx, target_fn=fn, samples=samples,
+                                batch_size=batch_size, delta=delta)
     else:  # eager: one compiled chunk function looped over on the host (see execution.host_sum)
-        total = execution.host_sum(
-            lambda k: _chunk(net, params, images, base, sd, key, idx, k, target_fn=fn, samples=samples),
+        total, deltas = execution.host_sum(
+            lambda k: _chunk(net, params, images, base, sd, key, idx, k, target_fn=fn, samples=samples,
+                             delta=delta),
             n * samples, batch_size)
-    return total / samples
+    return (total / samples, deltas) if delta else total / samples
 
 
 # --------------------------------------------------------------------------------------------
