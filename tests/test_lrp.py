@@ -371,3 +371,33 @@ def test_equals_captums_lrp_with_its_epsilon_rule(zennit_vgg):
     with jax.default_matmul_precision("highest"):
         got = P.lrp(net, params, x, TARGET, composite=comp)
     assert rel_err(got, want) < 1e-5
+
+
+def test_equals_zennit_on_full_vgg16():
+    """torchvision's VGG16 layout in full (13 convolutions, the adaptive pool that replicates a 2x2 map to 7x7, the
+    4096-4096-1000 head), random weights, 64 px images: two composites against zennit."""
+    _zennit()
+    import torch
+    import torch_reference as tr
+    import zennit.composites as zc
+
+    ref = tr.make("vgg16", seed=0)
+    net = models.vgg16()
+    params = weights.from_torchvision(ref.state_dict(), net)
+
+    class Normalised(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, v):
+            return self.m(v, normalize=False)
+
+    x = jnp.asarray(np.random.RandomState(7).rand(1, 64, 64, 3), jnp.float32)
+    low, high = (torch.tensor((v - MEAN) / STD).view(1, 3, 1, 1) for v in (0.0, 1.0))
+    made = _zennit_composites(zc, low, high)
+    for name in ("epsilon_gamma_box", "epsilon_plus_flat"):
+        want = _zennit_relevance(Normalised(ref).eval(), made[name](), x, [207], 1000)
+        with jax.default_matmul_precision("highest"):
+            got = P.lrp(net, params, x, 207, composite=name)
+        assert rel_err(got, want) < 1e-3, name
