@@ -411,6 +411,9 @@ def composite(spec: Any) -> Composite:
                      f"kinds/names to rules, got {type(spec).__name__}")
 
 
+_as_composite = composite  # for the functions whose ``composite`` argument shadows it
+
+
 def _relevance(net, params, images, target_idx, target_fn, comp):
     f = _common.plain_forward(net)
     found: list = []
@@ -454,7 +457,7 @@ def layers(net: Any, params: Any, images: Any, composite: Any = "epsilon_gamma_b
 
     Traces the network once (no computation). Use it to check what a composite does to your model.
     """
-    comp = globals()["composite"](composite)
+    comp = _as_composite(composite)
     net, images = _common.rule_model(net, images, "lrp")
     key = (protocol._params_key(params), tuple(images.shape), str(images.dtype))
     return [(("first" if layer.index == 0 else layer.kind), layer.name, rule if rule is not None else Gradient())
@@ -489,7 +492,7 @@ def lrp(net: Any, params: Any, images: jax.Array, target: Any, *, composite: Any
         rel = lrp(net, params, images, target=207, composite="epsilon_plus_flat")
         heat = viz.reduce_channels(rel, "sum")
     """
-    comp = globals()["composite"](composite)
+    comp = _as_composite(composite)
     net, images = _common.rule_model(net, images, "lrp")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     key = (protocol._params_key(params), tuple(images.shape), str(images.dtype))
