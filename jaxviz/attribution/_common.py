@@ -335,6 +335,12 @@ def accepts(fn: Callable, name: str) -> bool:
         return False
 
 
+def draw_columns(values: jax.Array, k: jax.Array, samples: int) -> jax.Array:
+    """Per-draw values (m,) of items ``k = i * samples + s`` placed in column ``s`` of an (m, samples) array, so a
+    segment sum over images (``k // samples``) gives each image's row of per-draw values (convergence deltas)."""
+    return values[:, None] * jax.nn.one_hot(k % samples, samples, dtype=values.dtype)
+
+
 def item_key(key: jax.Array, k: jax.Array, samples: int) -> jax.Array:
     """The PRNG key of item ``k`` = sample ``k % samples`` of image ``k // samples``.
 

@@ -131,29 +131,30 @@ def _pairs(net, params, x, x0, idx, target_fn, eps, max_pool):
 
 
 def _items(net, params, images, base, idx, k, target_fn, per, shared, eps, max_pool):
+    """Pairs ``k = i * per + b``: their attributions and their convergence deltas in column ``b`` (m, per)."""
     i = k // per
     x = images[i]
     x0 = base[k % per] if shared else base[i]
     mult, diff = _pairs(net, params, x, x0, None if idx is None else idx[i], target_fn, eps, max_pool)
     attr = (x - x0) * mult
-    return attr, jnp.sum(attr, axis=tuple(range(1, attr.ndim))) - diff
+    return attr, _common.draw_columns(jnp.sum(attr, axis=tuple(range(1, attr.ndim))) - diff, k, per)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "per", "shared", "eps", "max_pool"))
 def _chunk(net, params, images, base, idx, k, *, target_fn, per, shared, eps, max_pool):
     _common.count_trace("deeplift")
-    attr, delta = _items(net, params, images, base, idx, k, target_fn, per, shared, eps, max_pool)
-    return jax.ops.segment_sum(attr, k // per, images.shape[0]), delta
+    out = _items(net, params, images, base, idx, k, target_fn, per, shared, eps, max_pool)
+    return jax.tree.map(lambda v: jax.ops.segment_sum(v, k // per, images.shape[0]), out)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "per", "shared", "eps", "max_pool", "batch_size"))
 def _traced(net, params, images, base, idx, *, target_fn, per, shared, eps, max_pool, batch_size):
     _common.count_trace("deeplift")
     n = images.shape[0]
-    attr, delta = execution.chunked_map(
+    img_of = jnp.arange(n * per, dtype=jnp.int32) // per
+    return execution.chunked_sum(
         lambda k: _items(net, params, images, base, idx, k, target_fn, per, shared, eps, max_pool), n * per,
-        batch_size)
-    return attr.reshape((n, per) + images.shape[1:]).sum(axis=1), delta
+        batch_size, img_of, n)
 
 
 def _check_eps(eps: Any) -> float:
@@ -176,21 +177,14 @@ def _run(name, net, params, images, target, base, shared, eps, return_delta, bat
         total, delta = _traced(net, params, images, base, idx, target_fn=fn, per=per, shared=shared, eps=eps,
                                max_pool=max_pool, batch_size=batch_size)
     else:  # eager: one compiled chunk looped over on the host (see execution.host_sum)
-        total, deltas = None, []
-        b = min(batch_size, n * per) or 1
-        for start in range(0, n * per, b):
-            k = jnp.arange(start, min(start + b, n * per), dtype=jnp.int32)
-            a, d = _chunk(net, params, images, base, idx, k, target_fn=fn, per=per, shared=shared, eps=eps,
-                          max_pool=max_pool)
-            total = a if total is None else total + a
-            deltas.append(d)
-        if total is None:
-            total = jnp.zeros_like(images)
-        delta = jnp.concatenate(deltas) if deltas else jnp.zeros((0,), images.dtype)
+        total, delta = execution.host_sum(
+            lambda k: _chunk(net, params, images, base, idx, k, target_fn=fn, per=per, shared=shared, eps=eps,
+                             max_pool=max_pool),
+            n * per, batch_size)
     attr = total / per
     if not return_delta:
         return attr
-    return attr, (delta.reshape(n, per) if shared else delta)
+    return attr, (delta if shared else delta[:, 0])
 
 
 def deeplift(net: Any, params: Any, images: jax.Array, target: Any, *, baselines: Any = 0.0, eps: float = 1e-10,

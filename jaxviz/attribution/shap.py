@@ -57,7 +57,7 @@ def _items(net, params, images, baselines, stdev, key, target_idx, k, target_fn,
     f = _common.forward(net)
     change = _common.scores(f(params, x), target_fn, idx) - _common.scores(f(params, b), target_fn, idx)
     d = jnp.sum(a, axis=tuple(range(1, a.ndim))) - change
-    return a, d[:, None] * jax.nn.one_hot(k % samples, samples, dtype=d.dtype)
+    return a, _common.draw_columns(d, k, samples)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "samples", "delta"))
