@@ -192,7 +192,7 @@ def _lin_fn(eqn: Any, data_pos: int) -> Callable:
 
 def _replay(p: _Pending, x: Any, w: Any, consts: Sequence[Any]) -> Any:
     """The layer's own forward values: the linear op and its chain, as the program computes them."""
-    z = _jaxpr._bind(p.eqn, ([x, w] if p.data_pos == 0 else [w, x]) if w is not None else [x])[0]
+    z = _lin_fn(p.eqn, p.data_pos)(x, w)
     for (eqn, _, pos), c in zip(p.chain, consts):
         z = _jaxpr._bind(eqn, [z, c] if pos == 0 else [c, z])[0]
     return z
