@@ -335,24 +335,12 @@ def _reference_cases(args, net, params, ref, xj, xt, target) -> dict:
 
         if importlib.util.find_spec("torchvision") is None:  # zennit only imports it (tests/stand_ins/)
             sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "stand_ins"))
-        import zennit.composites as zc
+        import torch_reference as tr
         from zennit.attribution import Gradient
 
-        mean, std = ref.mean, ref.std
-        low, high = (0 - mean) / std, (1 - mean) / std
-        made = {"epsilon_gamma_box": lambda: zc.EpsilonGammaBox(low=low, high=high), "epsilon_plus": zc.EpsilonPlus,
-                "epsilon_plus_flat": zc.EpsilonPlusFlat, "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,
-                "epsilon_alpha2_beta1_flat": zc.EpsilonAlpha2Beta1Flat}[args.composite]()
-
-        class Normalised(torch.nn.Module):  # zennit's users hand it the normalised image and bounds
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m(x, normalize=False)
-
-        model = Normalised(ref).eval()
+        mean, std = ref.mean, ref.std  # zennit's users hand it the normalised image and bounds
+        made = tr.zennit_composite(args.composite, (0 - mean) / std, (1 - mean) / std)
+        model = tr.Normalised(ref).eval()
         xn = ((xt - mean) / std).clone()
         one_hot = torch.eye(1000)[[target] * n]
         with Gradient(model, made) as attributor:

@@ -255,12 +255,6 @@ def _zennit():
     return pytest.importorskip("zennit")
 
 
-def _zennit_composites(zc, low, high):
-    return {"epsilon_gamma_box": lambda **k: zc.EpsilonGammaBox(low=low, high=high, **k),
-            "epsilon_plus": zc.EpsilonPlus, "epsilon_plus_flat": zc.EpsilonPlusFlat,
-            "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1, "epsilon_alpha2_beta1_flat": zc.EpsilonAlpha2Beta1Flat}
-
-
 def _zennit_relevance(model, composite, x, target, classes):
     import torch
     import torch_reference as tr
@@ -275,33 +269,23 @@ def _zennit_relevance(model, composite, x, target, classes):
 @pytest.fixture(scope="module")
 def zennit_vgg():
     _zennit()
-    import torch
     import torch_reference as tr
 
     ref = tr.make(STAGES, seed=0, num_classes=10, fc_features=32, pool_output=(2, 2))
     net = models.VGG(stages=STAGES, fc_features=32, num_classes=10, pool_output=(2, 2))
     params = weights.from_torchvision(ref.state_dict(), net)
-
-    class Normalised(torch.nn.Module):  # zennit sees the normalised image, as its users give it
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x, normalize=False)
-
     x = jnp.asarray(np.random.RandomState(0).rand(2, SIZE, SIZE, 3), jnp.float32)
-    return Normalised(ref).eval(), net, params, x
+    return tr.Normalised(ref).eval(), net, params, x  # zennit sees the normalised image, as its users give it
 
 
 @pytest.mark.parametrize("name", sorted(P.COMPOSITES))
 def test_equals_zennit_on_vgg(zennit_vgg, name):
     import torch
-    import zennit.composites as zc
+    import torch_reference as tr
 
     model, net, params, x = zennit_vgg
     low, high = (torch.tensor((v - MEAN) / STD).view(1, 3, 1, 1) for v in (0.0, 1.0))
-    want = _zennit_relevance(model, _zennit_composites(zc, low, high)[name](), x, TARGET, 10)
+    want = _zennit_relevance(model, tr.zennit_composite(name, low, high), x, TARGET, 10)
     with jax.default_matmul_precision("highest"):
         got = P.lrp(net, params, x, TARGET, composite=name)
     assert rel_err(got, want) < 1e-3
@@ -315,7 +299,6 @@ def test_equals_zennit_on_resnet18_with_its_canonizer(name):
     _zennit()
     import torch
     import torch_reference as tr
-    import zennit.composites as zc
     import zennit.torchvision as ztv
 
     ztv.ResNetBasicBlock, ztv.ResNetBottleneck = tr._BasicBlock, tr._Bottleneck  # the stand-in's are placeholders
@@ -325,7 +308,7 @@ def test_equals_zennit_on_resnet18_with_its_canonizer(name):
     ref.mean, ref.std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)  # zennit sees the normalised image
     x = jnp.asarray(np.random.RandomState(1).rand(2, 48, 48, 3), jnp.float32)
     low, high = (torch.tensor((v - MEAN) / STD).view(1, 3, 1, 1) for v in (0.0, 1.0))
-    comp = _zennit_composites(zc, low, high)[name](canonizers=[ztv.ResNetCanonizer()])
+    comp = tr.zennit_composite(name, low, high, canonizers=[ztv.ResNetCanonizer()])
     want = _zennit_relevance(ref, comp, x, TARGET, 1000)
     with jax.default_matmul_precision("highest"):
         got = P.lrp(net, params, x, TARGET, composite=name)
@@ -379,25 +362,14 @@ def test_equals_zennit_on_full_vgg16():
     _zennit()
     import torch
     import torch_reference as tr
-    import zennit.composites as zc
 
     ref = tr.make("vgg16", seed=0)
     net = models.vgg16()
     params = weights.from_torchvision(ref.state_dict(), net)
-
-    class Normalised(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, v):
-            return self.m(v, normalize=False)
-
     x = jnp.asarray(np.random.RandomState(7).rand(1, 64, 64, 3), jnp.float32)
     low, high = (torch.tensor((v - MEAN) / STD).view(1, 3, 1, 1) for v in (0.0, 1.0))
-    made = _zennit_composites(zc, low, high)
     for name in ("epsilon_gamma_box", "epsilon_plus_flat"):
-        want = _zennit_relevance(Normalised(ref).eval(), made[name](), x, [207], 1000)
+        want = _zennit_relevance(tr.Normalised(ref).eval(), tr.zennit_composite(name, low, high), x, [207], 1000)
         with jax.default_matmul_precision("highest"):
             got = P.lrp(net, params, x, 207, composite=name)
         assert rel_err(got, want) < 1e-3, name

@@ -215,3 +215,27 @@ class TorchResNet(nn.Module):
 
     def forward(self, x):
         return self.taps(x)["fc"]
+
+
+class Normalised(nn.Module):
+    """A :class:`TorchVGG` that takes the normalised image: zennit's users normalise outside the model (and give
+    it the normalised bounds), so its relevance is that of the normalised image."""
+
+    def __init__(self, vgg):
+        super().__init__()
+        self.m = vgg
+
+    def forward(self, x):
+        return self.m(x, normalize=False)
+
+
+def zennit_composite(name, low, high, **kwargs):
+    """zennit's composite for a jaxviz composite name (``attribution.propagation.COMPOSITES``); ``low``/``high``
+    are EpsilonGammaBox's (normalised) bounds; ``kwargs`` go to the composite (e.g. ``canonizers``)."""
+    import zennit.composites as zc
+
+    if name == "epsilon_gamma_box":
+        return zc.EpsilonGammaBox(low=low, high=high, **kwargs)
+    return {"epsilon_plus": zc.EpsilonPlus, "epsilon_plus_flat": zc.EpsilonPlusFlat,
+            "epsilon_alpha2_beta1": zc.EpsilonAlpha2Beta1,
+            "epsilon_alpha2_beta1_flat": zc.EpsilonAlpha2Beta1Flat}[name](**kwargs)
