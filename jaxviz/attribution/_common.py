@@ -241,6 +241,20 @@ def upsample(maps: jax.Array, size: tuple[int, int], interpolation: str) -> jax.
     return jax.image.resize(maps, (maps.shape[0],) + tuple(size), method=interpolation)
 
 
+def pixel_map(maps: Any, n: int, h: int, w: int, name: str = "maps") -> jax.Array:
+    """A map per image, (N, H, W): ``maps`` as given, or (N, H, W, C) summed over C (an attribution per channel).
+    Finite values are checked when ``maps`` is concrete."""
+    m = jnp.asarray(maps, jnp.float32)
+    if m.ndim == 4 and m.shape[:3] == (n, h, w):
+        m = jnp.sum(m, axis=-1)
+    if m.shape != (n, h, w):
+        raise InputError(f"{name}: expected shape ({n}, {h}, {w}) (a map per image, e.g. an upsampled CAM) or "
+                         f"({n}, {h}, {w}, C) (summed over C), got {tuple(m.shape)}")
+    if not isinstance(m, jax.core.Tracer) and not bool(jnp.isfinite(m).all()):
+        raise InputError(f"{name}: expected finite values, got NaN or inf")
+    return m
+
+
 def broadcast_baseline(baselines: Any, images: jax.Array, name: str = "baselines") -> jax.Array:
     """A scalar, (H, W, 3), (1, H, W, 3) or (N, H, W, 3) baseline -> (N, H, W, 3) float32."""
     if baselines is None:

@@ -241,7 +241,7 @@ def slic_segments(images: Any, **options: Any) -> np.ndarray:
     return np.stack([slic(img, start_label=0, **options) for img in x]).astype(np.int32)
 
 
-def _segments(segments: Any, images: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+def segment_labels(segments: Any, images: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """Labels relabelled 0..S_i-1 per image (in order of the original labels) and S_i: ((N, H, W), (N,))."""
     n, h, w, _ = images.shape
     if isinstance(segments, str):
@@ -318,7 +318,7 @@ def region_perturbation(net: Any, params: Any, images: jax.Array, target: Any, a
     regions = _checks.positive_int(regions, "regions")
     _checks.one_of(order, "order", ("morf", "lerf", "random"))
     batch_size = _common.check_batch_size(batch_size)
-    labels, counts = _segments(grid_segments(images.shape, size, centered=True), images)
+    labels, counts = segment_labels(grid_segments(images.shape, size, centered=True), images)
     ranks = _segment_ranks(a, labels, counts, "sum", order, _checks.prng_key(key))
     steps = min(regions, int(counts.max()))
     scores, clean = _progressive(net, params, images, ranks, _baseline(baseline, images),
@@ -353,7 +353,7 @@ def irof(net: Any, params: Any, images: jax.Array, target: Any, attributions: ja
     images, fn, idx = _prepare(net, params, images, target, "irof")
     a = _features(attributions, images)
     batch_size = _common.check_batch_size(batch_size)
-    labels, counts = _segments(segments, images)
+    labels, counts = segment_labels(segments, images)
     ranks = _segment_ranks(a, labels, counts, "mean", "morf", jax.random.key(0))
     s_max = int(counts.max())
     scores, clean = _progressive(net, params, images, ranks, _baseline(baseline, images),

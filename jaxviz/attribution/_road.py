@@ -243,18 +243,6 @@ class Road(NamedTuple):
     combined: jax.Array
 
 
-def _pixel_map(maps: Any, n: int, h: int, w: int, name: str = "maps") -> jax.Array:
-    m = jnp.asarray(maps, jnp.float32)
-    if m.ndim == 4 and m.shape[:3] == (n, h, w):
-        m = jnp.sum(m, axis=-1)
-    if m.shape != (n, h, w):
-        raise InputError(f"{name}: expected shape ({n}, {h}, {w}) (a map per image, e.g. an upsampled CAM) or "
-                         f"({n}, {h}, {w}, C) (summed over C), got {tuple(m.shape)}")
-    if not isinstance(m, jax.core.Tracer) and not bool(jnp.isfinite(m).all()):
-        raise InputError(f"{name}: expected finite values, got NaN or inf")
-    return m
-
-
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "batch_size", "probabilities", "tol", "max_iter"))
 def _road_core(net, params, images, maps, percentiles, noise, key, target_idx, *, target_fn, batch_size,
                probabilities, tol, max_iter):
@@ -321,7 +309,7 @@ def road(net: Any, params: Any, images: jax.Array, target: Any, maps: jax.Array,
     _common.check_net(net, "road")
     images = _common.check_images(images, net)
     n, h, w, _ = images.shape
-    maps = _pixel_map(maps, n, h, w)
+    maps = _common.pixel_map(maps, n, h, w)
     pct = np.asarray(percentiles, np.float64).ravel()
     if pct.size == 0 or not np.all((pct > 0) & (pct < 100)):
         raise InputError(f"percentiles: expected one or more values in (0, 100), got {percentiles!r}")
@@ -381,7 +369,7 @@ def confidence_change(net: Any, params: Any, images: jax.Array, target: Any, map
     _common.check_net(net, "confidence_change")
     images = _common.check_images(images, net)
     n, h, w, _ = images.shape
-    maps = _pixel_map(maps, n, h, w)
+    maps = _common.pixel_map(maps, n, h, w)
     base = _common.broadcast_baseline(baseline, images, "baseline")
     batch_size = _common.check_batch_size(batch_size)
     fn, idx = _common.prepare_target(target, n, net, params, images)

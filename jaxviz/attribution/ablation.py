@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from .. import _checks, execution
 from ..errors import InputError
 from . import _common
-from ._faithfulness import _segments
+from ._faithfulness import segment_labels
 
 __all__ = ["feature_ablation", "rise", "rise_masks"]
 
@@ -70,7 +70,7 @@ def feature_ablation(net: Any, params: Any, images: jax.Array, target: Any, *, s
     """
     _common.check_net(net, "feature_ablation")
     images = _common.check_images(images, net)
-    labels, counts = _segments(segments, images)
+    labels, counts = segment_labels(segments, images)
     base = _common.broadcast_baseline(baseline, images, "baseline")
     batch_size = _common.check_batch_size(batch_size)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)

@@ -123,7 +123,7 @@ def lime(net: Any, params: Any, images: jax.Array, target: Any, *, segments: Any
 
         attribution.lime(net, params, images, 207, segments="slic", samples=500, key=0)
     """
-    from ._faithfulness import _segments
+    from ._faithfulness import segment_labels
 
     _common.check_net(net, "lime")
     images = _common.check_images(images, net)
@@ -134,7 +134,7 @@ def lime(net: Any, params: Any, images: jax.Array, target: Any, *, segments: Any
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or alpha < 0:
         raise InputError(f"alpha: expected a non-negative number, got {alpha!r}")
     _checks.positive_number(kernel_width, "kernel_width")
-    labels, counts = _segments(segments, images)
+    labels, counts = segment_labels(segments, images)
     base = _common.broadcast_baseline(baseline, images, "baseline")
     batch_size = _common.check_batch_size(batch_size)
     key = _checks.prng_keys(key, n)

@@ -103,22 +103,14 @@ def auc(curve: jax.Array) -> jax.Array:
     return (jnp.sum(curve, axis=-1) - 0.5 * (curve[..., 0] + curve[..., -1])) / steps
 
 
-def _pixel_scores(attributions: jax.Array, n: int, h: int, w: int) -> jax.Array:
-    a = jnp.asarray(attributions, jnp.float32)
-    if a.shape == (n, h, w, 3):
-        a = jnp.sum(a, axis=-1)
-    if a.shape != (n, h, w):
-        raise InputError(f"attributions: expected shape ({n}, {h}, {w}, 3) or ({n}, {h}, {w}), got {a.shape}")
-    return a.reshape(n, h * w)
-
-
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "steps", "batch_size", "insert", "probabilities"))
 def _curve_core(net, params, images, attributions, baseline, target_idx, *, target_fn, steps, batch_size, insert,
                 probabilities):
     _common.count_trace("insertion" if insert else "deletion")
     n, h, w, _ = images.shape
     f = _common.forward(net)
-    order = jnp.argsort(-_pixel_scores(attributions, n, h, w), axis=1, stable=True)
+    order = jnp.argsort(-_common.pixel_map(attributions, n, h, w, "attributions").reshape(n, h * w), axis=1,
+                        stable=True)
     position = jnp.zeros((n, h * w), jnp.int32).at[jnp.arange(n)[:, None], order].set(jnp.arange(h * w, dtype=jnp.int32))
     position = position.reshape(n, h, w)
     counts = jnp.asarray(np.round(np.arange(steps + 1) * (h * w) / steps).astype(np.int32))
@@ -146,9 +138,7 @@ def _curve(insert, net, params, images, target, attributions, steps, baseline, b
     steps = _checks.positive_int(steps, "steps")
     batch_size = _common.check_batch_size(batch_size)
     n, h, w, _ = images.shape
-    _pixel_scores(jnp.zeros(jnp.shape(attributions)), n, h, w)  # shape check at call time
-    if not isinstance(attributions, jax.core.Tracer) and not np.isfinite(np.asarray(attributions)).all():
-        raise InputError("attributions: expected finite values, got NaN or inf (the pixel order would be arbitrary)")
+    _common.pixel_map(attributions, n, h, w, "attributions")  # shape and finite values, at call time
     base = _common.broadcast_baseline(baseline, images, "baseline")
     fn, idx = _common.prepare_target(target, n, net, params, images)
     curve, area = _curve_core(net, params, images, attributions, base, idx, target_fn=fn, steps=steps,
@@ -293,9 +283,11 @@ def _sens_options(static_opts, dyn_opts, pass_batch, batch_size):
     return opts
 
 
-@functools.partial(jax.jit, static_argnames=_SENS_STATIC)
-def _sens_reference(net, params, images, target_idx, dyn_opts, *, target_fn, base, static_opts, samples, batch_size,
-                    pass_batch, lipschitz):
+@functools.partial(jax.jit, static_argnames=("net", "target_fn", "base", "static_opts", "batch_size", "pass_batch"))
+def _sens_reference(net, params, images, target_idx, dyn_opts, *, target_fn, base, static_opts, batch_size,
+                    pass_batch):
+    """The unperturbed maps, flattened, and their norms (a zero map counts as norm 1): shared by the three
+    metrics, so it does not depend on the perturbations' kind or number."""
     _common.count_trace("max_sensitivity")
     opts = _sens_options(static_opts, dyn_opts, pass_batch, batch_size)
     ref = base(net, params, images, target_fn if target_fn is not None else target_idx, **opts)
@@ -384,7 +376,9 @@ def _sensitivity(net, params, images, target, method, options, key, samples, rad
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
     kw = dict(target_fn=fn, base=base, static_opts=static_opts, samples=samples, batch_size=batch_size,
               pass_batch=_common.accepts(base, "batch_size"), lipschitz=lipschitz)
-    ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, **kw)
+    ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, target_fn=fn, base=base,
+                                         static_opts=static_opts, batch_size=batch_size,
+                                         pass_batch=kw["pass_batch"])
     radius = jnp.float32(radius)
     n = images.shape[0]
     if execution.is_traced(params, images, key, idx, dyn_opts):

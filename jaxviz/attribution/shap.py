@@ -245,7 +245,7 @@ def kernel_shap(net: Any, params: Any, images: jax.Array, target: Any, *, segmen
 
         attribution.kernel_shap(net, params, images, 207, segments="slic", samples=500, key=0)
     """
-    from ._faithfulness import _segments
+    from ._faithfulness import segment_labels
 
     _common.check_net(net, "kernel_shap")
     images = _common.check_images(images, net)
@@ -253,7 +253,7 @@ def kernel_shap(net: Any, params: Any, images: jax.Array, target: Any, *, segmen
     samples = _checks.positive_int(samples, "samples")
     if samples < 3:
         raise InputError(f"samples: expected at least 3 (the two end points and one coalition), got {samples}")
-    labels, counts = _segments(segments, images)
+    labels, counts = segment_labels(segments, images)
     base = _common.broadcast_baseline(baseline, images, "baseline")
     batch_size = _common.check_batch_size(batch_size)
     key = _checks.prng_keys(key, n)

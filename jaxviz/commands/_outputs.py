@@ -18,6 +18,8 @@ from ._common import check_writable
 __all__ = [
     "parse_channels",
     "finished",
+    "describe",
+    "owning",
     "add_output_args",
     "add_folder_args",
     "check_out",
