@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import numpy as np
@@ -42,6 +43,9 @@ def run(capsys, *argv):
 def user(tmp_path, monkeypatch):
     (tmp_path / "usernet.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
+    # the tests import it too: from this test's folder, not a module cached by an earlier test in the process
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "usernet", raising=False)
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(2):
