@@ -15,6 +15,9 @@ import pytest
 from jaxviz import attribution, cli, image, train, viz
 from jaxviz.commands import demo as demo_cmd
 
+# One worker runs this module under pytest-xdist (``--dist loadgroup``): its module fixture trains the demo's model.
+pytestmark = pytest.mark.xdist_group("meaning")
+
 OCCLUSION = {"window": 6, "stride": 2, "baseline": 0.5}
 
 
