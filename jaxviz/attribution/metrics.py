@@ -104,13 +104,12 @@ def auc(curve: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "steps", "batch_size", "insert", "probabilities"))
-def _curve_core(net, params, images, attributions, baseline, target_idx, *, target_fn, steps, batch_size, insert,
+def _curve_core(net, params, images, maps, baseline, target_idx, *, target_fn, steps, batch_size, insert,
                 probabilities):
     _common.count_trace("insertion" if insert else "deletion")
     n, h, w, _ = images.shape
     f = _common.forward(net)
-    order = jnp.argsort(-_common.pixel_map(attributions, n, h, w, "attributions").reshape(n, h * w), axis=1,
-                        stable=True)
+    order = jnp.argsort(-maps.reshape(n, h * w), axis=1, stable=True)
     position = jnp.zeros((n, h * w), jnp.int32).at[jnp.arange(n)[:, None], order].set(jnp.arange(h * w, dtype=jnp.int32))
     position = position.reshape(n, h, w)
     counts = jnp.asarray(np.round(np.arange(steps + 1) * (h * w) / steps).astype(np.int32))
@@ -138,10 +137,10 @@ def _curve(insert, net, params, images, target, attributions, steps, baseline, b
     steps = _checks.positive_int(steps, "steps")
     batch_size = _common.check_batch_size(batch_size)
     n, h, w, _ = images.shape
-    _common.pixel_map(attributions, n, h, w, "attributions")  # shape and finite values, at call time
+    maps = _common.pixel_map(attributions, n, h, w, "attributions")
     base = _common.broadcast_baseline(baseline, images, "baseline")
     fn, idx = _common.prepare_target(target, n, net, params, images)
-    curve, area = _curve_core(net, params, images, attributions, base, idx, target_fn=fn, steps=steps,
+    curve, area = _curve_core(net, params, images, maps, base, idx, target_fn=fn, steps=steps,
                               batch_size=batch_size, insert=insert, probabilities=bool(probabilities))
     return Curve(np.linspace(0.0, 1.0, steps + 1), curve, area)
 
