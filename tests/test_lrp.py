@@ -227,6 +227,25 @@ def test_errors(vgg):
         P.lrp(_functional, _functional_params(), x, 0, composite={"avg_pool": P.Gamma(), "conv": P.ZPlus()})
 
 
+def test_one_trace_of_the_model_per_shape(vgg):
+    """The layer listing and the composite's checks ride on the trace that compiles: a model is traced once per
+    input shape (besides the batch-1 probes of the model contract), and never again for another target."""
+    net, params, x = vgg
+    calls = []
+
+    def fn(p, v):
+        calls.append(v.shape[0])
+        return net.apply(p, v)
+
+    first = P.lrp(fn, params, x, TARGET)
+    assert calls.count(2) == 1
+    np.testing.assert_allclose(first, P.lrp(net, params, x, TARGET), rtol=1e-6, atol=1e-9)
+    seen = len(calls)
+    assert rel_err(P.lrp(fn, params, x, [t + 1 for t in TARGET]), first) > 1e-3 and len(calls) == seen
+    P.lrp(fn, params, x[:1], TARGET[:1])
+    assert calls[seen:] == [1]
+
+
 def test_nnx_module_through_the_adapter():
     from flax import nnx
 

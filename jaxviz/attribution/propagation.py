@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -433,7 +433,20 @@ def _relevance(net, params, images, target_idx, target_fn, comp):
 @functools.partial(jax.jit, static_argnames=("net", "target_fn", "comp"))
 def _core(net, params, images, target_idx, *, target_fn, comp):
     _common.count_trace("lrp")
-    return _relevance(net, params, images, target_idx, target_fn, comp)[0]
+    rel, found = _relevance(net, params, images, target_idx, target_fn, comp)
+    _check_layers(net, comp, found)  # at trace time: the one trace per shape also checks the composite
+    return rel
+
+
+def _check_layers(net: Any, comp: Composite, found: Sequence) -> None:
+    if not any(layer.kind in ("conv", "dense") for layer, _ in found):
+        raise ModelError(f"net: found no convolution or dense layer in {protocol.name_of(net)}; LRP needs "
+                         "lax.conv_general_dilated or dot_general layers with parameter weights")
+    names = [layer.name for layer, _ in found]
+    for pattern in comp.names():
+        if not any(layerwise.matches(pattern, layer) for layer, _ in found):
+            shown = ", ".join(dict.fromkeys(n for n in names if n)) or "(the program names no layers)"
+            raise InputError(f"composite: layer-name pattern {pattern!r} matches no layer; layers: {shown}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -495,17 +508,4 @@ def lrp(net: Any, params: Any, images: jax.Array, target: Any, *, composite: Any
     comp = _as_composite(composite)
     net, images = _common.rule_model(net, images, "lrp")
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
-    key = (protocol._params_key(params), tuple(images.shape), str(images.dtype))
-    try:
-        found = _layers(net, comp, key)
-    except TypeError:  # an unhashable model
-        found = _layers.__wrapped__(net, comp, key)
-    if not any(layer.kind in ("conv", "dense") for layer, _ in found):
-        raise ModelError(f"net: found no convolution or dense layer in {protocol.name_of(net)}; LRP needs "
-                         "lax.conv_general_dilated or dot_general layers with parameter weights")
-    names = [layer.name for layer, _ in found]
-    for pattern in comp.names():
-        if not any(layerwise.matches(pattern, layer) for layer, _ in found):
-            shown = ", ".join(dict.fromkeys(n for n in names if n)) or "(the program names no layers)"
-            raise InputError(f"composite: layer-name pattern {pattern!r} matches no layer; layers: {shown}")
     return _core(net, params, images, idx, target_fn=fn, comp=comp)
