@@ -9,10 +9,11 @@ import os
 import numpy as np
 import pytest
 
-# Most of the suite's programs run once, on tiny inputs, and about a third of its time went to XLA:CPU compiling
-# them: the tests compile with LLVM at -O0 (XLA's own graph passes still run; results do not depend on the level,
-# and the suite passes at XLA's default as well: run it with XLA_FLAGS=--xla_backend_optimization_level=2). With
-# two pytest-xdist workers on 2 cores: 10.5-11 minutes instead of 13.5. Set before JAX starts its backend; the CLI
+# Most of the suite's programs run once, on tiny inputs: with a warm compilation cache the two biggest test files
+# ran in half their time, so about half of it was XLA:CPU compiling. The tests compile with LLVM at -O0 (XLA's own
+# graph passes still run; results do not depend on the level, and the suite passes at XLA's default as well: run
+# it with XLA_FLAGS=--xla_backend_optimization_level=2). With two pytest-xdist workers on 2 cores: 10.5-12 minutes
+# instead of 13.5-14 (runtime-heavy tests get slower at -O0). Set before JAX starts its backend; the CLI
 # subprocesses of the tests inherit it.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
