@@ -449,22 +449,6 @@ def _check_layers(net: Any, comp: Composite, found: Sequence) -> None:
             raise InputError(f"composite: layer-name pattern {pattern!r} matches no layer; layers: {shown}")
 
 
-@functools.lru_cache(maxsize=64)
-def _layers(net: Any, comp: Composite, key: Any) -> tuple:
-    params_key, shape, dtype = key
-    params = protocol._abstract_params(params_key)
-    x = jax.ShapeDtypeStruct(shape, dtype)
-    found: list = []
-
-    def trace(p, x):
-        rel, layers = _relevance(net, p, x, jnp.zeros((shape[0],), jnp.int32), None, comp)
-        found[:] = layers
-        return rel
-
-    jax.eval_shape(trace, params, x)
-    return tuple(found)
-
-
 def layers(net: Any, params: Any, images: Any, composite: Any = "epsilon_gamma_box") -> list[tuple[str, str, Any]]:
     """The layers LRP finds in ``net`` and the rule each gets: ``[(kind, name, rule)]`` in program order.
 
@@ -472,9 +456,15 @@ def layers(net: Any, params: Any, images: Any, composite: Any = "epsilon_gamma_b
     """
     comp = _as_composite(composite)
     net, images = _common.rule_model(net, images, "lrp")
-    key = (protocol._params_key(params), tuple(images.shape), str(images.dtype))
+    found: list = []
+
+    def trace(p, x):
+        rel, found[:] = _relevance(net, p, x, jnp.zeros((x.shape[0],), jnp.int32), None, comp)
+        return rel
+
+    jax.eval_shape(trace, params, images)
     return [(("first" if layer.index == 0 else layer.kind), layer.name, rule if rule is not None else Gradient())
-            for layer, rule in _layers(net, comp, key)]
+            for layer, rule in found]
 
 
 def lrp(net: Any, params: Any, images: jax.Array, target: Any, *, composite: Any = "epsilon_gamma_box") -> jax.Array:
