@@ -373,11 +373,10 @@ def _sensitivity(net, params, images, target, method, options, key, samples, rad
         raise InputError("options: pass batch_size to max_sensitivity itself (it is handed on to the method)")
     static_opts, dyn_opts = _common.split_options(options)
     fn, idx = _common.prepare_target(target, images.shape[0], net, params, images)
-    kw = dict(target_fn=fn, base=base, static_opts=static_opts, samples=samples, batch_size=batch_size,
-              pass_batch=_common.accepts(base, "batch_size"), lipschitz=lipschitz)
-    ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, target_fn=fn, base=base,
-                                         static_opts=static_opts, batch_size=batch_size,
-                                         pass_batch=kw["pass_batch"])
+    shared = dict(target_fn=fn, base=base, static_opts=static_opts, batch_size=batch_size,
+                  pass_batch=_common.accepts(base, "batch_size"))
+    kw = dict(shared, samples=samples, lipschitz=lipschitz)
+    ref_flat, ref_norm = _sens_reference(net, params, images, idx, dyn_opts, **shared)
     radius = jnp.float32(radius)
     n = images.shape[0]
     if execution.is_traced(params, images, key, idx, dyn_opts):
