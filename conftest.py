@@ -14,12 +14,27 @@ import pytest
 # graph passes still run; results do not depend on the level, and the suite passes at XLA's default as well: run
 # it with XLA_FLAGS=--xla_backend_optimization_level=2). With two pytest-xdist workers on 2 cores: 10.5-12 minutes
 # instead of 13.5-14 (runtime-heavy tests get slower at -O0). Set before JAX starts its backend; the CLI
-# subprocesses of the tests inherit it.
+# subprocesses of the tests inherit it (and pytest-xdist's workers the controller's setting), so a marker variable
+# says the -O0 is the suite's: the `runtime_env` fixture takes it out again for a child process.
+_O0 = "--xla_backend_optimization_level=0"
+_ADDED = "JAXVIZ_TESTS_ADDED_XLA_O0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _O0).strip()
+    os.environ[_ADDED] = "1"
 
 # old module names kept as aliases of the moved modules (``sys.modules`` swaps): nothing to collect there
 collect_ignore = ["jaxviz/dream.py", "jaxviz/embed.py", "jaxviz/losses.py"]
+
+
+@pytest.fixture(scope="session")
+def runtime_env():
+    """The environment for a child process whose time is spent running, not compiling, a program (training a
+    model): ``XLA_FLAGS`` as the suite was given them, without the -O0 added above (training the demo's CNN
+    takes ~3x longer at -O0)."""
+    env = dict(os.environ)
+    if env.pop(_ADDED, None):
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f != _O0)
+    return env
 
 
 def _picture(h: int, w: int, seed: int) -> np.ndarray:
