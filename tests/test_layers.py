@@ -104,3 +104,72 @@ def test_conv_auto_grad_is_the_flipped_form_off_the_cpu(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # cuDNN's convolutions need no help
     assert not layers._patches_pay((1, 14, 14, 512), (1, 14, 14, 512))
     assert not layers._patches_pay((8, 224, 224, 3), (8, 224, 224, 64))
+
+
+SMALL_MAPS = [  # (input shape, kernel, strides, padding): maps XLA:CPU would swap with the kernel
+    ((2, 2, 2, 8), 3, (1, 1), ((1, 1), (1, 1))),   # conv5 of a VGG at 32 px
+    ((2, 1, 6, 8), 3, (1, 1), ((1, 1), (1, 1))),   # one row
+    ((1, 2, 4, 8), 3, (1, 1), ((0, 2), (1, 0))),   # 8 positions < 9, asymmetric padding
+    ((2, 2, 2, 8), 3, (2, 2), ((1, 1), (1, 1))),   # a ResNet's downsampling convolution
+    ((1, 5, 6, 3), 7, (2, 2), ((3, 3), (3, 3))),   # a ResNet stem on a tiny picture
+    ((2, 2, 3, 8), 3, (1, 1), "SAME"),
+]
+
+
+def _lax_conv(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", SMALL_MAPS)
+def test_conv_on_a_map_smaller_than_the_kernel_is_a_patch_product_equal_to_lax(shape, kernel, strides, padding):
+    from jaxviz.models import layers
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], 5)), jnp.float32)
+    ours = lambda x, w: layers.conv(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    want = _lax_conv(x, w, strides, padding)
+    got = jax.jit(ours)(x, w)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))  # noqa: E731
+    for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w),
+                    jax.grad(loss(lambda x, w: _lax_conv(x, w, strides, padding)), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    # the patch product, forward and backward: no convolution for XLA to swap
+    assert _convolutions(jax.make_jaxpr(jax.grad(loss(ours), (0, 1)))(x, w).jaxpr) == 0
+    assert "rhs_reversal" not in jax.jit(ours).lower(x, w).compile().as_text()
+    with layers.conv_primitives():  # for programs that read layers from the jaxpr (a new trace: a new function)
+        assert _convolutions(jax.make_jaxpr(lambda x, w: ours(x, w))(x, w).jaxpr) == 1
+    assert _convolutions(jax.make_jaxpr(lambda x, w: ours(x, w))(x, w).jaxpr) == 0  # the context is over
+
+
+@pytest.mark.parametrize("grad_form", ["conv_flipped_grad", "conv_auto_grad"])
+def test_the_custom_gradient_convolutions_take_small_maps_as_patch_products_too(grad_form):
+    from jaxviz.models import layers
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 2, 2, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 6, 4)), jnp.float32)
+    conv = getattr(layers, grad_form)
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w, (1, 1), ((1, 1), (1, 1)),  # noqa: E731
+                                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+    got = jax.grad(loss(conv), (0, 1))(x, w)
+    for a, b in zip(got, jax.grad(loss(jax.lax.conv_general_dilated), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+    assert _convolutions(jax.make_jaxpr(jax.grad(loss(conv), (0, 1)))(x, w).jaxpr) == 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3, 8), (2, 2, 5, 8), (1, 8, 8, 8)])
+def test_conv_keeps_the_convolution_where_the_map_is_not_smaller_than_the_kernel(shape, monkeypatch):
+    from jaxviz.models import layers
+
+    x = jnp.ones(shape, jnp.float32)
+    w = jnp.ones((3, 3, 8, 4), jnp.float32)
+    ours = lambda x: layers.conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    assert _convolutions(jax.make_jaxpr(ours)(x).jaxpr) == 1
+    np.testing.assert_array_equal(ours(x), _lax_conv(x, w, (1, 1), ((1, 1), (1, 1))))
+    small = jnp.ones((2, 2, 2, 8), jnp.float32)
+    assert _convolutions(jax.make_jaxpr(ours)(small).jaxpr) == 0
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # XLA:GPU and TPU have their own convolutions
+    assert _convolutions(jax.make_jaxpr(lambda x: ours(x))(small).jaxpr) == 1  # a new function: traced anew

@@ -392,3 +392,22 @@ def test_equals_zennit_on_full_vgg16():
         with jax.default_matmul_precision("highest"):
             got = P.lrp(net, params, x, 207, composite=name)
         assert rel_err(got, want) < 1e-3, name
+
+
+def test_maps_smaller_than_the_kernel_are_convolutions_to_lrp_also_through_a_function_jitted_before():
+    """On XLA:CPU jaxviz's models compute a 3x3 convolution of a 2x2 map as a matrix product over patches
+    (models.layers.conv); LRP must still find convolutions there (gamma, not epsilon, in EpsilonGammaBox), also
+    when the model comes as a function that was jitted and run before LRP traced it."""
+    net = models.VGG(stages=((4,), (6, 6)), fc_features=8, num_classes=3, pool_output=(1, 1))
+    params = weights.random(net, seed=2)
+    x = jnp.asarray(np.random.RandomState(5).rand(2, 4, 4, 3), jnp.float32)  # stage 2 runs on 2x2 maps
+    jitted = jax.jit(lambda p, v: net.apply(p, v))
+    jitted(params, x)  # traced outside LRP: its cached program has the patch products
+    want = [("first", "conv1_1"), ("conv", "conv2_1"), ("conv", "conv2_2"), ("dense", "fc6"), ("dense", "fc7"),
+            ("dense", "fc8")]
+    assert [(k, n) for k, n, _ in P.layers(net, params, x) if k != "max_pool" and k != "activation"] == want
+    assert [k for k, _, _ in P.layers(jitted, params, x) if k in ("first", "conv", "dense")] == [k for k, _ in want]
+    ours = P.lrp(net, params, x, [0, 2])
+    np.testing.assert_allclose(P.lrp(jitted, params, x, [0, 2]), ours, rtol=1e-5, atol=1e-6 * float(jnp.abs(ours).max()))
+    eps = P.lrp(net, params, x, [0, 2], composite=P.epsilon_gamma_box().with_rules({"conv2_*": P.Epsilon()}))
+    assert rel_err(eps, ours) > 1e-3  # the rule conv2_* get matters, so the equality above says it is gamma

@@ -19,10 +19,24 @@ several times slower inside a loop body (``lax.while_loop``/``scan``, e.g. optax
 L-BFGS line search) than at the top level; the flipped form runs at full speed
 in both. Forward-mode differentiation (``jax.jvp``) of a custom-VJP function is
 not available, so models use it only when asked (``VGG(conv_grad="flipped")``).
+
+:func:`conv` is ``lax.conv_general_dilated`` (same signature) with one change on
+XLA:CPU: a map smaller than the kernel (fewer positions than the kernel has taps:
+a 3x3 kernel on a 2x2, 2x4 or 1x8 map) is convolved as one matrix product over
+its patches. For such shapes XLA's algebraic simplifier swaps the convolution's
+operands (the kernel becomes the image), and the swapped form, a reversed
+window, misses the Eigen kernel: a 3x3, 512-channel convolution of sixteen 2x2
+maps ran in 190 ms instead of 2.5 ms, which made a VGG or ResNet on CIFAR-sized
+(32-64 px) pictures 10-20x slower than its arithmetic. jaxviz's models use it
+for every convolution. Programs that read the layers from the traced program
+(:mod:`jaxviz.models.layerwise`: LRP, DeepLIFT) trace under
+:func:`conv_primitives`, which keeps the convolution primitive there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -30,7 +44,7 @@ import jax.numpy as jnp
 
 from .. import execution
 
-__all__ = ["conv_flipped_grad", "max_pool"]
+__all__ = ["conv", "conv_auto_grad", "conv_flipped_grad", "conv_primitives", "max_pool"]
 
 
 def _windows(x: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -82,6 +96,38 @@ def _max_pool_jvp(window, primals, tangents):
 
 _CONV_STATIC = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
                 "feature_group_count", "batch_group_count", "precision", "preferred_element_type")
+
+
+_PRIMITIVES = contextvars.ContextVar("jaxviz_conv_primitives", default=False)
+
+
+@contextlib.contextmanager
+def conv_primitives():
+    """Within this context :func:`conv` (and the ``conv_*_grad`` forms) always emit ``lax.conv_general_dilated``.
+
+    For programs that read a model's layers from its traced program (a convolution computed as a matrix
+    product over patches would be read as a dense layer). It applies while a function is traced, and only to
+    what is traced then: a function jitted earlier keeps the program it was traced with.
+    """
+    token = _PRIMITIVES.set(True)
+    try:
+        yield
+    finally:
+        _PRIMITIVES.reset(token)
+
+
+def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+         feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
+    """``lax.conv_general_dilated`` (same signature), except that on XLA:CPU a map smaller than the kernel is
+    convolved as one matrix product over its patches (see the module docstring; equal to float32 round-off).
+
+    Pass it to flax: ``nn.Conv(..., conv_general_dilated=jaxviz.models.layers.conv)``. Applies to NHWC/HWIO
+    undilated ungrouped convolutions (flax's ``nn.Conv`` on 4-D inputs); anything else is
+    ``lax.conv_general_dilated`` itself.
+    """
+    cfg = _config(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                  batch_group_count, precision, preferred_element_type)
+    return _conv(cfg, lhs, rhs)
 
 
 def conv_flipped_grad(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -143,34 +189,71 @@ def _freeze(v):
 
 
 def _conv(cfg, lhs, rhs):
+    if _small_map(cfg, lhs, rhs):
+        return _im2col(cfg, lhs, rhs)
     return jax.lax.conv_general_dilated(lhs, rhs, **dict(zip(_CONV_STATIC, cfg)))
 
 
-def _flippable(cfg, lhs):
-    strides, padding, lhs_dil, rhs_dil, dn, groups, bgroups, _, _ = cfg
+def _undilated(d) -> bool:
+    return d is None or all(v == 1 for v in (d if isinstance(d, tuple) else (d,)))
+
+
+def _nhwc(cfg, lhs) -> bool:
+    """An NHWC/HWIO convolution without dilations or groups."""
+    _, _, lhs_dil, rhs_dil, dn, groups, bgroups, _, _ = cfg
     if lhs.ndim != 4 or dn is None:
         return False
     nhwc = jax.lax.conv_dimension_numbers(lhs.shape, (3, 3, 1, 1), ("NHWC", "HWIO", "NHWC"))
-    return (all(s == 1 for s in strides) and not isinstance(padding, str) and lhs_dil in (None, (1, 1))
-            and rhs_dil in (None, (1, 1)) and groups == 1 and bgroups == 1
+    return (_undilated(lhs_dil) and _undilated(rhs_dil) and groups == 1 and bgroups == 1
             and jax.lax.conv_dimension_numbers(lhs.shape, (3, 3, 1, 1), dn) == nhwc)
+
+
+def _flippable(cfg, lhs):
+    return all(s == 1 for s in cfg[0]) and not isinstance(cfg[1], str) and _nhwc(cfg, lhs)
+
+
+def _small_map(cfg, lhs, rhs) -> bool:
+    """Whether XLA:CPU would swap this convolution's operands (the map is smaller than the kernel), and the
+    patch product is used instead (not under :func:`conv_primitives`)."""
+    if _PRIMITIVES.get() or not execution.on_cpu() or not _nhwc(cfg, lhs):
+        return False
+    (h, w), (kh, kw) = lhs.shape[1:3], rhs.shape[:2]
+    return h * w < kh * kw  # XLA's condition for the swap (jaxlib 0.10.2; strides and padding do not enter)
+
+
+#: The name scope of :func:`_im2col`'s operations (how :mod:`~jaxviz.models.layerwise` tells a traced program
+#: that still has patch products, from a function jitted outside :func:`conv_primitives`).
+PATCH_SCOPE = "jaxviz_patch_conv"
+
+
+def _im2col(cfg, x, rhs):
+    """The convolution as a matrix product over patches (NHWC/HWIO, any strides and padding)."""
+    with jax.named_scope(PATCH_SCOPE):
+        return _im2col_ops(cfg, x, rhs)
+
+
+def _im2col_ops(cfg, x, rhs):
+    strides, padding, precision, out_type = cfg[0], cfg[1], cfg[7], cfg[8]
+    kh, kw, ci, co = rhs.shape
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
+    (plh, phh), (plw, phw) = padding
+    sh, sw = strides
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plh, phh, 0), (plw, phw, 0), (0, 0, 0)))
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    cols = jnp.concatenate([
+        jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
+                      (1, sh, sw, 1))
+        for i in range(kh) for j in range(kw)], -1)
+    out = jnp.dot(cols.reshape(-1, kh * kw * ci), rhs.reshape(kh * kw * ci, co), precision=precision,
+                  preferred_element_type=out_type)
+    return out.reshape(x.shape[0], ho, wo, co)
 
 
 def _patches_pay(lhs_shape, g_shape) -> bool:
     """Whether the patch-matrix input gradient is the faster one here (XLA:CPU, small maps or RGB input)."""
     rows = g_shape[0] * g_shape[1] * g_shape[2]
     return execution.on_cpu() and (rows <= PATCH_ROWS or lhs_shape[3] <= PATCH_CHANNELS)
-
-
-def _patches(x, rhs, padding, out_hw):
-    """im2col convolution (stride 1, NHWC/HWIO): only its transpose is used, as the input gradient."""
-    kh, kw, ci, co = rhs.shape
-    (plh, phh), (plw, phw) = padding
-    ho, wo = out_hw
-    xp = jnp.pad(x, ((0, 0), (plh, phh), (plw, phw), (0, 0)))
-    cols = jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], -1)
-    out = jnp.dot(cols.reshape(-1, kh * kw * ci), rhs.reshape(kh * kw * ci, co))
-    return out.reshape(x.shape[0], ho, wo, co)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -186,12 +269,12 @@ def _conv_bwd(cfg, patches, res, g):
     lhs, rhs = res
     _, rhs_vjp = jax.vjp(lambda w: _conv(cfg, lhs, w), rhs)
     (g_rhs,) = rhs_vjp(g)
-    if not _flippable(cfg, lhs):
+    if not _flippable(cfg, lhs) or _small_map(cfg, lhs, rhs):  # the latter: _conv is the patch product
         _, lhs_vjp = jax.vjp(lambda x: _conv(cfg, x, rhs), lhs)
         (g_lhs,) = lhs_vjp(g)
     elif patches and _patches_pay(lhs.shape, g.shape):
         w = rhs.astype(g.dtype)
-        _, lhs_vjp = jax.vjp(lambda x: _patches(x, w, cfg[1], g.shape[1:3]), lhs.astype(g.dtype))
+        _, lhs_vjp = jax.vjp(lambda x: _im2col(cfg, x, w), lhs.astype(g.dtype))
         g_lhs = lhs_vjp(g)[0].astype(lhs.dtype)
     else:
         kh, kw = rhs.shape[:2]

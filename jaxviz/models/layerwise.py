@@ -58,6 +58,7 @@ import numpy as np
 from jax.extend import core as jcore
 
 from . import _jaxpr
+from .layers import PATCH_SCOPE, conv_primitives
 
 __all__ = ["Layer", "Affine", "propagate", "KINDS"]
 
@@ -582,7 +583,11 @@ def propagate(fn: Callable, args: tuple, data: int, choose: Callable[[Layer], An
     def flat(*xs):
         return fn(*jax.tree_util.tree_unflatten(treedef, list(xs)))
 
-    closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+    with conv_primitives():  # jaxviz's models: every convolution a conv primitive, not a patch product
+        closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
+        if _has_patch_products(closed.jaxpr):  # from a function jitted before, outside the context: trace it anew
+            with jax.disable_jit():
+                closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*leaves)
     state = _State(choose, max_pool_rule, pass_scaling)
     n = len(leaves)
     x = leaves[start]
@@ -593,6 +598,13 @@ def propagate(fn: Callable, args: tuple, data: int, choose: Callable[[Layer], An
     outs, _, _ = _eval(state, closed.jaxpr, closed.consts, leaves, [i == start for i in range(n)],
                        [i != start for i in range(n)], [False] * n, [b if i == start else None for i in range(n)])
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), outs), state.found
+
+
+def _has_patch_products(jaxpr: Any) -> bool:
+    """Whether the program (sub-programs included) computes a convolution as jaxviz's patch product."""
+    return any(PATCH_SCOPE in str(eqn.source_info.name_stack)
+               or any(_has_patch_products(sub) for sub in jcore.jaxprs_in_params(eqn.params))
+               for eqn in jaxpr.eqns)
 
 
 def matches(pattern: str, layer: Layer) -> bool:

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _taps
+from .layers import conv
 from .vgg import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ResNet", "RESNETS", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_layers"]
@@ -67,7 +68,7 @@ def resnet_layers(blocks: Sequence[int]) -> tuple[str, ...]:
 def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   dtype=dtype, name=name)
+                   dtype=dtype, name=name, conv_general_dilated=conv)
 
 
 class Block(nn.Module):

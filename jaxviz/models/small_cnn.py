@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from .. import _checks
 from . import _taps
 from ..errors import InputError
-from .layers import max_pool
+from .layers import conv, max_pool
 
 __all__ = ["SmallCNN", "small_cnn", "small_cnn_layers", "fold_batch_norm", "ALIASES", "MEAN", "STD"]
 
@@ -180,7 +180,7 @@ class SmallCNN(_taps.Tapped, nn.Module):
             block = int(name[4:])
             x = nn.Conv(
                 self.widths[block - 1], (3, 3), padding=((1, 1), (1, 1)),
-                kernel_init=he_normal, name=name,
+                kernel_init=he_normal, name=name, conv_general_dilated=conv,
             )(x)
             if self.batch_norm:
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON, name=f"bn{block}")(x)

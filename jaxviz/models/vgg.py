@@ -48,7 +48,7 @@ import numpy as np
 from ..errors import InputError
 from . import _taps
 from ..execution import reverse_mode  # noqa: F401  (re-exported: models.reverse_mode)
-from .layers import conv_auto_grad, conv_flipped_grad, max_pool
+from .layers import conv, conv_auto_grad, conv_flipped_grad, max_pool
 
 __all__ = [
     "VGG",
@@ -78,8 +78,9 @@ PREPROCESSING = {
     "none": "the input as given",
 }
 ALIASES = {"logits": "fc8"}
-#: ``VGG.conv_grad`` values -> the convolution flax's ``nn.Conv`` is given (None: ``lax.conv_general_dilated``)
-CONV_GRADS = {"jax": None, "flipped": conv_flipped_grad, "auto": conv_auto_grad}
+#: ``VGG.conv_grad`` values -> the convolution flax's ``nn.Conv`` is given (all three run a map smaller than the
+#: kernel as a patch product on XLA:CPU: :func:`jaxviz.models.layers.conv`)
+CONV_GRADS = {"jax": conv, "flipped": conv_flipped_grad, "auto": conv_auto_grad}
 CLASSIFIER_LAYERS = ("avgpool", "fc6", "relu6", "fc7", "relu7", "fc8")
 
 
@@ -149,6 +150,8 @@ class VGG(_taps.Tapped, nn.Module):
       dropout_rate: classifier dropout, used only when called with ``train=True``.
       conv_grad: how the 3x3 convolutions' input gradient is computed.
         ``"jax"``: JAX's transpose rule (forward mode, ``jax.jvp``, works).
+        (All three compute a map smaller than the kernel, conv5 at 32 px, as
+        a matrix product over patches on XLA:CPU: :func:`jaxviz.models.layers.conv`.)
         ``"flipped"``: a custom VJP that runs a forward convolution with the
         flipped kernel (:func:`jaxviz.models.layers.conv_flipped_grad`): the
         same gradients bit for bit, several times faster on XLA:CPU inside loop bodies
