@@ -54,9 +54,25 @@ def matmul_rate(n: int = 2048, repeats: int = 5, dtype=None) -> float:
     return 2 * n**3 / t
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows: the ratios depend on it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
+    import jaxviz  # noqa: F401  (its XLA:CPU settings apply only if it is imported before JAX starts its backend)
     import jax
 
     dev = jax.devices()[0]
     flags = os.environ.get("XLA_FLAGS", "")
-    return f"{dev.platform}:{dev.device_kind}, {os.cpu_count()} cpus, jax {jax.__version__}, XLA_FLAGS={flags!r}"
+    return (f"{dev.platform}:{dev.device_kind} ({cpu_model()}), {os.cpu_count()} cpus, jax {jax.__version__}, "
+            f"XLA_FLAGS={flags!r}")
