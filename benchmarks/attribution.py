@@ -262,7 +262,7 @@ def _reference_cases(args, net, params, ref, xj, xt, target) -> dict:
 
     from jaxviz import attribution as A
     from jaxviz.attribution import metrics, shap
-    from jaxviz.attribution.lime import lime_samples
+    from jaxviz.attribution.surrogate import lime_samples
 
     n, size = xj.shape[0], args.size
     labels = metrics.grid_segments(xj.shape, args.segments)

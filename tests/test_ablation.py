@@ -94,7 +94,7 @@ def test_kernel_shap_of_an_additive_model_is_exact(setup):
 
 
 def test_lasso_by_coordinate_descent():
-    from jaxviz.attribution.lime import lasso
+    from jaxviz.attribution.surrogate import lasso
 
     rng = np.random.default_rng(3)
     z = rng.integers(0, 2, (40, 5)).astype(float)

@@ -258,7 +258,7 @@ def test_lime(setup):
     from captum._utils.models.linear_model import SkLearnLasso
 
     from jaxviz.attribution import metrics
-    from jaxviz.attribution.lime import lime_samples
+    from jaxviz.attribution.surrogate import lime_samples
 
     net, ref, _, x, xt = setup
     ref = copy.deepcopy(ref)

@@ -34,12 +34,12 @@ from typing import Callable
 
 from . import metrics
 from .ablation import feature_ablation, rise, rise_masks
-from .lime import lime
+from .surrogate import lime
 from . import propagation
 from .propagation import lrp
 from .rescale import deeplift, deeplift_shap
 from .shap import gradient_shap, kernel_shap
-from .cam import cam, grad_cam, guided_grad_cam
+from .gradcam import cam, grad_cam, guided_grad_cam
 from .cams import (
     CAM_METHODS,
     ablation_cam,
