@@ -113,6 +113,8 @@ SMALL_MAPS = [  # (input shape, kernel, strides, padding): maps XLA:CPU would sw
     ((2, 2, 2, 8), 3, (2, 2), ((1, 1), (1, 1))),   # a ResNet's downsampling convolution
     ((1, 5, 6, 3), 7, (2, 2), ((3, 3), (3, 3))),   # a ResNet stem on a tiny picture
     ((2, 2, 3, 8), 3, (1, 1), "SAME"),
+    ((2, 4, 4, 8), 3, (2, 2), ((1, 1), (1, 1))),   # 4x4 -> 2x2: the input gradient's convolution would swap
+    ((1, 4, 6, 8), 3, (2, 2), "SAME"),             # 4x6 -> 2x3
 ]
 
 
@@ -139,6 +141,7 @@ def test_conv_on_a_map_smaller_than_the_kernel_is_a_patch_product_equal_to_lax(s
     # the patch product, forward and backward: no convolution for XLA to swap
     assert _convolutions(jax.make_jaxpr(jax.grad(loss(ours), (0, 1)))(x, w).jaxpr) == 0
     assert "rhs_reversal" not in jax.jit(ours).lower(x, w).compile().as_text()
+    assert "rhs_reversal" not in jax.jit(jax.grad(loss(ours), (0, 1))).lower(x, w).compile().as_text()
     with layers.conv_primitives():  # for programs that read layers from the jaxpr (a new trace: a new function)
         assert _convolutions(jax.make_jaxpr(lambda x, w: ours(x, w))(x, w).jaxpr) == 1
     assert _convolutions(jax.make_jaxpr(lambda x, w: ours(x, w))(x, w).jaxpr) == 0  # the context is over
@@ -160,16 +163,60 @@ def test_the_custom_gradient_convolutions_take_small_maps_as_patch_products_too(
     assert _convolutions(jax.make_jaxpr(jax.grad(loss(conv), (0, 1)))(x, w).jaxpr) == 0
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 3, 8), (2, 2, 5, 8), (1, 8, 8, 8)])
-def test_conv_keeps_the_convolution_where_the_map_is_not_smaller_than_the_kernel(shape, monkeypatch):
+@pytest.mark.parametrize("shape,strides", [((2, 3, 3, 8), 1), ((2, 2, 5, 8), 1), ((1, 8, 8, 8), 1), ((2, 6, 6, 8), 2),
+                                           ((2, 4, 10, 8), 2)])
+def test_conv_keeps_the_convolution_where_the_maps_are_not_smaller_than_the_kernel(shape, strides, monkeypatch):
     from jaxviz.models import layers
 
     x = jnp.ones(shape, jnp.float32)
     w = jnp.ones((3, 3, 8, 4), jnp.float32)
-    ours = lambda x: layers.conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    pad, st = ((1, 1), (1, 1)), (strides, strides)
+    ours = lambda x: layers.conv(x, w, st, pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
     assert _convolutions(jax.make_jaxpr(ours)(x).jaxpr) == 1
-    np.testing.assert_array_equal(ours(x), _lax_conv(x, w, (1, 1), ((1, 1), (1, 1))))
+    np.testing.assert_array_equal(ours(x), _lax_conv(x, w, st, pad))
     small = jnp.ones((2, 2, 2, 8), jnp.float32)
     assert _convolutions(jax.make_jaxpr(ours)(small).jaxpr) == 0
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # XLA:GPU and TPU have their own convolutions
     assert _convolutions(jax.make_jaxpr(lambda x: ours(x))(small).jaxpr) == 1  # a new function: traced anew
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 9, 9, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),   # a ResNet stem's pool, odd size
+    ((1, 8, 10, 2), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 6, 7, 2), (2, 2), (1, 1), ((0, 0), (0, 0))),   # overlapping, no padding
+    ((1, 7, 7, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((1, 8, 8, 2), (3, 2), (2, 1), ((0, 1), (1, 0))),   # asymmetric
+])
+def test_max_pool_padded_equals_flax_with_ties(shape, window, strides, padding):
+    from jaxviz.models.layers import max_pool_padded
+
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.integers(-2, 3, size=shape).astype(np.float32))  # many ties, some negative windows
+    ref = lambda x: nn.max_pool(x, window, strides=strides, padding=padding)  # noqa: E731
+    ours = lambda x: max_pool_padded(x, window, strides, padding)  # noqa: E731
+    want = ref(x)
+    np.testing.assert_array_equal(ours(x), want)
+    ct = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    np.testing.assert_array_equal(jax.jit(lambda x: jax.vjp(ours, x)[1](ct)[0])(x), jax.vjp(ref, x)[1](ct)[0])
+    t = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    jvp = jax.jvp(ours, (x,), (t,))[1]
+    # the JVP is the transpose of that VJP (<ct, J t> == <J^T ct, t>) ...
+    np.testing.assert_allclose(jnp.vdot(ct, jvp), jnp.vdot(jax.vjp(ref, x)[1](ct)[0], t), rtol=1e-5)
+    if padding[0][0] == padding[0][1] and padding[1][0] == padding[1][1]:
+        # ... and equals JAX's own JVP, which with asymmetric padding breaks some ties unlike its own VJP
+        np.testing.assert_array_equal(jvp, jax.jvp(ref, (x,), (t,))[1])
+
+
+def test_max_pool_padded_is_a_max_pool_to_layerwise():
+    from jaxviz.models import layerwise
+    from jaxviz.models.layers import max_pool_padded
+
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(1, 6, 6, 2)), jnp.float32)
+    found = []
+
+    def choose(layer):
+        found.append(layer.kind)
+
+    layerwise.propagate(lambda x: max_pool_padded(x, (3, 3), (2, 2), ((1, 1), (1, 1))), (x,), 0, choose,
+                        max_pool_rule=True)
+    assert found == ["max_pool"]

@@ -21,11 +21,12 @@ in both. Forward-mode differentiation (``jax.jvp``) of a custom-VJP function is
 not available, so models use it only when asked (``VGG(conv_grad="flipped")``).
 
 :func:`conv` is ``lax.conv_general_dilated`` (same signature) with one change on
-XLA:CPU: a map smaller than the kernel (fewer positions than the kernel has taps:
-a 3x3 kernel on a 2x2, 2x4 or 1x8 map) is convolved as one matrix product over
-its patches. For such shapes XLA's algebraic simplifier swaps the convolution's
-operands (the kernel becomes the image), and the swapped form, a reversed
-window, misses the Eigen kernel: a 3x3, 512-channel convolution of sixteen 2x2
+XLA:CPU: where the input or the output map is smaller than the kernel (fewer
+positions than the kernel has taps: a 3x3 kernel on a 2x2, 2x4 or 1x8 map, or a
+stride-2 convolution from 4x4 to 2x2), the convolution is one matrix product
+over its patches. For such shapes XLA's algebraic simplifier swaps the operands
+of the convolution (or of its input gradient's convolution: the kernel becomes
+the image), and the swapped form, a reversed window, misses the Eigen kernel: a 3x3, 512-channel convolution of sixteen 2x2
 maps ran in 190 ms instead of 2.5 ms, which made a VGG16 at 32 px or a ResNet-18 at
 64 px 5x and 17x slower on the CPU than it is now (docs/performance.md). jaxviz's models use it
 for every convolution. Programs that read the layers from the traced program
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 
 from .. import execution
 
-__all__ = ["conv", "conv_auto_grad", "conv_flipped_grad", "conv_primitives", "max_pool"]
+__all__ = ["conv", "conv_auto_grad", "conv_flipped_grad", "conv_primitives", "max_pool", "max_pool_padded"]
 
 
 def _windows(x: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -91,6 +92,46 @@ def _max_pool_jvp(window, primals, tangents):
     y = jnp.max(xr, axis=(2, 4))
     mask = _first_max_mask(xr, y)
     t_out = jnp.sum(jnp.where(mask, _windows(t, kh, kw), jnp.zeros((), t.dtype)), axis=(2, 4))
+    return y, t_out
+
+
+def _strided_windows(x: jax.Array, window, strides, padding, fill) -> list[jax.Array]:
+    """Every window position of the padded ``x`` as one strided slice (N, Ho, Wo, C), in row-major order."""
+    (kh, kw), (sh, sw), ((plh, phh), (plw, phw)) = window, strides, padding
+    xp = jax.lax.pad(x, jnp.asarray(fill, x.dtype), ((0, 0, 0), (plh, phh, 0), (plw, phw, 0), (0, 0, 0)))
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    return [jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1,
+                                             xp.shape[3]), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def max_pool_padded(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                    padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Max pool of NHWC ``x`` with any window, strides and padding (padded with -inf), e.g. a ResNet stem's
+    3x3, stride 2, padding 1.
+
+    Values and gradients equal ``flax.linen.max_pool`` with the same arguments exactly, ties included (the
+    tangent goes to the first maximum of each window in row-major order, as in :func:`max_pool`). The
+    gradient is a masked sum of strided slices, where XLA:CPU's ``select_and_scatter`` for overlapping
+    windows was 3-9x slower (docs/performance.md). The forward is a ``reduce_max`` over the stacked windows,
+    which :mod:`~jaxviz.models.layerwise` finds as a max pool.
+    """
+    return jnp.max(jnp.stack(_strided_windows(x, window, strides, padding, -jnp.inf), axis=3), axis=3)
+
+
+@max_pool_padded.defjvp
+def _max_pool_padded_jvp(window, strides, padding, primals, tangents):
+    # the windows as separate slices, not stacked: XLA:CPU transposes a stack of strided slices far slower
+    (x,), (t,) = primals, tangents
+    xs = _strided_windows(x, window, strides, padding, -jnp.inf)
+    y = functools.reduce(jnp.maximum, xs)
+    seen = jnp.zeros(y.shape, bool)
+    t_out = jnp.zeros(y.shape, t.dtype)
+    for xk, tk in zip(xs, _strided_windows(t, window, strides, padding, 0)):  # first maximum, row-major
+        hit = (xk == y) & ~seen
+        seen = seen | hit
+        t_out = t_out + jnp.where(hit, tk, jnp.zeros((), t.dtype))
     return y, t_out
 
 
@@ -212,13 +253,21 @@ def _flippable(cfg, lhs):
     return all(s == 1 for s in cfg[0]) and not isinstance(cfg[1], str) and _nhwc(cfg, lhs)
 
 
+def _pads(cfg, x_hw, k_hw) -> tuple:
+    padding = cfg[1]
+    return jax.lax.padtype_to_pads(x_hw, k_hw, cfg[0], padding) if isinstance(padding, str) else padding
+
+
 def _small_map(cfg, lhs, rhs) -> bool:
-    """Whether XLA:CPU would swap this convolution's operands (the map is smaller than the kernel), and the
-    patch product is used instead (not under :func:`conv_primitives`)."""
+    """Whether XLA:CPU would swap this convolution's operands, or those of its input gradient's convolution
+    (the input or the output map has fewer positions than the kernel has taps), and the patch product is used
+    instead (not under :func:`conv_primitives`)."""
     if _PRIMITIVES.get() or not execution.on_cpu() or not _nhwc(cfg, lhs):
         return False
     (h, w), (kh, kw) = lhs.shape[1:3], rhs.shape[:2]
-    return h * w < kh * kw  # XLA's condition for the swap (jaxlib 0.10.2; strides and padding do not enter)
+    (plh, phh), (plw, phw) = _pads(cfg, (h, w), (kh, kw))
+    ho, wo = (h + plh + phh - kh) // cfg[0][0] + 1, (w + plw + phw - kw) // cfg[0][1] + 1
+    return min(h * w, ho * wo) < kh * kw  # XLA's condition for the swap (jaxlib 0.10.2)
 
 
 #: The name scope of :func:`_im2col`'s operations (how :mod:`~jaxviz.models.layerwise` tells a traced program
@@ -233,11 +282,9 @@ def _im2col(cfg, x, rhs):
 
 
 def _im2col_ops(cfg, x, rhs):
-    strides, padding, precision, out_type = cfg[0], cfg[1], cfg[7], cfg[8]
+    strides, precision, out_type = cfg[0], cfg[7], cfg[8]
     kh, kw, ci, co = rhs.shape
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
-    (plh, phh), (plw, phw) = padding
+    (plh, phh), (plw, phw) = _pads(cfg, x.shape[1:3], (kh, kw))
     sh, sw = strides
     xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plh, phh, 0), (plw, phw, 0), (0, 0, 0)))
     ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _taps
-from .layers import conv
+from .layers import conv, max_pool_padded
 from .vgg import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["ResNet", "RESNETS", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_layers"]
@@ -166,7 +166,7 @@ class ResNet(_taps.Tapped, nn.Module):
         if name == "relu":
             return relu(x)
         if name == "maxpool":
-            return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            return max_pool_padded(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         if name == "avgpool":
             return jnp.mean(x, axis=(1, 2))
         if name == "fc":
