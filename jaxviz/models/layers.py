@@ -282,19 +282,12 @@ def _im2col(cfg, x, rhs):
 
 
 def _im2col_ops(cfg, x, rhs):
-    strides, precision, out_type = cfg[0], cfg[7], cfg[8]
     kh, kw, ci, co = rhs.shape
-    (plh, phh), (plw, phw) = _pads(cfg, x.shape[1:3], (kh, kw))
-    sh, sw = strides
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (plh, phh, 0), (plw, phw, 0), (0, 0, 0)))
-    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    cols = jnp.concatenate([
-        jax.lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
-                      (1, sh, sw, 1))
-        for i in range(kh) for j in range(kw)], -1)
-    out = jnp.dot(cols.reshape(-1, kh * kw * ci), rhs.reshape(kh * kw * ci, co), precision=precision,
-                  preferred_element_type=out_type)
-    return out.reshape(x.shape[0], ho, wo, co)
+    windows = _strided_windows(x, (kh, kw), cfg[0], _pads(cfg, x.shape[1:3], (kh, kw)), 0)
+    n, ho, wo, _ = windows[0].shape
+    out = jnp.dot(jnp.concatenate(windows, -1).reshape(-1, kh * kw * ci), rhs.reshape(kh * kw * ci, co),
+                  precision=cfg[7], preferred_element_type=cfg[8])
+    return out.reshape(n, ho, wo, co)
 
 
 def _patches_pay(lhs_shape, g_shape) -> bool:
