@@ -26,10 +26,11 @@ positions than the kernel has taps: a 3x3 kernel on a 2x2, 2x4 or 1x8 map, or a
 stride-2 convolution from 4x4 to 2x2), the convolution is one matrix product
 over its patches. For such shapes XLA's algebraic simplifier swaps the operands
 of the convolution (or of its input gradient's convolution: the kernel becomes
-the image), and the swapped form, a reversed window, misses the Eigen kernel: a 3x3, 512-channel convolution of sixteen 2x2
-maps ran in 190 ms instead of 2.5 ms, which made a VGG16 at 32 px or a ResNet-18 at
-64 px 5x and 17x slower on the CPU than it is now (docs/performance.md). jaxviz's models use it
-for every convolution. Programs that read the layers from the traced program
+the image), and the swapped form, a reversed window, misses the Eigen kernel:
+a 3x3, 512-channel convolution of sixteen 2x2 maps ran in 190 ms instead of
+2.5 ms, which made a VGG16 at 32 px or a ResNet-18 at 64 px 5x and 17x slower
+on the CPU than it is now (docs/performance.md). jaxviz's models use it for
+every convolution. Programs that read the layers from the traced program
 (:mod:`jaxviz.models.layerwise`: LRP, DeepLIFT) trace under
 :func:`conv_primitives`, which keeps the convolution primitive there.
 """
